@@ -1,0 +1,58 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-install
+STAMP_DEV := $(VENV)/.stamp-dev
+export MPLBACKEND := Agg
+
+.PHONY: run test lint format lab ui bench install install-dev clean-cache
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip setuptools wheel
+
+$(STAMP): requirements.txt pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps -e .
+	touch $@
+
+$(STAMP_DEV): requirements-dev.txt $(STAMP)
+	$(BIN)/pip install -r requirements-dev.txt
+	touch $@
+
+install: $(STAMP)
+install-dev: $(STAMP_DEV)
+
+## End-to-end pipeline on the embedded digits task (train or load, profile, FP32 vs INT8 vs INT4).
+run: $(STAMP)
+	$(BIN)/python -m workbench pipeline
+
+## Every test: unit, property, CLI, notebooks.
+test: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP_DEV)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP_DEV)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## JupyterLab on the notebooks (127.0.0.1).
+lab: $(STAMP)
+	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+## MLflow UI on 127.0.0.1 over the local sqlite store.
+ui: $(STAMP)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port 5000 --workers 1
+
+## Benchmarks behind docs/BENCHMARKS.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run_benchmarks.py
+
+clean-cache:
+	rm -rf data/models data/cache

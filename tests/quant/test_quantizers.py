@@ -1,0 +1,154 @@
+"""Property tests of the uniform quantizers and observers (hypothesis)."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workbench.quant import QuantSpec, quantize_weight
+from workbench.quant.observers import estimate_range
+from workbench.quant.quantizers import (
+    compute_qparams,
+    fake_quantize,
+    int_range,
+    int_range_tensor,
+    quantize_to_int,
+    to_grid,
+)
+
+INT_BITS = [2, 3, 4, 5, 6, 8]
+settings.register_profile("wb", max_examples=60, deadline=None)
+settings.load_profile("wb")
+
+
+def _weights(seed: int, rows: int, cols: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    mags = torch.exp(torch.randn(rows, 1, generator=g))  # channels with different ranges, as in real layers
+    return torch.randn(rows, cols, generator=g) * mags
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    bits=st.sampled_from(INT_BITS),
+    symmetric=st.booleans(),
+    rows=st.integers(1, 8),
+    cols=st.integers(1, 64),
+)
+def test_in_range_error_at_most_half_a_step_and_idempotent(seed, bits, symmetric, rows, cols):
+    x = _weights(seed, rows, cols)
+    qmin, qmax = int_range_tensor(torch.full((rows, 1), float(bits)), symmetric=symmetric)
+    lo, hi = estimate_range(x, method="minmax", qmin=qmin, qmax=qmax, symmetric=symmetric)
+    scale, zp = compute_qparams(lo, hi, qmin, qmax, symmetric=symmetric)
+    xq = fake_quantize(x, scale, zp, qmin, qmax)
+    err = (xq - x).abs()
+    assert torch.all(err <= scale / 2 * (1 + 1e-5) + 1e-7)
+    assert torch.equal(fake_quantize(xq, scale, zp, qmin, qmax), xq)
+    q = quantize_to_int(x, scale, zp, qmin, qmax)
+    assert torch.all(q >= qmin) and torch.all(q <= qmax)
+    assert torch.equal(q, torch.round(q))
+
+
+@given(seed=st.integers(0, 10_000), bits=st.sampled_from(INT_BITS), symmetric=st.booleans())
+def test_zero_is_exact(seed, bits, symmetric):
+    x = _weights(seed, 4, 32)
+    x[:, 0] = 0.0
+    qmin, qmax = int_range_tensor(torch.full((4, 1), float(bits)), symmetric=symmetric)
+    lo, hi = estimate_range(x, method="minmax", qmin=qmin, qmax=qmax, symmetric=symmetric)
+    scale, zp = compute_qparams(lo, hi, qmin, qmax, symmetric=symmetric)
+    assert torch.all(fake_quantize(x, scale, zp, qmin, qmax)[:, 0] == 0.0)
+
+
+@given(
+    seed=st.integers(0, 10_000), bits=st.sampled_from(INT_BITS), observer=st.sampled_from(["minmax", "mse"])
+)
+def test_per_channel_error_not_above_per_tensor(seed, bits, observer):
+    w = _weights(seed, 16, 72).reshape(16, 8, 3, 3)
+    pc = quantize_weight(w, QuantSpec(w_bits=bits, granularity="per_channel", w_observer=observer))
+    pt = quantize_weight(w, QuantSpec(w_bits=bits, granularity="per_tensor", w_observer=observer))
+    assert (pc - w).pow(2).mean() <= (pt - w).pow(2).mean() * (1 + 1e-6)
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    granularity=st.sampled_from(["per_tensor", "per_channel"]),
+    symmetric=st.booleans(),
+)
+def test_error_falls_monotonically_with_bits(seed, granularity, symmetric):
+    w = _weights(seed, 16, 128)
+    errs = [
+        (quantize_weight(w, QuantSpec(w_bits=b, granularity=granularity, w_symmetric=symmetric)) - w)
+        .pow(2)
+        .mean()
+        for b in INT_BITS
+    ]
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+
+
+def test_mse_observer_beats_minmax_on_heavy_tails():
+    torch.manual_seed(0)
+    w = torch.distributions.StudentT(2.0).sample((32, 256))
+    for bits in (2, 3, 4):
+        mm = (quantize_weight(w, QuantSpec(w_bits=bits, w_observer="minmax")) - w).pow(2).mean()
+        mse = (quantize_weight(w, QuantSpec(w_bits=bits, w_observer="mse")) - w).pow(2).mean()
+        assert mse < 0.9 * mm
+
+
+def test_percentile_observer_clips_to_the_quantile():
+    torch.manual_seed(0)
+    x = torch.randn(4, 10_000)
+    q = torch.zeros(4, 1)
+    lo, hi = estimate_range(x, method="percentile", qmin=q, qmax=q + 255, symmetric=False, percentile=99.0)
+    assert torch.allclose(hi, torch.quantile(x, 0.99, dim=1, keepdim=True))
+    assert torch.allclose(lo, torch.quantile(x, 0.01, dim=1, keepdim=True))
+    lo, hi = estimate_range(
+        x, method="percentile", qmin=q - 128, qmax=q + 127, symmetric=True, percentile=99.0
+    )
+    assert torch.allclose(hi, torch.quantile(x.abs(), 0.99, dim=1, keepdim=True)) and torch.equal(lo, -hi)
+
+
+def test_int_range_and_group_grid():
+    assert int_range(4, symmetric=True) == (-8, 7)
+    assert int_range(4, symmetric=False) == (0, 15)
+    assert int_range(2, symmetric=True) == (-2, 1)
+    w = torch.arange(2 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    grid = to_grid(w, "per_group", 4)
+    assert grid.shape == (2 * 3, 4)  # 9 fan-in values -> 3 groups of 4, last one zero padded
+    assert grid[2, 1:].abs().sum() == 0
+
+
+@given(seed=st.integers(0, 1000), group=st.sampled_from([1, 4, 8, 9, 16]))
+def test_per_group_error_not_above_per_channel(seed, group):
+    w = _weights(seed, 8, 36).reshape(8, 4, 3, 3)
+    pg = quantize_weight(w, QuantSpec(w_bits=4, granularity="per_group", group_size=group))
+    pc = quantize_weight(w, QuantSpec(w_bits=4, granularity="per_channel"))
+    assert (pg - w).pow(2).mean() <= (pc - w).pow(2).mean() * (1 + 1e-6)
+
+
+def test_channel_bits_give_each_channel_its_own_grid():
+    w = _weights(3, 4, 64)
+    q = quantize_weight(w, QuantSpec(w_bits=8, channel_bits=(2, 4, 6, 8)))
+    levels = [len(torch.unique(q[r])) for r in range(4)]
+    assert levels[0] <= 4 and levels[1] <= 16 and levels[2] <= 64 and levels[3] <= 256
+    errs = (q - w).pow(2).mean(1) / w.pow(2).mean(1)
+    assert errs[0] > errs[1] > errs[2] > errs[3]
+
+
+def test_float16_formats_round_to_their_grids():
+    w = _weights(1, 4, 64)
+    bf = quantize_weight(w, QuantSpec(w_bits=16, float16_format="bfloat16"))
+    fp = quantize_weight(w, QuantSpec(w_bits=16, float16_format="float16"))
+    assert torch.equal(bf, w.to(torch.bfloat16).float())
+    assert torch.equal(fp, w.to(torch.float16).float())
+    assert (fp - w).abs().max() < (bf - w).abs().max()
+
+
+def test_straight_through_gradient():
+    x = torch.linspace(-2, 2, 41, requires_grad=True)
+    scale, zp = torch.tensor(0.1), torch.tensor(0.0)
+    y = fake_quantize(x, scale, zp, torch.tensor(-8.0), torch.tensor(7.0))
+    y.sum().backward()
+    r = torch.round(x.detach() / scale)
+    inside = (r >= -8) & (r <= 7)
+    assert 0 < inside.sum() < len(x)
+    assert torch.equal(x.grad, inside.float())

@@ -1,0 +1,47 @@
+"""The quantization core: specs and plans, quantizers, observers, fake-quant modules, swap, packed storage.
+
+This package depends on nothing above it (no tracking, search or UI imports).
+"""
+
+from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
+from workbench.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, WeightQuantizer, quantize_weight
+from workbench.quant.pack import PackReport, load_packed, read_header, save_packed
+from workbench.quant.spec import (
+    FP32,
+    GRANULARITIES,
+    OBSERVERS,
+    VALID_BITS,
+    PlanError,
+    PlanSummary,
+    QuantPlan,
+    QuantSpec,
+    parse_shorthand,
+)
+from workbench.quant.swap import calibrate, quant_modules, quantize_model
+
+__all__ = [
+    "FP32",
+    "GRANULARITIES",
+    "OBSERVERS",
+    "VALID_BITS",
+    "ActQuantizer",
+    "LayerCost",
+    "PackReport",
+    "PlanError",
+    "PlanSummary",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantPlan",
+    "QuantSpec",
+    "WeightQuantizer",
+    "calibrate",
+    "layer_costs",
+    "load_packed",
+    "parse_shorthand",
+    "quant_modules",
+    "quantizable_layers",
+    "quantize_model",
+    "quantize_weight",
+    "read_header",
+    "save_packed",
+]

@@ -1,0 +1,258 @@
+"""Fake-quant layers: QuantConv2d and QuantLinear with weight and input-activation quantizers.
+
+The float weight stays a Parameter (so quantization-aware training can update it); the forward pass uses its
+fake-quantized copy. Activation quantizers observe calibration batches first, then quantize with the frozen
+range (static) or with a range recomputed from each batch (dynamic).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from workbench.quant.observers import RangeCollector, estimate_range
+from workbench.quant.quantizers import (
+    activation_grid,
+    broadcast_act_qparams,
+    compute_qparams,
+    fake_quantize,
+    float_cast,
+    from_grid,
+    int_range_tensor,
+    quantize_to_int,
+    to_grid,
+)
+from workbench.quant.spec import QuantSpec, num_weight_groups
+
+
+class WeightQuantizer(nn.Module):
+    """Fake-quantizes a weight tensor according to a spec (grid rows share a scale)."""
+
+    def __init__(self, spec: QuantSpec, weight_shape: torch.Size) -> None:
+        super().__init__()
+        self.spec = spec
+        self.weight_shape = torch.Size(weight_shape)
+        self.enabled = spec.w_bits < 32 or spec.channel_bits is not None
+        self.is_float = spec.channel_bits is None and spec.w_bits == 16
+        rows, groups = num_weight_groups(spec, weight_shape)
+        n_rows = rows * groups
+        if spec.channel_bits is not None:
+            bits = torch.tensor(spec.channel_bits, dtype=torch.float32).repeat_interleave(groups)
+        else:
+            bits = torch.full((n_rows,), float(min(spec.w_bits, 16)))
+        qmin, qmax = int_range_tensor(bits, symmetric=spec.w_symmetric)
+        self.register_buffer("bits", bits.reshape(-1, 1), persistent=False)
+        self.register_buffer("qmin", qmin.reshape(-1, 1), persistent=False)
+        self.register_buffer("qmax", qmax.reshape(-1, 1), persistent=False)
+        self.register_buffer("scale", torch.ones(n_rows, 1))
+        self.register_buffer("zero_point", torch.zeros(n_rows, 1))
+
+    @property
+    def is_integer(self) -> bool:
+        return self.enabled and not self.is_float
+
+    @torch.no_grad()
+    def calibrate(self, weight: Tensor) -> None:
+        """Set scales / zero points from the weight with the spec's observer."""
+        if not self.is_integer:
+            return
+        grid = to_grid(weight, self.spec.granularity, self.spec.group_size)
+        lo, hi = estimate_range(
+            grid,
+            method=self.spec.w_observer,
+            qmin=self.qmin,
+            qmax=self.qmax,
+            symmetric=self.spec.w_symmetric,
+            percentile=self.spec.percentile,
+        )
+        scale, zp = compute_qparams(lo, hi, self.qmin, self.qmax, symmetric=self.spec.w_symmetric)
+        self.scale.copy_(scale)
+        self.zero_point.copy_(zp)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        if not self.enabled:
+            return weight
+        if self.is_float:
+            return float_cast(weight, self.spec.float16_format)
+        grid = to_grid(weight, self.spec.granularity, self.spec.group_size)
+        q = fake_quantize(grid, self.scale, self.zero_point, self.qmin, self.qmax)
+        return from_grid(q, weight.shape, self.spec.granularity)
+
+    @torch.no_grad()
+    def int_codes(self, weight: Tensor) -> Tensor:
+        """Integer codes ``[out_channels, fan_in]`` (padding removed), as int64."""
+        grid = to_grid(weight, self.spec.granularity, self.spec.group_size)
+        q = quantize_to_int(grid, self.scale, self.zero_point, self.qmin, self.qmax)
+        return from_grid(q, weight.shape, self.spec.granularity).reshape(weight.shape[0], -1).to(torch.int64)
+
+    def extra_repr(self) -> str:
+        bits = "mixed" if self.spec.channel_bits is not None else self.spec.w_bits
+        return f"bits={bits}, granularity={self.spec.granularity}, symmetric={self.spec.w_symmetric}"
+
+
+class ActQuantizer(nn.Module):
+    """Fake-quantizes a layer's input activations: static range from calibration, or dynamic per batch."""
+
+    def __init__(self, spec: QuantSpec, *, seed: int = 0) -> None:
+        super().__init__()
+        self.spec = spec
+        self.enabled = spec.a_bits < 32
+        self.is_float = spec.a_bits == 16
+        self.per_channel = spec.a_granularity == "per_channel"
+        self.observing = False
+        self.seed = seed
+        self._collector: RangeCollector | None = None
+        bits = float(min(spec.a_bits, 16))
+        qmin, qmax = int_range_tensor(torch.tensor([bits]), symmetric=spec.a_symmetric)
+        self.register_buffer("qmin", qmin.reshape(1, 1), persistent=False)
+        self.register_buffer("qmax", qmax.reshape(1, 1), persistent=False)
+        self.register_buffer("scale", torch.ones(1, 1))
+        self.register_buffer("zero_point", torch.zeros(1, 1))
+        self.register_buffer("calibrated", torch.tensor(False))
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.enabled and not self.is_float and not self.spec.a_dynamic
+
+    def start_observing(self) -> None:
+        self.observing = True
+        self._collector = RangeCollector(method=self.spec.a_observer, seed=self.seed)
+
+    @torch.no_grad()
+    def finish_observing(self) -> None:
+        self.observing = False
+        if self._collector is None or self._collector.lo is None:
+            raise RuntimeError("activation quantizer saw no calibration batch")
+        lo, hi = self._collector.finalize(
+            qmin=self.qmin, qmax=self.qmax, symmetric=self.spec.a_symmetric, percentile=self.spec.percentile
+        )
+        scale, zp = compute_qparams(lo, hi, self.qmin, self.qmax, symmetric=self.spec.a_symmetric)
+        self.scale = scale.clone()
+        self.zero_point = zp.clone()
+        self.calibrated.fill_(True)
+        self._collector = None
+
+    def _dynamic_qparams(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        grid = activation_grid(x.detach(), self.per_channel)
+        lo, hi = estimate_range(
+            grid,
+            method=self.spec.a_observer,
+            qmin=self.qmin,
+            qmax=self.qmax,
+            symmetric=self.spec.a_symmetric,
+            percentile=self.spec.percentile,
+        )
+        return compute_qparams(lo, hi, self.qmin, self.qmax, symmetric=self.spec.a_symmetric)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return x
+        if self.is_float:
+            return float_cast(x, self.spec.float16_format)
+        if self.observing:
+            assert self._collector is not None
+            self._collector.update(activation_grid(x, self.per_channel))
+            return x
+        if self.spec.a_dynamic:
+            scale, zp = self._dynamic_qparams(x)
+        else:
+            if not bool(self.calibrated):
+                raise RuntimeError(
+                    "activation quantizer is not calibrated: build the model with quantize_model(..., calib_loader)"
+                )
+            scale, zp = self.scale, self.zero_point
+        s, z = broadcast_act_qparams(scale, x), broadcast_act_qparams(zp, x)
+        return fake_quantize(x, s, z, self.qmin.reshape(()), self.qmax.reshape(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # scales may be per channel
+        for key in ("scale", "zero_point"):
+            if prefix + key in state_dict:
+                setattr(self, key, torch.empty_like(state_dict[prefix + key]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        mode = "dynamic" if self.spec.a_dynamic else "static"
+        return f"bits={self.spec.a_bits}, {self.spec.a_granularity}, {mode}, observer={self.spec.a_observer}"
+
+
+class QuantModuleMixin:
+    """Shared behaviour of the fake-quant layers."""
+
+    is_quant_module = True
+    spec: QuantSpec
+    w_quant: WeightQuantizer
+    a_quant: ActQuantizer
+
+    def quantized_weight(self) -> Tensor:
+        return self.w_quant(self.weight)
+
+    def _init_quantizers(self, spec: QuantSpec, seed: int) -> None:
+        self.spec = spec
+        self.w_quant = WeightQuantizer(spec, self.weight.shape)
+        self.a_quant = ActQuantizer(spec, seed=seed)
+        self.w_quant.calibrate(self.weight)
+
+
+class QuantConv2d(QuantModuleMixin, nn.Conv2d):
+    """Conv2d whose weight and input are fake-quantized."""
+
+    op_type = "Conv2d"
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec, *, seed: int = 0) -> QuantConv2d:
+        q = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            q.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                q.bias.copy_(conv.bias)
+        q._init_quantizers(spec, seed)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.a_quant(x), self.quantized_weight(), self.bias)
+
+
+class QuantLinear(QuantModuleMixin, nn.Linear):
+    """Linear whose weight and input are fake-quantized."""
+
+    op_type = "Linear"
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, spec: QuantSpec, *, seed: int = 0) -> QuantLinear:
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
+        with torch.no_grad():
+            q.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                q.bias.copy_(linear.bias)
+        q._init_quantizers(spec, seed)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.a_quant(x), self.quantized_weight(), self.bias)
+
+
+def quantize_weight(weight: Tensor, spec: QuantSpec) -> Tensor:
+    """The fake-quantized copy of a bare weight tensor under ``spec`` (for studies and widgets)."""
+    wq = WeightQuantizer(spec, weight.shape)
+    wq.calibrate(weight)
+    with torch.no_grad():
+        return wq(weight)

@@ -1,0 +1,298 @@
+"""Packed low-bit storage of quantized models.
+
+File layout (little endian)::
+
+    b"WBPACK1\\n" | uint32 header length | zlib(JSON header) | payload entries, each byte aligned
+
+Integer weights are stored as unsigned codes ``q - qmin`` at their exact bit width (two 4-bit codes per byte,
+four 2-bit codes, 3-bit codes straddling bytes ...), row by row so each output channel can have its own width.
+Scales are float32, asymmetric zero points uint8, 16-bit weights as float16 / bfloat16, everything else
+(biases, BatchNorm statistics, activation ranges) in its own dtype. Loading rebuilds the quantized model from the
+float model and reproduces its outputs exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import struct
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.quant.spec import PlanError, QuantPlan
+from workbench.quant.swap import fold_batchnorm, quant_modules, swap_modules
+
+MAGIC = b"WBPACK1\n"
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "int8": torch.int8,
+    "bool": torch.bool,
+}
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """Sizes of a packed file. ``theoretical_bytes`` counts every stored value at its exact bit width."""
+
+    path: str
+    file_bytes: int
+    header_bytes: int
+    payload_bytes: int
+    theoretical_bytes: int
+    packed_weight_bytes: int
+    fp32_bytes: int
+
+    @property
+    def overhead(self) -> float:
+        """file / theoretical - 1 (0.05 means the file is 5% above the exact bit count)."""
+        return self.file_bytes / self.theoretical_bytes - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "overhead": self.overhead}
+
+
+# -- bit packing ----------------------------------------------------------------------------------------------
+def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned codes (< 2**bits, bits <= 8) -> big-endian bit stream as a flat uint8 bit array (unpacked bits)."""
+    if bits < 1 or bits > 8:
+        raise ValueError(f"pack_bits handles 1..8 bits, got {bits}")
+    c = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 1)
+    return np.unpackbits(c, axis=1)[:, 8 - bits :].reshape(-1)
+
+
+def unpack_bits(bitstream: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits` on an unpacked bit array: ``count`` codes of width ``bits``."""
+    b = bitstream[: count * bits].reshape(count, bits).astype(np.int64)
+    weights = 1 << np.arange(bits - 1, -1, -1, dtype=np.int64)
+    return b @ weights
+
+
+def pack_rows(codes: np.ndarray, row_bits: list[int]) -> bytes:
+    """Pack a ``[rows, cols]`` matrix of unsigned codes, row ``r`` at ``row_bits[r]`` bits, into bytes."""
+    if len(set(row_bits)) == 1:
+        stream = pack_bits(codes, row_bits[0])
+    else:
+        stream = np.concatenate([pack_bits(codes[r], b) for r, b in enumerate(row_bits)])
+    return np.packbits(stream).tobytes()
+
+
+def unpack_rows(buf: bytes, row_bits: list[int], cols: int) -> np.ndarray:
+    stream = np.unpackbits(np.frombuffer(buf, dtype=np.uint8))
+    rows = len(row_bits)
+    if len(set(row_bits)) == 1:
+        return unpack_bits(stream, row_bits[0], rows * cols).reshape(rows, cols)
+    out = np.empty((rows, cols), dtype=np.int64)
+    offset = 0
+    for r, b in enumerate(row_bits):
+        out[r] = unpack_bits(stream[offset:], b, cols)
+        offset += b * cols
+    return out
+
+
+# -- tensors <-> bytes ----------------------------------------------------------------------------------------
+def _dtype_name(dtype: torch.dtype) -> str:
+    for name, dt in _DTYPES.items():
+        if dt == dtype:
+            return name
+    raise PlanError(f"cannot store tensors of dtype {dtype}; supported: {sorted(_DTYPES)}")
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def _bytes_tensor(buf: bytes, dtype_name: str, shape: list[int]) -> torch.Tensor:
+    dtype = _DTYPES[dtype_name]
+    if dtype == torch.bfloat16:
+        arr = np.frombuffer(buf, dtype=np.int16).copy()
+        return torch.from_numpy(arr).view(torch.bfloat16).reshape(shape)
+    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    return torch.from_numpy(np.frombuffer(buf, dtype=np_dtype).copy()).reshape(shape)
+
+
+# -- save / load ----------------------------------------------------------------------------------------------
+def _weight_entries(name: str, mod: nn.Module) -> tuple[dict[str, tuple[dict, bytes, int]], set[str]]:
+    """Entries for one fake-quant layer's weight and weight qparams; returns (entries, state keys covered)."""
+    wq = mod.w_quant
+    spec = mod.spec
+    entries: dict[str, tuple[dict, bytes, int]] = {}
+    wkey, skey, zkey = f"{name}.weight", f"{name}.w_quant.scale", f"{name}.w_quant.zero_point"
+    if wq.is_float:
+        fmt = spec.float16_format
+        cast = mod.weight.detach().to(_DTYPES[fmt])
+        meta = {"kind": "raw", "dtype": fmt, "shape": list(mod.weight.shape), "as": "float32"}
+        entries[wkey] = (meta, _tensor_bytes(cast), 16 * cast.numel())
+        return entries, {wkey}
+    if not wq.is_integer:
+        return entries, set()
+    codes = wq.int_codes(mod.weight)  # [out, fan_in]
+    groups = wq.scale.shape[0] // codes.shape[0] if spec.granularity != "per_tensor" else 1
+    if spec.granularity == "per_tensor":
+        qmin_rows = wq.qmin.reshape(-1).expand(codes.shape[0])
+        bits_rows = wq.bits.reshape(-1).expand(codes.shape[0])
+    else:
+        qmin_rows = wq.qmin.reshape(codes.shape[0], groups)[:, 0]
+        bits_rows = wq.bits.reshape(codes.shape[0], groups)[:, 0]
+    unsigned = (codes - qmin_rows.to(torch.int64).reshape(-1, 1)).numpy()
+    row_bits = [int(b) for b in bits_rows.tolist()]
+    meta = {
+        "kind": "packed",
+        "shape": list(mod.weight.shape),
+        "row_bits": row_bits,
+        "cols": int(codes.shape[1]),
+    }
+    entries[wkey] = (meta, pack_rows(unsigned, row_bits), sum(row_bits) * int(codes.shape[1]))
+    scale = wq.scale.detach().float()
+    entries[skey] = (
+        {"kind": "raw", "dtype": "float32", "shape": list(scale.shape)},
+        _tensor_bytes(scale),
+        32 * scale.numel(),
+    )
+    zp = wq.zero_point.detach()
+    if spec.w_symmetric:
+        entries[zkey] = ({"kind": "zeros", "shape": list(zp.shape)}, b"", 0)
+    else:
+        entries[zkey] = (
+            {"kind": "raw", "dtype": "uint8", "shape": list(zp.shape), "as": "float32"},
+            _tensor_bytes(zp.to(torch.uint8)),
+            8 * zp.numel(),
+        )
+    return entries, {wkey, skey, zkey}
+
+
+def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False) -> PackReport:
+    """Write a model returned by :func:`quantize_model` with its integer weights packed to their bit widths."""
+    plan = getattr(qmodel, "quant_plan", None)
+    if not isinstance(plan, QuantPlan):
+        raise PlanError("save_packed needs a model returned by quantize_model (it carries .quant_plan)")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    entries: dict[str, tuple[dict, bytes, int]] = {}
+    covered: set[str] = set()
+    for name, mod in quant_modules(qmodel).items():
+        e, keys = _weight_entries(name, mod)
+        entries.update(e)
+        covered |= keys
+    for key, t in qmodel.state_dict().items():
+        if key in covered:
+            continue
+        meta = {"kind": "raw", "dtype": _dtype_name(t.dtype), "shape": list(t.shape)}
+        entries[key] = (meta, _tensor_bytes(t), t.element_size() * 8 * t.numel())
+    header_entries, payload, theory_bits, packed_bits = [], [], 0, 0
+    for key, (meta, blob, bits) in entries.items():
+        header_entries.append({"key": key, "nbytes": len(blob), **meta})
+        payload.append(blob)
+        theory_bits += bits
+        if meta["kind"] == "packed":
+            packed_bits += bits
+    header = {
+        "version": 1,
+        "plan": plan.to_dict(),
+        "folded_bn": [list(p) for p in getattr(qmodel, "folded_bn", [])],
+        "entries": header_entries,
+    }
+    header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(MAGIC)
+        f.write(struct.pack("<I", len(header_bytes)))
+        f.write(header_bytes)
+        for blob in payload:
+            f.write(blob)
+    fp32 = sum(4 * p.numel() for p in qmodel.parameters())
+    return PackReport(
+        path=str(path),
+        file_bytes=path.stat().st_size,
+        header_bytes=len(MAGIC) + 4 + len(header_bytes),
+        payload_bytes=sum(len(b) for b in payload),
+        theoretical_bytes=math.ceil(theory_bits / 8),
+        packed_weight_bytes=math.ceil(packed_bits / 8),
+        fp32_bytes=fp32,
+    )
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """The JSON header of a packed file and the byte offset where its payload starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"packed model {path} does not exist")
+    with open(path, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            raise PlanError(f"{path} is not a workbench packed model (bad magic bytes)")
+        (n,) = struct.unpack("<I", f.read(4))
+        header = json.loads(zlib.decompress(f.read(n)))
+    return header, len(MAGIC) + 4 + n
+
+
+def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
+    """Rebuild the quantized model saved by :func:`save_packed` on top of (a copy of) its float ``model``."""
+    header, offset = read_header(path)
+    plan = QuantPlan.from_dict(header["plan"])
+    plan.validate(model)
+    qmodel = copy.deepcopy(model).eval()
+    pairs = [tuple(p) for p in header["folded_bn"]]
+    fold_batchnorm(qmodel, pairs)
+    swap_modules(qmodel, plan)
+    data = Path(path).read_bytes()[offset:]
+    state: dict[str, torch.Tensor] = {}
+    packed: dict[str, tuple[dict, bytes]] = {}
+    pos = 0
+    for e in header["entries"]:
+        blob = data[pos : pos + e["nbytes"]]
+        pos += e["nbytes"]
+        if e["kind"] == "raw":
+            t = _bytes_tensor(blob, e["dtype"], e["shape"])
+            state[e["key"]] = t.to(_DTYPES[e["as"]]) if "as" in e else t
+        elif e["kind"] == "zeros":
+            state[e["key"]] = torch.zeros(e["shape"])
+        else:
+            packed[e["key"]] = (e, blob)
+    modules = quant_modules(qmodel)
+    for key, (e, blob) in packed.items():
+        layer = key.rpartition(".")[0]
+        state[key] = _dequantize_weight(e, blob, modules[layer], state)
+    try:
+        qmodel.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PlanError(f"{path} does not fit this model: {err}") from err
+    qmodel.quant_plan = plan
+    qmodel.folded_bn = pairs
+    return qmodel
+
+
+def _dequantize_weight(e: dict, blob: bytes, mod: nn.Module, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Float weight ``(q - zero_point) * scale`` from packed codes, on the layer's scale grid."""
+    from workbench.quant.quantizers import dequantize, from_grid, to_grid
+
+    layer_prefix = e["key"].rpartition(".")[0]
+    wq = mod.w_quant
+    row_bits = e["row_bits"]
+    unsigned = torch.from_numpy(unpack_rows(blob, row_bits, e["cols"])).float()
+    shape = torch.Size(e["shape"])
+    spec = mod.spec
+    if spec.granularity == "per_tensor":
+        qmin_rows = wq.qmin.reshape(-1).expand(shape[0])
+    else:
+        qmin_rows = wq.qmin.reshape(shape[0], -1)[:, 0]
+    codes = (unsigned + qmin_rows.reshape(-1, 1)).reshape(shape)
+    grid = to_grid(codes, spec.granularity, spec.group_size)
+    scale = state[f"{layer_prefix}.w_quant.scale"]
+    zp = state[f"{layer_prefix}.w_quant.zero_point"]
+    return from_grid(dequantize(grid, scale, zp), shape, spec.granularity)

@@ -1,0 +1,136 @@
+"""Uniform affine fake quantization: integer grids, scales and zero points, straight-through gradients.
+
+Every function works on a 2-D *grid* view ``[rows, cols]`` whose rows share one scale: per-tensor is one row,
+per-channel one row per output channel, per-group one row per (channel, group). Quantization parameters have
+shape ``[rows, 1]`` and broadcast along the row. ``qmin`` / ``qmax`` may differ per row (per-channel bits).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_FLOAT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def int_range(bits: int, *, symmetric: bool) -> tuple[int, int]:
+    """(qmin, qmax) of a ``bits``-wide integer: signed ``[-2^(b-1), 2^(b-1)-1]`` or unsigned ``[0, 2^b-1]``."""
+    if bits < 2 or bits > 16:
+        raise ValueError(f"integer bits must lie in [2, 16], got {bits}")
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def int_range_tensor(bits: Tensor, *, symmetric: bool) -> tuple[Tensor, Tensor]:
+    """Per-row (qmin, qmax) as float tensors for a tensor of bit widths."""
+    bits = bits.to(torch.float32)
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return torch.zeros_like(bits), 2**bits - 1
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round to nearest (ties to even) with a straight-through gradient."""
+    return (torch.round(x) - x).detach() + x
+
+
+def grad_scale(x: Tensor, factor: float) -> Tensor:
+    """Identity in the forward pass, gradient multiplied by ``factor`` (the LSQ step-size gradient scale)."""
+    return (x - x * factor).detach() + x * factor
+
+
+def compute_qparams(
+    lo: Tensor, hi: Tensor, qmin: Tensor, qmax: Tensor, *, symmetric: bool, eps: float = 1e-12
+) -> tuple[Tensor, Tensor]:
+    """Scale and zero point that map ``[lo, hi]`` (extended to contain 0) onto ``[qmin, qmax]``.
+
+    Symmetric: ``scale = max(|lo|, |hi|) / qmax`` and zero point 0. Asymmetric: ``scale = (hi - lo) / (qmax -
+    qmin)`` and an integer zero point so that 0.0 is exactly representable.
+    """
+    lo = torch.minimum(lo, torch.zeros_like(lo))
+    hi = torch.maximum(hi, torch.zeros_like(hi))
+    if symmetric:
+        amax = torch.maximum(lo.abs(), hi.abs())
+        scale = torch.clamp(amax / qmax, min=eps)
+        return scale, torch.zeros_like(scale)
+    scale = torch.clamp((hi - lo) / (qmax - qmin), min=eps)
+    zero_point = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
+    return scale, zero_point
+
+
+def quantize_to_int(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+    """Integer codes ``clamp(round(x / scale) + zero_point, qmin, qmax)`` (as float tensor of whole numbers)."""
+    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+
+
+def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """Real values of integer codes: ``(q - zero_point) * scale``."""
+    return (q - zero_point) * scale
+
+
+def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+    """Quantize and dequantize with a straight-through estimator (gradient 1 inside the range, 0 outside).
+
+    With a learnable ``scale`` the gradient with respect to it is the LSQ gradient.
+    """
+    v = round_ste(x / scale) + zero_point
+    inside = (v >= qmin) & (v <= qmax)
+    q = torch.clamp(v, qmin, qmax).detach() + (v - v.detach()) * inside
+    return (q - zero_point) * scale
+
+
+def float_cast(x: Tensor, fmt: str) -> Tensor:
+    """Round ``x`` to float16 or bfloat16 and back to float32, straight-through gradient."""
+    try:
+        dtype = _FLOAT_DTYPES[fmt]
+    except KeyError:
+        raise ValueError(f"float format {fmt!r} unknown; choose one of {sorted(_FLOAT_DTYPES)}") from None
+    return (x.to(dtype).to(x.dtype) - x).detach() + x
+
+
+# -- grid views -----------------------------------------------------------------------------------------------
+def to_grid(weight: Tensor, granularity: str, group_size: int | None = None) -> Tensor:
+    """Reshape a weight ``[out, ...]`` into its scale grid ``[rows, cols]`` (per-group rows zero-padded)."""
+    out_ch = weight.shape[0]
+    flat = weight.reshape(out_ch, -1)
+    if granularity == "per_tensor":
+        return flat.reshape(1, -1)
+    if granularity == "per_channel":
+        return flat
+    if granularity == "per_group":
+        if group_size is None or group_size < 1:
+            raise ValueError(f"per_group needs group_size >= 1, got {group_size!r}")
+        fan_in = flat.shape[1]
+        groups = math.ceil(fan_in / group_size)
+        pad = groups * group_size - fan_in
+        if pad:
+            flat = torch.nn.functional.pad(flat, (0, pad))
+        return flat.reshape(out_ch * groups, group_size)
+    raise ValueError(f"granularity {granularity!r} unknown; choose per_tensor, per_channel or per_group")
+
+
+def from_grid(grid: Tensor, shape: torch.Size, granularity: str) -> Tensor:
+    """Inverse of :func:`to_grid` (drops per-group padding)."""
+    out_ch = shape[0]
+    fan_in = math.prod(shape[1:])
+    if granularity == "per_group":
+        return grid.reshape(out_ch, -1)[:, :fan_in].reshape(shape)
+    return grid.reshape(shape)
+
+
+def activation_grid(x: Tensor, per_channel: bool) -> Tensor:
+    """Activations ``[batch, channels, ...]`` as a grid: one row per channel (dim 1) or a single row."""
+    if not per_channel:
+        return x.reshape(1, -1)
+    c = x.shape[1]
+    return x.transpose(0, 1).reshape(c, -1)
+
+
+def broadcast_act_qparams(p: Tensor, x: Tensor) -> Tensor:
+    """Per-channel activation qparams ``[C, 1]`` reshaped to broadcast over ``[B, C, ...]``."""
+    if p.numel() == 1:
+        return p.reshape(())
+    return p.reshape(1, -1, *([1] * (x.dim() - 2)))

@@ -1,0 +1,424 @@
+"""QuantSpec and QuantPlan: what precision each layer gets, validated, JSON round-trip, summaries.
+
+A :class:`QuantPlan` maps layer names (module paths) to :class:`QuantSpec` and is the unit that moves between
+every stage of the workbench. It serialises to readable JSON::
+
+    {"conv1": {"w_bits": 4, "a_bits": 8, "granularity": "per_channel", ...}, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
+
+INT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
+FLOAT_BITS: tuple[int, ...] = (16, 32)
+VALID_BITS: tuple[int, ...] = INT_BITS + FLOAT_BITS
+GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
+ACT_GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel")
+OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "mse")
+FLOAT16_FORMATS: tuple[str, ...] = ("bfloat16", "float16")
+
+SCALE_BITS = 32  # scales are stored as float32
+ZERO_POINT_BITS = 8  # zero points of <= 8-bit integer tensors fit in one byte
+ACT_QPARAM_BITS = 32 + 32  # one float32 scale and one int32 zero point per activation channel / tensor
+
+
+class PlanError(ValueError):
+    """A plan, spec or model that the quantization core cannot use. The message names the bad value."""
+
+
+def _choices(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one layer is quantized.
+
+    Bits: 2, 3, 4, 5, 6, 8 are integer grids; 16 is a float16/bfloat16 cast (``float16_format``); 32 leaves the
+    tensor in float32. ``granularity`` applies to weights (per output channel = dim 0); ``group_size`` splits each
+    output channel's flattened fan-in into groups with their own scale. ``channel_bits`` gives every output channel
+    its own integer bit width (mixed precision inside a layer); it needs per_channel or per_group granularity.
+    Activations (the layer's input) use ``a_granularity`` (per_tensor, or per_channel along dim 1), a static range
+    found at calibration, or a dynamic one recomputed from every batch when ``a_dynamic`` is true.
+    """
+
+    w_bits: int = 8
+    a_bits: int = 8
+    granularity: str = "per_channel"
+    group_size: int | None = None
+    w_symmetric: bool = True
+    a_symmetric: bool = False
+    w_observer: str = "minmax"
+    a_observer: str = "minmax"
+    a_granularity: str = "per_tensor"
+    a_dynamic: bool = False
+    percentile: float = 99.99
+    float16_format: str = "bfloat16"
+    channel_bits: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.channel_bits is not None and not isinstance(self.channel_bits, tuple):
+            object.__setattr__(self, "channel_bits", tuple(int(b) for b in self.channel_bits))
+        self.validate()
+
+    # -- validation ---------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise :class:`PlanError` naming the first bad field and its valid choices."""
+        for name in ("w_bits", "a_bits"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value not in VALID_BITS:
+                raise PlanError(f"{name}={value!r} is not supported; valid bits: {_choices(VALID_BITS)}")
+        if self.granularity not in GRANULARITIES:
+            raise PlanError(
+                f"granularity={self.granularity!r} is not valid; choose one of {_choices(GRANULARITIES)}"
+            )
+        if self.a_granularity not in ACT_GRANULARITIES:
+            raise PlanError(
+                f"a_granularity={self.a_granularity!r} is not valid; choose one of {_choices(ACT_GRANULARITIES)}"
+            )
+        if self.granularity == "per_group":
+            if (
+                not isinstance(self.group_size, int)
+                or isinstance(self.group_size, bool)
+                or self.group_size < 1
+            ):
+                raise PlanError(
+                    f"granularity='per_group' needs group_size >= 1, got group_size={self.group_size!r}"
+                )
+        elif self.group_size is not None:
+            raise PlanError(
+                f"group_size={self.group_size!r} is only used with granularity='per_group' (got {self.granularity!r})"
+            )
+        for name in ("w_observer", "a_observer"):
+            value = getattr(self, name)
+            if value not in OBSERVERS:
+                raise PlanError(f"{name}={value!r} is not valid; choose one of {_choices(OBSERVERS)}")
+        if not (50.0 < float(self.percentile) <= 100.0):
+            raise PlanError(f"percentile={self.percentile!r} must lie in (50, 100]")
+        if self.float16_format not in FLOAT16_FORMATS:
+            raise PlanError(
+                f"float16_format={self.float16_format!r} is not valid; choose one of {_choices(FLOAT16_FORMATS)}"
+            )
+        if self.channel_bits is not None:
+            if self.granularity == "per_tensor":
+                raise PlanError(
+                    "channel_bits needs granularity 'per_channel' or 'per_group', got 'per_tensor'"
+                )
+            bad = sorted({b for b in self.channel_bits if b not in INT_BITS})
+            if bad:
+                raise PlanError(
+                    f"channel_bits contains {bad}; per-channel bits must be integer bits {INT_BITS}"
+                )
+            if len(self.channel_bits) == 0:
+                raise PlanError("channel_bits must not be empty (one entry per output channel)")
+
+    # -- derived ------------------------------------------------------------------------------------------
+    @property
+    def is_identity(self) -> bool:
+        """True when neither weights nor activations are touched (a float32 layer)."""
+        return self.w_bits == 32 and self.a_bits == 32 and self.channel_bits is None
+
+    def mean_weight_bits(self) -> float:
+        """Weight bits averaged over output channels (equals ``w_bits`` without ``channel_bits``)."""
+        if self.channel_bits is None:
+            return float(self.w_bits)
+        return sum(self.channel_bits) / len(self.channel_bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["channel_bits"] is not None:
+            d["channel_bits"] = list(d["channel_bits"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantSpec:
+        if not isinstance(d, Mapping):
+            raise PlanError(f"a spec must be a mapping of fields, got {type(d).__name__}: {d!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise PlanError(f"unknown spec field(s) {unknown}; valid fields: {sorted(known)}")
+        kw = dict(d)
+        if kw.get("channel_bits") is not None:
+            kw["channel_bits"] = tuple(int(b) for b in kw["channel_bits"])
+        return cls(**kw)
+
+    def with_(self, **changes: Any) -> QuantSpec:
+        """A copy with some fields changed (validated)."""
+        return replace(self, **changes)
+
+
+FP32 = QuantSpec(w_bits=32, a_bits=32, granularity="per_tensor")
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """Size and cost of a plan applied to a model (one input sample for BOPs)."""
+
+    avg_weight_bits: float
+    avg_act_bits: float
+    size_bytes: int
+    fp32_size_bytes: int
+    compression: float
+    bops: int
+    fp32_bops: int
+    quantized_layers: int
+    total_layers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Layer name -> QuantSpec. Layers not in the plan stay float32."""
+
+    layers: Mapping[str, QuantSpec] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        clean: dict[str, QuantSpec] = {}
+        for name, spec in dict(self.layers).items():
+            if not isinstance(name, str) or not name:
+                raise PlanError(f"layer names must be non-empty module paths, got {name!r}")
+            if isinstance(spec, Mapping):
+                spec = QuantSpec.from_dict(spec)
+            if not isinstance(spec, QuantSpec):
+                raise PlanError(
+                    f"layer {name!r}: expected a QuantSpec or a mapping, got {type(spec).__name__}"
+                )
+            clean[name] = spec
+        object.__setattr__(self, "layers", clean)
+
+    # -- mapping-like access ------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> QuantSpec:
+        return self.layers[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.layers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def items(self):
+        return self.layers.items()
+
+    def get(self, name: str, default: QuantSpec | None = None) -> QuantSpec | None:
+        return self.layers.get(name, default)
+
+    def with_layer(self, name: str, spec: QuantSpec) -> QuantPlan:
+        """A new plan with one layer's spec replaced or added."""
+        return QuantPlan({**self.layers, name: spec})
+
+    # -- constructors -------------------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, model: nn.Module, spec: QuantSpec, *, skip: tuple[str, ...] = ()) -> QuantPlan:
+        """The same spec for every quantizable layer of ``model`` (except those in ``skip``)."""
+        names = quantizable_layers(model)
+        if not names:
+            raise PlanError(
+                f"{type(model).__name__} has no quantizable layers; supported layer types: Conv2d, Linear"
+            )
+        unknown = sorted(set(skip) - set(names))
+        if unknown:
+            raise PlanError(f"skip names unknown layers {unknown}; valid layers: {names}")
+        return cls({n: spec for n in names if n not in skip})
+
+    @classmethod
+    def from_shorthand(cls, text: str, model: nn.Module) -> QuantPlan:
+        """Parse ``uniform:w4a8[:per_channel|per_tensor|per_group:g32][:asym][:mse|percentile][:dynamic]``."""
+        return cls.uniform(model, parse_shorthand(text))
+
+    # -- JSON ---------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: spec.to_dict() for name, spec in self.layers.items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> QuantPlan:
+        if not isinstance(d, Mapping):
+            raise PlanError(f"a plan must be a JSON object of layer -> spec, got {type(d).__name__}")
+        return cls({name: QuantSpec.from_dict(spec) for name, spec in d.items()})
+
+    def to_json(self, *, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> QuantPlan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"plan is not valid JSON: {e}") from e
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the plan as JSON; refuses to replace an existing file unless ``overwrite``."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantPlan:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"plan file {path} does not exist")
+        return cls.from_json(path.read_text())
+
+    # -- validation and summaries -------------------------------------------------------------------------
+    def validate(self, model: nn.Module) -> None:
+        """Check every layer name exists and is quantizable, and per-channel bit vectors fit the layer."""
+        names = quantizable_layers(model)
+        if not names:
+            raise PlanError(
+                f"{type(model).__name__} has no quantizable layers; supported layer types: Conv2d, Linear"
+            )
+        unknown = [n for n in self.layers if n not in names]
+        if unknown:
+            raise PlanError(f"plan names unknown layer(s) {unknown}; valid layers: {names}")
+        modules = dict(model.named_modules())
+        for name, spec in self.layers.items():
+            if spec.channel_bits is not None:
+                out_ch = modules[name].weight.shape[0]
+                if len(spec.channel_bits) != out_ch:
+                    raise PlanError(
+                        f"layer {name!r}: channel_bits has {len(spec.channel_bits)} entries, "
+                        f"the layer has {out_ch} output channels"
+                    )
+
+    def summary(self, model: nn.Module, example_input) -> PlanSummary:
+        """Average bits (weighted by parameters / MACs), size in bytes (scales and zero points included), BOPs."""
+        self.validate(model)
+        costs = layer_costs(model, example_input)
+        return summarize(self, model, costs)
+
+
+def summarize(plan: QuantPlan, model: nn.Module, costs: Mapping[str, LayerCost]) -> PlanSummary:
+    """Plan summary from precomputed layer costs (see :func:`layer_costs`)."""
+    modules = dict(model.named_modules())
+    total_params = sum(p.numel() for p in model.parameters())
+    quant_weight_params = sum(c.weight_params for c in costs.values())
+    weight_bits_sum = 0.0
+    bits_total = 0.0  # storage bits of the whole model
+    act_bits_sum = 0.0
+    macs_total = 0
+    bops = 0
+    covered = 0
+    for name, cost in costs.items():
+        spec = plan.get(name, FP32)
+        mod = modules[name]
+        w_bits = layer_weight_storage_bits(spec, mod.weight.shape)
+        weight_bits_sum += spec.mean_weight_bits() * cost.weight_params
+        other = cost.params - cost.weight_params  # bias etc. stays float32
+        bits_total += w_bits + 32 * other
+        if spec.a_bits < 32:
+            in_ch = cost.input_shape[0] if cost.input_shape else 1
+            n_act = in_ch if spec.a_granularity == "per_channel" else 1
+            if spec.a_bits < 16 and not spec.a_dynamic:
+                bits_total += ACT_QPARAM_BITS * n_act
+        act_bits_sum += spec.a_bits * cost.macs
+        macs_total += cost.macs
+        bops += int(round(spec.mean_weight_bits() * spec.a_bits * cost.macs))
+        covered += cost.params
+    bits_total += 32 * (total_params - covered)
+    size_bytes = int(math.ceil(bits_total / 8))
+    fp32_bytes = 4 * total_params
+    n_quant = sum(1 for n in costs if not plan.get(n, FP32).is_identity)
+    return PlanSummary(
+        avg_weight_bits=weight_bits_sum / quant_weight_params if quant_weight_params else 32.0,
+        avg_act_bits=act_bits_sum / macs_total if macs_total else 32.0,
+        size_bytes=size_bytes,
+        fp32_size_bytes=fp32_bytes,
+        compression=fp32_bytes / size_bytes if size_bytes else float("inf"),
+        bops=bops,
+        fp32_bops=32 * 32 * macs_total,
+        quantized_layers=n_quant,
+        total_layers=len(costs),
+    )
+
+
+def num_weight_groups(spec: QuantSpec, weight_shape) -> tuple[int, int]:
+    """(rows, groups per row) of the scale grid for a weight of ``weight_shape`` under ``spec``."""
+    out_ch = int(weight_shape[0])
+    fan_in = int(math.prod(weight_shape[1:]))
+    if spec.granularity == "per_tensor":
+        return 1, 1
+    if spec.granularity == "per_channel":
+        return out_ch, 1
+    return out_ch, math.ceil(fan_in / spec.group_size)
+
+
+def layer_weight_storage_bits(spec: QuantSpec, weight_shape) -> int:
+    """Exact storage of a quantized weight: packed integers + float32 scales + 8-bit zero points.
+
+    16-bit weights are stored as 16-bit floats and 32-bit weights as float32 (no scales).
+    """
+    n = int(math.prod(weight_shape))
+    out_ch = int(weight_shape[0])
+    if spec.channel_bits is None and spec.w_bits >= 16:
+        return spec.w_bits * n
+    rows, groups = num_weight_groups(spec, weight_shape)
+    if spec.channel_bits is not None:
+        per_row = n // out_ch
+        bits = sum(b * per_row for b in spec.channel_bits)
+    else:
+        bits = spec.w_bits * n
+    n_scales = rows * groups
+    bits += SCALE_BITS * n_scales
+    if not spec.w_symmetric:
+        bits += ZERO_POINT_BITS * n_scales
+    return bits
+
+
+_SHORTHAND = re.compile(r"^w(?P<w>\d+)a(?P<a>\d+)$")
+
+
+def parse_shorthand(text: str) -> QuantSpec:
+    """``uniform:w4a8:per_channel`` -> QuantSpec(w_bits=4, a_bits=8, granularity='per_channel').
+
+    Options after the bits, in any order: a granularity (per_tensor, per_channel, per_group), ``g<N>`` (group
+    size), ``asym`` / ``sym`` (weights), an observer (minmax, percentile, mse), ``dynamic`` (activation scales per
+    batch), ``fp16`` / ``bf16`` (format of 16-bit specs).
+    """
+    help_text = "expected e.g. 'uniform:w8a8', 'uniform:w4a8:per_channel', 'uniform:w4a8:per_group:g32:mse'"
+    parts = [p.strip() for p in str(text).split(":")]
+    if len(parts) < 2 or parts[0] != "uniform":
+        raise PlanError(f"plan shorthand {text!r} not understood; {help_text}")
+    m = _SHORTHAND.match(parts[1])
+    if not m:
+        raise PlanError(f"bits part {parts[1]!r} of {text!r} not understood; {help_text}")
+    kw: dict[str, Any] = {"w_bits": int(m["w"]), "a_bits": int(m["a"])}
+    for opt in parts[2:]:
+        if opt in GRANULARITIES:
+            kw["granularity"] = opt
+        elif re.fullmatch(r"g\d+", opt):
+            kw["group_size"] = int(opt[1:])
+        elif opt in ("asym", "sym"):
+            kw["w_symmetric"] = opt == "sym"
+        elif opt in OBSERVERS:
+            kw["w_observer"] = opt
+            kw["a_observer"] = opt
+        elif opt == "dynamic":
+            kw["a_dynamic"] = True
+        elif opt in ("fp16", "bf16"):
+            kw["float16_format"] = "float16" if opt == "fp16" else "bfloat16"
+        else:
+            valid = [*GRANULARITIES, "g<N>", "asym", "sym", *OBSERVERS, "dynamic", "fp16", "bf16"]
+            raise PlanError(f"option {opt!r} in {text!r} not understood; valid options: {valid}")
+    if kw.get("group_size") is not None and "granularity" not in kw:
+        kw["granularity"] = "per_group"
+    return QuantSpec(**kw)

@@ -1,0 +1,207 @@
+"""quantize_model: copy a model, fold BatchNorm, swap layers for fake-quant modules, calibrate.
+
+The caller's model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from workbench.quant.introspect import quantizable_layers
+from workbench.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
+from workbench.quant.spec import PlanError, QuantPlan
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, new)
+
+
+def check_finite(model: nn.Module, layers: Iterable[str] | None = None) -> None:
+    """Raise PlanError naming the first parameter with NaN or Inf values (in ``layers`` or the whole model)."""
+    names = set(layers) if layers is not None else None
+    for pname, p in model.named_parameters():
+        owner = pname.rpartition(".")[0]
+        if names is not None and owner not in names:
+            continue
+        if not torch.isfinite(p).all():
+            bad = int((~torch.isfinite(p)).sum())
+            raise PlanError(
+                f"parameter {pname!r} has {bad} NaN/Inf values; quantization needs finite weights"
+            )
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module paths where a BatchNorm2d directly and only consumes a Conv2d's output.
+
+    Found by tracing the model with torch.fx; a model that cannot be traced yields no pairs (with a warning).
+    """
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - untraceable models simply keep their BatchNorm
+        warnings.warn(f"BatchNorm folding skipped: model is not traceable by torch.fx ({e})", stacklevel=2)
+        return []
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (
+            isinstance(src, torch.fx.Node)
+            and src.op == "call_module"
+            and isinstance(modules.get(src.target), nn.Conv2d)
+            and len(src.users) == 1
+            and calls[src.target] == 1
+            and calls[node.target] == 1
+        ):
+            pairs.append((str(src.target), str(node.target)))
+    return pairs
+
+
+def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Fold each BatchNorm into its convolution in place (``model`` must be a private copy in eval mode)."""
+    for conv_name, bn_name in pairs:
+        conv = get_module(model, conv_name)
+        bn = get_module(model, bn_name)
+        set_module(model, conv_name, fuse_conv_bn_eval(conv, bn))
+        set_module(model, bn_name, nn.Identity())
+
+
+def swap_modules(model: nn.Module, plan: QuantPlan, *, seed: int = 0) -> None:
+    """Replace every planned, non-identity layer of ``model`` (a private copy) by its fake-quant twin."""
+    for name, spec in plan.items():
+        if spec.is_identity:
+            continue
+        mod = get_module(model, name)
+        if isinstance(mod, nn.Conv2d):
+            set_module(model, name, QuantConv2d.from_float(mod, spec, seed=seed))
+        elif isinstance(mod, nn.Linear):
+            set_module(model, name, QuantLinear.from_float(mod, spec, seed=seed))
+        else:  # validated earlier, kept as a guard
+            raise PlanError(
+                f"layer {name!r} is a {type(mod).__name__}; only Conv2d and Linear can be quantized"
+            )
+
+
+def _inputs(batch):
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise PlanError(
+        f"calibration batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}"
+    )
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module, calib_loader, *, max_batches: int | None = None, progress: bool = False
+) -> int:
+    """Run calibration batches through ``model`` so every static activation quantizer fixes its range.
+
+    Returns the number of batches used.
+    """
+    quantizers = [m for m in model.modules() if isinstance(m, ActQuantizer) and m.needs_calibration]
+    if not quantizers:
+        return 0
+    for q in quantizers:
+        q.start_observing()
+    n = 0
+    try:
+        iterator = calib_loader
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(calib_loader, desc="calibrate", leave=False)
+        for batch in iterator:
+            if max_batches is not None and n >= max_batches:
+                break
+            model(_inputs(batch))
+            n += 1
+        if n == 0:
+            raise PlanError("calibration data is empty: pass a loader with at least one batch")
+    finally:
+        for q in quantizers:
+            q.observing = False
+    for q in quantizers:
+        q.finish_observing()
+    return n
+
+
+def quantize_model(
+    model: nn.Module,
+    plan: QuantPlan,
+    calib_loader=None,
+    *,
+    fold_bn: bool = True,
+    max_calib_batches: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> nn.Module:
+    """A quantized copy of ``model``: BatchNorm folded into quantized convolutions, layers swapped, calibrated.
+
+    ``calib_loader`` may be omitted only when no layer needs a static activation range. Layers missing from the
+    plan, and layers whose spec is 32/32, run exactly as in ``model``. The returned model is in eval mode and
+    carries its plan as ``model.quant_plan``.
+    """
+    if not isinstance(model, nn.Module):
+        raise PlanError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(plan, QuantPlan):
+        raise PlanError(
+            f"plan must be a QuantPlan, got {type(plan).__name__} (use QuantPlan.from_dict / load)"
+        )
+    plan.validate(model)
+    check_finite(model, plan.layers.keys())
+    needs_calib = any(s.a_bits < 16 and not s.a_dynamic for s in plan.layers.values())
+    if calib_loader is not None and hasattr(calib_loader, "__len__") and len(calib_loader) == 0:
+        raise PlanError("calibration data is empty: pass a loader with at least one batch")
+    if needs_calib and calib_loader is None:
+        raise PlanError(
+            "this plan quantizes activations statically: pass calib_loader (a DataLoader of inputs)"
+        )
+
+    qmodel = copy.deepcopy(model).eval()
+    pairs: list[tuple[str, str]] = []
+    if fold_bn:
+        weight_quantized = {n for n, s in plan.items() if s.w_bits < 32 or s.channel_bits is not None}
+        pairs = [(c, b) for c, b in conv_bn_pairs(qmodel) if c in weight_quantized]
+        fold_batchnorm(qmodel, pairs)
+    swap_modules(qmodel, plan, seed=seed)
+    if needs_calib:
+        calibrate(qmodel, calib_loader, max_batches=max_calib_batches, progress=progress)
+    qmodel.quant_plan = plan
+    qmodel.folded_bn = pairs
+    return qmodel
+
+
+def quant_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The fake-quant layers of a quantized model by module path."""
+    return {n: m for n, m in model.named_modules() if getattr(m, "is_quant_module", False)}
+
+
+__all__ = [
+    "calibrate",
+    "check_finite",
+    "conv_bn_pairs",
+    "fold_batchnorm",
+    "quant_modules",
+    "quantizable_layers",
+    "quantize_model",
+    "swap_modules",
+]
