@@ -98,3 +98,7 @@ def test_summary_counts_bits_scales_and_bops(tiny_model):
     assert mixed.summary(tiny_model, x).avg_weight_bits == pytest.approx(
         (4 * (conv0 + conv1) + 5 * fc) / (conv0 + conv1 + fc)
     )
+    low_act = plan.with_layer("fc", QuantSpec(w_bits=4, a_bits=4))
+    assert low_act.summary(tiny_model, x).avg_act_bits == pytest.approx(
+        (8 * (conv0 + conv1) + 4 * fc) / (conv0 + conv1 + fc)
+    )

@@ -3,6 +3,7 @@
 This package depends on nothing above it (no tracking, search or UI imports).
 """
 
+from workbench.quant.error import WeightError, layer_weight, weight_error, weight_error_table
 from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
 from workbench.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, WeightQuantizer, quantize_weight
 from workbench.quant.pack import PackReport, load_packed, read_header, save_packed
@@ -33,9 +34,11 @@ __all__ = [
     "QuantLinear",
     "QuantPlan",
     "QuantSpec",
+    "WeightError",
     "WeightQuantizer",
     "calibrate",
     "layer_costs",
+    "layer_weight",
     "load_packed",
     "parse_shorthand",
     "quant_modules",
@@ -44,4 +47,6 @@ __all__ = [
     "quantize_weight",
     "read_header",
     "save_packed",
+    "weight_error",
+    "weight_error_table",
 ]

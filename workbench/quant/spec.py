@@ -164,7 +164,13 @@ FP32 = QuantSpec(w_bits=32, a_bits=32, granularity="per_tensor")
 
 @dataclass(frozen=True)
 class PlanSummary:
-    """Size and cost of a plan applied to a model (one input sample for BOPs)."""
+    """Size and cost of a plan applied to a model.
+
+    ``avg_weight_bits`` / ``avg_act_bits``: bits of each quantizable layer's weights / input activations,
+    averaged with the layer's weight-parameter count as weight. ``size_bytes``: storage of the whole model
+    (packed codes, float32 scales, 8-bit zero points, activation ranges, other parameters in float32).
+    ``bops``: bit operations per input sample, sum over layers of MACs x weight bits x activation bits.
+    """
 
     avg_weight_bits: float
     avg_act_bits: float
@@ -330,7 +336,7 @@ def summarize(plan: QuantPlan, model: nn.Module, costs: Mapping[str, LayerCost])
             n_act = in_ch if spec.a_granularity == "per_channel" else 1
             if spec.a_bits < 16 and not spec.a_dynamic:
                 bits_total += ACT_QPARAM_BITS * n_act
-        act_bits_sum += spec.a_bits * cost.macs
+        act_bits_sum += spec.a_bits * cost.weight_params
         macs_total += cost.macs
         bops += int(round(spec.mean_weight_bits() * spec.a_bits * cost.macs))
         covered += cost.params
@@ -340,7 +346,7 @@ def summarize(plan: QuantPlan, model: nn.Module, costs: Mapping[str, LayerCost])
     n_quant = sum(1 for n in costs if not plan.get(n, FP32).is_identity)
     return PlanSummary(
         avg_weight_bits=weight_bits_sum / quant_weight_params if quant_weight_params else 32.0,
-        avg_act_bits=act_bits_sum / macs_total if macs_total else 32.0,
+        avg_act_bits=act_bits_sum / quant_weight_params if quant_weight_params else 32.0,
         size_bytes=size_bytes,
         fp32_size_bytes=fp32_bytes,
         compression=fp32_bytes / size_bytes if size_bytes else float("inf"),

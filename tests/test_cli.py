@@ -1,0 +1,117 @@
+"""The CLI end to end on the digits task (models cached under data/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from workbench.cli import main
+from workbench.quant import QuantPlan, QuantSpec
+
+
+@pytest.fixture(autouse=True)
+def _tmp_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+
+
+def _json(path):
+    return json.loads(path.read_text())
+
+
+def test_help_lists_subcommands():
+    out = subprocess.run(
+        [sys.executable, "-m", "workbench", "--help"], capture_output=True, text=True, check=True
+    )
+    for cmd in ("train", "profile", "quantize", "pipeline"):
+        assert cmd in out.stdout
+
+
+def test_train_and_profile(tmp_path):
+    assert main(["train", "--model", "digits_cnn", "--json", str(tmp_path / "t.json")]) == 0
+    t = _json(tmp_path / "t.json")
+    assert t["test_accuracy"] >= 0.97
+    assert (
+        main(
+            [
+                "profile",
+                "--model",
+                "digits_cnn",
+                "--batches",
+                "1",
+                "--repeats",
+                "2",
+                "--json",
+                str(tmp_path / "p.json"),
+            ]
+        )
+        == 0
+    )
+    p = _json(tmp_path / "p.json")
+    assert [r["layer"] for r in p["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert p["summary"]["params"] == sum(r["params"] for r in p["layers"])
+
+
+def test_quantize_shorthand_and_plan_file(tmp_path):
+    out = tmp_path / "q.json"
+    assert (
+        main(["quantize", "--model", "digits_cnn", "--plan", "uniform:w8a8:per_channel", "--json", str(out)])
+        == 0
+    )
+    q = _json(out)
+    for key in ("fp32_accuracy", "accuracy", "fp32_size_bytes", "size_bytes", "avg_weight_bits"):
+        assert key in q
+    assert q["avg_weight_bits"] == 8.0
+    assert q["fp32_accuracy"] - q["accuracy"] <= 0.01
+    assert q["fp32_size_bytes"] / q["size_bytes"] > 3.5
+
+    plan = QuantPlan(
+        {
+            "conv1": QuantSpec(w_bits=8),
+            "conv2": QuantSpec(w_bits=4),
+            "fc1": QuantSpec(w_bits=2),
+            "fc2": QuantSpec(w_bits=8),
+        }
+    )
+    plan.save(tmp_path / "plan.json")
+    packed = tmp_path / "model.wbq"
+    args = ["quantize", "--model", "digits_cnn", "--plan", str(tmp_path / "plan.json"), "--out", str(packed)]
+    assert main([*args, "--json", str(out)]) == 0
+    q = _json(out)
+    assert packed.stat().st_size == q["packed_bytes"]
+    assert 2.0 < q["avg_weight_bits"] < 4.0  # fc1 dominates the parameters
+    assert main(args) == 2  # refuses to overwrite the packed file
+
+
+def test_bad_plan_is_reported(tmp_path, capsys):
+    assert main(["quantize", "--model", "digits_cnn", "--plan", "uniform:w7a8"]) == 2
+    assert "valid bits" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text(json.dumps({"nope": {"w_bits": 4}}))
+    assert main(["quantize", "--model", "digits_cnn", "--plan", str(tmp_path / "bad.json")]) == 2
+    assert "valid layers" in capsys.readouterr().err
+
+
+def test_pipeline_json(tmp_path):
+    assert main(["pipeline", "--model", "digits_cnn", "--json", str(tmp_path / "pipe.json")]) == 0
+    rows = {r["name"]: r for r in _json(tmp_path / "pipe.json")["table"]}
+    assert set(rows) == {"FP32", "INT8 per-channel", "INT4 per-channel"}
+    assert (
+        rows["FP32"]["size_bytes"]
+        > rows["INT8 per-channel"]["size_bytes"]
+        > rows["INT4 per-channel"]["size_bytes"]
+    )
+    assert rows["INT8 per-channel"]["accuracy_drop_pp"] <= 1.0
+
+
+def test_example_plan_in_configs(tmp_path):
+    from pathlib import Path
+
+    plan_path = Path(__file__).resolve().parents[1] / "configs" / "plans" / "digits_resnet_mixed.json"
+    out = tmp_path / "q.json"
+    assert main(["quantize", "--model", "digits_resnet", "--plan", str(plan_path), "--json", str(out)]) == 0
+    q = _json(out)
+    assert 4.0 < q["avg_weight_bits"] < 5.0
+    assert q["fp32_accuracy"] - q["accuracy"] <= 0.02
+    assert q["plan"]["fc"]["channel_bits"] == [8, 8, 4, 4, 4, 4, 4, 4, 6, 6]

@@ -1,0 +1,58 @@
+"""Execute the notebooks headless with small parameters, then probe their live kernel."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def run_notebook(name: str, params: str, probe: str, tmp_path: Path, monkeypatch) -> nbformat.NotebookNode:
+    """Run ``name`` with its parameters cell replaced by ``params``, then ``probe`` in the same kernel."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "each notebook has exactly one cell tagged 'parameters'"
+    cells[0].source += "\n" + params
+    nb.cells.append(nbformat.v4.new_code_cell(probe + "\nprint('PROBE OK')"))
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute(env=dict(os.environ))
+    assert "PROBE OK" in nb.cells[-1].outputs[-1]["text"]
+    return nb
+
+
+def test_notebooks_are_stored_clean():
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, (
+                    f"{path.name} is stored with outputs"
+                )
+
+
+@pytest.mark.slow
+def test_01_calibration_profiling(tmp_path, monkeypatch):
+    params = "MODEL = 'digits_cnn'\nPROFILE_BATCHES = 1\nLATENCY_REPEATS = 2\nERROR_BITS = (2, 4, 8)\n"
+    probe = """
+assert list(profile['layer']) == ['conv1', 'conv2', 'fc1', 'fc2'], profile
+assert (profile['latency_ms'] > 0).all()
+acc = dict(zip(table['name'], table['accuracy']))
+assert acc['FP32'] >= 0.97 and acc['FP32'] - acc['INT8 per-channel'] <= 0.01, acc
+err4 = explorer.error.mse
+explorer.bits.value = 8
+assert explorer.error.mse < err4 / 50, (err4, explorer.error.mse)
+from workbench import tracking
+runs = tracking.runs_frame()
+assert run.run_id in set(runs['run_id']), runs
+"""
+    run_notebook("01_calibration_profiling.ipynb", params, probe, tmp_path, monkeypatch)

@@ -1,0 +1,211 @@
+"""Stages as functions with result objects, shared by the CLI and the notebooks.
+
+``evaluate_plan`` quantizes a task's model with a plan and measures it (accuracy, size, packed file size, bits);
+``run_pipeline`` runs the end-to-end pipeline on a task: profile, then FP32 vs the configured uniform plans.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from workbench import tracking
+from workbench.profiling import ProfileConfig, profile_model, profile_summary
+from workbench.quant import PlanError, QuantPlan, quantize_model, save_packed
+from workbench.tasks import Task, load_task, torchvision_task
+
+DEFAULT_PLANS: tuple[tuple[str, str], ...] = (
+    ("INT8 per-channel", "uniform:w8a8:per_channel"),
+    ("INT4 per-channel", "uniform:w4a8:per_channel"),
+)
+
+
+def make_task(
+    model: str = "digits_resnet",
+    *,
+    dataset: str | None = None,
+    data_root: str | Path | None = None,
+    weights: str | Path | None = None,
+    retrain: bool = False,
+    progress: bool = True,
+) -> Task:
+    """The embedded digits task for zoo models, or a torchvision model on a local dataset folder."""
+    if dataset is None:
+        return load_task(model, retrain=retrain, progress=progress)
+    if data_root is None:
+        raise ValueError(
+            f"dataset {dataset!r} needs data_root: the folder that holds it (nothing is downloaded)"
+        )
+    return torchvision_task(model, dataset=dataset, root=data_root, weights_path=weights)
+
+
+def resolve_plan(plan: str | Path | QuantPlan, model: nn.Module) -> QuantPlan:
+    """A QuantPlan from a plan object, a JSON file path, or a shorthand such as ``uniform:w4a8:per_channel``."""
+    if isinstance(plan, QuantPlan):
+        return plan
+    text = str(plan)
+    if text.startswith("uniform:"):
+        return QuantPlan.from_shorthand(text, model)
+    path = Path(text)
+    if not path.is_file():
+        raise PlanError(
+            f"plan {text!r} is neither a JSON file nor a shorthand; use a path to a plan JSON or e.g. "
+            "'uniform:w8a8', 'uniform:w4a8:per_channel', 'uniform:w4a8:per_group:g32'"
+        )
+    return QuantPlan.load(path)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """One quantized model measured on a task."""
+
+    name: str
+    plan: QuantPlan = field(repr=False)
+    fp32_accuracy: float
+    accuracy: float
+    fp32_size_bytes: int
+    size_bytes: int
+    packed_bytes: int
+    avg_weight_bits: float
+    avg_act_bits: float
+    bops: int
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def accuracy_drop_pp(self) -> float:
+        return 100.0 * (self.fp32_accuracy - self.accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("plan", "model")}
+        d["accuracy_drop_pp"] = self.accuracy_drop_pp
+        d["compression"] = self.fp32_size_bytes / self.size_bytes
+        return d
+
+
+def evaluate_plan(
+    task: Task,
+    plan: QuantPlan,
+    *,
+    name: str = "plan",
+    split: str = "test",
+    fp32_accuracy: float | None = None,
+    packed_path: str | Path | None = None,
+    overwrite: bool = False,
+    keep_model: bool = False,
+) -> PlanResult:
+    """Quantize ``task.model`` with ``plan`` (calibrated on the task's calibration data) and measure it.
+
+    The packed file goes to ``packed_path`` if given (refusing to overwrite unless ``overwrite``), else to a
+    temporary file that is removed after its size is read.
+    """
+    qmodel = quantize_model(task.model, plan, task.calib_loader)
+    fp32 = task.evaluate(task.model, split) if fp32_accuracy is None else fp32_accuracy
+    acc = task.evaluate(qmodel, split)
+    summary = plan.summary(task.model, task.example_input())
+    if packed_path is not None:
+        packed = save_packed(qmodel, packed_path, overwrite=overwrite).file_bytes
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            packed = save_packed(qmodel, Path(tmp) / "model.wbq").file_bytes
+    return PlanResult(
+        name=name,
+        plan=plan,
+        fp32_accuracy=fp32,
+        accuracy=acc,
+        fp32_size_bytes=summary.fp32_size_bytes,
+        size_bytes=summary.size_bytes,
+        packed_bytes=packed,
+        avg_weight_bits=summary.avg_weight_bits,
+        avg_act_bits=summary.avg_act_bits,
+        bops=summary.bops,
+        model=qmodel if keep_model else None,
+    )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """End-to-end pipeline on the embedded digits task (defaults) or a torchvision task."""
+
+    model: str = "digits_resnet"
+    plans: tuple[tuple[str, str], ...] = DEFAULT_PLANS
+    profile_batches: int = 4
+    split: str = "test"
+    dataset: str | None = None
+    data_root: str | None = None
+    weights: str | None = None
+    progress: bool = True
+    track: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    table: pd.DataFrame
+    profile: pd.DataFrame
+    profile_summary: dict[str, Any]
+    task_info: dict[str, Any]
+    run_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "table": self.table.to_dict(orient="records"),
+            "profile_summary": self.profile_summary,
+            "run_id": self.run_id,
+        }
+
+
+def results_table(results: list[PlanResult]) -> pd.DataFrame:
+    """One row per result: name, accuracy, drop, size, packed size, compression, average bits, BOPs."""
+    cols = [
+        "name", "accuracy", "accuracy_drop_pp", "size_bytes", "packed_bytes", "compression",
+        "avg_weight_bits", "avg_act_bits", "bops",
+    ]  # fmt: skip
+    return pd.DataFrame([r.to_dict() for r in results])[cols]
+
+
+def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  # noqa: B008 - frozen default
+    """Train or load the model, profile it, and compare FP32 with each configured uniform plan."""
+    task = make_task(
+        config.model,
+        dataset=config.dataset,
+        data_root=config.data_root,
+        weights=config.weights,
+        progress=config.progress,
+    )
+    with tracking.start_run(
+        "pipeline",
+        run_name=f"pipeline-{config.model}",
+        params=config,
+        enabled=None if config.track else False,
+    ) as run:
+        profile = profile_model(
+            task.model,
+            task.calib_loader,
+            config=ProfileConfig(max_batches=config.profile_batches, progress=config.progress),
+        )
+        run.log_dataframe(profile, "profile")
+        fp32_acc = task.evaluate(task.model, config.split)
+        fp32_plan = QuantPlan({})
+        results = [evaluate_plan(task, fp32_plan, name="FP32", split=config.split, fp32_accuracy=fp32_acc)]
+        for name, shorthand in config.plans:
+            plan = resolve_plan(shorthand, task.model)
+            results.append(evaluate_plan(task, plan, name=name, split=config.split, fp32_accuracy=fp32_acc))
+            run.log_plan(plan, name=name.replace(" ", "_"))
+        table = results_table(results)
+        run.log_dataframe(table, "summary")
+        for r in results:
+            key = r.name.lower().replace(" ", "_").replace("-", "_")
+            run.log_metrics({f"{key}.accuracy": r.accuracy, f"{key}.size_bytes": r.size_bytes})
+        summary = profile_summary(profile)
+        run.log_metrics({"fp32_accuracy": fp32_acc})
+        return PipelineResult(
+            table=table,
+            profile=profile,
+            profile_summary=summary,
+            task_info=dict(task.info),
+            run_id=run.run_id,
+        )

@@ -1,0 +1,1 @@
+"""Figures (plotly) and widgets (ipywidgets). The only package modules that import plotly or ipywidgets."""

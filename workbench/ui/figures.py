@@ -1,0 +1,124 @@
+"""Plotly figures of profiles, quantization errors and result tables. Functions return figures; nothing is shown."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from workbench.quant.error import WeightError
+
+
+def _need(df: pd.DataFrame, cols: list[str]) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"DataFrame lacks column(s) {missing}; it has {list(df.columns)}")
+
+
+def _layers(df: pd.DataFrame) -> list[str]:
+    return list(df["layer"]) if "layer" in df.columns else [str(i) for i in df.index]
+
+
+def layer_cost_figure(profile: pd.DataFrame) -> go.Figure:
+    """Per-layer parameters, MACs, measured latency and memory (one bar panel each)."""
+    _need(profile, ["params", "macs", "latency_ms", "activation_bytes"])
+    layers = _layers(profile)
+    fig = make_subplots(
+        rows=4,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.04,
+        subplot_titles=(
+            "parameters",
+            "MACs per sample",
+            "latency (ms, median)",
+            "activation memory (bytes/sample)",
+        ),
+    )
+    for i, col in enumerate(["params", "macs", "latency_ms", "activation_bytes"], start=1):
+        fig.add_trace(go.Bar(x=layers, y=profile[col], name=col, showlegend=False), row=i, col=1)
+    fig.update_layout(height=850, title="Per-layer cost", margin={"t": 60, "b": 120})
+    return fig
+
+
+def layer_stats_figure(profile: pd.DataFrame) -> go.Figure:
+    """Activation range, sparsity and entropy, and weight kurtosis per layer."""
+    _need(profile, ["act_min", "act_max", "act_sparsity", "act_entropy", "w_kurtosis"])
+    layers = _layers(profile)
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=(
+            "activation range",
+            "activation sparsity",
+            "activation entropy (bits)",
+            "weight excess kurtosis",
+        ),
+    )
+    fig.add_trace(go.Bar(x=layers, y=profile["act_max"], name="max"), row=1, col=1)
+    fig.add_trace(go.Bar(x=layers, y=profile["act_min"], name="min"), row=1, col=1)
+    fig.add_trace(go.Bar(x=layers, y=profile["act_sparsity"], showlegend=False), row=1, col=2)
+    fig.add_trace(go.Bar(x=layers, y=profile["act_entropy"], showlegend=False), row=2, col=1)
+    fig.add_trace(go.Bar(x=layers, y=profile["w_kurtosis"], showlegend=False), row=2, col=2)
+    fig.update_layout(height=700, title="Per-layer statistics", barmode="overlay")
+    return fig
+
+
+def weight_histogram_figure(
+    weight: Tensor, quantized: Tensor, *, title: str = "", error: WeightError | None = None
+) -> go.Figure:
+    """Histogram of a weight before and after quantization (quantized values are spikes at the levels)."""
+    w = weight.detach().float().flatten().numpy()
+    q = quantized.detach().float().flatten().numpy()
+    edges = np.linspace(float(min(w.min(), q.min())), float(max(w.max(), q.max())), 121)
+    hw, _ = np.histogram(w, edges)
+    hq, _ = np.histogram(q, edges)
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=centers, y=hw, name="float32", opacity=0.6))
+    fig.add_trace(go.Bar(x=centers, y=hq, name="quantized", opacity=0.6))
+    if error is not None:
+        title = f"{title}  MSE={error.mse:.3g}  SQNR={error.sqnr_db:.1f} dB  levels={error.levels}"
+    fig.update_layout(
+        barmode="overlay", title=title, xaxis_title="weight value", yaxis_title="count", height=380
+    )
+    return fig
+
+
+def error_by_bits_figure(errors: pd.DataFrame, *, metric: str = "sqnr_db") -> go.Figure:
+    """Lines of a weight error metric against bits, one per layer and granularity (from weight_error_table)."""
+    _need(errors, ["layer", "granularity", "w_bits", metric])
+    fig = go.Figure()
+    for (layer, gran), g in errors.groupby(["layer", "granularity"], sort=False):
+        fig.add_trace(go.Scatter(x=g["w_bits"], y=g[metric], mode="lines+markers", name=f"{layer} ({gran})"))
+    fig.update_layout(
+        title=f"Weight quantization {metric} by bit width",
+        xaxis_title="weight bits",
+        yaxis_title=metric,
+        height=450,
+    )
+    return fig
+
+
+def comparison_figure(table: pd.DataFrame) -> go.Figure:
+    """Accuracy against model size for the rows of a result table (columns: name, accuracy, size_bytes)."""
+    _need(table, ["name", "accuracy", "size_bytes"])
+    fig = go.Figure(
+        go.Scatter(
+            x=table["size_bytes"],
+            y=table["accuracy"],
+            mode="markers+text",
+            text=table["name"],
+            textposition="top center",
+        )
+    )
+    fig.update_layout(
+        title="Accuracy vs model size",
+        xaxis_title="size (bytes)",
+        yaxis_title="accuracy",
+        xaxis_type="log",
+        height=420,
+    )
+    return fig
