@@ -34,6 +34,10 @@ def test_train_and_profile(tmp_path):
     t = _json(tmp_path / "t.json")
     assert t["test_accuracy"] >= 0.97
     assert (
+        main(["train", "--model", "digits_cnn", "--json", str(tmp_path / "t.json")]) == 2
+    )  # no silent overwrite
+    assert main(["train", "--model", "digits_cnn", "--overwrite", "--json", str(tmp_path / "t.json")]) == 0
+    assert (
         main(
             [
                 "profile",
@@ -52,6 +56,9 @@ def test_train_and_profile(tmp_path):
     p = _json(tmp_path / "p.json")
     assert [r["layer"] for r in p["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
     assert p["summary"]["params"] == sum(r["params"] for r in p["layers"])
+    from workbench import tracking
+
+    assert len(tracking.runs_frame(stage="train")) == 2 and len(tracking.runs_frame(stage="profile")) == 1
 
 
 def test_quantize_shorthand_and_plan_file(tmp_path):
@@ -78,11 +85,12 @@ def test_quantize_shorthand_and_plan_file(tmp_path):
     plan.save(tmp_path / "plan.json")
     packed = tmp_path / "model.wbq"
     args = ["quantize", "--model", "digits_cnn", "--plan", str(tmp_path / "plan.json"), "--out", str(packed)]
-    assert main([*args, "--json", str(out)]) == 0
+    assert main([*args, "--overwrite", "--json", str(out)]) == 0
     q = _json(out)
     assert packed.stat().st_size == q["packed_bytes"]
     assert 2.0 < q["avg_weight_bits"] < 4.0  # fc1 dominates the parameters
     assert main(args) == 2  # refuses to overwrite the packed file
+    assert main([*args, "--overwrite"]) == 0
 
 
 def test_bad_plan_is_reported(tmp_path, capsys):

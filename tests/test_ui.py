@@ -26,9 +26,9 @@ def test_explorer_recomputes_on_change(model):
     ex.bits.value = 8
     assert ex.error.mse < err4.mse / 50  # ~16x finer grid: error falls by far more than 50x
     ex.bits.value = 2
-    assert ex.error.levels <= 4 * 8  # at most 4 levels per output channel
+    assert ex.error.levels <= 3 * 8  # ternary grid in each output channel
     ex.granularity.value = "per_tensor"
-    assert ex.error.levels <= 4
+    assert ex.error.levels == 3
     ex.layer.value = "3"
     assert ex.figure.layout.title.text.startswith("3: 2-bit per_tensor")
     ex.granularity.value = "per_group"

@@ -42,6 +42,9 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="state_dict file for a torchvision model")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.add_argument("--json", metavar="PATH", help="write the result summary as JSON to PATH")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing output files (--json, --csv, --out)"
+    )
 
 
 def _task(args: argparse.Namespace, *, retrain: bool = False):
@@ -62,8 +65,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         acc = {s: task.evaluate(split=s) for s in ("val", "test")}
         run.log_params({"model": args.model, "source": task.info.get("source", "user")})
         run.log_metrics({f"{s}_accuracy": v for s, v in acc.items()})
-        if task.info.get("history") is not None and isinstance(task.info["history"], pd.DataFrame):
-            run.log_dataframe(task.info["history"], "history")
+        if task.info.get("history"):
+            run.log_dataframe(pd.DataFrame(task.info["history"]), "history")
     info = {
         k: v for k, v in task.info.items() if isinstance(v, (str, int, float, bool, dict, list, type(None)))
     }
@@ -171,7 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     _task_args(p)
     p.add_argument("--plan", required=True, help="plan JSON file or shorthand, e.g. uniform:w4a8:per_channel")
     p.add_argument("--out", help="write the packed low-bit model here (.wbq)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("pipeline", help="end-to-end: train/load, profile, FP32 vs INT8 vs INT4")
@@ -180,9 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse to replace an existing output file unless --overwrite was given."""
+    for opt in ("json", "csv", "out"):
+        path = getattr(args, opt, None)
+        if path and Path(path).exists() and not args.overwrite:
+            raise FileExistsError(f"--{opt} {path} exists; pass --overwrite to replace it")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_outputs(args)
         result = args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -80,16 +80,22 @@ def test_summary_counts_bits_scales_and_bops(tiny_model):
     x = torch.zeros(1, 1, 8, 8)
     n_params = sum(p.numel() for p in tiny_model.parameters())
     fp32 = QuantPlan({}).summary(tiny_model, x)
-    assert fp32.size_bytes == fp32.fp32_size_bytes == 4 * n_params
+    bn_buffers = 4 * (8 + 8) + 8  # running mean / var (float32) and num_batches_tracked (int64)
+    assert fp32.size_bytes == fp32.fp32_size_bytes == 4 * n_params + bn_buffers
     assert fp32.avg_weight_bits == 32.0 and fp32.bops == fp32.fp32_bops
 
     plan = QuantPlan.uniform(tiny_model, QuantSpec(w_bits=4, a_bits=8, granularity="per_channel"))
     s = plan.summary(tiny_model, x)
     conv0, conv1, fc = 8 * 9, 8 * 4 * 9, 10 * 32
     weight_bits = 4 * (conv0 + conv1 + fc) + 32 * (8 + 8 + 10)  # packed codes + one float32 scale per channel
-    other_bits = 32 * (n_params - conv0 - conv1 - fc)  # biases, BatchNorm affine
+    other_bits = 32 * (n_params - conv0 - conv1 - fc - 16)  # biases; BatchNorm is folded into features.0
     act_bits = 3 * 64  # one float32 scale + int32 zero point per static activation quantizer
     assert s.size_bytes == math.ceil((weight_bits + other_bits + act_bits) / 8)
+    unfolded = plan.with_layer("features.0", QuantSpec(w_bits=32, a_bits=8))  # float conv keeps its BatchNorm
+    s32 = unfolded.summary(tiny_model, x)
+    assert s32.size_bytes == math.ceil(
+        (weight_bits - 4 * conv0 - 32 * 8 + 32 * conv0 + other_bits + act_bits) / 8
+    ) + (4 * 16 + bn_buffers)
     assert s.avg_weight_bits == 4.0 and s.avg_act_bits == 8.0
     macs = 8 * 64 * 9 + 8 * 64 * 4 * 9 + 10 * 32
     assert s.bops == 4 * 8 * macs and s.fp32_bops == 32 * 32 * macs

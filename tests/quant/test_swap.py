@@ -16,6 +16,7 @@ from workbench.quant import (
     QuantPlan,
     QuantSpec,
     quant_modules,
+    quantizable_layers,
     quantize_model,
 )
 
@@ -129,3 +130,84 @@ def test_quantized_model_trains_with_ste(tiny_model, calib_batches):
     loss.backward()
     assert q.fc.weight.grad is not None and q.fc.weight.grad.abs().sum() > 0
     assert q.features[0].weight.grad.abs().sum() > 0
+
+
+def test_per_channel_activation_scales_match_each_channel(tiny_model, calib_batches):
+    plan = QuantPlan({"fc": QuantSpec(w_bits=32, a_bits=4, a_granularity="per_channel")})
+    q = quantize_model(tiny_model, plan, calib_batches)
+    feats = []
+    hook = tiny_model.fc.register_forward_hook(lambda m, i, o: feats.append(i[0]))
+    with torch.no_grad():
+        for x, _ in calib_batches:
+            tiny_model(x)
+    hook.remove()
+    f = torch.cat(feats)
+    lo = torch.minimum(f.amin(0), torch.zeros(()))
+    hi = torch.maximum(f.amax(0), torch.zeros(()))
+    assert torch.allclose(q.fc.a_quant.scale.reshape(-1), (hi - lo) / 15, rtol=1e-5)
+    per_tensor = quantize_model(tiny_model, QuantPlan({"fc": QuantSpec(w_bits=32, a_bits=4)}), calib_batches)
+    with torch.no_grad():
+        err_pc = (q.fc.a_quant(f) - f).pow(2).mean()
+        err_pt = (per_tensor.fc.a_quant(f) - f).pow(2).mean()
+    assert err_pc < err_pt
+
+
+def test_more_bad_inputs_are_named(tiny_model, calib_batches):
+    plan = QuantPlan.uniform(tiny_model, QuantSpec())
+    bad = [(x.clone(), y) for x, y in calib_batches]
+    bad[1][0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(PlanError, match="calibration batch 1.*1 NaN/Inf"):
+        quantize_model(tiny_model, plan, bad)
+    with pytest.raises(PlanError, match="a_dynamic='false' must be true or false"):
+        QuantPlan.from_dict({"fc": {"a_dynamic": "false"}})
+    with pytest.raises(PlanError, match="channel_bits must be a list of integers"):
+        QuantPlan.from_dict({"fc": {"channel_bits": [4.7] * 10}})
+    with pytest.raises(PlanError, match="percentile"):
+        QuantSpec(percentile="99.9")
+
+
+class _Branchy(nn.Module):
+    """A model whose 'unused' layer never runs in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_planned_layer_that_never_runs_is_named():
+    model = _Branchy().eval()
+    calib = [(torch.randn(8, 4), None)]
+    with pytest.raises(PlanError, match=r"\['unused'\] never ran"):
+        quantize_model(model, QuantPlan.uniform(model, QuantSpec()), calib)
+
+
+def test_batchnorm_without_running_stats_is_not_folded(calib_batches):
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    q = quantize_model(model, QuantPlan.uniform(model, QuantSpec(w_bits=8)), calib_batches)
+    assert q.folded_bn == [] and isinstance(q[1], nn.BatchNorm2d)
+
+
+def test_subclassed_layers_are_not_swapped():
+    class StdConv(nn.Conv2d):  # its own forward would be lost by a swap
+        def forward(self, x):
+            w = (self.weight - self.weight.mean()) / (self.weight.std() + 1e-5)
+            return self._conv_forward(x, w, self.bias)
+
+    model = nn.Sequential(StdConv(1, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 2))
+    assert quantizable_layers(model) == ["2"]
+    with pytest.raises(PlanError, match="unknown layer"):
+        QuantPlan({"0": QuantSpec()}).validate(model)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quantize_on_cuda(tiny_model, calib_batches):
+    model = copy.deepcopy(tiny_model).cuda()
+    q = quantize_model(model, QuantPlan.uniform(model, QuantSpec(w_bits=4)), calib_batches)
+    x = calib_batches[0][0]
+    with torch.no_grad():
+        cpu = quantize_model(tiny_model, QuantPlan.uniform(tiny_model, QuantSpec(w_bits=4)), calib_batches)(x)
+        assert torch.allclose(q(x.cuda()).cpu(), cpu, atol=1e-4)

@@ -28,8 +28,9 @@ class LayerCost:
 
 
 def is_quantizable(module: nn.Module) -> bool:
-    """True for the layer types the quantization core can swap (Conv2d, Linear and their quantized twins)."""
-    return isinstance(module, QUANTIZABLE_TYPES) or getattr(module, "is_quant_module", False)
+    """True for the layer types the quantization core can swap: exactly Conv2d / Linear (a subclass may have its
+    own forward, which a swap would drop, as torch.ao also refuses) and their quantized twins."""
+    return type(module) in QUANTIZABLE_TYPES or getattr(module, "is_quant_module", False)
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:

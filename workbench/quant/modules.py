@@ -29,7 +29,9 @@ from workbench.quant.spec import QuantSpec, num_weight_groups
 class WeightQuantizer(nn.Module):
     """Fake-quantizes a weight tensor according to a spec (grid rows share a scale)."""
 
-    def __init__(self, spec: QuantSpec, weight_shape: torch.Size) -> None:
+    def __init__(
+        self, spec: QuantSpec, weight_shape: torch.Size, *, device: torch.device | None = None
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.weight_shape = torch.Size(weight_shape)
@@ -38,15 +40,17 @@ class WeightQuantizer(nn.Module):
         rows, groups = num_weight_groups(spec, weight_shape)
         n_rows = rows * groups
         if spec.channel_bits is not None:
-            bits = torch.tensor(spec.channel_bits, dtype=torch.float32).repeat_interleave(groups)
+            bits = torch.tensor(spec.channel_bits, dtype=torch.float32, device=device).repeat_interleave(
+                groups
+            )
         else:
-            bits = torch.full((n_rows,), float(min(spec.w_bits, 16)))
+            bits = torch.full((n_rows,), float(min(spec.w_bits, 16)), device=device)
         qmin, qmax = int_range_tensor(bits, symmetric=spec.w_symmetric)
         self.register_buffer("bits", bits.reshape(-1, 1), persistent=False)
         self.register_buffer("qmin", qmin.reshape(-1, 1), persistent=False)
         self.register_buffer("qmax", qmax.reshape(-1, 1), persistent=False)
-        self.register_buffer("scale", torch.ones(n_rows, 1))
-        self.register_buffer("zero_point", torch.zeros(n_rows, 1))
+        self.register_buffer("scale", torch.ones(n_rows, 1, device=device))
+        self.register_buffer("zero_point", torch.zeros(n_rows, 1, device=device))
 
     @property
     def is_integer(self) -> bool:
@@ -94,7 +98,7 @@ class WeightQuantizer(nn.Module):
 class ActQuantizer(nn.Module):
     """Fake-quantizes a layer's input activations: static range from calibration, or dynamic per batch."""
 
-    def __init__(self, spec: QuantSpec, *, seed: int = 0) -> None:
+    def __init__(self, spec: QuantSpec, *, seed: int = 0, device: torch.device | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.enabled = spec.a_bits < 32
@@ -104,16 +108,20 @@ class ActQuantizer(nn.Module):
         self.seed = seed
         self._collector: RangeCollector | None = None
         bits = float(min(spec.a_bits, 16))
-        qmin, qmax = int_range_tensor(torch.tensor([bits]), symmetric=spec.a_symmetric)
+        qmin, qmax = int_range_tensor(torch.tensor([bits], device=device), symmetric=spec.a_symmetric)
         self.register_buffer("qmin", qmin.reshape(1, 1), persistent=False)
         self.register_buffer("qmax", qmax.reshape(1, 1), persistent=False)
-        self.register_buffer("scale", torch.ones(1, 1))
-        self.register_buffer("zero_point", torch.zeros(1, 1))
-        self.register_buffer("calibrated", torch.tensor(False))
+        self.register_buffer("scale", torch.ones(1, 1, device=device))
+        self.register_buffer("zero_point", torch.zeros(1, 1, device=device))
+        self.register_buffer("calibrated", torch.tensor(False, device=device))
 
     @property
     def needs_calibration(self) -> bool:
         return self.enabled and not self.is_float and not self.spec.a_dynamic
+
+    @property
+    def collector_empty(self) -> bool:
+        return self._collector is None or self._collector.lo is None
 
     def start_observing(self) -> None:
         self.observing = True
@@ -189,8 +197,8 @@ class QuantModuleMixin:
 
     def _init_quantizers(self, spec: QuantSpec, seed: int) -> None:
         self.spec = spec
-        self.w_quant = WeightQuantizer(spec, self.weight.shape)
-        self.a_quant = ActQuantizer(spec, seed=seed)
+        self.w_quant = WeightQuantizer(spec, self.weight.shape, device=self.weight.device)
+        self.a_quant = ActQuantizer(spec, seed=seed, device=self.weight.device)
         self.w_quant.calibrate(self.weight)
 
 
@@ -252,7 +260,7 @@ class QuantLinear(QuantModuleMixin, nn.Linear):
 
 def quantize_weight(weight: Tensor, spec: QuantSpec) -> Tensor:
     """The fake-quantized copy of a bare weight tensor under ``spec`` (for studies and widgets)."""
-    wq = WeightQuantizer(spec, weight.shape)
+    wq = WeightQuantizer(spec, weight.shape, device=weight.device)
     wq.calibrate(weight)
     with torch.no_grad():
         return wq(weight)

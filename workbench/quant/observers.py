@@ -94,6 +94,11 @@ class RangeCollector:
 
     def update(self, grid: Tensor) -> None:
         grid = grid.detach().float()
+        if not torch.isfinite(grid).all():
+            bad = int((~torch.isfinite(grid)).sum())
+            raise ValueError(
+                f"calibration activations contain {bad} NaN/Inf values; clean the calibration data"
+            )
         lo, hi = minmax_range(grid)
         if self.lo is None:
             self.lo, self.hi = lo, hi

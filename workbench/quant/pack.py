@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import struct
 import zlib
 from dataclasses import asdict, dataclass
@@ -133,14 +134,16 @@ def _weight_entries(name: str, mod: nn.Module) -> tuple[dict[str, tuple[dict, by
     spec = mod.spec
     entries: dict[str, tuple[dict, bytes, int]] = {}
     wkey, skey, zkey = f"{name}.weight", f"{name}.w_quant.scale", f"{name}.w_quant.zero_point"
-    if wq.is_float:
+    if not wq.is_integer:  # float weights: the (unused) scale grid is not stored
+        entries[skey] = ({"kind": "fill", "value": 1.0, "shape": list(wq.scale.shape)}, b"", 0)
+        entries[zkey] = ({"kind": "fill", "value": 0.0, "shape": list(wq.zero_point.shape)}, b"", 0)
+        if not wq.is_float:
+            return entries, {skey, zkey}
         fmt = spec.float16_format
         cast = mod.weight.detach().to(_DTYPES[fmt])
         meta = {"kind": "raw", "dtype": fmt, "shape": list(mod.weight.shape), "as": "float32"}
         entries[wkey] = (meta, _tensor_bytes(cast), 16 * cast.numel())
-        return entries, {wkey}
-    if not wq.is_integer:
-        return entries, set()
+        return entries, {wkey, skey, zkey}
     codes = wq.int_codes(mod.weight)  # [out, fan_in]
     groups = wq.scale.shape[0] // codes.shape[0] if spec.granularity != "per_tensor" else 1
     if spec.granularity == "per_tensor":
@@ -190,6 +193,11 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False)
         e, keys = _weight_entries(name, mod)
         entries.update(e)
         covered |= keys
+        if not mod.a_quant.needs_calibration:  # dynamic, float or disabled: the static range is unused
+            for key, value in (("scale", 1.0), ("zero_point", 0.0)):
+                shape = list(getattr(mod.a_quant, key).shape)
+                entries[f"{name}.a_quant.{key}"] = ({"kind": "fill", "value": value, "shape": shape}, b"", 0)
+                covered.add(f"{name}.a_quant.{key}")
     for key, t in qmodel.state_dict().items():
         if key in covered:
             continue
@@ -210,12 +218,14 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False)
     }
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "wb") as f:  # written aside, then renamed: an existing file is never left half-written
         f.write(MAGIC)
         f.write(struct.pack("<I", len(header_bytes)))
         f.write(header_bytes)
         for blob in payload:
             f.write(blob)
+    os.replace(tmp, path)
     fp32 = sum(4 * p.numel() for p in qmodel.parameters())
     return PackReport(
         path=str(path),
@@ -262,6 +272,8 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
             state[e["key"]] = t.to(_DTYPES[e["as"]]) if "as" in e else t
         elif e["kind"] == "zeros":
             state[e["key"]] = torch.zeros(e["shape"])
+        elif e["kind"] == "fill":
+            state[e["key"]] = torch.full(e["shape"], float(e["value"]))
         else:
             packed[e["key"]] = (e, blob)
     modules = quant_modules(qmodel)

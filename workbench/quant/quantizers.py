@@ -16,11 +16,16 @@ _FLOAT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def int_range(bits: int, *, symmetric: bool) -> tuple[int, int]:
-    """(qmin, qmax) of a ``bits``-wide integer: signed ``[-2^(b-1), 2^(b-1)-1]`` or unsigned ``[0, 2^b-1]``."""
+    """(qmin, qmax) of a ``bits``-wide integer grid.
+
+    Symmetric grids are narrow-range, ``[-(2^(b-1)-1), 2^(b-1)-1]`` (as Brevitas ``narrow_range`` and TensorRT),
+    so the grid is symmetric around an exact zero and every code is used: 2-bit symmetric is ternary. Asymmetric
+    grids use all ``2^b`` codes, ``[0, 2^b-1]``, with a zero point.
+    """
     if bits < 2 or bits > 16:
         raise ValueError(f"integer bits must lie in [2, 16], got {bits}")
     if symmetric:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
 
 
@@ -28,7 +33,7 @@ def int_range_tensor(bits: Tensor, *, symmetric: bool) -> tuple[Tensor, Tensor]:
     """Per-row (qmin, qmax) as float tensors for a tensor of bit widths."""
     bits = bits.to(torch.float32)
     if symmetric:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
     return torch.zeros_like(bits), 2**bits - 1
 
 
@@ -74,7 +79,8 @@ def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
 def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
     """Quantize and dequantize with a straight-through estimator (gradient 1 inside the range, 0 outside).
 
-    With a learnable ``scale`` the gradient with respect to it is the LSQ gradient.
+    If ``scale`` requires grad, its gradient is the LSQ step-size gradient (``round(x/s) - x/s`` inside the
+    range, ``qmin - zp`` / ``qmax - zp`` outside); scale it with :func:`grad_scale` as LSQ does.
     """
     v = round_ste(x / scale) + zero_point
     inside = (v >= qmin) & (v <= qmax)

@@ -100,6 +100,14 @@ class QuantSpec:
             raise PlanError(
                 f"group_size={self.group_size!r} is only used with granularity='per_group' (got {self.granularity!r})"
             )
+        for name in ("w_symmetric", "a_symmetric", "a_dynamic"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise PlanError(
+                    f"{name}={value!r} must be true or false (a JSON boolean), not {type(value).__name__}"
+                )
+        if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
+            raise PlanError(f"percentile={self.percentile!r} must be a number in (50, 100]")
         for name in ("w_observer", "a_observer"):
             value = getattr(self, name)
             if value not in OBSERVERS:
@@ -150,8 +158,15 @@ class QuantSpec:
         if unknown:
             raise PlanError(f"unknown spec field(s) {unknown}; valid fields: {sorted(known)}")
         kw = dict(d)
-        if kw.get("channel_bits") is not None:
-            kw["channel_bits"] = tuple(int(b) for b in kw["channel_bits"])
+        cb = kw.get("channel_bits")
+        if cb is not None:
+            if not isinstance(cb, (list, tuple)) or any(
+                isinstance(b, bool) or not isinstance(b, int) for b in cb
+            ):
+                raise PlanError(
+                    f"channel_bits must be a list of integers (one per output channel), got {cb!r}"
+                )
+            kw["channel_bits"] = tuple(cb)
         return cls(**kw)
 
     def with_(self, **changes: Any) -> QuantSpec:
@@ -167,8 +182,9 @@ class PlanSummary:
     """Size and cost of a plan applied to a model.
 
     ``avg_weight_bits`` / ``avg_act_bits``: bits of each quantizable layer's weights / input activations,
-    averaged with the layer's weight-parameter count as weight. ``size_bytes``: storage of the whole model
-    (packed codes, float32 scales, 8-bit zero points, activation ranges, other parameters in float32).
+    averaged with the layer's weight-parameter count as weight. ``size_bytes``: inference state of the whole
+    model (packed codes, float32 scales, 8-bit zero points, activation ranges, BatchNorm folded into quantized
+    convolutions, every other parameter and buffer at its dtype); ``fp32_size_bytes`` the float model's state.
     ``bops``: bit operations per input sample, sum over layers of MACs x weight bits x activation bits.
     """
 
@@ -307,42 +323,66 @@ class QuantPlan:
                     )
 
     def summary(self, model: nn.Module, example_input) -> PlanSummary:
-        """Average bits (weighted by parameters / MACs), size in bytes (scales and zero points included), BOPs."""
+        """Average bits, size in bytes (scales, zero points, folded BatchNorm accounted for), BOPs."""
         self.validate(model)
         costs = layer_costs(model, example_input)
         return summarize(self, model, costs)
 
 
-def summarize(plan: QuantPlan, model: nn.Module, costs: Mapping[str, LayerCost]) -> PlanSummary:
-    """Plan summary from precomputed layer costs (see :func:`layer_costs`)."""
+def _state_bits(module: nn.Module) -> int:
+    """Storage bits of a module's own parameters and buffers (not its children's)."""
+    tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+    return sum(t.numel() * t.element_size() * 8 for t in tensors)
+
+
+def folded_pairs(plan: QuantPlan, model: nn.Module) -> list[tuple[str, str]]:
+    """The (conv, bn) pairs :func:`quantize_model` folds for this plan: BatchNorm after a weight-quantized conv."""
+    from workbench.quant.swap import conv_bn_pairs  # local: swap imports this module
+
+    quantized = {n for n, s in plan.items() if s.w_bits < 32 or s.channel_bits is not None}
+    return [(c, b) for c, b in conv_bn_pairs(model) if c in quantized]
+
+
+def summarize(
+    plan: QuantPlan,
+    model: nn.Module,
+    costs: Mapping[str, LayerCost],
+    *,
+    bn_pairs: list[tuple[str, str]] | None = None,
+) -> PlanSummary:
+    """Plan summary from precomputed layer costs (see :func:`layer_costs`).
+
+    Size counts the whole inference state, as :func:`save_packed` stores it: every parameter and buffer at its
+    dtype's width, quantized weights at their bits plus float32 scales and 8-bit zero points, static activation
+    ranges, and BatchNorm folded into weight-quantized convolutions (its state replaced by a float32 bias).
+    ``bn_pairs`` are the folded (conv, bn) pairs; computed with torch.fx when omitted (pass them to save time).
+    """
     modules = dict(model.named_modules())
-    total_params = sum(p.numel() for p in model.parameters())
+    pairs = folded_pairs(plan, model) if bn_pairs is None else bn_pairs
+    fp32_bits = sum(t.numel() * t.element_size() * 8 for t in model.state_dict().values())
+    bits_total = float(fp32_bits)
     quant_weight_params = sum(c.weight_params for c in costs.values())
-    weight_bits_sum = 0.0
-    bits_total = 0.0  # storage bits of the whole model
-    act_bits_sum = 0.0
-    macs_total = 0
-    bops = 0
-    covered = 0
+    weight_bits_sum = act_bits_sum = 0.0
+    macs_total = bops = 0
     for name, cost in costs.items():
         spec = plan.get(name, FP32)
-        mod = modules[name]
-        w_bits = layer_weight_storage_bits(spec, mod.weight.shape)
-        weight_bits_sum += spec.mean_weight_bits() * cost.weight_params
-        other = cost.params - cost.weight_params  # bias etc. stays float32
-        bits_total += w_bits + 32 * other
-        if spec.a_bits < 32:
+        weight = modules[name].weight
+        bits_total += (
+            layer_weight_storage_bits(spec, weight.shape) - weight.numel() * weight.element_size() * 8
+        )
+        if spec.a_bits < 16 and not spec.a_dynamic:
             in_ch = cost.input_shape[0] if cost.input_shape else 1
-            n_act = in_ch if spec.a_granularity == "per_channel" else 1
-            if spec.a_bits < 16 and not spec.a_dynamic:
-                bits_total += ACT_QPARAM_BITS * n_act
+            bits_total += ACT_QPARAM_BITS * (in_ch if spec.a_granularity == "per_channel" else 1)
+        weight_bits_sum += spec.mean_weight_bits() * cost.weight_params
         act_bits_sum += spec.a_bits * cost.weight_params
         macs_total += cost.macs
         bops += int(round(spec.mean_weight_bits() * spec.a_bits * cost.macs))
-        covered += cost.params
-    bits_total += 32 * (total_params - covered)
+    for conv_name, bn_name in pairs:
+        bits_total -= _state_bits(modules[bn_name])
+        if modules[conv_name].bias is None:
+            bits_total += 32 * modules[conv_name].weight.shape[0]
     size_bytes = int(math.ceil(bits_total / 8))
-    fp32_bytes = 4 * total_params
+    fp32_bytes = int(math.ceil(fp32_bits / 8))
     n_quant = sum(1 for n in costs if not plan.get(n, FP32).is_identity)
     return PlanSummary(
         avg_weight_bits=weight_bits_sum / quant_weight_params if quant_weight_params else 32.0,

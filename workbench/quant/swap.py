@@ -65,7 +65,9 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         if (
             isinstance(src, torch.fx.Node)
             and src.op == "call_module"
-            and isinstance(modules.get(src.target), nn.Conv2d)
+            and type(modules.get(src.target)) is nn.Conv2d
+            and modules[node.target].track_running_stats
+            and modules[node.target].running_mean is not None
             and len(src.users) == 1
             and calls[src.target] == 1
             and calls[node.target] == 1
@@ -117,9 +119,11 @@ def calibrate(
 
     Returns the number of batches used.
     """
-    quantizers = [m for m in model.modules() if isinstance(m, ActQuantizer) and m.needs_calibration]
+    named = {n: m for n, m in model.named_modules() if isinstance(m, ActQuantizer) and m.needs_calibration}
+    quantizers = list(named.values())
     if not quantizers:
         return 0
+    device = next(model.parameters()).device
     for q in quantizers:
         q.start_observing()
     n = 0
@@ -132,10 +136,19 @@ def calibrate(
         for batch in iterator:
             if max_batches is not None and n >= max_batches:
                 break
-            model(_inputs(batch))
+            try:
+                model(_inputs(batch).to(device))
+            except ValueError as e:
+                raise PlanError(f"calibration batch {n}: {e}") from e
             n += 1
         if n == 0:
             raise PlanError("calibration data is empty: pass a loader with at least one batch")
+        unused = [name.removesuffix(".a_quant") for name, q in named.items() if q.collector_empty]
+        if unused:
+            raise PlanError(
+                f"planned layer(s) {unused} never ran on the calibration data; remove them from the plan or "
+                "check the model's forward"
+            )
     finally:
         for q in quantizers:
             q.observing = False
