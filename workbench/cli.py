@@ -132,6 +132,80 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "plan_source": str(args.plan), **res.to_dict(), "plan": plan.to_dict()}
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.sensitivity import SensitivityConfig, analyze_sensitivity, rank_agreement
+
+    task = _task(args)
+    config = SensitivityConfig(
+        w_bits=tuple(args.w_bits),
+        a_bits=tuple(args.a_bits),
+        metrics=tuple(args.metrics),
+        calib_batches=args.calib_batches,
+    )
+    result = analyze_sensitivity(task, config, cache=not args.no_cache, track=not args.no_track)
+    if args.csv:
+        result.table.to_csv(args.csv, index=False)
+    summary: dict[str, Any] = {
+        "model": args.model,
+        "layers": result.layer_names,
+        "metrics": result.metrics(),
+        "rows": len(result.table),
+        "timings_s": result.info.get("timings_s"),
+        "source": result.info.get("source"),
+        "rank_agreement": [],
+    }
+    for a, b in (("omega", "acc_drop"), ("omega", "output_mse"), ("output_mse", "acc_drop")):
+        for bits in (2, 4):
+            if {a, b} <= set(result.metrics()) and bits in config.w_bits:
+                summary["rank_agreement"].append(rank_agreement(result, (a, bits), (b, bits)))
+    rank_metric = "output_mse" if "output_mse" in result.metrics() else result.metrics()[0]
+    ranking = result.ranking(rank_metric, bits=4 if 4 in config.w_bits else config.w_bits[0])
+    _print_table(ranking.head(20))
+    summary["ranking"] = ranking.to_dict(orient="records")
+    summary["layer_stats"] = result.layers.to_dict(orient="records")
+    return summary
+
+
+def cmd_predictor(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.predictor import (
+        AccuracyPredictor,
+        PlanDatasetConfig,
+        PlanFeaturizer,
+        build_plan_dataset,
+        evaluate_predictors,
+    )
+    from workbench.sensitivity import analyze_sensitivity
+
+    task = _task(args)
+    sens = analyze_sensitivity(task, track=False)
+    n_random = args.plans // 2
+    config = PlanDatasetConfig(n_random=n_random, n_stratified=args.plans - n_random, seed=args.seed)
+    dataset = build_plan_dataset(task, sens, config, track=not args.no_track)
+    featurizer = PlanFeaturizer.fit(task, sens)
+    table = evaluate_predictors(
+        dataset, featurizer, models=tuple(args.models), k=args.folds, seed=args.seed, track=not args.no_track
+    )
+    _print_table(table)
+    best = table.sort_values("spearman", ascending=False).iloc[0]
+    result: dict[str, Any] = {
+        "model": args.model,
+        "best_model": best["model"],
+        "spearman": float(best["spearman"]),
+        "kendall": float(best["kendall"]),
+        "mae": float(best["mae"]),
+        "n_train": int(best["n_train"]),
+        "n_test": int(best["n_test"]),
+        "plans_per_second": float(best["plans_per_second"]),
+        "n_plans": len(dataset),
+        "predictors": table.to_dict(orient="records"),
+    }
+    if args.save:
+        predictor = AccuracyPredictor.fit(dataset, featurizer, model=str(best["model"]), seed=args.seed)
+        predictor.save(args.save, overwrite=args.overwrite)
+        result["saved"] = args.save
+    return result
+
+
 def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.pipeline import PipelineConfig, run_pipeline
 
@@ -176,6 +250,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the packed low-bit model here (.wbq)")
     p.set_defaults(func=cmd_quantize)
 
+    p = sub.add_parser("sensitivity", help="per-layer / per-channel sensitivity to each precision")
+    _task_args(p)
+    p.add_argument("--w-bits", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="candidate weight bits")
+    p.add_argument("--a-bits", type=int, nargs="*", default=[4, 6, 8], help="candidate activation bits")
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["output_mse", "output_kl", "acc_drop", "hessian", "fisher"],
+        help="metric names",
+    )
+    p.add_argument(
+        "--calib-batches", type=int, default=2, help="calibration batches for probes and the Hessian"
+    )
+    p.add_argument("--no-cache", action="store_true", help="recompute even if a cached result exists")
+    p.add_argument("--csv", help="also write the tidy sensitivity table as CSV")
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser("predictor", help="measure plans, fit accuracy-loss predictors, k-fold evaluation")
+    _task_args(p)
+    p.add_argument("--plans", type=int, default=300, help="plans to measure (half random, half stratified)")
+    p.add_argument(
+        "--models", nargs="+", default=["ridge", "mlp", "gbt", "ensemble"], help="predictor models"
+    )
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", help="fit the best model on all plans and save it here")
+    p.set_defaults(func=cmd_predictor)
+
     p = sub.add_parser("pipeline", help="end-to-end: train/load, profile, FP32 vs INT8 vs INT4")
     _task_args(p)
     p.set_defaults(func=cmd_pipeline)
@@ -184,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse to replace an existing output file unless --overwrite was given."""
-    for opt in ("json", "csv", "out"):
+    for opt in ("json", "csv", "out", "save"):
         path = getattr(args, opt, None)
         if path and Path(path).exists() and not args.overwrite:
             raise FileExistsError(f"--{opt} {path} exists; pass --overwrite to replace it")

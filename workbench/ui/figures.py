@@ -122,3 +122,40 @@ def comparison_figure(table: pd.DataFrame) -> go.Figure:
         height=420,
     )
     return fig
+
+
+def ranking_figure(ranking: pd.DataFrame, *, title: str = "") -> go.Figure:
+    """Horizontal bars of a per-layer ranking (columns layer, value), most sensitive on top, log scale."""
+    _need(ranking, ["layer", "value"])
+    r = ranking.iloc[::-1]
+    fig = go.Figure(go.Bar(x=r["value"], y=r["layer"], orientation="h"))
+    positive = bool((ranking["value"] > 0).all())
+    fig.update_layout(
+        title=title,
+        xaxis_title="sensitivity",
+        xaxis_type="log" if positive else "linear",
+        height=max(300, 22 * len(r)),
+    )
+    return fig
+
+
+def predicted_vs_measured_figure(
+    predictions: pd.DataFrame, *, target: str = "accuracy drop (pp)"
+) -> go.Figure:
+    """Out-of-fold predictions against measurements, one colour per model (columns model, y_true, y_pred)."""
+    _need(predictions, ["model", "y_true", "y_pred"])
+    fig = go.Figure()
+    for model, g in predictions.groupby("model", sort=False):
+        fig.add_trace(go.Scatter(x=g["y_true"], y=g["y_pred"], mode="markers", name=str(model), opacity=0.6))
+    lo = float(min(predictions["y_true"].min(), predictions["y_pred"].min()))
+    hi = float(max(predictions["y_true"].max(), predictions["y_pred"].max()))
+    fig.add_trace(
+        go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dash", "color": "grey"})
+    )
+    fig.update_layout(
+        title="Predictor quality on held-out plans",
+        xaxis_title=f"measured {target}",
+        yaxis_title=f"predicted {target}",
+        height=480,
+    )
+    return fig

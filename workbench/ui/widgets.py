@@ -81,3 +81,55 @@ class LayerQuantExplorer:
 def layer_quant_explorer(model: nn.Module, **kwargs) -> LayerQuantExplorer:
     """Build a :class:`LayerQuantExplorer` for ``model``."""
     return LayerQuantExplorer(model, **kwargs)
+
+
+class SensitivityRankingExplorer:
+    """Pick a sensitivity metric and a weight bit width; see the per-layer ranking as a bar chart and a table.
+
+    ``.ranking`` holds the current ranking DataFrame, ``.figure`` the bar chart, ``.label.value`` a summary.
+    """
+
+    def __init__(self, result, *, granularity: str = "per_channel") -> None:
+        self.result = result
+        self.granularity = granularity
+        t = result.table
+        per_bit = t[(t["kind"] == "weight") & (t["w_bits"] < 32)]
+        metrics = sorted(per_bit["metric"].unique())
+        if not metrics:
+            raise ValueError("this sensitivity result has no per-bit weight metrics to rank by")
+        bits = sorted(int(b) for b in per_bit["w_bits"].unique())
+        self.metric = W.Dropdown(options=metrics, value=metrics[0], description="metric")
+        self.bits = W.SelectionSlider(options=bits, value=4 if 4 in bits else bits[0], description="w bits")
+        self.label = W.HTML()
+        self.table = W.HTML()
+        self.out = W.Output()
+        self.ranking = None
+        self.figure = None
+        for control in (self.metric, self.bits):
+            control.observe(lambda _c: self.update(), names="value")
+        self.widget = W.VBox([W.HBox([self.metric, self.bits]), self.label, self.out, self.table])
+        self.update()
+
+    def update(self) -> None:
+        from workbench.ui.figures import ranking_figure
+
+        self.ranking = self.result.ranking(
+            self.metric.value, bits=self.bits.value, granularity=self.granularity
+        )
+        self.figure = ranking_figure(
+            self.ranking, title=f"{self.metric.value} at {self.bits.value}-bit weights"
+        )
+        top = self.ranking.iloc[0]
+        self.label.value = (
+            f"most sensitive at {self.bits.value} bits by <b>{self.metric.value}</b>: "
+            f"<b>{top['layer']}</b> ({top['value']:.3g}); least: {self.ranking.iloc[-1]['layer']}"
+        )
+        self.table.value = self.ranking.to_html(index=False, float_format=lambda v: f"{v:.4g}")
+        self.out.clear_output(wait=True)
+        with self.out:
+            display(self.figure)
+
+
+def sensitivity_ranking_explorer(result, **kwargs) -> SensitivityRankingExplorer:
+    """Build a :class:`SensitivityRankingExplorer` for a :class:`workbench.sensitivity.SensitivityResult`."""
+    return SensitivityRankingExplorer(result, **kwargs)
