@@ -123,3 +123,30 @@ def test_example_plan_in_configs(tmp_path):
     assert 4.0 < q["avg_weight_bits"] < 5.0
     assert q["fp32_accuracy"] - q["accuracy"] <= 0.02
     assert q["plan"]["fc"]["channel_bits"] == [8, 8, 4, 4, 4, 4, 4, 4, 6, 6]
+
+
+@pytest.mark.slow
+def test_sensitivity_and_predictor_commands(tmp_path):
+    out = tmp_path / "s.json"
+    args = ["sensitivity", "--model", "digits_cnn", "--w-bits", "2", "4", "8", "--a-bits", "8"]
+    assert main([*args, "--no-cache", "--json", str(out)]) == 0
+    s = _json(out)
+    assert s["layers"] == ["conv1", "conv2", "fc1", "fc2"]
+    assert {"output_mse", "omega", "acc_drop", "fisher"} <= set(s["metrics"])
+    assert [r["layer"] for r in s["ranking"]][0] in s["layers"] and len(s["ranking"]) == 4
+    assert all(-1 <= r["spearman"] <= 1 for r in s["rank_agreement"])
+    assert main(["sensitivity", "--model", "digits_cnn", "--metrics", "nope"]) == 2
+
+    out = tmp_path / "p.json"
+    save = tmp_path / "pred.joblib"
+    args = ["predictor", "--model", "digits_cnn", "--plans", "40", "--models", "ridge", "gbt", "--folds", "3"]
+    assert main([*args, "--save", str(save), "--json", str(out)]) == 0
+    p = _json(out)
+    for key in ("spearman", "kendall", "mae", "n_train", "n_test", "plans_per_second"):
+        assert key in p
+    assert p["n_plans"] == 40 and p["n_train"] + p["n_test"] == 40
+    assert p["spearman"] > 0.5 and p["plans_per_second"] > 1000
+    assert save.is_file()
+    assert (
+        main(["predictor", "--model", "digits_cnn", "--plans", "4", "--json", str(tmp_path / "x.json")]) == 2
+    )

@@ -56,3 +56,25 @@ runs = tracking.runs_frame()
 assert run.run_id in set(runs['run_id']), runs
 """
     run_notebook("01_calibration_profiling.ipynb", params, probe, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+def test_02_sensitivity_predictor(tmp_path, monkeypatch):
+    params = (
+        "MODEL = 'digits_cnn'\nCALIB_BATCHES = 1\nW_BITS = (2, 4, 8)\nA_BITS = (8,)\nN_PLANS = 30\n"
+        "PREDICTORS = ('ridge', 'gbt')\nFOLDS = 3\n"
+    )
+    probe = """
+assert sens.layer_names == ['conv1', 'conv2', 'fc1', 'fc2']
+assert set(scores['model']) == {'ridge', 'gbt'} and scores['spearman'].max() > 0.5, scores
+assert len(dataset) == 30
+explorer.metric.value = 'output_mse'
+explorer.bits.value = 2
+r2 = explorer.ranking.copy()
+explorer.bits.value = 8
+assert (explorer.ranking['value'].sum() < r2['value'].sum()), (r2, explorer.ranking)
+assert explorer.label.value.startswith('most sensitive at 8 bits')
+from workbench import tracking
+assert run.run_id in set(tracking.runs_frame()['run_id'])
+"""
+    run_notebook("02_sensitivity_predictor.ipynb", params, probe, tmp_path, monkeypatch)
