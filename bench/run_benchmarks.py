@@ -223,7 +223,7 @@ def main() -> None:
         "",
         "Each plan is uniform over every Conv2d / Linear: weights at the given bits (symmetric), input activations",
         "at 8 bits (asymmetric, min-max range from the 256-image calibration split), BatchNorm folded into quantized",
-        "convolutions. `size` is the plan's storage (codes + float32 scales + float biases / other parameters);",
+        "convolutions. `size` is the inference state the plan predicts (codes, float32 scales, folded biases, other tensors);",
         "`packed file` is the real file written by `save_packed`, `exact bit count` the sum of every stored value",
         "at its bit width. Deterministic: seeded data split and training.",
         "",
