@@ -1,7 +1,18 @@
 from __future__ import annotations
 
+import pytest
+import torch
 from hypothesis import settings
 
 # Property tests explore a fixed, reproducible set of examples: CI is never red by chance.
 settings.register_profile("workbench", max_examples=60, deadline=None, derandomize=True)
 settings.load_profile("workbench")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny autograd ops slow down 10-100x when two torch threads share a busy CPU: use one, then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

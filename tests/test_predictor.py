@@ -112,13 +112,9 @@ def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> None:
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one torch thread is faster and steadier on a shared 2-core machine (restored after)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_torch_thread):
+    """Tiny models: one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

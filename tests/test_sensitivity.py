@@ -43,12 +43,8 @@ QUIET = {"progress": False, "num_threads": 1}  # one thread: far faster on a sha
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny autograd ops slow down 10-100x when two torch threads share a busy CPU; use one, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny models: one torch thread (see tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
