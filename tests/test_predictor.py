@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 from pathlib import Path
@@ -288,6 +289,13 @@ def test_resume_after_interruption_measures_only_the_rest(
     _frames_equal(again.frame, built.frame)
     loaded = PlanDataset.load(path)
     assert len(loaded) == 36 and set(loaded.frame["plan_id"]) == set(built.frame["plan_id"])
+
+    # measurements of another model are never reused from an explicit path
+    other = copy.deepcopy(task)
+    with torch.no_grad():
+        other.model.fc2.bias.add_(0.01)
+    with pytest.raises(ValueError, match="another model, data or quantization code"):
+        build_plan_dataset(other, sens, SMALL, path=path, progress=False)
 
 
 def test_default_cache_path_key_and_tracking(

@@ -279,6 +279,17 @@ def test_hutchinson_stops_early_and_is_seeded():
     assert a.trace == b.trace and a.iterations == b.iterations
 
 
+def test_fisher_is_taken_before_inplace_ops():
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    inplace = copy.deepcopy(base)
+    inplace[1] = nn.ReLU(inplace=True)
+    batches = [(torch.randn(32, 8), torch.randint(0, 4, (32,)))]
+    a, _ = fisher_scores(base, ["0", "2"], batches)
+    b, _ = fisher_scores(inplace, ["0", "2"], batches)
+    assert a["0"] == pytest.approx(b["0"], rel=1e-6) and a["2"] == pytest.approx(b["2"], rel=1e-6)
+
+
 def test_fisher_matches_per_sample_gradients():
     model, batches = _tiny_mlp()
     total, channels = fisher_scores(model, ["0", "2"], batches)

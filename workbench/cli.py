@@ -190,6 +190,7 @@ def cmd_predictor(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "model": args.model,
         "best_model": best["model"],
+        "selected_by": f"highest mean k-fold spearman among {list(table['model'])} (same folds: optimistic)",
         "spearman": float(best["spearman"]),
         "kendall": float(best["kendall"]),
         "mae": float(best["mae"]),

@@ -593,12 +593,9 @@ def _code_fingerprint() -> str:
     """Hash of the quantization core's source (``workbench/quant/*.py``) and :data:`CACHE_VERSION`: a change
     to how plans are quantized or summarized gets a fresh cache instead of stale measurements."""
     import workbench.quant
+    from workbench.fingerprint import code_fingerprint
 
-    h = hashlib.sha256(f"predictor-cache-v{CACHE_VERSION}".encode())
-    for file in sorted(Path(workbench.quant.__file__).parent.glob("*.py")):
-        h.update(file.name.encode())
-        h.update(file.read_bytes())
-    return h.hexdigest()
+    return code_fingerprint(f"predictor-cache-v{CACHE_VERSION}", workbench.quant)
 
 
 def dataset_key(task: Task, config: PlanDatasetConfig, *, fingerprint: str | None = None) -> str:
@@ -722,6 +719,11 @@ def build_plan_dataset(
             raise ValueError(
                 f"cache file {file} belongs to a model with layers {header.get('layer_names')}, not {names}; "
                 "pass another path"
+            )
+        if header is not None and header.get("key") != key:
+            raise ValueError(
+                f"cache file {file} holds measurements of another model, data or quantization code (key "
+                f"{header.get('key')!r}, expected {key!r}); pass another path or delete the file"
             )
         if not resume:
             cached = {}
@@ -875,8 +877,11 @@ def _sensitivity_tables(
     if "layer" not in sensitivity.layers.columns:
         return w_tables, a_tables, used
     layers = sensitivity.layers.set_index("layer").reindex(list(names))
-    for col, tname in (("hessian_trace", "trace_noise"), ("fisher", "fisher_noise")):
-        if col == "hessian_trace" and "sens_omega" in w_tables:
+    if "hessian_trace_per_param" not in layers.columns and "hessian_trace" in layers.columns:
+        numel = layers["weight_params"] if "weight_params" in layers.columns else 1.0  # total trace otherwise
+        layers["hessian_trace_per_param"] = layers["hessian_trace"] / np.asarray(numel, dtype=np.float64)
+    for col, tname in (("hessian_trace_per_param", "trace_noise"), ("fisher", "fisher_noise")):
+        if col == "hessian_trace_per_param" and "sens_omega" in w_tables:
             continue
         if col in layers.columns:
             v = layers[col].to_numpy(dtype=np.float64)
@@ -1564,15 +1569,16 @@ def evaluate_predictors(
             p = pred.predict(dataset.subset(te))
             oof[te] = p
             last = pred
+            ok = np.isfinite(y[te])  # plans without a finite target are not scored (fit drops them too)
             fold_rows.append(
                 {
                     "model": name,
                     "fold": f,
-                    "spearman": float(stats.spearmanr(y[te], p).statistic),
-                    "kendall": float(stats.kendalltau(y[te], p).statistic),
-                    "mae": float(np.mean(np.abs(y[te] - p))),
-                    "n_train": len(tr),
-                    "n_test": len(te),
+                    "spearman": float(stats.spearmanr(y[te][ok], p[ok]).statistic),
+                    "kendall": float(stats.kendalltau(y[te][ok], p[ok]).statistic),
+                    "mae": float(np.mean(np.abs(y[te][ok] - p[ok]))),
+                    "n_train": int(np.isfinite(y[tr]).sum()),
+                    "n_test": int(ok.sum()),
                     "fit_seconds": fit_s,
                 }
             )
@@ -1597,8 +1603,8 @@ def evaluate_predictors(
                 "kendall_std": per["kendall"].std(ddof=0),
                 "mae": per["mae"].mean(),
                 "mae_std": per["mae"].std(ddof=0),
-                "spearman_pooled": float(stats.spearmanr(y, oof).statistic),
-                "n_train": n - round(per["n_test"].mean()),  # mean fold sizes, adding up to n
+                "spearman_pooled": float(stats.spearmanr(y[np.isfinite(y)], oof[np.isfinite(y)]).statistic),
+                "n_train": int(np.isfinite(y).sum()) - round(per["n_test"].mean()),  # mean fold sizes
                 "n_test": round(per["n_test"].mean()),
                 "k": k,
                 "fit_seconds": per["fit_seconds"].mean(),

@@ -870,8 +870,9 @@ def fisher_scores(
     outputs: list[tuple[str, Tensor]] = []
 
     def hook(name: str):
-        def record(_m: nn.Module, _inputs: Any, out: Tensor) -> None:
+        def record(_m: nn.Module, _inputs: Any, out: Tensor) -> Tensor:
             outputs.append((name, out))
+            return out.clone()  # downstream in-place ops (ReLU(inplace=True)) change the copy, not out
 
         return record
 
@@ -1419,8 +1420,15 @@ def _check_task(task: Any) -> None:
 
 
 def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, Tensor]]) -> str:
+    import sys
+
+    import workbench.quant
+    from workbench.fingerprint import code_fingerprint
+
     h = hashlib.sha256()
     h.update(f"sensitivity-cache-v{CACHE_VERSION}\n".encode())
+    # the quantization core and this module measure the values: a change to either gets a fresh key
+    h.update(code_fingerprint("code", workbench.quant, sys.modules[__name__]).encode())
     h.update(f"{getattr(task, 'name', '')}\n{type(task.model).__qualname__}\n".encode())
     for key, value in task.model.state_dict().items():
         h.update(key.encode())
@@ -1444,10 +1452,10 @@ def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, T
         h.update(
             f"val:{len(dataset) if dataset is not None and hasattr(dataset, '__len__') else '?'}".encode()
         )
-        first = _take(val, 1) if val is not None else []
-        for t in _split_batch(first[0]) if first else ():
-            if t is not None:
-                h.update(_tensor_bytes(t))
+        for batch in _take(val, config.val_batches) if val is not None else []:
+            for t in _split_batch(batch):
+                if t is not None:
+                    h.update(_tensor_bytes(t))
     return h.hexdigest()[:20]
 
 
