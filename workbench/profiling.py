@@ -264,6 +264,13 @@ def _moments_pass(
 
         return hook
 
+    _run_with_hooks(model, layers, make_hook, inputs, bar)
+
+
+def _run_with_hooks(
+    model: nn.Module, layers: dict[str, nn.Module], make_hook: Any, inputs: list, bar: Any
+) -> None:
+    """Forward every input with ``make_hook(name)`` attached to each layer; hooks are always removed."""
     handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
     try:
         for x in inputs:
@@ -293,14 +300,7 @@ def _histogram_pass(
 
         return hook
 
-    handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
-    try:
-        for x in inputs:
-            model(x)
-            bar.update(1)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_hooks(model, layers, make_hook, inputs, bar)
 
 
 def _latency_pass(
