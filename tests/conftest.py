@@ -16,3 +16,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def digits_cnn_task():
+    """The trained digits_cnn task (from the data/models cache), shared read-only by the test modules."""
+    from workbench.tasks import load_task
+
+    return load_task("digits_cnn", progress=False)

@@ -35,7 +35,7 @@ from workbench.quant import (
     quantize_weight,
 )
 from workbench.sensitivity import TABLE_COLUMNS, SensitivityResult
-from workbench.tasks import Task, load_task
+from workbench.tasks import Task
 
 BITS = (2, 3, 4, 6, 8)
 SMALL = PlanDatasetConfig(n_random=20, n_stratified=16, seed=0)
@@ -119,8 +119,8 @@ def _one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def task() -> Task:
-    return load_task("digits_cnn", progress=False)
+def task(digits_cnn_task: Task) -> Task:
+    return digits_cnn_task
 
 
 @pytest.fixture(scope="module")

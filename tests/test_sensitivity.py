@@ -34,7 +34,7 @@ from workbench.sensitivity import (
     register_metric,
     unregister_metric,
 )
-from workbench.tasks import Task, load_task, task_from_model
+from workbench.tasks import Task, task_from_model
 
 QUIET = {"progress": False, "num_threads": 1}  # one thread: far faster on a shared, busy CPU
 
@@ -48,8 +48,8 @@ def _one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def cnn_task() -> Task:
-    return load_task("digits_cnn", progress=False)
+def cnn_task(digits_cnn_task: Task) -> Task:
+    return digits_cnn_task
 
 
 @pytest.fixture(scope="module")
