@@ -1,6 +1,7 @@
 """The quantization core: specs and plans, quantizers, observers, fake-quant modules, swap, packed storage.
 
-This package depends on nothing above it (no tracking, search or UI imports).
+This package depends on nothing above it (no tracking, search or UI imports); it builds on the pure-torch
+:mod:`workbench.compress` for the pruning and low-rank methods a spec may add to quantization.
 """
 
 from workbench.quant.error import WeightError, layer_weight, weight_error, weight_error_table
@@ -10,12 +11,15 @@ from workbench.quant.pack import PackReport, load_packed, read_header, save_pack
 from workbench.quant.spec import (
     FP32,
     GRANULARITIES,
+    METHODS,
     OBSERVERS,
+    PRUNE_STRUCTURES,
     VALID_BITS,
     PlanError,
     PlanSummary,
     QuantPlan,
     QuantSpec,
+    layer_weight_storage_bits,
     parse_shorthand,
 )
 from workbench.quant.swap import calibrate, quant_modules, quantize_model
@@ -23,7 +27,9 @@ from workbench.quant.swap import calibrate, quant_modules, quantize_model
 __all__ = [
     "FP32",
     "GRANULARITIES",
+    "METHODS",
     "OBSERVERS",
+    "PRUNE_STRUCTURES",
     "VALID_BITS",
     "ActQuantizer",
     "LayerCost",
@@ -39,6 +45,7 @@ __all__ = [
     "calibrate",
     "layer_costs",
     "layer_weight",
+    "layer_weight_storage_bits",
     "load_packed",
     "parse_shorthand",
     "quant_modules",

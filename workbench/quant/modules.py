@@ -3,6 +3,12 @@
 The float weight stays a Parameter (so quantization-aware training can update it); the forward pass uses its
 fake-quantized copy. Activation quantizers observe calibration batches first, then quantize with the frozen
 range (static) or with a range recomputed from each batch (dynamic).
+
+A pruned layer (``spec.sparsity > 0``) carries a boolean buffer ``weight_mask`` computed once from the
+(BatchNorm-folded) float weight; its effective weight is ``w_quant(weight * mask) * mask``, so pruned weights stay
+zero through quantization-aware training. A low-rank layer (``spec.rank_ratio``) carries its truncated-SVD factors
+as Parameters ``lowrank_a`` ``[out, r]`` and ``lowrank_b`` ``[r, fan_in]``, quantized by ``w_quant`` and
+``w_quant_b``; its effective weight is ``w_quant(A) @ w_quant_b(B)``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from workbench.compress import low_rank_factors, prune_mask, rank_for
 from workbench.quant.observers import RangeCollector, estimate_range
 from workbench.quant.quantizers import (
     activation_grid,
@@ -193,13 +200,44 @@ class QuantModuleMixin:
     a_quant: ActQuantizer
 
     def quantized_weight(self) -> Tensor:
+        """The weight the forward pass uses: fake-quantized, and masked or rebuilt from low-rank factors."""
+        if self.spec.rank_ratio is not None:
+            a = self.w_quant(self.lowrank_a)
+            b = self.w_quant_b(self.lowrank_b)
+            return (a @ b).reshape(self.weight.shape)
+        if self.spec.sparsity > 0:
+            mask = self.weight_mask
+            return self.w_quant(self.weight * mask) * mask
         return self.w_quant(self.weight)
 
     def _init_quantizers(self, spec: QuantSpec, seed: int) -> None:
         self.spec = spec
-        self.w_quant = WeightQuantizer(spec, self.weight.shape, device=self.weight.device)
-        self.a_quant = ActQuantizer(spec, seed=seed, device=self.weight.device)
-        self.w_quant.calibrate(self.weight)
+        device = self.weight.device
+        self.a_quant = ActQuantizer(spec, seed=seed, device=device)
+        if spec.rank_ratio is not None:
+            shape = self.weight.shape
+            a, b = low_rank_factors(self.weight.detach(), rank_for(shape, spec.rank_ratio))
+            self.lowrank_a = nn.Parameter(a)
+            self.lowrank_b = nn.Parameter(b)
+            self.w_quant = WeightQuantizer(spec, a.shape, device=device)
+            self.w_quant_b = WeightQuantizer(spec, b.shape, device=device)
+            self.w_quant.calibrate(a)
+            self.w_quant_b.calibrate(b)
+            with (
+                torch.no_grad()
+            ):  # code reading .weight sees the (float) approximation; the factors are trained
+                self.weight.copy_((a @ b).reshape(shape))
+            self.weight.requires_grad_(False)
+            return
+        self.w_quant = WeightQuantizer(spec, self.weight.shape, device=device)
+        if spec.sparsity > 0:
+            # Channel pruning zeroes whole weight rows but keeps their bias: that equals removing the channel and
+            # folding its constant output (activation of the bias) into the next layer.
+            mask = prune_mask(self.weight.detach(), spec.sparsity, spec.sparsity_structure)
+            self.register_buffer("weight_mask", mask)
+            self.w_quant.calibrate(self.weight.detach() * mask)
+        else:
+            self.w_quant.calibrate(self.weight)
 
 
 class QuantConv2d(QuantModuleMixin, nn.Conv2d):

@@ -9,6 +9,11 @@ four 2-bit codes, 3-bit codes straddling bytes ...), row by row so each output c
 Scales are float32, asymmetric zero points uint8, 16-bit weights as float16 / bfloat16, everything else
 (biases, BatchNorm statistics, activation ranges) in its own dtype. Loading rebuilds the quantized model from the
 float model and reproduces its outputs exactly.
+
+Compressed layers: an unstructured-pruned weight stores a one-bit occupancy mask (``np.packbits``) followed by the
+codes (or 16/32-bit floats) of its kept weights only; a channel-pruned weight stores one bit per output channel
+followed by the kept rows, and the scales / zero points of kept rows only; a low-rank layer stores its two factors
+``lowrank_a`` / ``lowrank_b`` like weights (its ``weight`` is rebuilt as ``A @ B`` when loading).
 """
 
 from __future__ import annotations
@@ -128,55 +133,131 @@ def _bytes_tensor(buf: bytes, dtype_name: str, shape: list[int]) -> torch.Tensor
 
 
 # -- save / load ----------------------------------------------------------------------------------------------
-def _weight_entries(name: str, mod: nn.Module) -> tuple[dict[str, tuple[dict, bytes, int]], set[str]]:
-    """Entries for one fake-quant layer's weight and weight qparams; returns (entries, state keys covered)."""
-    wq = mod.w_quant
-    spec = mod.spec
-    entries: dict[str, tuple[dict, bytes, int]] = {}
-    wkey, skey, zkey = f"{name}.weight", f"{name}.w_quant.scale", f"{name}.w_quant.zero_point"
+_Entry = tuple[dict, bytes, int]
+
+
+def _grid_rows(spec, n_grid_rows: int, out_ch: int, kept: torch.Tensor) -> torch.Tensor:
+    """Indices of the scale-grid rows that belong to the kept output channels."""
+    if spec.granularity == "per_tensor":
+        return torch.arange(n_grid_rows)
+    groups = n_grid_rows // out_ch
+    return (kept.reshape(-1, 1) * groups + torch.arange(groups).reshape(1, -1)).reshape(-1)
+
+
+def _mask_bitmap(mask: torch.Tensor, structure: str) -> tuple[np.ndarray, torch.Tensor | None]:
+    """(bits stored for the mask, kept output channels for channel pruning)."""
+    if structure == "channel":
+        rows = mask.reshape(mask.shape[0], -1).any(dim=1)
+        return rows.cpu().numpy(), torch.nonzero(rows).reshape(-1)
+    return mask.reshape(-1).cpu().numpy(), None
+
+
+def _tensor_entries(
+    key: str, tensor: torch.Tensor, wq, spec, qprefix: str, mask: torch.Tensor | None = None
+) -> tuple[dict[str, _Entry], set[str]]:
+    """Entries for one quantized tensor (a weight or a low-rank factor) and its quantizer's scales / zero points.
+
+    ``mask`` (boolean, the tensor's shape) marks kept weights of a pruned layer. A float32 tensor without a mask is
+    left to the generic raw entries (its key is not returned as covered).
+    """
+    entries: dict[str, _Entry] = {}
+    skey, zkey = f"{qprefix}.scale", f"{qprefix}.zero_point"
+    structure = spec.sparsity_structure
+    tensor = tensor.detach()
+    shape = list(tensor.shape)
+    prefix_meta: dict[str, Any] = {}
+    mask_blob, mask_bits, kept_rows = b"", 0, None
+    if mask is not None:
+        bitmap, kept_rows = _mask_bitmap(mask, structure)
+        mask_blob, mask_bits = np.packbits(bitmap).tobytes(), int(bitmap.size)
+        prefix_meta = {"mask": structure, "mask_bytes": len(mask_blob)}
+        tensor = tensor * mask
     if not wq.is_integer:  # float weights: the (unused) scale grid is not stored
         entries[skey] = ({"kind": "fill", "value": 1.0, "shape": list(wq.scale.shape)}, b"", 0)
         entries[zkey] = ({"kind": "fill", "value": 0.0, "shape": list(wq.zero_point.shape)}, b"", 0)
-        if not wq.is_float:
+        if not wq.is_float and mask is None:
             return entries, {skey, zkey}
-        fmt = spec.float16_format
-        cast = mod.weight.detach().to(_DTYPES[fmt])
-        meta = {"kind": "raw", "dtype": fmt, "shape": list(mod.weight.shape), "as": "float32"}
-        entries[wkey] = (meta, _tensor_bytes(cast), 16 * cast.numel())
-        return entries, {wkey, skey, zkey}
-    codes = wq.int_codes(mod.weight)  # [out, fan_in]
-    groups = wq.scale.shape[0] // codes.shape[0] if spec.granularity != "per_tensor" else 1
+        fmt = spec.float16_format if wq.is_float else "float32"
+        if mask is None:
+            values = tensor
+        elif kept_rows is not None:
+            values = tensor[kept_rows]
+        else:
+            values = tensor[mask]
+        cast = values.to(_DTYPES[fmt])
+        bits = (16 if wq.is_float else 32) * cast.numel()
+        meta = {"kind": "float", "dtype": fmt, "shape": shape, **prefix_meta}
+        entries[key] = (meta, mask_blob + _tensor_bytes(cast), mask_bits + bits)
+        return entries, {key, skey, zkey}
+    codes = wq.int_codes(tensor)  # [out, fan_in]
+    out_ch, cols = int(codes.shape[0]), int(codes.shape[1])
+    groups = wq.scale.shape[0] // out_ch if spec.granularity != "per_tensor" else 1
     if spec.granularity == "per_tensor":
-        qmin_rows = wq.qmin.reshape(-1).expand(codes.shape[0])
-        bits_rows = wq.bits.reshape(-1).expand(codes.shape[0])
+        qmin_rows = wq.qmin.reshape(-1).expand(out_ch)
+        bits_rows = wq.bits.reshape(-1).expand(out_ch)
     else:
-        qmin_rows = wq.qmin.reshape(codes.shape[0], groups)[:, 0]
-        bits_rows = wq.bits.reshape(codes.shape[0], groups)[:, 0]
-    unsigned = (codes - qmin_rows.to(torch.int64).reshape(-1, 1)).numpy()
+        qmin_rows = wq.qmin.reshape(out_ch, groups)[:, 0]
+        bits_rows = wq.bits.reshape(out_ch, groups)[:, 0]
+    unsigned = (codes - qmin_rows.to(torch.int64).reshape(-1, 1)).cpu().numpy()
     row_bits = [int(b) for b in bits_rows.tolist()]
-    meta = {
-        "kind": "packed",
-        "shape": list(mod.weight.shape),
-        "row_bits": row_bits,
-        "cols": int(codes.shape[1]),
-    }
-    entries[wkey] = (meta, pack_rows(unsigned, row_bits), sum(row_bits) * int(codes.shape[1]))
+    meta = {"kind": "packed", "shape": shape, "row_bits": row_bits, "cols": cols, **prefix_meta}
+    if mask is None:
+        blob, bits = pack_rows(unsigned, row_bits), sum(row_bits) * cols
+    elif kept_rows is not None:
+        kept_bits = [row_bits[int(r)] for r in kept_rows]
+        blob, bits = pack_rows(unsigned[kept_rows.numpy()], kept_bits), sum(kept_bits) * cols
+    else:  # pruned layers have one bit width (channel_bits is refused with sparsity)
+        values = unsigned.reshape(-1)[mask.reshape(-1).cpu().numpy()]
+        blob, bits = pack_rows(values.reshape(1, -1), [row_bits[0]]), row_bits[0] * values.size
+    entries[key] = (meta, mask_blob + blob, mask_bits + bits)
     scale = wq.scale.detach().float()
+    zp = wq.zero_point.detach()
+    rows_meta: dict[str, Any] = {}
+    if (
+        kept_rows is not None and spec.granularity != "per_tensor"
+    ):  # qparams of removed channels are not stored
+        idx = _grid_rows(spec, scale.shape[0], out_ch, kept_rows)
+        scale, zp = scale[idx], zp[idx]
+        rows_meta = {"rows_of": key, "full_shape": list(wq.scale.shape)}
     entries[skey] = (
-        {"kind": "raw", "dtype": "float32", "shape": list(scale.shape)},
+        {"kind": "raw", "dtype": "float32", "shape": list(scale.shape), **rows_meta},
         _tensor_bytes(scale),
         32 * scale.numel(),
     )
-    zp = wq.zero_point.detach()
     if spec.w_symmetric:
-        entries[zkey] = ({"kind": "zeros", "shape": list(zp.shape)}, b"", 0)
+        entries[zkey] = ({"kind": "zeros", "shape": list(wq.zero_point.shape)}, b"", 0)
     else:
         entries[zkey] = (
-            {"kind": "raw", "dtype": "uint8", "shape": list(zp.shape), "as": "float32"},
+            {"kind": "raw", "dtype": "uint8", "shape": list(zp.shape), "as": "float32", **rows_meta},
             _tensor_bytes(zp.to(torch.uint8)),
             8 * zp.numel(),
         )
-    return entries, {wkey, skey, zkey}
+    return entries, {key, skey, zkey}
+
+
+def _weight_entries(name: str, mod: nn.Module) -> tuple[dict[str, _Entry], set[str]]:
+    """Entries for one fake-quant layer's weight (or low-rank factors, or pruned weight and mask) and qparams."""
+    spec = mod.spec
+    wkey = f"{name}.weight"
+    if spec.rank_ratio is not None:
+        entries, covered = _tensor_entries(
+            f"{name}.lowrank_a", mod.lowrank_a, mod.w_quant, spec, f"{name}.w_quant"
+        )
+        e_b, c_b = _tensor_entries(
+            f"{name}.lowrank_b", mod.lowrank_b, mod.w_quant_b, spec, f"{name}.w_quant_b"
+        )
+        entries.update(e_b)
+        covered |= c_b
+        entries[wkey] = ({"kind": "lowrank", "shape": list(mod.weight.shape)}, b"", 0)
+        return entries, covered | {wkey}
+    if spec.sparsity > 0:
+        entries, covered = _tensor_entries(
+            wkey, mod.weight, mod.w_quant, spec, f"{name}.w_quant", mod.weight_mask
+        )
+        mkey = f"{name}.weight_mask"
+        entries[mkey] = ({"kind": "mask", "of": wkey, "shape": list(mod.weight_mask.shape)}, b"", 0)
+        return entries, covered | {mkey}
+    return _tensor_entries(wkey, mod.weight, mod.w_quant, spec, f"{name}.w_quant")
 
 
 def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False) -> PackReport:
@@ -262,7 +343,9 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
     swap_modules(qmodel, plan)
     data = Path(path).read_bytes()[offset:]
     state: dict[str, torch.Tensor] = {}
-    packed: dict[str, tuple[dict, bytes]] = {}
+    weights: dict[str, tuple[dict, bytes]] = {}
+    partial: dict[str, dict] = {}  # qparams of kept channels only, completed once the channel mask is read
+    derived: list[dict] = []
     pos = 0
     for e in header["entries"]:
         blob = data[pos : pos + e["nbytes"]]
@@ -270,16 +353,46 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
         if e["kind"] == "raw":
             t = _bytes_tensor(blob, e["dtype"], e["shape"])
             state[e["key"]] = t.to(_DTYPES[e["as"]]) if "as" in e else t
+            if "rows_of" in e:
+                partial[e["key"]] = e
         elif e["kind"] == "zeros":
             state[e["key"]] = torch.zeros(e["shape"])
         elif e["kind"] == "fill":
             state[e["key"]] = torch.full(e["shape"], float(e["value"]))
-        else:
-            packed[e["key"]] = (e, blob)
+        elif e["kind"] in ("packed", "float"):
+            weights[e["key"]] = (e, blob)
+        else:  # "mask", "lowrank": rebuilt from the weights
+            derived.append(e)
     modules = quant_modules(qmodel)
-    for key, (e, blob) in packed.items():
-        layer = key.rpartition(".")[0]
-        state[key] = _dequantize_weight(e, blob, modules[layer], state)
+    masks: dict[str, torch.Tensor] = {}
+    for key, (e, blob) in weights.items():
+        layer, _, attr = key.rpartition(".")
+        mask = None
+        if "mask" in e:
+            mask = _read_mask(e, blob[: e["mask_bytes"]])
+            masks[key] = mask
+            blob = blob[e["mask_bytes"] :]
+            if e["mask"] == "channel":
+                kept = torch.nonzero(mask.reshape(mask.shape[0], -1).any(dim=1)).reshape(-1)
+                for pkey, pe in partial.items():
+                    if pe["rows_of"] == key:  # removed channels get scale 1, zero point 0 (never used)
+                        full = torch.full(pe["full_shape"], 1.0 if pkey.endswith(".scale") else 0.0)
+                        full[_grid_rows(modules[layer].spec, full.shape[0], mask.shape[0], kept)] = state[
+                            pkey
+                        ]
+                        state[pkey] = full
+        wq_name = "w_quant_b" if attr == "lowrank_b" else "w_quant"
+        if e["kind"] == "float":
+            state[key] = _float_values(e, blob, mask)
+        else:
+            state[key] = _dequantize_weight(e, blob, modules[layer], wq_name, state, mask)
+    for e in derived:
+        if e["kind"] == "mask":
+            state[e["key"]] = masks[e["of"]]
+        else:
+            layer = e["key"].rpartition(".")[0]
+            a, b = state[f"{layer}.lowrank_a"], state[f"{layer}.lowrank_b"]
+            state[e["key"]] = (a.float() @ b.float()).reshape(e["shape"])
     try:
         qmodel.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -289,15 +402,68 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
     return qmodel
 
 
-def _dequantize_weight(e: dict, blob: bytes, mod: nn.Module, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Float weight ``(q - zero_point) * scale`` from packed codes, on the layer's scale grid."""
+def _read_mask(e: dict, blob: bytes) -> torch.Tensor:
+    """The boolean keep-mask (weight shape) of a pruned weight entry."""
+    shape = torch.Size(e["shape"])
+    n = shape[0] if e["mask"] == "channel" else math.prod(shape)
+    bits = np.unpackbits(np.frombuffer(blob, dtype=np.uint8))[:n].astype(bool)
+    mask = torch.from_numpy(bits.copy())
+    if e["mask"] == "channel":
+        return mask.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
+    return mask.reshape(shape)
+
+
+def _scatter(
+    values: torch.Tensor, shape: torch.Size, mask: torch.Tensor | None, fill: float = 0.0
+) -> torch.Tensor:
+    """Kept values (flat for unstructured masks, kept rows for channel masks) back into a dense ``[out, fan_in]``."""
+    out = shape[0]
+    if mask is None:
+        return values.reshape(out, -1)
+    full = torch.full((out, math.prod(shape[1:])), fill, dtype=values.dtype)
+    flat_mask = mask.reshape(out, -1)
+    if values.dim() == 2:  # kept rows
+        full[flat_mask.any(dim=1)] = values
+    else:
+        full[flat_mask] = values
+    return full
+
+
+def _float_values(e: dict, blob: bytes, mask: torch.Tensor | None) -> torch.Tensor:
+    shape = torch.Size(e["shape"])
+    flat = _bytes_tensor(blob, e["dtype"], [-1]).float()
+    if mask is not None and e["mask"] == "channel":
+        flat = flat.reshape(-1, math.prod(shape[1:]))
+    return _scatter(flat, shape, mask).reshape(shape)
+
+
+def _dequantize_weight(
+    e: dict,
+    blob: bytes,
+    mod: nn.Module,
+    wq_name: str,
+    state: dict[str, torch.Tensor],
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Float tensor ``(q - zero_point) * scale`` from packed codes, on the quantizer's scale grid (zero where
+    a pruning ``mask`` removed weights)."""
     from workbench.quant.quantizers import dequantize, from_grid, to_grid
 
     layer_prefix = e["key"].rpartition(".")[0]
-    wq = mod.w_quant
+    wq = getattr(mod, wq_name)
     row_bits = e["row_bits"]
-    unsigned = torch.from_numpy(unpack_rows(blob, row_bits, e["cols"])).float()
     shape = torch.Size(e["shape"])
+    cols = e["cols"]
+    if mask is None:
+        unsigned = torch.from_numpy(unpack_rows(blob, row_bits, cols)).float()
+    elif e["mask"] == "channel":
+        kept = mask.reshape(shape[0], -1).any(dim=1)
+        kept_bits = [b for b, k in zip(row_bits, kept.tolist(), strict=True) if k]
+        unsigned = _scatter(torch.from_numpy(unpack_rows(blob, kept_bits, cols)).float(), shape, mask)
+    else:
+        n_kept = int(mask.sum())
+        values = torch.from_numpy(unpack_rows(blob, [row_bits[0]], n_kept).reshape(-1)).float()
+        unsigned = _scatter(values, shape, mask)
     spec = mod.spec
     if spec.granularity == "per_tensor":
         qmin_rows = wq.qmin.reshape(-1).expand(shape[0])
@@ -305,6 +471,7 @@ def _dequantize_weight(e: dict, blob: bytes, mod: nn.Module, state: dict[str, to
         qmin_rows = wq.qmin.reshape(shape[0], -1)[:, 0]
     codes = (unsigned + qmin_rows.reshape(-1, 1)).reshape(shape)
     grid = to_grid(codes, spec.granularity, spec.group_size)
-    scale = state[f"{layer_prefix}.w_quant.scale"]
-    zp = state[f"{layer_prefix}.w_quant.zero_point"]
-    return from_grid(dequantize(grid, scale, zp), shape, spec.granularity)
+    scale = state[f"{layer_prefix}.{wq_name}.scale"]
+    zp = state[f"{layer_prefix}.{wq_name}.zero_point"]
+    weight = from_grid(dequantize(grid, scale, zp), shape, spec.granularity)
+    return weight * mask if mask is not None else weight

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from workbench.compress import PRUNE_STRUCTURES, low_rank_macs_ratio, num_pruned, rank_for
 from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
 
 INT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
@@ -27,6 +28,7 @@ GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
 ACT_GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel")
 OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "mse")
 FLOAT16_FORMATS: tuple[str, ...] = ("bfloat16", "float16")
+METHODS: tuple[str, ...] = ("none", "quantize", "prune", "lowrank")  # values of QuantSpec.method
 
 SCALE_BITS = 32  # scales are stored as float32
 ZERO_POINT_BITS = 8  # zero points of <= 8-bit integer tensors fit in one byte
@@ -51,6 +53,13 @@ class QuantSpec:
     its own integer bit width (mixed precision inside a layer); it needs per_channel or per_group granularity.
     Activations (the layer's input) use ``a_granularity`` (per_tensor, or per_channel along dim 1), a static range
     found at calibration, or a dynamic one recomputed from every batch when ``a_dynamic`` is true.
+
+    Besides quantization a layer may use one compression method (see :mod:`workbench.compress`), applied to the
+    (BatchNorm-folded) float weight before its quantization: ``sparsity`` in [0, 1) prunes by magnitude, either
+    single weights (``sparsity_structure='unstructured'``) or whole output channels (``'channel'``);
+    ``rank_ratio`` in (0, 1] replaces the weight ``[out, fan_in]`` by a truncated-SVD product ``A @ B`` of rank
+    ``max(1, round(rank_ratio * min(out, fan_in)))``, both factors quantized with this spec. The two methods
+    exclude each other and ``channel_bits``.
     """
 
     w_bits: int = 8
@@ -66,6 +75,9 @@ class QuantSpec:
     percentile: float = 99.99
     float16_format: str = "bfloat16"
     channel_bits: tuple[int, ...] | None = None
+    sparsity: float = 0.0
+    sparsity_structure: str = "unstructured"
+    rank_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.channel_bits is not None and not isinstance(self.channel_bits, tuple):
@@ -130,12 +142,66 @@ class QuantSpec:
                 )
             if len(self.channel_bits) == 0:
                 raise PlanError("channel_bits must not be empty (one entry per output channel)")
+        if (
+            isinstance(self.sparsity, bool)
+            or not isinstance(self.sparsity, (int, float))
+            or not (0.0 <= self.sparsity < 1.0)
+        ):
+            raise PlanError(f"sparsity={self.sparsity!r} must be a number in [0, 1) (0 = no pruning)")
+        if self.sparsity_structure not in PRUNE_STRUCTURES:
+            raise PlanError(
+                f"sparsity_structure={self.sparsity_structure!r} is not valid; "
+                f"choose one of {_choices(PRUNE_STRUCTURES)}"
+            )
+        if self.rank_ratio is not None and (
+            isinstance(self.rank_ratio, bool)
+            or not isinstance(self.rank_ratio, (int, float))
+            or not (0.0 < self.rank_ratio <= 1.0)
+        ):
+            raise PlanError(
+                f"rank_ratio={self.rank_ratio!r} must be null (no factorisation) or a number in (0, 1]"
+            )
+        if self.sparsity > 0 and self.rank_ratio is not None:
+            raise PlanError(
+                f"sparsity={self.sparsity!r} and rank_ratio={self.rank_ratio!r} are both set; choose one method "
+                f"per layer (methods: {_choices(METHODS[2:])})"
+            )
+        if self.channel_bits is not None and (self.sparsity > 0 or self.rank_ratio is not None):
+            raise PlanError(
+                f"channel_bits cannot be combined with {self.method} (sparsity={self.sparsity!r}, "
+                f"rank_ratio={self.rank_ratio!r}); use a single w_bits for pruned or low-rank layers"
+            )
 
     # -- derived ------------------------------------------------------------------------------------------
     @property
     def is_identity(self) -> bool:
-        """True when neither weights nor activations are touched (a float32 layer)."""
-        return self.w_bits == 32 and self.a_bits == 32 and self.channel_bits is None
+        """True when neither weights nor activations are touched (a float32 layer, not pruned or factorised)."""
+        return (
+            self.w_bits == 32
+            and self.a_bits == 32
+            and self.channel_bits is None
+            and self.sparsity == 0
+            and self.rank_ratio is None
+        )
+
+    @property
+    def method(self) -> str:
+        """``'lowrank'``, ``'prune'``, ``'none'`` (identity) or ``'quantize'`` (one of :data:`METHODS`)."""
+        if self.rank_ratio is not None:
+            return "lowrank"
+        if self.sparsity > 0:
+            return "prune"
+        return "none" if self.is_identity else "quantize"
+
+    @property
+    def transforms_weight(self) -> bool:
+        """True when the layer's weight is changed (quantized, pruned or factorised): its BatchNorm is folded."""
+        return (
+            self.w_bits < 32
+            or self.channel_bits is not None
+            or self.sparsity > 0
+            or self.rank_ratio is not None
+        )
 
     def mean_weight_bits(self) -> float:
         """Weight bits averaged over output channels (equals ``w_bits`` without ``channel_bits``)."""
@@ -185,7 +251,10 @@ class PlanSummary:
     averaged with the layer's weight-parameter count as weight. ``size_bytes``: inference state of the whole
     model (packed codes, float32 scales, 8-bit zero points, activation ranges, BatchNorm folded into quantized
     convolutions, every other parameter and buffer at its dtype); ``fp32_size_bytes`` the float model's state.
-    ``bops``: bit operations per input sample, sum over layers of MACs x weight bits x activation bits.
+    ``bops``: bit operations per input sample, sum over layers of MACs x weight bits x activation bits (MACs of
+    pruned layers scaled by their kept fraction, of low-rank layers by the factorised / dense MAC ratio).
+    ``weight_bytes``: storage of the quantizable layers' weights alone (codes, masks, scales, zero points, low-rank
+    factors; layers not in the plan at float32); ``fp32_weight_bytes`` the same weights at float32.
     """
 
     avg_weight_bits: float
@@ -197,6 +266,8 @@ class PlanSummary:
     fp32_bops: int
     quantized_layers: int
     total_layers: int
+    weight_bytes: int
+    fp32_weight_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,10 +407,11 @@ def _state_bits(module: nn.Module) -> int:
 
 
 def folded_pairs(plan: QuantPlan, model: nn.Module) -> list[tuple[str, str]]:
-    """The (conv, bn) pairs :func:`quantize_model` folds for this plan: BatchNorm after a weight-quantized conv."""
+    """The (conv, bn) pairs :func:`quantize_model` folds for this plan: BatchNorm after a conv whose weight is
+    quantized, pruned or factorised (:attr:`QuantSpec.transforms_weight`)."""
     from workbench.quant.swap import conv_bn_pairs  # local: swap imports this module
 
-    quantized = {n for n, s in plan.items() if s.w_bits < 32 or s.channel_bits is not None}
+    quantized = {n for n, s in plan.items() if s.transforms_weight}
     return [(c, b) for c, b in conv_bn_pairs(model) if c in quantized]
 
 
@@ -356,6 +428,12 @@ def summarize(
     dtype's width, quantized weights at their bits plus float32 scales and 8-bit zero points, static activation
     ranges, and BatchNorm folded into weight-quantized convolutions (its state replaced by a float32 bias).
     ``bn_pairs`` are the folded (conv, bn) pairs; computed with torch.fx when omitted (pass them to save time).
+
+    BOPs of a pruned layer count only its kept weights' MACs (``1 - pruned / total``, which is ``1 - sparsity`` up
+    to rounding): this assumes a sparse kernel for unstructured pruning, and for channel pruning that the removed
+    output channels are dropped from the layer. A low-rank layer counts ``r x (fan_in + out)`` MACs per output
+    position (:func:`workbench.compress.low_rank_macs_ratio`) at the spec's bits (the intermediate activation is
+    not quantized).
     """
     modules = dict(model.named_modules())
     pairs = folded_pairs(plan, model) if bn_pairs is None else bn_pairs
@@ -364,19 +442,23 @@ def summarize(
     quant_weight_params = sum(c.weight_params for c in costs.values())
     weight_bits_sum = act_bits_sum = 0.0
     macs_total = bops = 0
+    weight_bits_total = fp32_weight_bits = 0
     for name, cost in costs.items():
         spec = plan.get(name, FP32)
         weight = modules[name].weight
-        bits_total += (
-            layer_weight_storage_bits(spec, weight.shape) - weight.numel() * weight.element_size() * 8
-        )
+        storage = layer_weight_storage_bits(spec, weight.shape)
+        bits_total += storage - weight.numel() * weight.element_size() * 8
+        weight_bits_total += storage
+        fp32_weight_bits += 32 * weight.numel()
         if spec.a_bits < 16 and not spec.a_dynamic:
             in_ch = cost.input_shape[0] if cost.input_shape else 1
             bits_total += ACT_QPARAM_BITS * (in_ch if spec.a_granularity == "per_channel" else 1)
         weight_bits_sum += spec.mean_weight_bits() * cost.weight_params
         act_bits_sum += spec.a_bits * cost.weight_params
         macs_total += cost.macs
-        bops += int(round(spec.mean_weight_bits() * spec.a_bits * cost.macs))
+        bops += int(
+            round(spec.mean_weight_bits() * spec.a_bits * cost.macs * macs_factor(spec, weight.shape))
+        )
     for conv_name, bn_name in pairs:
         bits_total -= _state_bits(modules[bn_name])
         if modules[conv_name].bias is None:
@@ -394,7 +476,23 @@ def summarize(
         fp32_bops=32 * 32 * macs_total,
         quantized_layers=n_quant,
         total_layers=len(costs),
+        weight_bytes=int(math.ceil(weight_bits_total / 8)),
+        fp32_weight_bytes=int(math.ceil(fp32_weight_bits / 8)),
     )
+
+
+def macs_factor(spec: QuantSpec, weight_shape) -> float:
+    """MACs of the layer under ``spec`` over its dense MACs: kept fraction when pruned, factorised ratio when
+    low-rank, 1 otherwise."""
+    if spec.rank_ratio is not None:
+        return low_rank_macs_ratio(weight_shape, rank_for(weight_shape, spec.rank_ratio))
+    if spec.sparsity > 0:
+        if spec.sparsity_structure == "channel":
+            out = int(weight_shape[0])
+            return (out - num_pruned(weight_shape, spec.sparsity, "channel")) / out
+        n = int(math.prod(weight_shape))
+        return (n - num_pruned(weight_shape, spec.sparsity, "unstructured")) / n
+    return 1.0
 
 
 def num_weight_groups(spec: QuantSpec, weight_shape) -> tuple[int, int]:
@@ -411,8 +509,36 @@ def num_weight_groups(spec: QuantSpec, weight_shape) -> tuple[int, int]:
 def layer_weight_storage_bits(spec: QuantSpec, weight_shape) -> int:
     """Exact storage of a quantized weight: packed integers + float32 scales + 8-bit zero points.
 
-    16-bit weights are stored as 16-bit floats and 32-bit weights as float32 (no scales).
+    16-bit weights are stored as 16-bit floats and 32-bit weights as float32 (no scales). Compressed layers:
+
+    - unstructured pruning: the kept weights at their bits, a one-bit occupancy mask over all weights, and the
+      scales / zero points of the dense layer;
+    - channel pruning: a dense weight of the kept output channels (scales only for kept rows), removed rows cost
+      nothing;
+    - low-rank: factor ``A`` ``[out, r]`` plus factor ``B`` ``[r, fan_in]``, each quantized with the spec (per
+      channel: one scale per row of each factor; per group: groups of ``group_size`` along each row; per tensor:
+      one scale per factor).
     """
+    shape = tuple(int(s) for s in weight_shape)
+    if spec.rank_ratio is not None:
+        out, fan_in = shape[0], math.prod(shape[1:])
+        r = rank_for(shape, spec.rank_ratio)
+        return _dense_storage_bits(spec, (out, r)) + _dense_storage_bits(spec, (r, fan_in))
+    if spec.sparsity > 0:
+        if spec.sparsity_structure == "channel":
+            kept_rows = shape[0] - num_pruned(shape, spec.sparsity, "channel")
+            return _dense_storage_bits(spec, (kept_rows, *shape[1:]))
+        n = math.prod(shape)
+        kept = n - num_pruned(shape, spec.sparsity, "unstructured")
+        bits = kept * spec.w_bits + n  # kept values + one-bit occupancy mask
+        if spec.w_bits >= 16:
+            return bits
+        n_scales = math.prod(num_weight_groups(spec, shape))
+        return bits + n_scales * (SCALE_BITS + (0 if spec.w_symmetric else ZERO_POINT_BITS))
+    return _dense_storage_bits(spec, shape)
+
+
+def _dense_storage_bits(spec: QuantSpec, weight_shape) -> int:
     n = int(math.prod(weight_shape))
     out_ch = int(weight_shape[0])
     if spec.channel_bits is None and spec.w_bits >= 16:
@@ -438,7 +564,8 @@ def parse_shorthand(text: str) -> QuantSpec:
 
     Options after the bits, in any order: a granularity (per_tensor, per_channel, per_group), ``g<N>`` (group
     size), ``asym`` / ``sym`` (weights), an observer (minmax, percentile, mse), ``dynamic`` (activation scales per
-    batch), ``fp16`` / ``bf16`` (format of 16-bit specs).
+    batch), ``fp16`` / ``bf16`` (format of 16-bit specs), ``s<F>`` (unstructured pruning at sparsity F, e.g.
+    ``s0.5``), ``cs<F>`` (channel pruning), ``r<F>`` (low-rank factorisation at rank ratio F, e.g. ``r0.25``).
     """
     help_text = "expected e.g. 'uniform:w8a8', 'uniform:w4a8:per_channel', 'uniform:w4a8:per_group:g32:mse'"
     parts = [p.strip() for p in str(text).split(":")]
@@ -462,8 +589,27 @@ def parse_shorthand(text: str) -> QuantSpec:
             kw["a_dynamic"] = True
         elif opt in ("fp16", "bf16"):
             kw["float16_format"] = "float16" if opt == "fp16" else "bfloat16"
+        elif m_c := re.fullmatch(r"(?P<kind>cs|s|r)(?P<v>\d*\.?\d+)", opt):
+            value = float(m_c["v"])
+            if m_c["kind"] == "r":
+                kw["rank_ratio"] = value
+            else:
+                kw["sparsity"] = value
+                kw["sparsity_structure"] = "channel" if m_c["kind"] == "cs" else "unstructured"
         else:
-            valid = [*GRANULARITIES, "g<N>", "asym", "sym", *OBSERVERS, "dynamic", "fp16", "bf16"]
+            valid = [
+                *GRANULARITIES,
+                "g<N>",
+                "asym",
+                "sym",
+                *OBSERVERS,
+                "dynamic",
+                "fp16",
+                "bf16",
+                "s<F>",
+                "cs<F>",
+                "r<F>",
+            ]
             raise PlanError(f"option {opt!r} in {text!r} not understood; valid options: {valid}")
     if kw.get("group_size") is not None and "granularity" not in kw:
         kw["granularity"] = "per_group"

@@ -167,7 +167,8 @@ def quantize_model(
     seed: int = 0,
     progress: bool = False,
 ) -> nn.Module:
-    """A quantized copy of ``model``: BatchNorm folded into quantized convolutions, layers swapped, calibrated.
+    """A quantized copy of ``model``: BatchNorm folded into quantized (or pruned / low-rank) convolutions, layers
+    swapped, calibrated.
 
     ``calib_loader`` may be omitted only when no layer needs a static activation range. Layers missing from the
     plan, and layers whose spec is 32/32, run exactly as in ``model``. The returned model is in eval mode and
@@ -192,8 +193,8 @@ def quantize_model(
     qmodel = copy.deepcopy(model).eval()
     pairs: list[tuple[str, str]] = []
     if fold_bn:
-        weight_quantized = {n for n, s in plan.items() if s.w_bits < 32 or s.channel_bits is not None}
-        pairs = [(c, b) for c, b in conv_bn_pairs(qmodel) if c in weight_quantized]
+        weight_transformed = {n for n, s in plan.items() if s.transforms_weight}
+        pairs = [(c, b) for c, b in conv_bn_pairs(qmodel) if c in weight_transformed]
         fold_batchnorm(qmodel, pairs)
     swap_modules(qmodel, plan, seed=seed)
     if needs_calib:
