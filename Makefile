@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 STAMP_DEV := $(VENV)/.stamp-dev
+STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui bench install install-dev clean-cache
+.PHONY: run test lint format lab ui bench bench-search install install-dev clean-cache
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,6 +22,11 @@ $(STAMP_DEV): requirements-dev.txt $(STAMP)
 	$(BIN)/pip install -r requirements-dev.txt
 	touch $@
 
+# System packages (PostgreSQL for the multi-worker search test), installed by apt-get when missing.
+$(STAMP_SYS): scripts/install-system-deps.sh | $(BIN)/python
+	bash scripts/install-system-deps.sh
+	touch $@
+
 install: $(STAMP)
 install-dev: $(STAMP_DEV)
 
@@ -29,7 +35,7 @@ run: $(STAMP)
 	$(BIN)/python -m workbench pipeline
 
 ## Every test: unit, property, CLI, notebooks.
-test: $(STAMP_DEV)
+test: $(STAMP_DEV) $(STAMP_SYS)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
@@ -53,6 +59,11 @@ ui: $(STAMP)
 ## Benchmarks behind docs/BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
+	$(BIN)/python bench/search_bench.py
+
+## The search comparison alone (replaces the "## Search" section of docs/BENCHMARKS.md).
+bench-search: $(STAMP)
+	$(BIN)/python bench/search_bench.py
 
 clean-cache:
 	rm -rf data/models data/cache

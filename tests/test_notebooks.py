@@ -88,3 +88,34 @@ from workbench import tracking
 assert run.run_id in set(tracking.runs_frame()['run_id'])
 """
     run_notebook("02_sensitivity_predictor.ipynb", params, probe, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+def test_03_search(tmp_path, monkeypatch):
+    params = (
+        "MODEL = 'digits_cnn'\nBUDGET = 4\nSTRATEGIES = ['uniform', 'ilp', 'tpe']\nPREDICTOR_PLANS = 40\n"
+        f"TRACK = True\nSTORAGE = 'sqlite:///{tmp_path}/search.db'\n"
+    )
+    probe = """
+assert list(table['strategy']) == ['uniform', 'ilp', 'tpe'], table
+assert (table['hypervolume'] >= 0).all() and (table['hypervolume'] <= 1).all(), table
+assert table.set_index('strategy').loc['tpe', 'real_evaluations'] == 4, table
+assert all(len(r.front) >= 1 for r in results.values())
+assert comparison_fig.layout.title.text and len(comparison_fig.data) == 3
+keys = {'predicted_accuracy', 'measured_accuracy', 'size_bytes', 'weight_bytes', 'bops', 'latency_ms',
+        'avg_weight_bits'}
+assert keys <= set(explorer.values), explorer.values
+assert explorer.values['predicted_accuracy'] is not None
+explorer.load_front(0)
+assert explorer.plan == best.plans()[0]
+assert explorer.values['weight_bytes'] == best.front['weight_bytes'][0]
+w8 = explorer.values['weight_bytes']
+unit = space.units[0].name
+explorer.set(unit, 'w_bits', 2 if explorer.controls[(unit, 'w_bits')].value != 2 else 8)
+assert explorer.values['weight_bytes'] != w8
+from workbench import tracking
+assert run.run_id in set(tracking.runs_frame()['run_id'])
+assert len(tracking.runs_frame(stage='search')) == 3
+assert explorer.log() in set(tracking.runs_frame(stage='explorer')['run_id'])
+"""
+    run_notebook("03_search.ipynb", params, probe, tmp_path, monkeypatch)

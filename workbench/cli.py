@@ -207,6 +207,69 @@ def cmd_predictor(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _csv_list(kind: type):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in str(text).split(",") if v.strip())
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a comma-separated list of {kind.__name__}"
+            ) from e
+
+    return parse
+
+
+def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.search import SearchConfig, SpaceConfig, run_search
+    from workbench.search.objectives import HypervolumeRef
+
+    space = SpaceConfig(
+        w_bits=args.w_bits,
+        a_bits=args.a_bits,
+        granularities=args.granularities,
+        methods=args.methods,
+        skip=tuple(args.skip),
+        fixed={name: {"w_bits": 8, "a_bits": 8} for name in args.fix8},
+        groups="residual" if args.residual_groups else None,
+    )
+    config = SearchConfig(
+        strategy=args.strategy,
+        budget=args.budget,
+        accuracy=args.accuracy,
+        objectives=tuple(args.objectives),
+        seed=args.seed,
+        max_weight_fraction=args.max_weight_fraction,
+        max_size_bytes=args.max_size_bytes,
+        max_accuracy_drop=args.max_accuracy_drop,
+        complexity_penalty=args.complexity_penalty,
+        diversity_penalty=args.diversity_penalty,
+        screen_trials=args.screen_trials,
+        study_name=args.study,
+        storage=args.storage,
+        resume=args.resume,
+        workers=args.workers,
+        track=not args.no_track,
+        hv_ref=HypervolumeRef(size_fraction=args.hv_size_fraction, max_drop_pp=args.hv_max_drop),
+        space=space,
+        progress=not args.quiet,
+    )
+    task = _task(args)
+    predictor = None
+    if args.predictor:
+        from workbench.predictor import AccuracyPredictor
+
+        predictor = AccuracyPredictor.load(args.predictor)
+    result = run_search(task, config, predictor=predictor, join=args.join)
+    cols = ["label", "accuracy", "test_accuracy", "weight_bytes", "bops", "latency_ms", "avg_weight_bits"]
+    if not result.front.empty:
+        _print_table(result.front[[c for c in cols if c in result.front]])
+    print(
+        f"study {result.study_name}: {len(result.trials)} trials, {result.real_evaluations} real evaluations, "
+        f"hypervolume {result.hypervolume:.4f}, front of {len(result.front)} plans ({result.seconds:.1f} s)"
+    )
+    return {"model": args.model, **result.to_dict()}
+
+
 def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.pipeline import PipelineConfig, run_pipeline
 
@@ -278,6 +341,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", help="fit the best model on all plans and save it here")
     p.set_defaults(func=cmd_predictor)
+
+    from workbench.search.objectives import ACCURACY_MODES, OBJECTIVES
+    from workbench.search.study import STRATEGIES
+
+    p = sub.add_parser(
+        "search", help="search per-layer bits / methods with Optuna, an RL controller or baselines"
+    )
+    _task_args(p)
+    p.add_argument("--strategy", choices=list(STRATEGIES), default="tpe")
+    p.add_argument(
+        "--budget", type=int, default=40, help="real evaluations (trials with --accuracy predicted)"
+    )
+    p.add_argument("--accuracy", choices=list(ACCURACY_MODES), default="measured")
+    p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=["accuracy", "weight_size"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--w-bits", type=_csv_list(int), default=(2, 3, 4, 6, 8, 16), help="e.g. 2,3,4,6,8,16")
+    p.add_argument("--a-bits", type=_csv_list(int), default=(8,), help="e.g. 4,6,8,16")
+    p.add_argument("--granularities", type=_csv_list(str), default=("per_channel",))
+    p.add_argument(
+        "--methods", type=_csv_list(str), default=("quantize",), help="quantize,prune,lowrank,none"
+    )
+    p.add_argument("--skip", nargs="*", default=[], help="layers left in float32")
+    p.add_argument("--fix8", nargs="*", default=[], help="layers fixed at w8a8 (e.g. the first and last)")
+    p.add_argument("--residual-groups", action="store_true", help="residual partners share one choice")
+    p.add_argument("--max-weight-fraction", type=float, help="constraint: weight bytes / FP32 weight bytes")
+    p.add_argument("--max-size-bytes", type=int, help="constraint: whole-model bytes")
+    p.add_argument("--max-accuracy-drop", type=float, help="constraint: accuracy drop in pp")
+    p.add_argument("--complexity-penalty", type=float, default=0.0)
+    p.add_argument("--diversity-penalty", type=float, default=0.0)
+    p.add_argument(
+        "--screen-trials", type=int, default=300, help="predictor trials of --accuracy multifidelity"
+    )
+    p.add_argument("--predictor", help="a saved predictor (python -m workbench predictor --save PATH)")
+    p.add_argument(
+        "--hv-size-fraction", type=float, default=0.25, help="hypervolume reference: size fraction"
+    )
+    p.add_argument(
+        "--hv-max-drop", type=float, default=10.0, help="hypervolume reference: accuracy drop (pp)"
+    )
+    p.add_argument("--study", help="study name (default <model>-<strategy>-<accuracy>-s<seed>)")
+    p.add_argument("--storage", help="sqlite:///path.db, postgresql://user@host:port/db or :memory:")
+    p.add_argument("--resume", action="store_true", help="continue an existing study (e.g. after a crash)")
+    p.add_argument("--join", action="store_true", help="add this process as a worker of an existing study")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("pipeline", help="end-to-end: train/load, profile, FP32 vs INT8 vs INT4")
     _task_args(p)

@@ -424,12 +424,14 @@ def start_run(
     params: Any = None,
     tags: Mapping[str, Any] | None = None,
     nested: bool = False,
+    parent_run_id: str | None = None,
     enabled: bool | None = None,
 ) -> Iterator[RunHandle]:
     """Start an MLflow run for ``stage`` (tag ``workbench.stage``) and yield its :class:`Run` handle.
 
     ``params`` (dict or dataclass, nested keys flattened) are logged at start. ``nested=True`` makes it a
-    child of the active run. With ``enabled=False`` or ``WORKBENCH_TRACKING=0`` a :class:`NullRun` is yielded.
+    child of the active run; ``parent_run_id`` makes it a
+    child of that run (also from another process, e.g. a search worker). With ``enabled=False`` or ``WORKBENCH_TRACKING=0`` a :class:`NullRun` is yielded.
     The run ends FINISHED, or FAILED if the block raises.
     """
     if not stage or not isinstance(stage, str):
@@ -447,7 +449,11 @@ def start_run(
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     all_tags[STAGE_TAG] = stage
     with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name or stage, nested=nested, tags=all_tags
+        experiment_id=experiment_id,
+        run_name=run_name or stage,
+        nested=nested or parent_run_id is not None,
+        parent_run_id=parent_run_id,
+        tags=all_tags,
     ) as active:
         run = Run(run_id=active.info.run_id, experiment_id=experiment_id, uri=uri)
         if params:

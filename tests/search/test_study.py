@@ -1,0 +1,134 @@
+"""run_search end to end on digits_cnn: budgets, caching, constraints, modes, storage, resume, tracking."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+
+from workbench.quant import QuantPlan
+from workbench.search import SearchConfig, SearchError, SpaceConfig, run_search
+from workbench.search.objectives import pareto_mask
+
+
+@pytest.fixture(autouse=True)
+def _tmp_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+
+
+class LookupPredictor:
+    """Predicted drop (pp) = sum over layers of a per-bit penalty: a stand-in with the predictor's interface."""
+
+    PENALTY = {2: 3.0, 3: 1.0, 4: 0.4, 6: 0.1, 8: 0.0, 16: 0.0, 32: 0.0}
+
+    def __init__(self) -> None:
+        self.info: dict = {}
+        self.model_name = "lookup"
+        self.calls = 0
+
+    def predict(self, plans):
+        self.calls += len(plans)
+        return np.array([sum(self.PENALTY[s.w_bits] for _, s in p.items()) for p in plans])
+
+
+def _cfg(**kw):
+    base = dict(
+        budget=5, storage=":memory:", track=False, progress=False, space=SpaceConfig(w_bits=(2, 4, 8))
+    )
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def test_tpe_budget_counts_real_evaluations(digits_cnn_task, one_torch_thread):
+    r = run_search(digits_cnn_task, _cfg(strategy="tpe", budget=6))
+    assert r.real_evaluations == 6 == int(r.trials["real_eval"].sum())
+    assert len(r.trials) >= 6
+    # a plan measured twice is a cache hit and costs nothing
+    dup = r.trials[r.trials.duplicated("plan_key", keep="first")]
+    assert (dup["real_eval"] == 0).all() and dup["cache_hit"].all()
+    # the front is non-dominated in (accuracy up, weight bytes down) and re-measured on the test split
+    vals = r.front[["accuracy", "weight_bytes"]].to_numpy(dtype=float)
+    assert pareto_mask(vals, ["maximize", "minimize"]).all()
+    assert r.front["test_accuracy"].between(0, 1).all()
+    assert 0.0 <= r.hypervolume <= 1.0
+    d = r.to_dict()
+    assert {"front", "hypervolume", "real_evaluations"} <= set(d)
+    assert QuantPlan.from_dict(d["front"][0]["plan"])
+
+
+def test_uniform_and_constraints(digits_cnn_task, one_torch_thread):
+    r = run_search(digits_cnn_task, _cfg(strategy="uniform", max_weight_fraction=0.2))
+    labels = list(r.trials["label"])
+    assert any("w2" in lab for lab in labels) and any("w8" in lab for lab in labels)
+    w8 = r.trials[r.trials["label"].str.contains("w8")].iloc[0]
+    assert not w8["feasible"] and w8["accuracy_source"] == "skipped_over_budget" and w8["real_eval"] == 0
+    assert (r.front["weight_bytes"] <= 0.2 * r.fp32_weight_bytes).all()
+    with pytest.raises(SearchError, match="smallest plan"):
+        run_search(digits_cnn_task, _cfg(max_weight_fraction=0.01))
+
+
+def test_predicted_and_multifidelity(digits_cnn_task, one_torch_thread):
+    pred = LookupPredictor()
+    r = run_search(digits_cnn_task, _cfg(strategy="nsga2", accuracy="predicted", budget=12), predictor=pred)
+    assert r.real_evaluations == 0 and len(r.trials) == 12
+    assert (r.trials["accuracy_source"] == "predicted").all()
+    top = r.trials.sort_values("accuracy").iloc[-1]
+    assert top["accuracy"] == pytest.approx(
+        r.fp32_accuracy
+        - sum(LookupPredictor.PENALTY[s["w_bits"]] for s in json.loads(top["plan"]).values()) / 100
+    )
+    m = run_search(
+        digits_cnn_task,
+        _cfg(strategy="tpe", accuracy="multifidelity", budget=4, screen_trials=40),
+        predictor=pred,
+    )
+    assert m.real_evaluations <= 4 and len(m.trials) == 4
+    assert (m.front["accuracy_source"] == "measured").all()
+    with pytest.raises(SearchError, match="only knows quantization"):
+        run_search(digits_cnn_task, _cfg(accuracy="predicted", space=SpaceConfig(methods=("quantize", "prune"))),
+                   predictor=pred)  # fmt: skip
+
+
+def test_sqlite_storage_refuses_reuse_and_resumes(digits_cnn_task, one_torch_thread, tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = run_search(digits_cnn_task, _cfg(strategy="random", budget=3, storage=url, study_name="s"))
+    assert first.real_evaluations == 3
+    with pytest.raises(SearchError, match="already exists"):
+        run_search(digits_cnn_task, _cfg(strategy="random", budget=3, storage=url, study_name="s"))
+    again = run_search(
+        digits_cnn_task, _cfg(strategy="random", budget=5, storage=url, study_name="s", resume=True)
+    )
+    assert again.real_evaluations == 5
+    kept = again.trials.set_index("trial").loc[first.trials["trial"], "plan_key"]
+    assert list(kept) == list(first.trials["plan_key"])
+    with pytest.raises(SearchError, match="does not exist"):
+        run_search(digits_cnn_task, _cfg(storage=url, study_name="missing", resume=True))
+    # bad requests leave no study behind
+    with pytest.raises(SearchError):
+        run_search(digits_cnn_task, _cfg(storage=url, study_name="bad", max_weight_fraction=0.001))
+    names = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path}/s.db")]
+    assert names == ["s"]
+
+
+def test_bad_requests_name_the_choices(digits_cnn_task):
+    with pytest.raises(SearchError, match="unknown strategy 'annealing'"):
+        SearchConfig(strategy="annealing")
+    with pytest.raises(SearchError, match="storage scheme 'redis'"):
+        run_search(digits_cnn_task, _cfg(storage="redis://localhost/0"))
+    with pytest.raises(SearchError, match="budget"):
+        SearchConfig(budget=0)
+    with pytest.raises(SearchError, match="objectives"):
+        SearchConfig(objectives=("size",))
+
+
+def test_tracking_parent_and_children(digits_cnn_task, one_torch_thread):
+    from workbench import tracking
+
+    r = run_search(digits_cnn_task, _cfg(strategy="tpe", budget=3, track=True))
+    parent = tracking.runs_frame(stage="search")
+    children = tracking.runs_frame(stage="search-trial")
+    assert len(parent) == 1 and len(children) == len(r.trials)
+    assert (children["tags.mlflow.parentRunId"] == r.run_id).all()

@@ -1,0 +1,432 @@
+"""Objectives of a search: hardware cost of a plan (size, BOPs, latency), its accuracy (measured, predicted),
+a cache of measured evaluations shared by every trial and worker, Pareto fronts and hypervolume.
+
+Until the hardware-profile stage lands, latency is a BOPs-based proxy: the FP32 model's measured latency per
+sample on this machine, scaled by the plan's BOPs over FP32 BOPs (``CostModel.latency_source`` says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import statistics
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
+from workbench.quant.spec import QuantPlan, summarize
+from workbench.quant.swap import conv_bn_pairs, quantize_model
+
+OBJECTIVES: dict[str, str] = {
+    "accuracy": "maximize",
+    "size": "minimize",
+    "weight_size": "minimize",
+    "bops": "minimize",
+    "latency": "minimize",
+}
+ACCURACY_MODES: tuple[str, ...] = ("measured", "predicted", "multifidelity")
+
+
+# ============================================================================================ cost model
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """Hardware cost of one plan (per input sample where it matters)."""
+
+    size_bytes: int
+    weight_bytes: int
+    bops: int
+    latency_ms: float
+    avg_weight_bits: float
+    avg_act_bits: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size_bytes": self.size_bytes,
+            "weight_bytes": self.weight_bytes,
+            "bops": self.bops,
+            "latency_ms": self.latency_ms,
+            "avg_weight_bits": self.avg_weight_bits,
+            "avg_act_bits": self.avg_act_bits,
+        }
+
+
+def measure_fp32_latency_ms(
+    model: nn.Module, example_input: torch.Tensor, *, batch: int = 32, repeats: int = 7
+) -> float:
+    """Median wall time per sample (ms) of the FP32 model on this machine (warm-up first)."""
+    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    model = model.eval()
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times) / batch
+
+
+class CostModel:
+    """Size, BOPs and latency of plans for one model, from per-layer costs computed once.
+
+    ``fp32_latency_ms``: per-sample latency of the FP32 model (measured on this machine when omitted); a plan's
+    latency is ``fp32_latency_ms * bops / fp32_bops`` (a BOPs proxy, until hardware profiles exist).
+    """
+
+    latency_source = "bops_proxy"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        *,
+        fp32_latency_ms: float | None = None,
+    ) -> None:
+        self.model = model
+        self.costs: dict[str, LayerCost] = layer_costs(model, example_input)
+        self.layers = quantizable_layers(model)
+        self._pairs = conv_bn_pairs(model)
+        self.fp32 = summarize(QuantPlan({}), model, self.costs, bn_pairs=[])
+        self.fp32_latency_ms = (
+            float(fp32_latency_ms)
+            if fp32_latency_ms is not None
+            else measure_fp32_latency_ms(model, example_input)
+        )
+        self.weight_params = {n: c.weight_params for n, c in self.costs.items()}
+
+    def __call__(self, plan: QuantPlan) -> PlanCost:
+        changed = {
+            n
+            for n, sp in plan.items()
+            if sp.w_bits < 32 or sp.channel_bits is not None or sp.method in ("prune", "lowrank")
+        }
+        pairs = [p for p in self._pairs if p[0] in changed]
+        s = summarize(plan, self.model, self.costs, bn_pairs=pairs)
+        return PlanCost(
+            size_bytes=s.size_bytes,
+            weight_bytes=s.weight_bytes,
+            bops=s.bops,
+            latency_ms=self.fp32_latency_ms * s.bops / s.fp32_bops if s.fp32_bops else math.nan,
+            avg_weight_bits=s.avg_weight_bits,
+            avg_act_bits=s.avg_act_bits,
+        )
+
+    @property
+    def fp32_cost(self) -> PlanCost:
+        return self(QuantPlan({}))
+
+
+# ============================================================================================ evaluation cache
+
+
+def _model_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        buf = io.BytesIO()
+        torch.save(v.detach().cpu(), buf)
+        h.update(buf.getvalue())
+    return h.hexdigest()[:16]
+
+
+class EvalCache:
+    """Measured accuracies keyed by (model, data split, plan): a table in a SQL database (sqlite file or the
+    PostgreSQL server of the study), so every trial and every worker shares each measurement.
+
+    ``url``: an SQLAlchemy URL, or None for an in-memory cache (this process only).
+    """
+
+    TABLE = "workbench_eval_cache"
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url
+        self._mem: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._engine = None
+        if url is not None:
+            import sqlalchemy as sa
+
+            kwargs: dict[str, Any] = {}
+            if url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 60}
+            self._engine = sa.create_engine(url, **kwargs)
+            self._meta = sa.MetaData()
+            self._table = sa.Table(
+                self.TABLE,
+                self._meta,
+                sa.Column("key", sa.String(96), primary_key=True),
+                sa.Column("value", sa.Text, nullable=False),
+                sa.Column("created", sa.Float, nullable=False),
+            )
+            self._meta.create_all(self._engine, checkfirst=True)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key in self._mem:
+            return self._mem[key]
+        if self._engine is None:
+            return None
+        import sqlalchemy as sa
+
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(self._table.c.value).where(self._table.c.key == key)).first()
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        self._mem[key] = value
+        return value
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None:
+        value = dict(value)
+        with self._lock:
+            self._mem[key] = value
+        if self._engine is None:
+            return
+        import sqlalchemy as sa
+
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    sa.insert(self._table).values(key=key, value=json.dumps(value), created=time.time())
+                )
+        except sa.exc.IntegrityError:  # another worker measured the same plan first: keep theirs
+            pass
+
+    def __len__(self) -> int:
+        if self._engine is None:
+            return len(self._mem)
+        import sqlalchemy as sa
+
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self._table)).scalar_one())
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class PlanEvaluator:
+    """Measures plans' accuracy on a task split (quantize with calibration, evaluate), through a cache.
+
+    ``real_evaluations`` counts measurements this evaluator actually ran (cache hits excluded).
+    """
+
+    def __init__(
+        self, task: Any, *, split: str = "val", cache: EvalCache | None = None, seed: int = 0
+    ) -> None:
+        self.task = task
+        self.split = split
+        self.cache = cache if cache is not None else EvalCache()
+        self.seed = seed
+        self.real_evaluations = 0
+        self._prefix = f"{_model_digest(task.model)}:{split}:{seed}"
+        self._fp32: float | None = None
+
+    @property
+    def fp32_accuracy(self) -> float:
+        if self._fp32 is None:
+            key = f"{self._prefix}:fp32"
+            hit = self.cache.get(key)
+            if hit is None:
+                hit = {"accuracy": float(self.task.evaluate(self.task.model, self.split))}
+                self.cache.put(key, hit)
+            self._fp32 = float(hit["accuracy"])
+        return self._fp32
+
+    def key(self, plan: QuantPlan) -> str:
+        text = json.dumps(plan.to_dict(), sort_keys=True, separators=(",", ":"))
+        return f"{self._prefix}:{hashlib.sha256(text.encode()).hexdigest()[:40]}"
+
+    def cached(self, plan: QuantPlan) -> float | None:
+        hit = self.cache.get(self.key(plan))
+        return None if hit is None else float(hit["accuracy"])
+
+    def __call__(self, plan: QuantPlan) -> tuple[float, bool]:
+        """(accuracy, cache_hit)."""
+        key = self.key(plan)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return float(hit["accuracy"]), True
+        qmodel = quantize_model(self.task.model, plan, self.task.calib_loader, seed=self.seed)
+        acc = float(self.task.evaluate(qmodel, self.split))
+        self.real_evaluations += 1
+        self.cache.put(key, {"accuracy": acc})
+        return acc, False
+
+
+class PredictedAccuracy:
+    """Accuracy from an :class:`~workbench.predictor.AccuracyPredictor`: ``fp32_accuracy - drop_pp / 100``.
+
+    The predictor was trained on quantization-only plans; plans that prune or factorise are refused.
+    """
+
+    def __init__(self, predictor: Any, fp32_accuracy: float) -> None:
+        self.predictor = predictor
+        self.fp32_accuracy = float(fp32_accuracy)
+
+    def __call__(self, plan: QuantPlan) -> float:
+        return float(self.batch([plan])[0])
+
+    def batch(self, plans: Sequence[QuantPlan]) -> np.ndarray:
+        for plan in plans:
+            bad = [n for n, s in plan.items() if s.method in ("prune", "lowrank")]
+            if bad:
+                raise ValueError(
+                    f"the accuracy predictor only knows quantization; layer(s) {bad} prune or factorise. "
+                    "Use accuracy='measured' for spaces with methods prune / lowrank"
+                )
+        drops = np.asarray(self.predictor.predict(list(plans)), dtype=np.float64)
+        return self.fp32_accuracy - drops / 100.0
+
+
+# ============================================================================================ fronts
+
+
+def _signs(objectives: Sequence[str]) -> np.ndarray:
+    bad = [o for o in objectives if o not in OBJECTIVES]
+    if bad:
+        raise ValueError(f"unknown objective(s) {bad}; choose from {list(OBJECTIVES)}")
+    return np.array([-1.0 if OBJECTIVES[o] == "maximize" else 1.0 for o in objectives])
+
+
+def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of ``values`` ``[n, k]`` (``directions``: maximize / minimize)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2 or len(v) == 0:
+        return np.zeros(len(v), dtype=bool)
+    s = v * np.array([-1.0 if d == "maximize" else 1.0 for d in directions])  # all minimised
+    mask = np.ones(len(s), dtype=bool)
+    for i in range(len(s)):
+        if not mask[i]:
+            continue
+        dominated = np.all(s <= s[i], axis=1) & np.any(s < s[i], axis=1)
+        if dominated.any():
+            mask[i] = False
+    # duplicates: keep the first
+    _, first = np.unique(s, axis=0, return_index=True)
+    keep = np.zeros(len(s), dtype=bool)
+    keep[first] = True
+    return mask & keep
+
+
+def hypervolume_2d(
+    accuracy: np.ndarray, size_fraction: np.ndarray, *, ref_accuracy: float, ref_size_fraction: float
+) -> float:
+    """Area dominated by (accuracy up, size fraction down) points inside the box to the reference point,
+    normalised by the box ``(ref_size_fraction x (1 - ref_accuracy))`` so the best possible value is 1."""
+    acc = np.asarray(accuracy, dtype=np.float64)
+    size = np.asarray(size_fraction, dtype=np.float64)
+    ok = np.isfinite(acc) & np.isfinite(size) & (acc > ref_accuracy) & (size < ref_size_fraction)
+    acc, size = acc[ok], size[ok]
+    if len(acc) == 0:
+        return 0.0
+    order = np.argsort(size, kind="stable")
+    area, best = 0.0, ref_accuracy
+    xs = np.append(size[order], ref_size_fraction)
+    for i, idx in enumerate(order):
+        best = max(best, acc[idx])
+        area += (xs[i + 1] - xs[i]) * (best - ref_accuracy)
+    return float(area / (ref_size_fraction * (1.0 - ref_accuracy)))
+
+
+@dataclass(frozen=True)
+class HypervolumeRef:
+    """Reference point of the reported hypervolume: plans must be smaller than ``size_fraction`` of the FP32
+    weight bytes and lose less than ``max_drop_pp`` accuracy points to count."""
+
+    size_fraction: float = 0.25
+    max_drop_pp: float = 10.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"size_fraction": self.size_fraction, "max_drop_pp": self.max_drop_pp}
+
+
+def front_hypervolume(
+    frame: pd.DataFrame,
+    *,
+    fp32_accuracy: float,
+    fp32_weight_bytes: int,
+    ref: HypervolumeRef = HypervolumeRef(),
+) -> float:
+    """Hypervolume of (accuracy, weight bytes) of a trials / front table against ``ref``."""
+    if frame.empty:
+        return 0.0
+    return hypervolume_2d(
+        frame["accuracy"].to_numpy(dtype=np.float64),
+        frame["weight_bytes"].to_numpy(dtype=np.float64) / fp32_weight_bytes,
+        ref_accuracy=fp32_accuracy - ref.max_drop_pp / 100.0,
+        ref_size_fraction=ref.size_fraction,
+    )
+
+
+@dataclass
+class Objectives:
+    """What one trial reports: raw values and the (possibly shaped) values given to the sampler."""
+
+    accuracy: float
+    cost: PlanCost
+    source: str
+    cache_hit: bool = False
+    shaped_accuracy: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, name: str) -> float:
+        if name == "accuracy":
+            return self.accuracy if self.shaped_accuracy is None else self.shaped_accuracy
+        return float(
+            {
+                "size": self.cost.size_bytes,
+                "weight_size": self.cost.weight_bytes,
+                "bops": self.cost.bops,
+                "latency": self.cost.latency_ms,
+            }[name]
+        )
+
+
+def complexity(plan: QuantPlan, layers: Sequence[str]) -> float:
+    """Implementation complexity of a plan in [0, 1): distinct specs over layers (one spec everywhere ~ 0)."""
+    if not layers:
+        return 0.0
+    from workbench.quant.spec import FP32
+
+    distinct = {json.dumps(plan.get(n, FP32).to_dict(), sort_keys=True) for n in layers}
+    return (len(distinct) - 1) / len(layers)
+
+
+def similarity(vector: np.ndarray, history: Sequence[np.ndarray]) -> float:
+    """1 - the smallest normalised Hamming distance of a plan's choice vector to earlier ones (0 when new)."""
+    if not history:
+        return 0.0
+    h = np.stack(history)
+    d = (h != vector[None, :]).mean(axis=1)
+    return float(1.0 - d.min())
+
+
+__all__ = [
+    "ACCURACY_MODES",
+    "OBJECTIVES",
+    "CostModel",
+    "EvalCache",
+    "HypervolumeRef",
+    "Objectives",
+    "PlanCost",
+    "PlanEvaluator",
+    "PredictedAccuracy",
+    "complexity",
+    "front_hypervolume",
+    "hypervolume_2d",
+    "measure_fp32_latency_ms",
+    "pareto_mask",
+    "similarity",
+]

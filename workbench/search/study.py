@@ -1,0 +1,1010 @@
+"""``run_search``: one entry point for every strategy, on an Optuna study in durable storage.
+
+Strategies: ``tpe`` and ``nsga2`` (Optuna samplers, multi-objective), ``rl`` (the LSTM controller as an Optuna
+sampler), ``random``, and the baselines ``uniform``, ``greedy`` (seed-000 cost-benefit), ``ilp`` (HAWQ-V3),
+``aimet`` (AIMET AMP's greedy Pareto curve) and ``control`` (the seed-000 control loop). Baselines produce plans
+that are enqueued as trials, so every strategy is measured, stored and tracked the same way.
+
+Accuracy comes from real measurements (``measured``), the accuracy predictor (``predicted``), or both
+(``multifidelity``: the strategy runs on the predictor for ``screen_trials``, then the predicted front and the
+best of the rest, ``budget`` plans, are measured). ``budget`` counts real evaluations (``measured``,
+``multifidelity``) or trials (``predicted``). Measured evaluations are cached by plan in the study's database,
+so identical plans are measured once across trials and workers.
+
+Storage: ``sqlite:///mlruns/search.db`` by default (created before any worker starts), any SQLAlchemy URL
+Optuna accepts (``postgresql://...`` for several machines), or ``":memory:"``. A study killed mid-run resumes with
+``resume=True``: every completed trial is kept, trials left running are marked failed, and the search goes on
+until the budget is met.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.quant.spec import QuantPlan
+from workbench.search.objectives import (
+    ACCURACY_MODES,
+    OBJECTIVES,
+    CostModel,
+    EvalCache,
+    HypervolumeRef,
+    PlanEvaluator,
+    PredictedAccuracy,
+    complexity,
+    front_hypervolume,
+    pareto_mask,
+    similarity,
+)
+from workbench.search.space import SearchSpace, SpaceConfig
+
+SAMPLER_STRATEGIES: tuple[str, ...] = ("tpe", "nsga2", "rl", "random")
+BASELINE_STRATEGIES: tuple[str, ...] = ("uniform", "greedy", "ilp", "aimet", "control")
+STRATEGIES: tuple[str, ...] = SAMPLER_STRATEGIES + BASELINE_STRATEGIES
+MEMORY = ":memory:"
+CONFIG_ATTR = "workbench_config"
+
+
+class SearchError(ValueError):
+    """A search that cannot run as asked; the message names the bad value and the valid choices."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Knobs of :func:`run_search` (defaults work on digits).
+
+    ``objectives``: from ``accuracy`` (maximised), ``size`` (whole-model bytes), ``weight_size`` (bytes of the
+    Conv / Linear weights with their scales), ``bops``, ``latency`` (ms per sample, BOPs proxy). Constraints:
+    ``max_weight_fraction`` (weight bytes over FP32 weight bytes), ``max_size_bytes``, ``max_accuracy_drop``
+    (percentage points against FP32 on ``split``); infeasible plans are reported to the sampler through
+    Optuna's constraint support, and plans over a size budget are not measured (they cost no evaluation).
+    ``complexity_penalty`` / ``diversity_penalty``: reward shaping (seed 001) subtracted from the accuracy the
+    sampler sees: weight x (distinct specs - 1) / layers, and weight x similarity to the closest earlier plan.
+    ``final_split``: the front's plans are measured again on this split (None: skip).
+    ``max_trials``: safety cap on trials (duplicates cost trials but no evaluation); default 20 x budget.
+    """
+
+    strategy: str = "tpe"
+    budget: int = 40
+    accuracy: str = "measured"
+    objectives: tuple[str, ...] = ("accuracy", "weight_size")
+    split: str = "val"
+    final_split: str | None = "test"
+    seed: int = 0
+    max_weight_fraction: float | None = None
+    max_size_bytes: int | None = None
+    max_accuracy_drop: float | None = None
+    complexity_penalty: float = 0.0
+    diversity_penalty: float = 0.0
+    screen_trials: int = 300
+    max_trials: int | None = None
+    n_startup_trials: int = 10
+    population_size: int = 16
+    sensitivity_metric: str = "omega"
+    ilp_cost: str = "weight_size"
+    hv_ref: HypervolumeRef = field(default_factory=HypervolumeRef)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    study_name: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    workers: int = 1
+    track: bool = True
+    log_trials: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise SearchError(f"unknown strategy {self.strategy!r}; choose one of {list(STRATEGIES)}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 1:
+            raise SearchError(f"budget must be an int >= 1 (evaluations), got {self.budget!r}")
+        if self.accuracy not in ACCURACY_MODES:
+            raise SearchError(
+                f"unknown accuracy mode {self.accuracy!r}; choose one of {list(ACCURACY_MODES)}"
+            )
+        objectives = tuple(self.objectives)
+        bad = [o for o in objectives if o not in OBJECTIVES]
+        if bad or not objectives or len(set(objectives)) != len(objectives):
+            raise SearchError(
+                f"objectives {list(objectives)} not valid; choose distinct names from {list(OBJECTIVES)}"
+            )
+        if "accuracy" not in objectives:
+            raise SearchError(f"objectives {list(objectives)} must include 'accuracy'")
+        object.__setattr__(self, "objectives", objectives)
+        if self.max_weight_fraction is not None and not (0 < self.max_weight_fraction <= 1):
+            raise SearchError(f"max_weight_fraction={self.max_weight_fraction!r} must lie in (0, 1]")
+        if self.max_size_bytes is not None and self.max_size_bytes <= 0:
+            raise SearchError(f"max_size_bytes={self.max_size_bytes!r} must be > 0")
+        if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
+            raise SearchError(f"max_accuracy_drop={self.max_accuracy_drop!r} must be >= 0 (pp)")
+        for name in ("complexity_penalty", "diversity_penalty"):
+            if getattr(self, name) < 0:
+                raise SearchError(f"{name}={getattr(self, name)!r} must be >= 0")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise SearchError(f"workers must be an int >= 1, got {self.workers!r}")
+        if self.screen_trials < 1:
+            raise SearchError(f"screen_trials must be >= 1, got {self.screen_trials!r}")
+        if self.split not in ("calib", "val", "test", "train"):
+            raise SearchError(f"split={self.split!r}; choose calib, val, test or train")
+        if self.ilp_cost not in ("weight_size", "size", "bops", "latency"):
+            raise SearchError(f"ilp_cost={self.ilp_cost!r}; choose weight_size, size, bops or latency")
+        if self.workers > 1 and self.storage == MEMORY:
+            raise SearchError(
+                "workers > 1 need a shared storage (sqlite file or postgresql URL), not ':memory:'"
+            )
+
+    def trial_cap(self) -> int:
+        return self.max_trials if self.max_trials is not None else max(20 * self.budget, 50)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["space"] = self.space.to_dict()
+        d["hv_ref"] = self.hv_ref.to_dict()
+        d["objectives"] = list(self.objectives)
+        return d
+
+
+# ============================================================================================ storage
+
+
+def default_storage() -> str:
+    from workbench.paths import mlruns_dir
+
+    path = mlruns_dir() / "search.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _check_storage(url: str) -> None:
+    if url == MEMORY:
+        return
+    if not isinstance(url, str) or "://" not in url:
+        raise SearchError(
+            f"storage {url!r} not understood; use 'sqlite:///path/search.db', 'postgresql://user@host:port/db' "
+            "or ':memory:'"
+        )
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if scheme not in ("sqlite", "postgresql", "mysql"):
+        raise SearchError(f"storage scheme {scheme!r} not supported; use sqlite, postgresql or mysql")
+
+
+def open_storage(url: str, *, heartbeat: bool = False):
+    """An Optuna storage for ``url`` (RDB with a heartbeat for multi-worker studies)."""
+    import optuna
+
+    if url == MEMORY:
+        return optuna.storages.InMemoryStorage()
+    _check_storage(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    if heartbeat:
+        kwargs.update(heartbeat_interval=10, grace_period=60)
+    try:
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as e:  # noqa: BLE001 - connection errors come in many types
+        raise SearchError(f"cannot open storage {url!r}: {e}") from e
+
+
+def study_names(storage_url: str) -> list[str]:
+    import optuna
+
+    return [s.study_name for s in optuna.get_all_study_summaries(open_storage(storage_url))]
+
+
+# ============================================================================================ result
+
+
+@dataclass
+class SearchResult:
+    """What a search found. ``trials``: one row per completed trial; ``front``: its non-dominated feasible
+    measured plans (accuracy on ``split``, ``test_accuracy`` on ``final_split``)."""
+
+    study_name: str
+    storage: str
+    config: SearchConfig
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    hypervolume: float
+    real_evaluations: int
+    final_evaluations: int
+    fp32_accuracy: float
+    fp32_final_accuracy: float | None
+    fp32_weight_bytes: int
+    fp32_size_bytes: int
+    seconds: float
+    run_id: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def plans(self) -> list[QuantPlan]:
+        return [QuantPlan.from_dict(json.loads(p)) for p in self.front["plan"]]
+
+    def best(self, *, max_weight_fraction: float | None = None, column: str = "accuracy") -> pd.Series:
+        """The front plan with the highest ``column`` within a weight-size fraction."""
+        df = self.front
+        if max_weight_fraction is not None:
+            df = df[df["weight_bytes"] <= max_weight_fraction * self.fp32_weight_bytes]
+        if df.empty:
+            raise ValueError(f"no front plan within max_weight_fraction={max_weight_fraction}")
+        return df.sort_values([column, "weight_bytes"], ascending=[False, True]).iloc[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        front = []
+        for _, r in self.front.iterrows():
+            front.append(
+                {
+                    "accuracy": float(r["accuracy"]),
+                    "test_accuracy": None if pd.isna(r.get("test_accuracy")) else float(r["test_accuracy"]),
+                    "size_bytes": int(r["size_bytes"]),
+                    "weight_bytes": int(r["weight_bytes"]),
+                    "bops": int(r["bops"]),
+                    "latency_ms": float(r["latency_ms"]),
+                    "avg_weight_bits": float(r["avg_weight_bits"]),
+                    "label": r["label"],
+                    "trial": int(r["trial"]),
+                    "plan": json.loads(r["plan"]),
+                }
+            )
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "strategy": self.config.strategy,
+            "accuracy_mode": self.config.accuracy,
+            "objectives": list(self.config.objectives),
+            "split": self.config.split,
+            "final_split": self.config.final_split,
+            "fp32_accuracy": self.fp32_accuracy,
+            "fp32_final_accuracy": self.fp32_final_accuracy,
+            "fp32_weight_bytes": self.fp32_weight_bytes,
+            "fp32_size_bytes": self.fp32_size_bytes,
+            "front": front,
+            "hypervolume": {
+                "value": self.hypervolume,
+                "reference": {
+                    **self.config.hv_ref.to_dict(),
+                    "accuracy": self.fp32_accuracy - self.config.hv_ref.max_drop_pp / 100,
+                    "weight_bytes": self.config.hv_ref.size_fraction * self.fp32_weight_bytes,
+                },
+                "axes": ["accuracy (maximise)", "weight_bytes / fp32_weight_bytes (minimise)"],
+            },
+            "real_evaluations": self.real_evaluations,
+            "final_evaluations": self.final_evaluations,
+            "trials": len(self.trials),
+            "seconds": self.seconds,
+            "run_id": self.run_id,
+            "info": self.info,
+        }
+
+
+# ============================================================================================ context
+
+
+@dataclass
+class SearchContext:
+    """Everything a worker needs to evaluate trials of one study."""
+
+    task: Any
+    config: SearchConfig
+    space: SearchSpace
+    cost_model: CostModel
+    evaluator: PlanEvaluator
+    predicted: PredictedAccuracy | None
+    fp32_weight_bytes: int
+    history: list[np.ndarray] = field(default_factory=list)
+    worker: int = 0
+
+    def constraints(self, cost: Any, accuracy: float | None) -> list[float]:
+        c = []
+        cfg = self.config
+        if cfg.max_weight_fraction is not None:
+            c.append(cost.weight_bytes / self.fp32_weight_bytes - cfg.max_weight_fraction)
+        if cfg.max_size_bytes is not None:
+            c.append(float(cost.size_bytes - cfg.max_size_bytes))
+        if cfg.max_accuracy_drop is not None:
+            drop = math.inf if accuracy is None else 100.0 * (self.evaluator.fp32_accuracy - accuracy)
+            c.append(drop - cfg.max_accuracy_drop)
+        return c
+
+    def choice_vector(self, params: dict[str, Any]) -> np.ndarray:
+        return np.array(
+            [str(params.get(SearchSpace.param_name(u, k))) for u, k, _ in self.space.knob_table()]
+        )
+
+
+def _constraints_func(trial: Any) -> Sequence[float]:
+    return trial.user_attrs.get("constraints", [])
+
+
+def _make_sampler(strategy: str, ctx: SearchContext, *, seed: int, constraints: bool):
+    import optuna
+
+    cf = _constraints_func if constraints else None
+    cfg = ctx.config
+    if strategy == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=max(1, min(cfg.n_startup_trials, cfg.budget // 3 or 1)),
+            multivariate=True,
+            constraints_func=cf,
+        )
+    if strategy == "nsga2":
+        return optuna.samplers.NSGAIISampler(
+            population_size=max(4, min(cfg.population_size, cfg.budget)), seed=seed, constraints_func=cf
+        )
+    if strategy == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if strategy == "rl":
+        from workbench.search.rl import RLControllerSampler, feature_map_stats
+
+        x = ctx.task.example_input(min(64, _calib_size(ctx.task)))
+        stats = feature_map_stats(ctx.task.model, x, list(ctx.space.layers))
+        per_layer = stats.set_index("layer")
+        unit_stats = np.stack(
+            [
+                per_layer.loc[list(u.layers), ["mean", "var", "entropy"]].to_numpy().mean(axis=0)
+                for u in ctx.space.units
+            ]
+        )
+        return RLControllerSampler(ctx.space, unit_stats, seed=seed)
+    # baselines: the enqueued trials fix every parameter; anything else is random
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _calib_size(task: Any) -> int:
+    try:
+        return len(task.calib_loader.dataset)
+    except TypeError:
+        return 64
+
+
+# ============================================================================================ trial
+
+
+def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None) -> tuple[float, ...]:
+    from workbench import tracking
+
+    cfg = ctx.config
+    plan = ctx.space.suggest(trial)
+    params = dict(trial.params)
+    cost = ctx.cost_model(plan)
+    size_constraints = (cfg.max_weight_fraction is not None) + (cfg.max_size_bytes is not None)
+    over_size = any(v > 0 for v in ctx.constraints(cost, None)[:size_constraints])
+    source = cfg.accuracy if cfg.accuracy != "multifidelity" else "measured"
+    if trial.user_attrs.get("source_hint") == "predicted":
+        source = "predicted"
+    hit = False
+    real = 0
+    if over_size:
+        accuracy = 0.0  # not measured: the plan breaks a size budget; the sampler sees it as infeasible
+        source = "skipped_over_budget"
+    elif source == "predicted":
+        assert ctx.predicted is not None
+        accuracy = ctx.predicted(plan)
+    else:
+        accuracy, hit = ctx.evaluator(plan)
+        real = 0 if hit else 1
+    vec = ctx.choice_vector(params)
+    shaped = accuracy
+    if cfg.complexity_penalty:
+        shaped -= cfg.complexity_penalty * complexity(plan, ctx.space.layers)
+    if cfg.diversity_penalty:
+        shaped -= cfg.diversity_penalty * similarity(vec, ctx.history)
+    ctx.history.append(vec)
+    constraints = ctx.constraints(cost, None if over_size else accuracy)
+    attrs = {
+        "plan": plan.to_json(indent=None),
+        "plan_key": SearchSpace.plan_key(plan),
+        "accuracy": accuracy,
+        "shaped_accuracy": shaped,
+        "accuracy_source": source,
+        "cache_hit": hit,
+        "real_eval": real,
+        "constraints": constraints,
+        "feasible": all(v <= 0 for v in constraints),
+        "worker": ctx.worker,
+        **cost.to_dict(),
+    }
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    values = []
+    for name in cfg.objectives:
+        if name == "accuracy":
+            values.append(shaped)
+        else:
+            values.append(float({"size": cost.size_bytes, "weight_size": cost.weight_bytes, "bops": cost.bops,
+                                 "latency": cost.latency_ms}[name]))  # fmt: skip
+    if cfg.track and cfg.log_trials:
+        label = trial.user_attrs.get("label") or f"trial {trial.number}"
+        with tracking.start_run(
+            "search-trial", run_name=f"trial-{trial.number}", parent_run_id=parent_run_id
+        ) as run:
+            run.log_params({"trial": trial.number, "label": label, "strategy": cfg.strategy, **params})
+            run.log_metrics(
+                {
+                    "accuracy": accuracy,
+                    "shaped_accuracy": shaped,
+                    "cache_hit": float(hit),
+                    "real_eval": real,
+                    "feasible": float(attrs["feasible"]),
+                    **cost.to_dict(),
+                }  # fmt: skip
+            )
+            run.log_plan(plan)
+    return tuple(values)
+
+
+def _real_evaluations(study: Any) -> int:
+    import optuna
+
+    return sum(int(t.user_attrs.get("real_eval", 0)) for t in study.get_trials(deepcopy=False,
+               states=(optuna.trial.TrialState.COMPLETE,)))  # fmt: skip
+
+
+def _run_worker(ctx: SearchContext, study: Any, *, target: int, counts_real: bool, parent_run_id: str | None,
+                progress: bool, max_trials: int) -> None:  # fmt: skip
+    """Run trials on ``study`` until ``target`` (real evaluations, or trials) is reached across all workers."""
+    import optuna
+
+    def done() -> int:
+        if counts_real:
+            return _real_evaluations(study)
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=target, initial=min(done(), target), desc=f"search {ctx.config.strategy}", leave=False
+        )
+    trials_here = 0
+    try:
+        while True:
+            have = done()
+            if bar is not None:
+                bar.n = min(have, target)
+                bar.refresh()
+            if have >= target:
+                break
+            n_all = len(study.get_trials(deepcopy=False))
+            if n_all >= max_trials:
+                warnings.warn(
+                    f"search stopped at the trial cap {max_trials} with {have}/{target} evaluations "
+                    "(the sampler kept proposing measured or over-budget plans)",
+                    stacklevel=2,
+                )
+                break
+            study.optimize(
+                lambda t: _evaluate_trial(ctx, t, parent_run_id=parent_run_id),
+                n_trials=1,
+                catch=(),
+                gc_after_trial=False,
+                show_progress_bar=False,
+            )
+            trials_here += 1
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+# ============================================================================================ setup
+
+
+def _study_directions(objectives: Sequence[str]) -> list[str]:
+    return [OBJECTIVES[o] for o in objectives]
+
+
+def _prepare(task: Any, config: SearchConfig, predictor: Any, storage_url: str) -> SearchContext:
+    space = SearchSpace(task.model, config.space)
+    cost_model = CostModel(task.model, task.example_input())
+    cache = EvalCache(None if storage_url == MEMORY else storage_url)
+    evaluator = PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed)
+    predicted = None
+    if predictor is not None:
+        predicted = PredictedAccuracy(predictor, evaluator.fp32_accuracy)
+    ctx = SearchContext(
+        task=task,
+        config=config,
+        space=space,
+        cost_model=cost_model,
+        evaluator=evaluator,
+        predicted=predicted,
+        fp32_weight_bytes=cost_model.fp32_cost.weight_bytes,
+    )
+    _check_feasible(ctx)
+    return ctx
+
+
+def _check_feasible(ctx: SearchContext) -> None:
+    """Refuse budgets no plan of the space can meet (checked on the smallest plan of the space)."""
+    cfg = ctx.config
+    if cfg.max_weight_fraction is None and cfg.max_size_bytes is None:
+        return
+    params = {}
+    for u, k, choices in ctx.space.knob_table():
+        if k == "method":
+            best = [m for m in ("lowrank", "prune", "quantize") if m in choices] or [choices[0]]
+            params[SearchSpace.param_name(u, k)] = best[0]
+        elif k in ("w_bits", "a_bits"):
+            params[SearchSpace.param_name(u, k)] = min(choices)
+        elif k == "granularity":
+            params[SearchSpace.param_name(u, k)] = "per_tensor" if "per_tensor" in choices else choices[0]
+        elif k == "sparsity":
+            params[SearchSpace.param_name(u, k)] = max(choices)
+        elif k == "structure":
+            params[SearchSpace.param_name(u, k)] = "channel" if "channel" in choices else choices[0]
+        elif k == "rank_ratio":
+            params[SearchSpace.param_name(u, k)] = min(choices)
+    smallest = ctx.cost_model(ctx.space.plan_from_params(params))
+    if cfg.max_weight_fraction is not None:
+        frac = smallest.weight_bytes / ctx.fp32_weight_bytes
+        if frac > cfg.max_weight_fraction:
+            raise SearchError(
+                f"max_weight_fraction={cfg.max_weight_fraction} is below what any plan of this space reaches: "
+                f"the smallest plan keeps {frac:.4f} of the FP32 weight bytes"
+            )
+    if cfg.max_size_bytes is not None and smallest.size_bytes > cfg.max_size_bytes:
+        raise SearchError(
+            f"max_size_bytes={cfg.max_size_bytes} is below what any plan of this space reaches: the smallest "
+            f"plan takes {smallest.size_bytes} bytes"
+        )
+
+
+def default_predictor(task: Any, sensitivity: Any = None, *, n_plans: int = 300, seed: int = 0,
+                      model: str = "gbt", progress: bool = False) -> Any:  # fmt: skip
+    """The accuracy predictor of :mod:`workbench.predictor` on ``task`` (plan dataset cached under data/)."""
+    from workbench.predictor import AccuracyPredictor, PlanDatasetConfig, PlanFeaturizer, build_plan_dataset
+    from workbench.sensitivity import analyze_sensitivity
+
+    sens = sensitivity if sensitivity is not None else analyze_sensitivity(task, track=False)
+    n_random = n_plans // 2
+    ds_config = PlanDatasetConfig(n_random=n_random, n_stratified=n_plans - n_random, seed=seed)
+    dataset = build_plan_dataset(task, sens, ds_config, track=False)
+    featurizer = PlanFeaturizer.fit(task, sens)
+    predictor = AccuracyPredictor.fit(dataset, featurizer, model=model, seed=seed)
+    predictor.info["dataset_plans"] = len(dataset)
+    return predictor
+
+
+def _needs(config: SearchConfig) -> tuple[bool, bool]:
+    """(needs a predictor, needs a sensitivity result)."""
+    needs_pred = config.accuracy in ("predicted", "multifidelity") or config.strategy == "control"
+    needs_sens = config.strategy in ("greedy", "ilp", "aimet")
+    return needs_pred, needs_sens
+
+
+def _baseline_candidates(ctx: SearchContext, sensitivity: Any) -> list[Any]:
+    from workbench.search import baselines as bl
+
+    cfg = ctx.config
+    s = cfg.strategy
+    if s == "uniform":
+        cands = bl.uniform_candidates(ctx.space)
+    elif s == "greedy":
+        cands = bl.greedy_candidates(ctx.space, ctx.cost_model, sensitivity, cost=cfg.ilp_cost)
+    elif s == "ilp":
+        fracs = np.linspace(0.06, 0.25, max(cfg.budget, 2))
+        cands = bl.ilp_candidates(
+            ctx.space, ctx.cost_model, sensitivity, budgets=tuple(float(f) for f in fracs), cost=cfg.ilp_cost,
+            metric=cfg.sensitivity_metric,
+        )  # fmt: skip
+    elif s == "aimet":
+        cands = bl.aimet_candidates(ctx.space, ctx.cost_model, sensitivity)
+    elif s == "control":
+        assert ctx.predicted is not None
+        fp32 = ctx.predicted.fp32_accuracy
+
+        def predict(plans: list[QuantPlan]) -> np.ndarray:
+            return 100.0 * (fp32 - ctx.predicted.batch(plans))
+
+        cands = bl.control_loop_candidates(
+            ctx.space, ctx.cost_model, predict, thresholds=tuple(np.round(np.geomspace(0.1, 5.0, 8), 3))
+        )
+    else:  # pragma: no cover - validated in SearchConfig
+        raise SearchError(f"{s!r} is not a baseline strategy")
+    return bl.select_evenly(cands, cfg.budget)
+
+
+def _screen(ctx: SearchContext, *, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """Multi-fidelity phase 1: the strategy on the predictor for ``screen_trials``; returns up to ``budget``
+    parameter sets: the predicted front first, then the next non-dominated layers."""
+    import optuna
+
+    cfg = ctx.config
+    assert ctx.predicted is not None
+    strategy = cfg.strategy if cfg.strategy in SAMPLER_STRATEGIES else "nsga2"
+    sampler = _make_sampler(strategy, ctx, seed=seed, constraints=False)
+    study = optuna.create_study(directions=_study_directions(cfg.objectives), sampler=sampler)
+    rows: list[tuple[dict[str, Any], QuantPlan, list[float]]] = []
+
+    def objective(trial: Any) -> tuple[float, ...]:
+        plan = ctx.space.suggest(trial)
+        cost = ctx.cost_model(plan)
+        acc = ctx.predicted(plan)
+        cons = ctx.constraints(cost, acc)
+        vals = [acc if o == "accuracy" else float({"size": cost.size_bytes, "weight_size": cost.weight_bytes,
+                "bops": cost.bops, "latency": cost.latency_ms}[o]) for o in cfg.objectives]  # fmt: skip
+        if all(c <= 0 for c in cons):
+            rows.append((dict(trial.params), plan, vals))
+        return tuple(vals)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=cfg.screen_trials, show_progress_bar=False)
+    seen: set[str] = set()
+    unique = []
+    for params, plan, vals in rows:
+        key = SearchSpace.plan_key(plan)
+        if key not in seen:
+            seen.add(key)
+            unique.append((params, vals))
+    chosen: list[tuple[str, dict[str, Any]]] = []
+    remaining = list(range(len(unique)))
+    layer = 0
+    while remaining and len(chosen) < cfg.budget:
+        vals = np.array([unique[i][1] for i in remaining])
+        mask = pareto_mask(vals, _study_directions(cfg.objectives))
+        level = [remaining[i] for i in np.flatnonzero(mask)]
+        if not level:
+            level = remaining[:1]
+        for i in level[: cfg.budget - len(chosen)]:
+            chosen.append((f"screened front {layer}", unique[i][0]))
+        remaining = [i for i in remaining if i not in set(level)]
+        layer += 1
+    return chosen
+
+
+def _study_frame(study: Any) -> pd.DataFrame:
+    import optuna
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "plan" not in a:
+            continue
+        rows.append(
+            {
+                "trial": t.number,
+                "label": a.get("label") or f"trial {t.number}",
+                "accuracy": a["accuracy"],
+                "shaped_accuracy": a.get("shaped_accuracy", a["accuracy"]),
+                "accuracy_source": a["accuracy_source"],
+                "cache_hit": bool(a.get("cache_hit", False)),
+                "real_eval": int(a.get("real_eval", 0)),
+                "feasible": bool(a.get("feasible", True)),
+                "size_bytes": a["size_bytes"],
+                "weight_bytes": a["weight_bytes"],
+                "bops": a["bops"],
+                "latency_ms": a["latency_ms"],
+                "avg_weight_bits": a["avg_weight_bits"],
+                "avg_act_bits": a["avg_act_bits"],
+                "plan_key": a["plan_key"],
+                "plan": a["plan"],
+                "worker": a.get("worker", 0),
+                "duration_s": t.duration.total_seconds() if t.duration else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def compute_front(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """Non-dominated feasible trials whose accuracy was measured or predicted (never skipped ones), one row per
+    distinct plan, sorted by weight bytes."""
+    if trials.empty:
+        return trials.copy()
+    ok = trials[trials["feasible"] & (trials["accuracy_source"] != "skipped_over_budget")]
+    ok = ok.drop_duplicates("plan_key")
+    if ok.empty:
+        return ok
+    col = {"accuracy": "accuracy", "size": "size_bytes", "weight_size": "weight_bytes", "bops": "bops",
+           "latency": "latency_ms"}  # fmt: skip
+    cols = [col[o] for o in objectives]
+    if "weight_bytes" not in cols:
+        cols.append("weight_bytes")  # the reported front is always (accuracy, weight bytes) plus objectives
+    dirs = ["maximize" if c == "accuracy" else "minimize" for c in cols]
+    mask = pareto_mask(ok[cols].to_numpy(dtype=np.float64), dirs)
+    return ok[mask].sort_values(["weight_bytes", "accuracy"], ascending=[True, False]).reset_index(drop=True)
+
+
+# ============================================================================================ entry point
+
+
+def _spawn_worker(payload_path: str, worker: int) -> None:  # runs in a spawned process
+    import optuna
+    import torch
+
+    payload = torch.load(payload_path, weights_only=False)  # written by _run_parallel in this session
+    task = payload["task"]
+    config: SearchConfig = payload["config"]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ctx = _prepare(task, config, payload.get("predictor"), payload["storage"])
+    ctx.worker = worker
+    storage = open_storage(payload["storage"], heartbeat=True)
+    sampler = _make_sampler(config.strategy, ctx, seed=config.seed + 1000 * worker,
+                            constraints=_has_constraints(config))  # fmt: skip
+    study = optuna.load_study(study_name=payload["study"], storage=storage, sampler=sampler)
+    _run_worker(ctx, study, target=payload["target"], counts_real=payload["counts_real"],
+                parent_run_id=payload.get("parent_run_id"), progress=False, max_trials=config.trial_cap())  # fmt: skip
+
+
+def _has_constraints(config: SearchConfig) -> bool:
+    return any(
+        v is not None for v in (config.max_weight_fraction, config.max_size_bytes, config.max_accuracy_drop)
+    )
+
+
+def run_search(
+    task: Any,
+    config: SearchConfig | None = None,
+    *,
+    predictor: Any = None,
+    sensitivity: Any = None,
+    join: bool = False,
+) -> SearchResult:
+    """Run (or resume, or join) a search on ``task`` and return its front.
+
+    ``predictor``: an :class:`~workbench.predictor.AccuracyPredictor` (built with :func:`default_predictor`
+    when a mode or strategy needs one and none is given). ``sensitivity``: a
+    :class:`~workbench.sensitivity.SensitivityResult` for the greedy / ILP / AIMET baselines (computed when
+    needed). ``join``: this process is one more worker of an existing study (on another machine, say): it
+    reads the study's configuration from the storage and works until the study's budget is met.
+    """
+    import optuna
+
+    config = config or SearchConfig()
+    if not isinstance(config, SearchConfig):
+        raise SearchError(f"config must be a SearchConfig, got {type(config).__name__}")
+    storage_url = config.storage or default_storage()
+    _check_storage(storage_url)
+    t0 = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = config.study_name or f"{task.name}-{config.strategy}-{config.accuracy}-s{config.seed}"
+    storage = open_storage(storage_url, heartbeat=config.workers > 1 or join)
+    existing = (
+        [] if storage_url == MEMORY else [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    )
+    if join or config.resume:
+        if name not in existing:
+            raise SearchError(
+                f"study {name!r} does not exist in {storage_url}; existing studies: {existing or 'none'}"
+            )
+        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(CONFIG_ATTR)
+        if join and stored:
+            config = _config_from_stored(stored, config)
+    elif name in existing:
+        raise SearchError(
+            f"study {name!r} already exists in {storage_url}; pass resume=True (--resume) to continue it, "
+            "join=True (--join) to add a worker, or choose another study name"
+        )
+    compress_methods = {"prune", "lowrank"} & (
+        set(config.space.methods) | {m for o in config.space.overrides.values() for m in o.get("methods", ())}
+    )
+    if config.accuracy in ("predicted", "multifidelity") and compress_methods:
+        raise SearchError(
+            f"accuracy={config.accuracy!r} uses the predictor, which only knows quantization; the space has "
+            f"methods {sorted(compress_methods)}. Use accuracy='measured' with prune / lowrank"
+        )
+    needs_pred, needs_sens = _needs(config)
+    if needs_sens and sensitivity is None:
+        from workbench.sensitivity import analyze_sensitivity
+
+        sensitivity = analyze_sensitivity(task, track=False)
+    if needs_pred and predictor is None:
+        predictor = default_predictor(task, sensitivity, seed=0)
+    # everything validated before the study exists: a bad request leaves no half-made study behind
+    ctx = _prepare(task, config, predictor, storage_url)
+    candidates: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    if not (config.resume or join):
+        if config.strategy in BASELINE_STRATEGIES:
+            for c in _baseline_candidates(ctx, sensitivity):
+                candidates.append((c.label, ctx.space.params_from_plan(c.plan), {}))
+            if not candidates:
+                raise SearchError(f"strategy {config.strategy!r} produced no plan for this space")
+        if config.accuracy == "multifidelity":
+            for label, params in _screen(ctx, seed=config.seed):
+                candidates.append((label, params, {}))
+    sampler = _make_sampler(config.strategy, ctx, seed=config.seed, constraints=_has_constraints(config))
+    if config.resume or join:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+        if config.resume:
+            _fail_stale(study, storage)
+    else:
+        study = optuna.create_study(
+            study_name=name, storage=storage, directions=_study_directions(config.objectives), sampler=sampler
+        )
+        study.set_user_attr(CONFIG_ATTR, json.dumps(config.to_dict(), default=str))
+        for label, params, _ in candidates:
+            study.enqueue_trial(params, user_attrs={"label": label}, skip_if_exists=False)
+    counts_real = config.accuracy != "predicted"
+    if config.strategy in BASELINE_STRATEGIES or config.accuracy == "multifidelity":
+        n_enqueued = len([t for t in study.get_trials(deepcopy=False) if "label" in t.user_attrs]) or len(
+            candidates
+        )
+        target = n_enqueued  # fixed candidate lists: every one of them is a trial
+        counts_real = False
+    else:
+        target = config.budget
+
+    from workbench import tracking
+
+    parent_id: str | None = None
+    with tracking.start_run(
+        "search",
+        run_name=f"search-{name}",
+        params={"study": name, "storage": storage_url.split("@")[-1], "model": task.name, **_flat(config)},
+        enabled=config.track,
+    ) as run:
+        parent_id = getattr(run, "run_id", None)
+        if config.workers > 1 and not join:
+            _run_parallel(task, config, predictor, storage_url, name, target, counts_real, parent_id)
+        else:
+            _run_worker(ctx, study, target=target, counts_real=counts_real, parent_run_id=parent_id,
+                        progress=config.progress, max_trials=config.trial_cap())  # fmt: skip
+        result = _finish(ctx, study, name, storage_url, t0, run_id=parent_id)
+        _track_result(run, result)
+    return result
+
+
+def _flat(config: SearchConfig) -> dict[str, Any]:
+    d = config.to_dict()
+    d.pop("space")
+    d["space.w_bits"] = list(config.space.w_bits)
+    d["space.a_bits"] = list(config.space.a_bits)
+    d["space.granularities"] = list(config.space.granularities)
+    d["space.methods"] = list(config.space.methods)
+    return d
+
+
+def _config_from_stored(stored: str, given: SearchConfig) -> SearchConfig:
+    """A joining worker adopts the study's objectives, space, accuracy mode and budget."""
+    d = json.loads(stored)
+    space = d.get("space", {})
+    sc = SpaceConfig(
+        w_bits=tuple(space.get("w_bits", given.space.w_bits)),
+        a_bits=tuple(space.get("a_bits", given.space.a_bits)),
+        granularities=tuple(space.get("granularities", given.space.granularities)),
+        methods=tuple(space.get("methods", given.space.methods)),
+        sparsities=tuple(space.get("sparsities", given.space.sparsities)),
+        structures=tuple(space.get("structures", given.space.structures)),
+        rank_ratios=tuple(space.get("rank_ratios", given.space.rank_ratios)),
+        groups=space.get("groups"),
+        skip=tuple(space.get("skip", ())),
+        fixed=space.get("fixed", {}),
+        overrides=space.get("overrides", {}),
+        group_size=space.get("group_size", given.space.group_size),
+    )
+    keep = {k: d[k] for k in ("strategy", "budget", "accuracy", "split", "seed", "max_weight_fraction",
+                               "max_size_bytes", "max_accuracy_drop", "complexity_penalty", "diversity_penalty")
+            if k in d}  # fmt: skip
+    return replace(given, space=sc, objectives=tuple(d.get("objectives", given.objectives)), **keep)
+
+
+def _fail_stale(study: Any, storage: Any) -> None:
+    """Trials left RUNNING by a killed process: mark them FAIL so the study can go on."""
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        with contextlib.suppress(Exception):  # another worker may have finished it meanwhile
+            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def _run_parallel(task: Any, config: SearchConfig, predictor: Any, storage_url: str, name: str, target: int,
+                  counts_real: bool, parent_id: str | None) -> None:  # fmt: skip
+    """``config.workers`` spawned processes work on the study until the target is met."""
+    import tempfile
+
+    import torch
+
+    ctxm = mp.get_context("spawn")
+    procs = []
+    with tempfile.TemporaryDirectory(prefix="workbench-search-") as tmp:
+        payload_path = str(Path(tmp) / "payload.pt")
+        payload = {"task": task, "config": replace(config, progress=False), "predictor": predictor,
+                   "storage": storage_url, "study": name, "target": target, "counts_real": counts_real,
+                   "parent_run_id": parent_id}  # fmt: skip
+        torch.save(payload, payload_path)  # a file, not shared memory: workers may sit on a small /dev/shm
+        for w in range(config.workers):
+            p = ctxm.Process(target=_spawn_worker, args=(payload_path, w), daemon=False)
+            p.start()
+            procs.append(p)
+        for p in procs:
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode != 0]
+    if bad:
+        raise RuntimeError(
+            f"{len(bad)} search worker(s) failed (exit codes {bad}); the study keeps its trials"
+        )
+
+
+def _finish(ctx: SearchContext, study: Any, name: str, storage_url: str, t0: float, *, run_id: str | None
+            ) -> SearchResult:  # fmt: skip
+    cfg = ctx.config
+    trials = _study_frame(study)
+    front = compute_front(trials, cfg.objectives)
+    if cfg.accuracy == "multifidelity" and not front.empty:
+        front = front[front["accuracy_source"] == "measured"].reset_index(drop=True)
+    final_evals = 0
+    fp32_final = None
+    if cfg.final_split and not front.empty:
+        final = PlanEvaluator(ctx.task, split=cfg.final_split, cache=ctx.evaluator.cache, seed=cfg.seed)
+        fp32_final = final.fp32_accuracy
+        accs = []
+        for p in front["plan"]:
+            acc, _ = final(QuantPlan.from_json(p))
+            accs.append(acc)
+        final_evals = final.real_evaluations
+        front = front.assign(test_accuracy=accs)
+    hv = front_hypervolume(front, fp32_accuracy=ctx.evaluator.fp32_accuracy,
+                           fp32_weight_bytes=ctx.fp32_weight_bytes, ref=cfg.hv_ref)  # fmt: skip
+    real = int(trials["real_eval"].sum()) if not trials.empty else 0
+    info = {
+        "latency_source": ctx.cost_model.latency_source,
+        "fp32_latency_ms": ctx.cost_model.fp32_latency_ms,
+        "space_units": len(ctx.space.units),
+        "space_cardinality": ctx.space.cardinality(),
+    }
+    if ctx.predicted is not None:
+        info["predictor"] = getattr(ctx.predicted.predictor, "model_name", None)
+        info["predictor_dataset_plans"] = ctx.predicted.predictor.info.get("dataset_plans")
+    return SearchResult(
+        study_name=name,
+        storage=storage_url,
+        config=cfg,
+        trials=trials,
+        front=front,
+        hypervolume=hv,
+        real_evaluations=real,
+        final_evaluations=final_evals,
+        fp32_accuracy=ctx.evaluator.fp32_accuracy,
+        fp32_final_accuracy=fp32_final,
+        fp32_weight_bytes=ctx.fp32_weight_bytes,
+        fp32_size_bytes=ctx.cost_model.fp32_cost.size_bytes,
+        seconds=time.perf_counter() - t0,
+        run_id=run_id,
+        info=info,
+    )
+
+
+def _track_result(run: Any, result: SearchResult) -> None:
+    if not getattr(run, "enabled", False):
+        return
+    run.log_metrics({"hypervolume": result.hypervolume, "real_evaluations": result.real_evaluations,
+                     "final_evaluations": result.final_evaluations, "trials": len(result.trials),
+                     "front_size": len(result.front), "seconds": result.seconds})  # fmt: skip
+    run.log_dataframe(result.trials.drop(columns=["plan"]), "trials")
+    run.log_dataframe(result.front.drop(columns=["plan"]), "front")
+    run.log_json(result.to_dict(), "search_result")
+    for i, plan in enumerate(result.plans()[:10]):
+        run.log_plan(plan, f"front_{i:02d}")
+    try:
+        from workbench.ui.search import pareto_figure
+
+        run.log_figure(pareto_figure(result), "pareto_front")
+    except ImportError:
+        pass
+
+
+__all__ = [
+    "BASELINE_STRATEGIES",
+    "SAMPLER_STRATEGIES",
+    "STRATEGIES",
+    "SearchConfig",
+    "SearchContext",
+    "SearchError",
+    "SearchResult",
+    "compute_front",
+    "default_predictor",
+    "default_storage",
+    "open_storage",
+    "run_search",
+    "study_names",
+]
