@@ -232,9 +232,19 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         fixed={name: {"w_bits": 8, "a_bits": 8} for name in args.fix8},
         groups="residual" if args.residual_groups else None,
     )
+    budget = args.budget
+    if budget is None and args.resume and args.study:
+        from workbench.search.study import default_storage, stored_config
+
+        stored = stored_config(args.storage or default_storage(), args.study)
+        budget = stored.budget if stored is not None else None
     config = SearchConfig(
         strategy=args.strategy,
-        budget=args.budget,
+        budget=budget if budget is not None else 40,
+        split=args.split,
+        final_split=None if args.final_split == "none" else args.final_split,
+        max_trials=args.max_trials,
+        ilp_cost=args.ilp_cost,
         accuracy=args.accuracy,
         objectives=tuple(args.objectives),
         seed=args.seed,
@@ -259,7 +269,9 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         from workbench.predictor import AccuracyPredictor
 
         predictor = AccuracyPredictor.load(args.predictor)
-    result = run_search(task, config, predictor=predictor, join=args.join)
+    from workbench.ui.search import search_figures
+
+    result = run_search(task, config, predictor=predictor, join=args.join, figures=search_figures)
     cols = ["label", "accuracy", "test_accuracy", "weight_bytes", "bops", "latency_ms", "avg_weight_bits"]
     if not result.front.empty:
         _print_table(result.front[[c for c in cols if c in result.front]])
@@ -287,6 +299,39 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         print(f"\nMLflow run {result.run_id}")
     print("\n" + NEXT_STEPS)
     return {"model": args.model, **result.to_dict()}
+
+
+def cmd_qat(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.pipeline import resolve_plan
+    from workbench.qat import QATConfig, qat_table, train_qat
+
+    config = QATConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        scale_mode=args.scale_mode,
+        bn=args.bn,
+        distill_weight=args.distill_weight,
+        temperature=args.temperature,
+        quant_loss_weight=args.quant_loss_weight,
+        bit_penalty=args.bit_penalty,
+        patience=args.patience,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        max_steps=args.max_steps,
+    )
+    task = _task(args)
+    plan = resolve_plan(args.plan, task.model)
+    result = train_qat(
+        task, plan, config, packed_path=args.out, track=not args.no_track, progress=not args.quiet
+    )
+    _print_table(qat_table({str(args.plan): result}))
+    if args.out:
+        print(f"packed model written to {args.out} ({result.packed_bytes} bytes)")
+    return {"model": args.model, "plan_source": str(args.plan), **result.to_dict()}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -351,8 +396,19 @@ def build_parser() -> argparse.ArgumentParser:
     _task_args(p)
     p.add_argument("--strategy", choices=list(STRATEGIES), default="tpe")
     p.add_argument(
-        "--budget", type=int, default=40, help="real evaluations (trials with --accuracy predicted)"
+        "--budget",
+        type=int,
+        help="real evaluations (trials with --accuracy predicted); default 40, or the stored one",
     )
+    p.add_argument(
+        "--split", default="val", choices=["calib", "val", "test", "train"], help="split searched on"
+    )
+    p.add_argument("--final-split", default="test", help="split the front is re-measured on ('none' to skip)")
+    p.add_argument(
+        "--max-trials", type=int, help="cap on trials (duplicates cost a trial, not an evaluation)"
+    )
+    p.add_argument("--ilp-cost", default="weight_size", choices=["weight_size", "size", "bops", "latency"],
+                   help="cost the ILP / greedy baselines budget")  # fmt: skip
     p.add_argument("--accuracy", choices=list(ACCURACY_MODES), default="measured")
     p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=["accuracy", "weight_size"])
     p.add_argument("--seed", type=int, default=0)
@@ -391,6 +447,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="end-to-end: train/load, profile, FP32 vs INT8 vs INT4")
     _task_args(p)
     p.set_defaults(func=cmd_pipeline)
+
+    from workbench.qat import BN_MODES, OPTIMIZERS, SCALE_MODES
+
+    p = sub.add_parser(
+        "qat", help="quantization-aware training of a plan (STE / LSQ, distillation, bit penalty)"
+    )
+    _task_args(p)
+    p.add_argument("--plan", required=True, help="plan JSON file or shorthand, e.g. uniform:w2a8:per_channel")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate in (0, 1]")
+    p.add_argument("--optimizer", choices=list(OPTIMIZERS), default="adamw")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the task's)")
+    p.add_argument("--scale-mode", choices=list(SCALE_MODES), default="lsq", help="learn step sizes (LSQ)")
+    p.add_argument("--bn", choices=list(BN_MODES), default="fold", help="fold BatchNorm or freeze its stats")
+    p.add_argument("--distill-weight", type=float, default=0.0, help="weight of distillation from FP32")
+    p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    p.add_argument("--quant-loss-weight", type=float, default=0.0, help="weight of ||W - Q(W)||^2 / ||W||^2")
+    p.add_argument("--bit-penalty", type=float, default=0.0, help="learn per-layer bits with this penalty")
+    p.add_argument("--patience", type=int, help="early stopping: epochs without better val accuracy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", help="checkpoint file, written every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--out", help="write the packed low-bit model here (.wbq)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_qat)
     return parser
 
 

@@ -56,7 +56,8 @@ def test_sigkill_then_resume_keeps_completed_trials(tmp_path, monkeypatch):
             assert time.monotonic() < deadline, "the search never completed 4 trials"
             time.sleep(0.2)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     before = {t.number: t.params for t in _complete(url, "k")}
     assert 4 <= len(before) < 16

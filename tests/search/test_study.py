@@ -126,9 +126,74 @@ def test_bad_requests_name_the_choices(digits_cnn_task):
 
 def test_tracking_parent_and_children(digits_cnn_task, one_torch_thread):
     from workbench import tracking
+    from workbench.ui.search import search_figures
 
-    r = run_search(digits_cnn_task, _cfg(strategy="tpe", budget=3, track=True))
+    r = run_search(digits_cnn_task, _cfg(strategy="tpe", budget=3, track=True), figures=search_figures)
     parent = tracking.runs_frame(stage="search")
     children = tracking.runs_frame(stage="search-trial")
     assert len(parent) == 1 and len(children) == len(r.trials)
     assert (children["tags.mlflow.parentRunId"] == r.run_id).all()
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    folders = {a.path for a in client.list_artifacts(r.run_id)}
+    assert {"tables", "plans", "figures"} <= folders
+    tables = {a.path for a in client.list_artifacts(r.run_id, "tables")}
+    assert {"tables/front.csv", "tables/trials.csv"} <= tables
+    assert any(a.path.endswith("pareto_front.html") for a in client.list_artifacts(r.run_id, "figures"))
+
+
+def test_reward_shaping_penalises_mixed_and_repeated_plans(digits_cnn_task, one_torch_thread):
+    r = run_search(
+        digits_cnn_task, _cfg(strategy="random", budget=6, complexity_penalty=0.01, diversity_penalty=0.02)
+    )
+    t = r.trials
+    mixed = t["plan"].map(lambda p: len({json.dumps(s, sort_keys=True) for s in json.loads(p).values()}) > 1)
+    layers = len(json.loads(t["plan"].iloc[0]))
+    for (_, row), is_mixed in zip(t.iterrows(), mixed, strict=True):
+        distinct = len({json.dumps(s, sort_keys=True) for s in json.loads(row["plan"]).values()})
+        penalty = row["accuracy"] - row["shaped_accuracy"]
+        assert penalty >= 0.01 * (distinct - 1) / layers - 1e-12  # complexity part, plus any diversity part
+        if not is_mixed and row["trial"] == 0:
+            assert penalty == pytest.approx(0.0)  # first plan, uniform: nothing to penalise
+    # the raw accuracy is what the front reports
+    assert set(r.front["accuracy"]) <= set(t["accuracy"])
+
+
+def test_cli_search_json(tmp_path):
+    from workbench.cli import main
+
+    out = tmp_path / "s.json"
+    args = ["search", "--model", "digits_cnn", "--strategy", "uniform", "--budget", "3", "--w-bits", "2,4,8",
+            "--storage", f"sqlite:///{tmp_path}/s.db", "--quiet", "--json", str(out)]  # fmt: skip
+    assert main(args) == 0
+    d = json.loads(out.read_text())
+    assert d["real_evaluations"] == 3
+    assert {"value", "reference"} <= set(d["hypervolume"])
+    for entry in d["front"]:
+        assert {"accuracy", "size_bytes", "bops", "latency_ms", "plan"} <= set(entry)
+    assert main(args) == 2  # --json exists: never overwritten silently
+
+
+def test_shared_cache_saves_compute_not_budget(digits_cnn_task, one_torch_thread, tmp_path):
+    url = f"sqlite:///{tmp_path}/shared.db"
+    a = run_search(digits_cnn_task, _cfg(strategy="uniform", budget=3, storage=url, study_name="a"))
+    b = run_search(digits_cnn_task, _cfg(strategy="uniform", budget=3, storage=url, study_name="b"))
+    assert not a.trials["cache_hit"].any()
+    assert b.trials["cache_hit"].all()  # measured once, in study a
+    assert b.real_evaluations == a.real_evaluations == 3  # but each study's budget counts its own plans
+    assert list(b.trials["accuracy"]) == list(a.trials["accuracy"])
+    # resuming adopts the stored configuration (strategy, space, objectives), whatever the new config says
+    c = run_search(
+        digits_cnn_task,
+        _cfg(
+            strategy="tpe",
+            budget=3,
+            storage=url,
+            study_name="a",
+            resume=True,
+            objectives=("accuracy", "bops"),
+        ),
+    )
+    assert c.config.strategy == "uniform" and c.config.objectives == ("accuracy", "weight_size")
+    assert len(c.trials) == 3

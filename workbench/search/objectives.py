@@ -141,6 +141,28 @@ def _model_digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _data_digest(loader: Any) -> str:
+    h = hashlib.sha256()
+    for batch in loader:
+        for t in batch if isinstance(batch, (tuple, list)) else (batch,):
+            if isinstance(t, torch.Tensor):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def evaluation_prefix(task: Any, split: str, seed: int) -> str:
+    """What a measured accuracy depends on besides the plan: the quantization code, the model's weights, the
+    task (name, metric), the calibration data and the evaluated split's data, and the observer seed."""
+    import workbench.quant
+    from workbench.fingerprint import code_fingerprint
+
+    code = code_fingerprint("search-eval-v1", workbench.quant)[:12]
+    metric = getattr(task.metric, "__qualname__", type(task.metric).__name__)
+    parts = (code, _model_digest(task.model), task.name, metric, _data_digest(task.calib_loader),
+             _data_digest(task.loader(split)), split, seed)  # fmt: skip
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
 class EvalCache:
     """Measured accuracies keyed by (model, data split, plan): a table in a SQL database (sqlite file or the
     PostgreSQL server of the study), so every trial and every worker shares each measurement.
@@ -230,7 +252,7 @@ class PlanEvaluator:
         self.cache = cache if cache is not None else EvalCache()
         self.seed = seed
         self.real_evaluations = 0
-        self._prefix = f"{_model_digest(task.model)}:{split}:{seed}"
+        self._prefix = evaluation_prefix(task, split, seed)
         self._fp32: float | None = None
 
     @property

@@ -241,6 +241,12 @@ class SearchSpace:
         names = quantizable_layers(model)
         if not names:
             raise PlanError(f"{type(model).__name__} has no quantizable layers (Conv2d / Linear) to search")
+        if (
+            isinstance(config.group_size, bool)
+            or not isinstance(config.group_size, int)
+            or config.group_size < 1
+        ):
+            raise PlanError(f"group_size={config.group_size!r} must be an int >= 1 (weights per scale)")
         self.config = config
         self.layers: tuple[str, ...] = tuple(names)
         modules = dict(model.named_modules())
@@ -281,7 +287,7 @@ class SearchSpace:
                 grouped[m] = gname
             group_units[gname] = members
         unit_names = set(group_units)
-        bad_over = sorted(set(config.overrides) - unit_names - (known - set(grouped)))
+        bad_over = sorted(set(config.overrides) - unit_names - (known - set(grouped) - taken))
         if bad_over:
             valid = sorted(unit_names | (known - set(grouped) - taken))
             raise PlanError(f"overrides name unknown unit(s) {bad_over}; valid units: {valid}")

@@ -25,8 +25,8 @@ import math
 import multiprocessing as mp
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,8 @@ class SearchConfig:
             )
         if "accuracy" not in objectives:
             raise SearchError(f"objectives {list(objectives)} must include 'accuracy'")
+        # accuracy first: samplers (the RL reward) and fronts read it there
+        objectives = ("accuracy", *(o for o in objectives if o != "accuracy"))
         object.__setattr__(self, "objectives", objectives)
         if self.max_weight_fraction is not None and not (0 < self.max_weight_fraction <= 1):
             raise SearchError(f"max_weight_fraction={self.max_weight_fraction!r} must lie in (0, 1]")
@@ -130,8 +132,29 @@ class SearchConfig:
         for name in ("complexity_penalty", "diversity_penalty"):
             if getattr(self, name) < 0:
                 raise SearchError(f"{name}={getattr(self, name)!r} must be >= 0")
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise SearchError(f"workers must be an int >= 1, got {self.workers!r}")
+        for name, low in (("workers", 1), ("n_startup_trials", 1), ("population_size", 2)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SearchError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.max_trials is not None and (
+            isinstance(self.max_trials, bool)
+            or not isinstance(self.max_trials, int)
+            or self.max_trials < self.budget
+        ):
+            raise SearchError(
+                f"max_trials={self.max_trials!r} must be an int >= budget ({self.budget}) or None"
+            )
+        if self.final_split not in (None, "calib", "val", "test", "train"):
+            raise SearchError(f"final_split={self.final_split!r}; choose calib, val, test, train or None")
+        if not (0 < self.hv_ref.size_fraction <= 1) or self.hv_ref.max_drop_pp <= 0:
+            raise SearchError(
+                f"hv_ref={self.hv_ref.to_dict()}: size_fraction must lie in (0, 1] and max_drop_pp be > 0"
+            )
+        if self.strategy in BASELINE_STRATEGIES and self.accuracy == "multifidelity":
+            raise SearchError(
+                f"strategy {self.strategy!r} already proposes a fixed list of plans; multifidelity screening "
+                f"needs a sampler strategy ({list(SAMPLER_STRATEGIES)}). Use accuracy='measured' or 'predicted'"
+            )
         if self.screen_trials < 1:
             raise SearchError(f"screen_trials must be >= 1, got {self.screen_trials!r}")
         if self.split not in ("calib", "val", "test", "train"):
@@ -152,6 +175,26 @@ class SearchConfig:
         d["hv_ref"] = self.hv_ref.to_dict()
         d["objectives"] = list(self.objectives)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchConfig:
+        """Rebuild a config written by :meth:`to_dict` (the one stored with a study)."""
+        from workbench.quant.spec import QuantSpec
+
+        d = dict(d)
+        sp = dict(d.pop("space", {}))
+        for key in ("w_bits", "a_bits", "granularities", "methods", "sparsities", "structures", "rank_ratios",
+                    "skip"):  # fmt: skip
+            if key in sp:
+                sp[key] = tuple(sp[key])
+        if "base_spec" in sp:
+            sp["base_spec"] = QuantSpec.from_dict(sp["base_spec"])
+        hv = d.pop("hv_ref", None)
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "objectives" in kw:
+            kw["objectives"] = tuple(kw["objectives"])
+        return cls(space=SpaceConfig(**sp), hv_ref=HypervolumeRef(**hv) if hv else HypervolumeRef(), **kw)
 
 
 # ============================================================================================ storage
@@ -321,25 +364,20 @@ class SearchContext:
         )
 
 
-def _constraints_func(trial: Any) -> Sequence[float]:
-    return trial.user_attrs.get("constraints", [])
-
-
 def _make_sampler(strategy: str, ctx: SearchContext, *, seed: int, constraints: bool):
     import optuna
 
-    cf = _constraints_func if constraints else None
+    del constraints  # samplers read the constraints each trial sets with trial.set_constraint (Optuna 5)
     cfg = ctx.config
     if strategy == "tpe":
         return optuna.samplers.TPESampler(
             seed=seed,
             n_startup_trials=max(1, min(cfg.n_startup_trials, cfg.budget // 3 or 1)),
             multivariate=True,
-            constraints_func=cf,
         )
     if strategy == "nsga2":
         return optuna.samplers.NSGAIISampler(
-            population_size=max(4, min(cfg.population_size, cfg.budget)), seed=seed, constraints_func=cf
+            population_size=max(4, min(cfg.population_size, cfg.budget)), seed=seed
         )
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -380,8 +418,7 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
     size_constraints = (cfg.max_weight_fraction is not None) + (cfg.max_size_bytes is not None)
     over_size = any(v > 0 for v in ctx.constraints(cost, None)[:size_constraints])
     source = cfg.accuracy if cfg.accuracy != "multifidelity" else "measured"
-    if trial.user_attrs.get("source_hint") == "predicted":
-        source = "predicted"
+    key = SearchSpace.plan_key(plan)
     hit = False
     real = 0
     if over_size:
@@ -392,7 +429,9 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
         accuracy = ctx.predicted(plan)
     else:
         accuracy, hit = ctx.evaluator(plan)
-        real = 0 if hit else 1
+        # the budget counts distinct plans measured by this study; a plan another study (or worker) already
+        # measured is read from the shared cache (cache_hit) but still costs this study one evaluation
+        real = 0 if _measured_in_study(trial.study, key) else 1
     vec = ctx.choice_vector(params)
     shaped = accuracy
     if cfg.complexity_penalty:
@@ -403,7 +442,7 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
     constraints = ctx.constraints(cost, None if over_size else accuracy)
     attrs = {
         "plan": plan.to_json(indent=None),
-        "plan_key": SearchSpace.plan_key(plan),
+        "plan_key": key,
         "accuracy": accuracy,
         "shaped_accuracy": shaped,
         "accuracy_source": source,
@@ -411,11 +450,14 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
         "real_eval": real,
         "constraints": constraints,
         "feasible": all(v <= 0 for v in constraints),
+        "constraint_violation": float(sum(max(0.0, v) for v in constraints)),
         "worker": ctx.worker,
         **cost.to_dict(),
     }
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
+    for cname, value in zip(_constraint_names(cfg), constraints, strict=True):
+        trial.set_constraint(cname, value if math.isfinite(value) else 1e9)
     values = []
     for name in cfg.objectives:
         if name == "accuracy":
@@ -441,6 +483,15 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
             )
             run.log_plan(plan)
     return tuple(values)
+
+
+def _measured_in_study(study: Any, key: str) -> bool:
+    import optuna
+
+    return any(
+        t.user_attrs.get("plan_key") == key and t.user_attrs.get("accuracy_source") == "measured"
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    )
 
 
 def _real_evaluations(study: Any) -> int:
@@ -504,11 +555,20 @@ def _study_directions(objectives: Sequence[str]) -> list[str]:
     return [OBJECTIVES[o] for o in objectives]
 
 
-def _prepare(task: Any, config: SearchConfig, predictor: Any, storage_url: str) -> SearchContext:
-    space = SearchSpace(task.model, config.space)
-    cost_model = CostModel(task.model, task.example_input())
+def _prepare(
+    task: Any,
+    config: SearchConfig,
+    predictor: Any,
+    storage_url: str,
+    *,
+    space: SearchSpace | None = None,
+    fp32_latency_ms: float | None = None,
+) -> SearchContext:
+    space = space if space is not None else SearchSpace(task.model, config.space)
+    cost_model = CostModel(task.model, task.example_input(), fp32_latency_ms=fp32_latency_ms)
     cache = EvalCache(None if storage_url == MEMORY else storage_url)
     evaluator = PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed)
+    evaluator.fp32_accuracy  # noqa: B018 - a bad split or loader fails here, before any study exists
     predicted = None
     if predictor is not None:
         predicted = PredictedAccuracy(predictor, evaluator.fp32_accuracy)
@@ -525,38 +585,53 @@ def _prepare(task: Any, config: SearchConfig, predictor: Any, storage_url: str) 
     return ctx
 
 
+def _unit_specs(space: SearchSpace, unit: Any, *, all_a_bits: bool) -> list[Any]:
+    """Every distinct spec a unit can take (built, hence validated)."""
+    import itertools
+
+    ch = unit.choices.knob_choices()
+    knobs = [k for k in ch if all_a_bits or k != "a_bits"]
+    specs = {}
+    for combo in itertools.product(*(ch[k] for k in knobs)):
+        values = dict(zip(knobs, combo, strict=True))
+        if not all_a_bits:
+            values["a_bits"] = min(ch["a_bits"])
+        spec = space.unit_spec(unit, values)
+        specs[json.dumps(spec.to_dict(), sort_keys=True)] = spec
+    return list(specs.values())
+
+
 def _check_feasible(ctx: SearchContext) -> None:
-    """Refuse budgets no plan of the space can meet (checked on the smallest plan of the space)."""
+    """Build every spec of every unit (so a bad space fails before the study exists) and refuse size budgets
+    that no plan of the space meets: costs add up over units, so the smallest plan takes each unit's
+    smallest option."""
+    from workbench.quant.spec import PlanError
+
     cfg = ctx.config
-    if cfg.max_weight_fraction is None and cfg.max_size_bytes is None:
-        return
-    params = {}
-    for u, k, choices in ctx.space.knob_table():
-        if k == "method":
-            best = [m for m in ("lowrank", "prune", "quantize") if m in choices] or [choices[0]]
-            params[SearchSpace.param_name(u, k)] = best[0]
-        elif k in ("w_bits", "a_bits"):
-            params[SearchSpace.param_name(u, k)] = min(choices)
-        elif k == "granularity":
-            params[SearchSpace.param_name(u, k)] = "per_tensor" if "per_tensor" in choices else choices[0]
-        elif k == "sparsity":
-            params[SearchSpace.param_name(u, k)] = max(choices)
-        elif k == "structure":
-            params[SearchSpace.param_name(u, k)] = "channel" if "channel" in choices else choices[0]
-        elif k == "rank_ratio":
-            params[SearchSpace.param_name(u, k)] = min(choices)
-    smallest = ctx.cost_model(ctx.space.plan_from_params(params))
+    space = ctx.space
+    base = space.plan_from_params({})
+    base_cost = ctx.cost_model(base)
+    min_weight = base_cost.weight_bytes
+    min_size = base_cost.size_bytes
+    for unit in space.units:
+        try:
+            specs = _unit_specs(space, unit, all_a_bits=cfg.max_size_bytes is not None)
+        except PlanError as e:
+            raise SearchError(f"unit {unit.name!r} of the search space cannot be built: {e}") from e
+        costs = [ctx.cost_model(space.with_unit(base, unit.name, spec)) for spec in specs]
+        min_weight += min(c.weight_bytes for c in costs) - base_cost.weight_bytes
+        min_size += min(c.size_bytes for c in costs) - base_cost.size_bytes
     if cfg.max_weight_fraction is not None:
-        frac = smallest.weight_bytes / ctx.fp32_weight_bytes
+        frac = min_weight / ctx.fp32_weight_bytes
         if frac > cfg.max_weight_fraction:
             raise SearchError(
                 f"max_weight_fraction={cfg.max_weight_fraction} is below what any plan of this space reaches: "
                 f"the smallest plan keeps {frac:.4f} of the FP32 weight bytes"
             )
-    if cfg.max_size_bytes is not None and smallest.size_bytes > cfg.max_size_bytes:
+    if cfg.max_size_bytes is not None and min_size > cfg.max_size_bytes:
         raise SearchError(
             f"max_size_bytes={cfg.max_size_bytes} is below what any plan of this space reaches: the smallest "
-            f"plan takes {smallest.size_bytes} bytes"
+            f"plan takes {min_size} bytes"
         )
 
 
@@ -593,7 +668,13 @@ def _baseline_candidates(ctx: SearchContext, sensitivity: Any) -> list[Any]:
     elif s == "greedy":
         cands = bl.greedy_candidates(ctx.space, ctx.cost_model, sensitivity, cost=cfg.ilp_cost)
     elif s == "ilp":
-        fracs = np.linspace(0.06, 0.25, max(cfg.budget, 2))
+        # budgets spread up to the size constraint (HAWQ-V3 solves one ILP per budget)
+        top = (
+            cfg.max_weight_fraction
+            if cfg.max_weight_fraction is not None and cfg.ilp_cost == "weight_size"
+            else 0.25
+        )
+        fracs = np.linspace(min(0.05, top), top, max(cfg.budget, 2))
         cands = bl.ilp_candidates(
             ctx.space, ctx.cost_model, sensitivity, budgets=tuple(float(f) for f in fracs), cost=cfg.ilp_cost,
             metric=cfg.sensitivity_metric,
@@ -726,7 +807,8 @@ def _spawn_worker(payload_path: str, worker: int) -> None:  # runs in a spawned 
     task = payload["task"]
     config: SearchConfig = payload["config"]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ctx = _prepare(task, config, payload.get("predictor"), payload["storage"])
+    ctx = _prepare(task, config, payload.get("predictor"), payload["storage"],
+                   fp32_latency_ms=payload.get("fp32_latency_ms"))  # fmt: skip
     ctx.worker = worker
     storage = open_storage(payload["storage"], heartbeat=True)
     sampler = _make_sampler(config.strategy, ctx, seed=config.seed + 1000 * worker,
@@ -736,10 +818,39 @@ def _spawn_worker(payload_path: str, worker: int) -> None:  # runs in a spawned 
                 parent_run_id=payload.get("parent_run_id"), progress=False, max_trials=config.trial_cap())  # fmt: skip
 
 
+def _constraint_names(config: SearchConfig) -> list[str]:
+    names = []
+    if config.max_weight_fraction is not None:
+        names.append("weight_fraction")
+    if config.max_size_bytes is not None:
+        names.append("size_bytes")
+    if config.max_accuracy_drop is not None:
+        names.append("accuracy_drop_pp")
+    return names
+
+
 def _has_constraints(config: SearchConfig) -> bool:
     return any(
         v is not None for v in (config.max_weight_fraction, config.max_size_bytes, config.max_accuracy_drop)
     )
+
+
+def stored_config(storage: str, study_name: str) -> SearchConfig | None:
+    """The configuration stored with an existing study (None when the study has none)."""
+    import optuna
+
+    st = open_storage(storage)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=st)
+    except KeyError as e:
+        raise SearchError(f"study {study_name!r} does not exist in {storage}") from e
+    text = study.user_attrs.get(CONFIG_ATTR)
+    return SearchConfig.from_dict(json.loads(text)) if text else None
+
+
+def _compress_methods(space: SearchSpace) -> set[str]:
+    used = {m for u in space.units for m in u.choices.methods if m in ("prune", "lowrank")}
+    return used | {s.method for s in space.fixed.values() if s.method in ("prune", "lowrank")}
 
 
 def run_search(
@@ -749,14 +860,19 @@ def run_search(
     predictor: Any = None,
     sensitivity: Any = None,
     join: bool = False,
+    figures: Callable[[SearchResult], Mapping[str, Any]] | None = None,
 ) -> SearchResult:
     """Run (or resume, or join) a search on ``task`` and return its front.
 
     ``predictor``: an :class:`~workbench.predictor.AccuracyPredictor` (built with :func:`default_predictor`
     when a mode or strategy needs one and none is given). ``sensitivity``: a
     :class:`~workbench.sensitivity.SensitivityResult` for the greedy / ILP / AIMET baselines (computed when
-    needed). ``join``: this process is one more worker of an existing study (on another machine, say): it
-    reads the study's configuration from the storage and works until the study's budget is met.
+    needed). ``join``: this process is one more worker of an existing study (on another machine, say).
+    ``config.resume``: continue a study after a crash (no other worker may be running on it); trials left
+    running are marked failed and the plans of unfinished baseline trials are queued again. Joining and
+    resuming adopt the configuration stored with the study, except ``budget`` (resume: the new budget),
+    ``workers``, ``track``, ``log_trials`` and ``progress``. ``figures``: a function of the result returning
+    named plotly figures to log with the study's MLflow run (e.g. :func:`workbench.ui.search.search_figures`).
     """
     import optuna
 
@@ -772,27 +888,41 @@ def run_search(
     existing = (
         [] if storage_url == MEMORY else [s.study_name for s in optuna.get_all_study_summaries(storage)]
     )
+    fp32_latency: float | None = None
     if join or config.resume:
         if name not in existing:
             raise SearchError(
                 f"study {name!r} does not exist in {storage_url}; existing studies: {existing or 'none'}"
             )
-        stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(CONFIG_ATTR)
-        if join and stored:
-            config = _config_from_stored(stored, config)
+        attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+        if attrs.get(CONFIG_ATTR):
+            stored = SearchConfig.from_dict(json.loads(attrs[CONFIG_ATTR]))
+            config = replace(
+                stored,
+                budget=config.budget if config.resume else stored.budget,
+                workers=config.workers,
+                track=config.track,
+                log_trials=config.log_trials,
+                progress=config.progress,
+                resume=config.resume,
+                storage=storage_url,
+                study_name=name,
+            )
+        fp32_latency = attrs.get("fp32_latency_ms")
     elif name in existing:
         raise SearchError(
             f"study {name!r} already exists in {storage_url}; pass resume=True (--resume) to continue it, "
             "join=True (--join) to add a worker, or choose another study name"
         )
-    compress_methods = {"prune", "lowrank"} & (
-        set(config.space.methods) | {m for o in config.space.overrides.values() for m in o.get("methods", ())}
-    )
-    if config.accuracy in ("predicted", "multifidelity") and compress_methods:
+    # validate everything before the study exists (and before costly sensitivity / predictor work)
+    space = SearchSpace(task.model, config.space)
+    compress = _compress_methods(space)
+    if config.accuracy in ("predicted", "multifidelity") and compress:
         raise SearchError(
-            f"accuracy={config.accuracy!r} uses the predictor, which only knows quantization; the space has "
-            f"methods {sorted(compress_methods)}. Use accuracy='measured' with prune / lowrank"
+            f"accuracy={config.accuracy!r} uses the predictor, which only knows quantization; the space uses "
+            f"methods {sorted(compress)}. Use accuracy='measured' with prune / lowrank"
         )
+    ctx = _prepare(task, config, None, storage_url, space=space, fp32_latency_ms=fp32_latency)
     needs_pred, needs_sens = _needs(config)
     if needs_sens and sensitivity is None:
         from workbench.sensitivity import analyze_sensitivity
@@ -800,36 +930,35 @@ def run_search(
         sensitivity = analyze_sensitivity(task, track=False)
     if needs_pred and predictor is None:
         predictor = default_predictor(task, sensitivity, seed=0)
-    # everything validated before the study exists: a bad request leaves no half-made study behind
-    ctx = _prepare(task, config, predictor, storage_url)
-    candidates: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+    if predictor is not None:
+        ctx.predicted = PredictedAccuracy(predictor, ctx.evaluator.fp32_accuracy)
+    candidates: list[tuple[str, dict[str, Any]]] = []
     if not (config.resume or join):
         if config.strategy in BASELINE_STRATEGIES:
             for c in _baseline_candidates(ctx, sensitivity):
-                candidates.append((c.label, ctx.space.params_from_plan(c.plan), {}))
+                candidates.append((c.label, ctx.space.params_from_plan(c.plan)))
             if not candidates:
                 raise SearchError(f"strategy {config.strategy!r} produced no plan for this space")
         if config.accuracy == "multifidelity":
-            for label, params in _screen(ctx, seed=config.seed):
-                candidates.append((label, params, {}))
+            candidates.extend(_screen(ctx, seed=config.seed))
     sampler = _make_sampler(config.strategy, ctx, seed=config.seed, constraints=_has_constraints(config))
     if config.resume or join:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         if config.resume:
             _fail_stale(study, storage)
+            _requeue_unfinished(study)
     else:
         study = optuna.create_study(
             study_name=name, storage=storage, directions=_study_directions(config.objectives), sampler=sampler
         )
         study.set_user_attr(CONFIG_ATTR, json.dumps(config.to_dict(), default=str))
-        for label, params, _ in candidates:
+        study.set_user_attr("fp32_latency_ms", ctx.cost_model.fp32_latency_ms)
+        for label, params in candidates:
             study.enqueue_trial(params, user_attrs={"label": label}, skip_if_exists=False)
+        study.set_user_attr("enqueued", len(candidates))
     counts_real = config.accuracy != "predicted"
     if config.strategy in BASELINE_STRATEGIES or config.accuracy == "multifidelity":
-        n_enqueued = len([t for t in study.get_trials(deepcopy=False) if "label" in t.user_attrs]) or len(
-            candidates
-        )
-        target = n_enqueued  # fixed candidate lists: every one of them is a trial
+        target = int(study.user_attrs.get("enqueued", 0))  # fixed candidate lists: each one is a trial
         counts_real = False
     else:
         target = config.budget
@@ -845,13 +974,33 @@ def run_search(
     ) as run:
         parent_id = getattr(run, "run_id", None)
         if config.workers > 1 and not join:
-            _run_parallel(task, config, predictor, storage_url, name, target, counts_real, parent_id)
+            _run_parallel(task, config, predictor, storage_url, name, target, counts_real, parent_id,
+                          ctx.cost_model.fp32_latency_ms)  # fmt: skip
         else:
             _run_worker(ctx, study, target=target, counts_real=counts_real, parent_run_id=parent_id,
                         progress=config.progress, max_trials=config.trial_cap())  # fmt: skip
         result = _finish(ctx, study, name, storage_url, t0, run_id=parent_id)
-        _track_result(run, result)
+        _track_result(run, result, figures)
     return result
+
+
+def _requeue_unfinished(study: Any) -> None:
+    """Baseline / screened candidates whose trial failed or was killed: queue their plans again."""
+    import optuna
+
+    trials = study.get_trials(deepcopy=False)
+    settled = {
+        t.user_attrs.get("label")
+        for t in trials
+        if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.WAITING)
+        and "label" in t.user_attrs
+    }
+    again: set[str] = set()
+    for t in trials:
+        label = t.user_attrs.get("label")
+        if t.state == optuna.trial.TrialState.FAIL and label and label not in settled and label not in again:
+            study.enqueue_trial(t.params, user_attrs={"label": label}, skip_if_exists=False)
+            again.add(label)
 
 
 def _flat(config: SearchConfig) -> dict[str, Any]:
@@ -864,30 +1013,6 @@ def _flat(config: SearchConfig) -> dict[str, Any]:
     return d
 
 
-def _config_from_stored(stored: str, given: SearchConfig) -> SearchConfig:
-    """A joining worker adopts the study's objectives, space, accuracy mode and budget."""
-    d = json.loads(stored)
-    space = d.get("space", {})
-    sc = SpaceConfig(
-        w_bits=tuple(space.get("w_bits", given.space.w_bits)),
-        a_bits=tuple(space.get("a_bits", given.space.a_bits)),
-        granularities=tuple(space.get("granularities", given.space.granularities)),
-        methods=tuple(space.get("methods", given.space.methods)),
-        sparsities=tuple(space.get("sparsities", given.space.sparsities)),
-        structures=tuple(space.get("structures", given.space.structures)),
-        rank_ratios=tuple(space.get("rank_ratios", given.space.rank_ratios)),
-        groups=space.get("groups"),
-        skip=tuple(space.get("skip", ())),
-        fixed=space.get("fixed", {}),
-        overrides=space.get("overrides", {}),
-        group_size=space.get("group_size", given.space.group_size),
-    )
-    keep = {k: d[k] for k in ("strategy", "budget", "accuracy", "split", "seed", "max_weight_fraction",
-                               "max_size_bytes", "max_accuracy_drop", "complexity_penalty", "diversity_penalty")
-            if k in d}  # fmt: skip
-    return replace(given, space=sc, objectives=tuple(d.get("objectives", given.objectives)), **keep)
-
-
 def _fail_stale(study: Any, storage: Any) -> None:
     """Trials left RUNNING by a killed process: mark them FAIL so the study can go on."""
     import optuna
@@ -898,7 +1023,7 @@ def _fail_stale(study: Any, storage: Any) -> None:
 
 
 def _run_parallel(task: Any, config: SearchConfig, predictor: Any, storage_url: str, name: str, target: int,
-                  counts_real: bool, parent_id: str | None) -> None:  # fmt: skip
+                  counts_real: bool, parent_id: str | None, fp32_latency_ms: float) -> None:  # fmt: skip
     """``config.workers`` spawned processes work on the study until the target is met."""
     import tempfile
 
@@ -910,7 +1035,7 @@ def _run_parallel(task: Any, config: SearchConfig, predictor: Any, storage_url: 
         payload_path = str(Path(tmp) / "payload.pt")
         payload = {"task": task, "config": replace(config, progress=False), "predictor": predictor,
                    "storage": storage_url, "study": name, "target": target, "counts_real": counts_real,
-                   "parent_run_id": parent_id}  # fmt: skip
+                   "parent_run_id": parent_id, "fp32_latency_ms": fp32_latency_ms}  # fmt: skip
         torch.save(payload, payload_path)  # a file, not shared memory: workers may sit on a small /dev/shm
         for w in range(config.workers):
             p = ctxm.Process(target=_spawn_worker, args=(payload_path, w), daemon=False)
@@ -950,7 +1075,9 @@ def _finish(ctx: SearchContext, study: Any, name: str, storage_url: str, t0: flo
         "latency_source": ctx.cost_model.latency_source,
         "fp32_latency_ms": ctx.cost_model.fp32_latency_ms,
         "space_units": len(ctx.space.units),
-        "space_cardinality": ctx.space.cardinality(),
+        "space_log10_plans": round(math.log10(ctx.space.cardinality()), 3)
+        if math.isfinite(ctx.space.cardinality())
+        else None,
     }
     if ctx.predicted is not None:
         info["predictor"] = getattr(ctx.predicted.predictor, "model_name", None)
@@ -974,7 +1101,9 @@ def _finish(ctx: SearchContext, study: Any, name: str, storage_url: str, t0: flo
     )
 
 
-def _track_result(run: Any, result: SearchResult) -> None:
+def _track_result(
+    run: Any, result: SearchResult, figures: Callable[[SearchResult], Mapping[str, Any]] | None
+) -> None:
     if not getattr(run, "enabled", False):
         return
     run.log_metrics({"hypervolume": result.hypervolume, "real_evaluations": result.real_evaluations,
@@ -985,12 +1114,8 @@ def _track_result(run: Any, result: SearchResult) -> None:
     run.log_json(result.to_dict(), "search_result")
     for i, plan in enumerate(result.plans()[:10]):
         run.log_plan(plan, f"front_{i:02d}")
-    try:
-        from workbench.ui.search import pareto_figure
-
-        run.log_figure(pareto_figure(result), "pareto_front")
-    except ImportError:
-        pass
+    for fig_name, fig in (figures(result) if figures is not None else {}).items():
+        run.log_figure(fig, fig_name)
 
 
 __all__ = [
@@ -1006,5 +1131,6 @@ __all__ = [
     "default_storage",
     "open_storage",
     "run_search",
+    "stored_config",
     "study_names",
 ]

@@ -355,3 +355,8 @@ __all__ = [
     "strategy_comparison_figure",
     "strategy_table",
 ]
+
+
+def search_figures(result: Any) -> dict[str, go.Figure]:
+    """The figures a search logs with its MLflow run (pass as ``run_search(..., figures=search_figures)``)."""
+    return {"pareto_front": pareto_figure(result)}
