@@ -197,3 +197,17 @@ def test_shared_cache_saves_compute_not_budget(digits_cnn_task, one_torch_thread
     )
     assert c.config.strategy == "uniform" and c.config.objectives == ("accuracy", "weight_size")
     assert len(c.trials) == 3
+
+
+def test_warm_start_seeds_the_sampler_within_the_budget(digits_cnn_task, one_torch_thread):
+    r = run_search(
+        digits_cnn_task,
+        _cfg(strategy="tpe", budget=5, warm_start="uniform", warm_start_plans=2, max_weight_fraction=0.3),
+    )
+    first = r.trials.sort_values("trial").head(2)
+    assert first["label"].str.startswith("warm start: uniform").all()
+    assert r.real_evaluations == 5
+    with pytest.raises(SearchError, match="warm_start"):
+        SearchConfig(strategy="ilp", warm_start="ilp")
+    with pytest.raises(SearchError, match="warm_start="):
+        SearchConfig(warm_start="hawq")

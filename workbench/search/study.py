@@ -52,6 +52,7 @@ from workbench.search.space import SearchSpace, SpaceConfig
 SAMPLER_STRATEGIES: tuple[str, ...] = ("tpe", "nsga2", "rl", "random")
 BASELINE_STRATEGIES: tuple[str, ...] = ("uniform", "greedy", "ilp", "aimet", "control")
 STRATEGIES: tuple[str, ...] = SAMPLER_STRATEGIES + BASELINE_STRATEGIES
+WARM_STARTS: tuple[str, ...] = ("uniform", "greedy", "ilp", "aimet")
 MEMORY = ":memory:"
 CONFIG_ATTR = "workbench_config"
 
@@ -73,6 +74,9 @@ class SearchConfig:
     sampler sees: weight x (distinct specs - 1) / layers, and weight x similarity to the closest earlier plan.
     ``final_split``: the front's plans are measured again on this split (None: skip).
     ``max_trials``: safety cap on trials (duplicates cost trials but no evaluation); default 20 x budget.
+    ``warm_start``: a baseline (``uniform``, ``greedy``, ``ilp``, ``aimet``) whose first ``warm_start_plans``
+    plans (spread along its curve, within the size constraint) are the first trials of a sampler strategy;
+    they count against the budget like any other trial (with ``multifidelity`` they seed the screening).
     """
 
     strategy: str = "tpe"
@@ -93,6 +97,8 @@ class SearchConfig:
     population_size: int = 16
     sensitivity_metric: str = "omega"
     ilp_cost: str = "weight_size"
+    warm_start: str | None = None
+    warm_start_plans: int = 4
     hv_ref: HypervolumeRef = field(default_factory=HypervolumeRef)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     study_name: str | None = None
@@ -150,6 +156,19 @@ class SearchConfig:
             raise SearchError(
                 f"hv_ref={self.hv_ref.to_dict()}: size_fraction must lie in (0, 1] and max_drop_pp be > 0"
             )
+        if self.warm_start is not None:
+            if self.warm_start not in WARM_STARTS:
+                raise SearchError(
+                    f"warm_start={self.warm_start!r}; choose one of {list(WARM_STARTS)} or None"
+                )
+            if self.strategy not in SAMPLER_STRATEGIES:
+                raise SearchError(
+                    f"warm_start seeds a sampler strategy ({list(SAMPLER_STRATEGIES)}), not {self.strategy!r}"
+                )
+            if not isinstance(self.warm_start_plans, int) or not 1 <= self.warm_start_plans <= self.budget:
+                raise SearchError(
+                    f"warm_start_plans={self.warm_start_plans!r} must be an int in [1, budget={self.budget}]"
+                )
         if self.strategy in BASELINE_STRATEGIES and self.accuracy == "multifidelity":
             raise SearchError(
                 f"strategy {self.strategy!r} already proposes a fixed list of plans; multifidelity screening "
@@ -654,15 +673,43 @@ def default_predictor(task: Any, sensitivity: Any = None, *, n_plans: int = 300,
 def _needs(config: SearchConfig) -> tuple[bool, bool]:
     """(needs a predictor, needs a sensitivity result)."""
     needs_pred = config.accuracy in ("predicted", "multifidelity") or config.strategy == "control"
-    needs_sens = config.strategy in ("greedy", "ilp", "aimet")
+    needs_sens = config.strategy in ("greedy", "ilp", "aimet") or config.warm_start in (
+        "greedy",
+        "ilp",
+        "aimet",
+    )
     return needs_pred, needs_sens
 
 
-def _baseline_candidates(ctx: SearchContext, sensitivity: Any) -> list[Any]:
+def _warm_candidates(ctx: SearchContext, sensitivity: Any) -> list[tuple[str, dict[str, Any]]]:
+    """The warm-start plans of a sampler strategy: the baseline's curve, within the size constraint."""
+    cfg = ctx.config
+    if cfg.warm_start is None:
+        return []
+    cands = _baseline_candidates(ctx, sensitivity, strategy=cfg.warm_start, n=10 * cfg.warm_start_plans)
+    fits = [
+        c
+        for c in cands
+        if not any(v > 0 for v in ctx.constraints(ctx.cost_model(c.plan), None)[: _n_size(cfg)])
+    ]
+    from workbench.search.baselines import select_evenly
+
+    chosen = select_evenly(fits, cfg.warm_start_plans)
+    return [(f"warm start: {c.label}", ctx.space.params_from_plan(c.plan)) for c in chosen]
+
+
+def _n_size(cfg: SearchConfig) -> int:
+    return (cfg.max_weight_fraction is not None) + (cfg.max_size_bytes is not None)
+
+
+def _baseline_candidates(
+    ctx: SearchContext, sensitivity: Any, *, strategy: str | None = None, n: int | None = None
+) -> list[Any]:
     from workbench.search import baselines as bl
 
     cfg = ctx.config
-    s = cfg.strategy
+    s = strategy or cfg.strategy
+    n = n or cfg.budget
     if s == "uniform":
         cands = bl.uniform_candidates(ctx.space)
     elif s == "greedy":
@@ -674,7 +721,7 @@ def _baseline_candidates(ctx: SearchContext, sensitivity: Any) -> list[Any]:
             if cfg.max_weight_fraction is not None and cfg.ilp_cost == "weight_size"
             else 0.25
         )
-        fracs = np.linspace(min(0.05, top), top, max(cfg.budget, 2))
+        fracs = np.linspace(min(0.05, top), top, max(n, 2))
         cands = bl.ilp_candidates(
             ctx.space, ctx.cost_model, sensitivity, budgets=tuple(float(f) for f in fracs), cost=cfg.ilp_cost,
             metric=cfg.sensitivity_metric,
@@ -693,10 +740,12 @@ def _baseline_candidates(ctx: SearchContext, sensitivity: Any) -> list[Any]:
         )
     else:  # pragma: no cover - validated in SearchConfig
         raise SearchError(f"{s!r} is not a baseline strategy")
-    return bl.select_evenly(cands, cfg.budget)
+    return bl.select_evenly(cands, n)
 
 
-def _screen(ctx: SearchContext, *, seed: int) -> list[tuple[str, dict[str, Any]]]:
+def _screen(
+    ctx: SearchContext, *, seed: int, warm: Sequence[tuple[str, dict[str, Any]]] = ()
+) -> list[tuple[str, dict[str, Any]]]:
     """Multi-fidelity phase 1: the strategy on the predictor for ``screen_trials``; returns up to ``budget``
     parameter sets: the predicted front first, then the next non-dominated layers."""
     import optuna
@@ -706,6 +755,8 @@ def _screen(ctx: SearchContext, *, seed: int) -> list[tuple[str, dict[str, Any]]
     strategy = cfg.strategy if cfg.strategy in SAMPLER_STRATEGIES else "nsga2"
     sampler = _make_sampler(strategy, ctx, seed=seed, constraints=False)
     study = optuna.create_study(directions=_study_directions(cfg.objectives), sampler=sampler)
+    for label, params in warm:
+        study.enqueue_trial(params, user_attrs={"label": label})
     rows: list[tuple[dict[str, Any], QuantPlan, list[float]]] = []
 
     def objective(trial: Any) -> tuple[float, ...]:
@@ -713,6 +764,8 @@ def _screen(ctx: SearchContext, *, seed: int) -> list[tuple[str, dict[str, Any]]
         cost = ctx.cost_model(plan)
         acc = ctx.predicted(plan)
         cons = ctx.constraints(cost, acc)
+        for cname, value in zip(_constraint_names(cfg), cons, strict=True):
+            trial.set_constraint(cname, value)
         vals = [acc if o == "accuracy" else float({"size": cost.size_bytes, "weight_size": cost.weight_bytes,
                 "bops": cost.bops, "latency": cost.latency_ms}[o]) for o in cfg.objectives]  # fmt: skip
         if all(c <= 0 for c in cons):
@@ -939,8 +992,11 @@ def run_search(
                 candidates.append((c.label, ctx.space.params_from_plan(c.plan)))
             if not candidates:
                 raise SearchError(f"strategy {config.strategy!r} produced no plan for this space")
+        warm = _warm_candidates(ctx, sensitivity)
         if config.accuracy == "multifidelity":
-            candidates.extend(_screen(ctx, seed=config.seed))
+            candidates.extend(_screen(ctx, seed=config.seed, warm=warm))
+        else:
+            candidates.extend(warm)
     sampler = _make_sampler(config.strategy, ctx, seed=config.seed, constraints=_has_constraints(config))
     if config.resume or join:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
