@@ -245,6 +245,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         final_split=None if args.final_split == "none" else args.final_split,
         max_trials=args.max_trials,
         ilp_cost=args.ilp_cost,
+        warm_start=args.warm_start,
         accuracy=args.accuracy,
         objectives=tuple(args.objectives),
         seed=args.seed,
@@ -438,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--study", help="study name (default <model>-<strategy>-<accuracy>-s<seed>)")
     p.add_argument("--storage", help="sqlite:///path.db, postgresql://user@host:port/db or :memory:")
+    p.add_argument(
+        "--warm-start",
+        choices=["uniform", "greedy", "ilp", "aimet"],
+        help="first trials of a sampler strategy: this baseline's plans (counted in the budget)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an existing study (e.g. after a crash)")
     p.add_argument("--join", action="store_true", help="add this process as a worker of an existing study")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
