@@ -219,6 +219,17 @@ def _csv_list(kind: type):
     return parse
 
 
+def _groups(specs: list[str]) -> dict[str, tuple[str, ...]] | None:
+    """``NAME=layer,layer`` strings -> {NAME: layers}."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for text in specs:
+        name, sep, layers = text.partition("=")
+        if not sep or not name or not layers:
+            raise ValueError(f"--group {text!r}: expected NAME=layer,layer (module paths)")
+        groups[name] = tuple(v.strip() for v in layers.split(",") if v.strip())
+    return groups or None
+
+
 def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.search import SearchConfig, SpaceConfig, run_search
     from workbench.search.objectives import HypervolumeRef
@@ -230,7 +241,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         methods=args.methods,
         skip=tuple(args.skip),
         fixed={name: {"w_bits": 8, "a_bits": 8} for name in args.fix8},
-        groups="residual" if args.residual_groups else None,
+        groups="residual" if args.residual_groups else _groups(args.group),
     )
     budget = args.budget
     if budget is None and args.resume and args.study:
@@ -421,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--skip", nargs="*", default=[], help="layers left in float32")
     p.add_argument("--fix8", nargs="*", default=[], help="layers fixed at w8a8 (e.g. the first and last)")
+    p.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="NAME=L1,L2",
+        help="layers that share one choice (repeatable), e.g. res2=layer2.0.conv2,layer2.0.downsample.0",
+    )
     p.add_argument("--residual-groups", action="store_true", help="residual partners share one choice")
     p.add_argument("--max-weight-fraction", type=float, help="constraint: weight bytes / FP32 weight bytes")
     p.add_argument("--max-size-bytes", type=int, help="constraint: whole-model bytes")
