@@ -147,6 +147,7 @@ def test_train_model_does_not_mutate_and_is_seeded(digits8) -> None:
     assert a.model is not model
     assert not torch.equal(a.model.fc2.weight, model.fc2.weight)
     assert torch.equal(a.model.fc2.weight, b.model.fc2.weight)  # same seed, same data order
+    assert all(p.grad is None for p in a.model.parameters())  # no stale gradients left behind
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert torch.get_num_threads() == threads
     assert list(a.history.columns) == ["epoch", "loss", "lr", "val_accuracy"]

@@ -315,6 +315,7 @@ def train_model(
             )
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", val_acc=f"{val_acc:.4f}")
     trained.eval()
+    trained.zero_grad(set_to_none=True)  # a freshly trained model looks like a loaded one (no stale .grad)
     seconds = time.perf_counter() - start
     history = pd.DataFrame(rows, columns=["epoch", "loss", "lr", "val_accuracy"])
     return TrainResult(model=trained, history=history, seconds=seconds)
