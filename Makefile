@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui bench bench-search install install-dev clean-cache
+.PHONY: run test lint format lab ui bench bench-search bench-qat install install-dev clean-cache
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -60,6 +60,11 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
 	$(BIN)/python bench/search_bench.py
+	$(BIN)/python bench/qat_bench.py
+
+## QAT acceptance on digits_resnet (replaces the "## Quantization-aware training" section of docs/BENCHMARKS.md).
+bench-qat: $(STAMP)
+	$(BIN)/python bench/qat_bench.py
 
 ## The search comparison alone (replaces the "## Search" section of docs/BENCHMARKS.md).
 bench-search: $(STAMP)

@@ -119,3 +119,26 @@ assert len(tracking.runs_frame(stage='search')) == 3
 assert explorer.log() in set(tracking.runs_frame(stage='explorer')['run_id'])
 """
     run_notebook("03_search.ipynb", params, probe, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+def test_04_qat(tmp_path, monkeypatch):
+    params = (
+        "MODEL = 'digits_cnn'\nBUDGET = 2\nMAX_WEIGHT_FRACTION = 0.25\nTOP_K = 1\nEPOCHS = 1\nMAX_STEPS = 4\n"
+        "BIT_PENALTY = 0.05\nTRACK = True\n"
+    )
+    probe = """
+assert len(results) == 3 and 'uniform:w2a8:per_channel' in results, list(results)
+assert search is not None and len(plans) == 2
+r2 = results['uniform:w2a8:per_channel']
+assert r2.steps == 4 and r2.accuracy_after > r2.accuracy_before + 0.05, (r2.accuracy_before, r2.accuracy_after)
+assert list(table['name']) == list(results) and (table['avg_weight_bits'] <= 8).all(), table
+learned.final_plan.validate(task.model)
+assert set(learned.final_plan) == {'conv1', 'conv2', 'fc1', 'fc2'}
+assert comparison_fig.layout.title.text and len(comparison_fig.data) == 2
+assert len(history_fig.data) == 3 and len(bits_fig.data) == 2
+from workbench import tracking
+assert run.run_id in set(tracking.runs_frame()['run_id'])
+assert len(tracking.runs_frame(stage='qat')) == 3
+"""
+    run_notebook("04_qat.ipynb", params, probe, tmp_path, monkeypatch)

@@ -153,7 +153,7 @@ class QATConfig:
     quant_loss_weight: float = 0.0
     bit_penalty: float = 0.0
     bit_candidates: tuple[int, ...] = (2, 3, 4, 6, 8)
-    bit_lr: float = 0.5
+    bit_lr: float = 10.0
     bit_init: float = 2.0
     relax_fraction: float = 0.5
     patience: int | None = None
@@ -788,7 +788,7 @@ class QATResult:
     ``history``: one row per epoch (``epoch``, ``phase``, ``steps``, ``loss``, ``ce_loss``, ``distill_loss``,
     ``quant_loss``, ``expected_bits``, ``val_accuracy``, ``lr``, ``seconds``); an epoch cut short by
     ``max_steps`` has ``partial=True``. ``final_plan`` is the plan of ``model`` (the learned one with a bit
-    penalty). ``step_ms``: median wall time of this run's optimizer steps.
+    penalty). ``step_ms``: median wall time of this run's optimizer steps (None when it took none).
     """
 
     task: str
@@ -813,7 +813,7 @@ class QATResult:
     stopped_early: bool
     interrupted: bool
     resumed_at_step: int | None
-    step_ms: float
+    step_ms: float | None
     seconds: float
     history: pd.DataFrame = field(repr=False)
     run_id: str | None = None
@@ -1100,12 +1100,7 @@ def train_qat(
         step_times: list[float] = []
         interrupted = False
         partial_row: dict[str, Any] | None = None
-        run_params = {
-            "task": getattr(task, "name", "task"),
-            "plan_layers": len(plan),
-            "input_avg_weight_bits": None,
-            **config.to_dict(),
-        }
+        run_params = {"task": getattr(task, "name", "task"), "plan_layers": len(plan), **config.to_dict()}
         with tracking.start_run(
             "qat",
             run_name=f"qat-{getattr(task, 'name', 'task')}",
@@ -1167,11 +1162,12 @@ def train_qat(
                     row = _history_row(prog, val=val, lr=lr, partial=False, steps=prog.step_in_epoch)
                     prog.history.append(row)
                     if prog.phase == "discrete":
-                        if val > prog.best_val:
-                            prog.best_val, prog.best_epoch, prog.since_best = val, prog.epoch + 1, 0
+                        # patience counts epochs without a better accuracy; among equally good epochs the
+                        # latest (further down the learning-rate schedule) is kept
+                        prog.since_best = 0 if val > prog.best_val else prog.since_best + 1
+                        if val >= prog.best_val:
+                            prog.best_val, prog.best_epoch = val, prog.epoch + 1
                             prog.best_state = _state(qmodel) if config.restore_best else None
-                        else:
-                            prog.since_best += 1
                     prog.epoch += 1
                     prog.step_in_epoch, prog.sums, prog.seen, prog.epoch_seconds = 0, {}, 0, 0.0
                     if config.patience is not None and prog.since_best >= config.patience:
@@ -1224,7 +1220,7 @@ def train_qat(
                 stopped_early=prog.stopped_early,
                 interrupted=interrupted,
                 resumed_at_step=resumed_at,
-                step_ms=1e3 * statistics.median(step_times) if step_times else float("nan"),
+                step_ms=1e3 * statistics.median(step_times) if step_times else None,
                 seconds=time.perf_counter() - t_start,
                 history=history,
                 run_id=getattr(run, "run_id", None),

@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 _FLOAT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -76,16 +77,56 @@ def dequantize(q: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
     return (q - zero_point) * scale
 
 
+class _FakeQuantize(torch.autograd.Function):
+    """``(clamp(round(x / s) + z, qmin, qmax) - z) * s`` with the straight-through / LSQ gradients in one node.
+
+    The forward pass runs the same float operations as the textbook composition of :func:`round_ste` and a masked
+    clamp (so values are bit-identical); the backward pass needs only the saved in-range mask for ``x`` (and the
+    saved ``x / s`` and codes for a learned ``s``), instead of a dozen autograd nodes over activation-sized tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+        u = x / scale
+        v = torch.round(u) + zero_point
+        q = torch.clamp(v, qmin, qmax)
+        out = (q - zero_point) * scale
+        need_s, need_z = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        inside = (v >= qmin) & (v <= qmax) if any(ctx.needs_input_grad[:3]) else None
+        ctx.save_for_backward(
+            inside,
+            u if need_s else None,
+            q if need_s else None,
+            scale if need_z else None,
+            zero_point if need_s else None,
+        )
+        ctx.shapes = (scale.shape, zero_point.shape)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        inside, u, q, scale, zero_point = ctx.saved_tensors
+        s_shape, z_shape = ctx.shapes
+        gx = gs = gz = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.where(inside, grad, 0.0)
+        if ctx.needs_input_grad[1]:  # d out / d s: round(u) - u inside the range, q - z outside
+            gs = (grad * ((q - zero_point) - torch.where(inside, u, 0.0))).sum_to_size(s_shape)
+        if ctx.needs_input_grad[2]:  # d out / d z: 0 inside the range, -s outside
+            gz = torch.where(inside, 0.0, -grad * scale).sum_to_size(z_shape)
+        return gx, gs, gz, None, None
+
+
 def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
     """Quantize and dequantize with a straight-through estimator (gradient 1 inside the range, 0 outside).
 
     If ``scale`` requires grad, its gradient is the LSQ step-size gradient (``round(x/s) - x/s`` inside the
-    range, ``qmin - zp`` / ``qmax - zp`` outside); scale it with :func:`grad_scale` as LSQ does.
+    range, ``qmin - zp`` / ``qmax - zp`` outside); scale it with :func:`grad_scale` (or a gradient hook) as LSQ
+    does. A zero point that requires grad gets ``-s`` outside the range and 0 inside. One autograd node (see
+    :class:`_FakeQuantize`): differentiable once, not twice.
     """
-    v = round_ste(x / scale) + zero_point
-    inside = (v >= qmin) & (v <= qmax)
-    q = torch.clamp(v, qmin, qmax).detach() + (v - v.detach()) * inside
-    return (q - zero_point) * scale
+    return _FakeQuantize.apply(x, scale, zero_point, qmin, qmax)
 
 
 def float_cast(x: Tensor, fmt: str) -> Tensor:
