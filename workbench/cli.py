@@ -346,6 +346,163 @@ def cmd_qat(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "plan_source": str(args.plan), **result.to_dict()}
 
 
+def _profile_summary(prof) -> dict[str, Any]:
+    return {
+        "name": prof.name,
+        "kind": prof.kind,
+        "device": prof.device,
+        "cost_model": prof.cost_model,
+        "path": prof.path,
+        "precisions": {op: list(prof.precisions(op)) for op in prof.ops},
+    }
+
+
+def cmd_hardware(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.hardware.profile import (
+        PrecisionProfile,
+        available_profiles,
+        load_profile,
+        user_profile_dir,
+    )
+
+    if args.measure:
+        from workbench.hardware.measure import MeasureConfig, measure_profile
+
+        out = Path(args.out) if args.out else user_profile_dir() / f"{args.name}.json"
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        cfg = MeasureConfig(
+            name=args.name,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            repeats=args.repeats,
+            engine=args.engine,
+            quick=args.quick,
+        )
+        prof = measure_profile(cfg, progress=not args.quiet)
+        prof.save(out, overwrite=args.overwrite)
+        rows = [
+            {"op": op, "precision": p, "macs_per_s": c.macs_per_s, "overhead_us": c.overhead_us}
+            for op, t in prof.ops.items()
+            for p, c in t.items()
+        ]
+        _print_table(pd.DataFrame(rows))
+        print(f"memory bandwidth {prof.memory.bandwidth_gbps:.1f} GB/s; profile written to {out}")
+        return {"profile": prof.to_dict(), "path": str(out)}
+    if args.estimate:
+        from workbench.hardware.estimate import CostEstimator
+        from workbench.pipeline import resolve_plan
+
+        if not args.plan:
+            raise ValueError("--estimate needs --plan (a plan JSON file or a shorthand such as uniform:w8a8)")
+        task = _task(args)
+        plan = resolve_plan(args.plan, task.model)
+        rows = []
+        for name in args.profile or ["cpu_measured"]:
+            est = CostEstimator(task.model, task.example_input(), name, batch_size=args.batch_size)
+            e, fp = est(plan), est(type(plan)({}))
+            rows.append(
+                {**e.to_dict(), "fp32_latency_ms": fp.latency_ms, "speedup": fp.latency_ms / e.latency_ms}
+            )
+        df = pd.DataFrame(rows)
+        _print_table(
+            df[
+                [
+                    "profile",
+                    "batch_size",
+                    "latency_ms",
+                    "fp32_latency_ms",
+                    "speedup",
+                    "energy_mj",
+                    "bytes_moved",
+                ]
+            ]
+        )
+        return {"model": args.model, "plan": plan.to_dict(), "estimates": rows}
+    if args.show:
+        prof = (
+            PrecisionProfile.load(args.show) if Path(args.show).suffix == ".json" else load_profile(args.show)
+        )
+        print(prof.to_json())
+        return {"profile": prof.to_dict()}
+    rows = [_profile_summary(load_profile(n)) for n in available_profiles()]
+    _print_table(pd.DataFrame([{**r, "precisions": r["precisions"].get("conv")} for r in rows]))
+    return {"profiles": rows}
+
+
+def cmd_deploy(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from workbench import tracking
+    from workbench.hardware.deploy import DeployConfig, measure_deployment
+    from workbench.models import ZOO_MODELS, build_model
+    from workbench.pipeline import resolve_plan
+
+    cfg = DeployConfig(
+        batch_size=args.batch_size,
+        threads=args.threads,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        engine=args.engine,
+        strict=args.strict,
+    )
+    synthetic = args.dataset is None and args.model not in ZOO_MODELS
+    if synthetic:  # speed only: a torchvision model on random inputs (no data set on disk)
+        torch.manual_seed(args.seed)
+        model = build_model(args.model, num_classes=args.num_classes).eval()
+        if args.weights:
+            model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+        gen = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=gen)
+        calib: Any = [torch.randn(8, 3, args.input_size, args.input_size, generator=gen) for _ in range(2)]
+        evaluate = None
+    else:
+        task = _task(args)
+        model = task.model
+        x = task.example_input(min(args.batch_size, len(task.calib_loader.dataset)))
+        calib = task.calib_loader
+        evaluate = task.evaluate
+    plan = resolve_plan(args.plan, model)
+    with tracking.start_run(
+        "deploy",
+        run_name=f"deploy-{args.model}",
+        params={"model": args.model, "plan": str(args.plan), "profile": args.profile, **cfg.__dict__},
+        enabled=False if args.no_track else None,
+    ) as run:
+        res = measure_deployment(
+            model, plan, calib, example_input=x, evaluate=evaluate, profile=args.profile, config=cfg
+        )
+        run.log_plan(plan)
+        run.log_metrics(
+            {
+                k: v
+                for k, v in res.to_dict().items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        run.log_dataframe(res.layers, "deployed_layers")
+    _print_table(res.layers)
+    d = res.to_dict()
+    for key in ("fp32_accuracy", "accuracy"):
+        if d[key] != d[key]:  # NaN: no labelled data (synthetic inputs)
+            d[key] = None
+    acc = "n/a (synthetic inputs)" if synthetic else f"{res.fp32_accuracy:.4f} -> {res.accuracy:.4f}"
+    print(
+        f"{args.model} batch {res.batch_size}, {res.threads} threads: FP32 {res.fp32_latency_ms:.2f} ms, deployed "
+        f"{res.deployed_latency_ms:.2f} ms, speedup {res.speedup:.2f}x; accuracy {acc}; top-1 agreement "
+        f"{res.top1_agreement:.4f}; estimate on {res.profile}: {res.estimated_latency_ms:.2f} ms"
+    )
+    for note in res.notes:
+        print(f"note: {note}")
+    return {
+        "model": args.model,
+        "plan_source": str(args.plan),
+        "synthetic_inputs": synthetic,
+        **d,
+        "plan": plan.to_dict(),
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workbench", description="Adaptive mixed-precision quantization workbench"
@@ -497,6 +654,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the packed low-bit model here (.wbq)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_qat)
+    p = sub.add_parser("hardware", help="precision profiles: list, show, measure this CPU, estimate a plan")
+    _task_args(p)
+    p.add_argument("--measure", action="store_true", help="benchmark this CPU's kernels and write a profile")
+    p.add_argument("--quick", action="store_true", help="with --measure: a small shape grid")
+    p.add_argument("--name", default="cpu_measured", help="with --measure: the profile's name")
+    p.add_argument("--out", help="with --measure: profile path (default data/profiles/<name>.json)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=7, help="timed runs per shape (median)")
+    p.add_argument("--engine", choices=["x86", "onednn", "fbgemm"], default="x86")
+    p.add_argument("--show", metavar="PROFILE", help="print a profile (name or JSON path), validated")
+    p.add_argument("--estimate", action="store_true", help="estimate --plan on each --profile")
+    p.add_argument("--plan", help="with --estimate: plan JSON file or shorthand")
+    p.add_argument("--profile", nargs="+", help="with --estimate: profile names or paths")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_hardware)
+
+    p = sub.add_parser("deploy", help="run a plan on real int8 / bf16 kernels; latency and accuracy vs FP32")
+    _task_args(p)
+    p.add_argument("--plan", required=True, help="plan JSON file or shorthand, e.g. uniform:w8a8:per_channel")
+    p.add_argument("--profile", default="cpu_measured", help="precision profile (name or path) for dispatch")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, help="torch threads while timing (default: torch's)")
+    p.add_argument("--repeats", type=int, default=7, help="timed runs of each model, interleaved (median)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--engine", choices=["x86", "onednn", "fbgemm"], default="x86")
+    p.add_argument("--strict", action="store_true", help="error instead of falling back on missing kernels")
+    p.add_argument("--input-size", type=int, default=224, help="torchvision models without data: image side")
+    p.add_argument("--num-classes", type=int, default=1000, help="torchvision models without data: classes")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_deploy)
     return parser
 
 

@@ -41,6 +41,7 @@ COST_KINDS: dict[str, str] = {
     "size": "size_bytes",
     "bops": "bops",
     "latency": "latency_ms",
+    "energy": "energy_mj",
 }
 """Cost kind -> :class:`~workbench.search.objectives.PlanCost` attribute."""
 
@@ -49,6 +50,7 @@ COST_UNITS: dict[str, str] = {
     "size": "bytes",
     "bops": "bit operations",
     "latency": "ms",
+    "energy": "mJ",
 }
 AIMET_ORDERS: tuple[str, ...] = ("ratio", "aimet")
 ZERO_SENSITIVITY_BITS: tuple[int, ...] = (

@@ -1,8 +1,10 @@
 """Objectives of a search: hardware cost of a plan (size, BOPs, latency), its accuracy (measured, predicted),
 a cache of measured evaluations shared by every trial and worker, Pareto fronts and hypervolume.
 
-Until the hardware-profile stage lands, latency is a BOPs-based proxy: the FP32 model's measured latency per
-sample on this machine, scaled by the plan's BOPs over FP32 BOPs (``CostModel.latency_source`` says so).
+Latency (and energy) come from a hardware precision profile when one is given (:mod:`workbench.hardware`: the
+measured profile of this CPU, or a reference profile); without one, latency is a BOPs proxy: the FP32 model's
+measured latency per sample on this machine, scaled by the plan's BOPs over FP32 BOPs. ``CostModel.latency_source``
+says which.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ OBJECTIVES: dict[str, str] = {
     "weight_size": "minimize",
     "bops": "minimize",
     "latency": "minimize",
+    "energy": "minimize",
 }
 ACCURACY_MODES: tuple[str, ...] = ("measured", "predicted", "multifidelity")
 
@@ -50,9 +53,11 @@ class PlanCost:
     latency_ms: float
     avg_weight_bits: float
     avg_act_bits: float
+    energy_mj: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "energy_mj": None if math.isnan(self.energy_mj) else self.energy_mj,
             "size_bytes": self.size_bytes,
             "weight_bytes": self.weight_bytes,
             "bops": self.bops,
@@ -79,13 +84,13 @@ def measure_fp32_latency_ms(
 
 
 class CostModel:
-    """Size, BOPs and latency of plans for one model, from per-layer costs computed once.
+    """Size, BOPs, latency and energy of plans for one model, from per-layer costs computed once.
 
-    ``fp32_latency_ms``: per-sample latency of the FP32 model (measured on this machine when omitted); a plan's
-    latency is ``fp32_latency_ms * bops / fp32_bops`` (a BOPs proxy, until hardware profiles exist).
+    With ``profile`` (a :class:`~workbench.hardware.PrecisionProfile` or its name / path) a plan's latency and
+    energy per sample come from the hardware cost estimator at ``batch_size`` (default: the profile's). Without
+    one, latency is ``fp32_latency_ms * bops / fp32_bops`` with ``fp32_latency_ms`` the FP32 model's per-sample
+    latency (measured on this machine when omitted) and energy is NaN.
     """
-
-    latency_source = "bops_proxy"
 
     def __init__(
         self,
@@ -93,18 +98,31 @@ class CostModel:
         example_input: torch.Tensor,
         *,
         fp32_latency_ms: float | None = None,
+        profile: Any = None,
+        batch_size: int | None = None,
     ) -> None:
         self.model = model
         self.costs: dict[str, LayerCost] = layer_costs(model, example_input)
         self.layers = quantizable_layers(model)
         self._pairs = conv_bn_pairs(model)
         self.fp32 = summarize(QuantPlan({}), model, self.costs, bn_pairs=[])
-        self.fp32_latency_ms = (
-            float(fp32_latency_ms)
-            if fp32_latency_ms is not None
-            else measure_fp32_latency_ms(model, example_input)
-        )
+        self.estimator = None
+        if profile is not None:
+            from workbench.hardware.estimate import CostEstimator
+
+            self.estimator = CostEstimator(model, example_input, profile, batch_size=batch_size)
+        if fp32_latency_ms is not None:
+            self.fp32_latency_ms = float(fp32_latency_ms)
+        elif self.estimator is not None:
+            self.fp32_latency_ms = self.estimator(QuantPlan({})).latency_per_sample_ms
+        else:
+            self.fp32_latency_ms = measure_fp32_latency_ms(model, example_input)
         self.weight_params = {n: c.weight_params for n, c in self.costs.items()}
+
+    @property
+    def latency_source(self) -> str:
+        """``profile:<name>`` when latency comes from a hardware profile, else ``bops_proxy``."""
+        return f"profile:{self.estimator.profile.name}" if self.estimator is not None else "bops_proxy"
 
     def __call__(self, plan: QuantPlan) -> PlanCost:
         changed = {
@@ -114,13 +132,21 @@ class CostModel:
         }
         pairs = [p for p in self._pairs if p[0] in changed]
         s = summarize(plan, self.model, self.costs, bn_pairs=pairs)
+        if self.estimator is not None:
+            est = self.estimator(plan)
+            latency = est.latency_per_sample_ms
+            energy = est.energy_mj / est.batch_size
+        else:
+            latency = self.fp32_latency_ms * s.bops / s.fp32_bops if s.fp32_bops else math.nan
+            energy = math.nan
         return PlanCost(
             size_bytes=s.size_bytes,
             weight_bytes=s.weight_bytes,
             bops=s.bops,
-            latency_ms=self.fp32_latency_ms * s.bops / s.fp32_bops if s.fp32_bops else math.nan,
+            latency_ms=latency,
             avg_weight_bits=s.avg_weight_bits,
             avg_act_bits=s.avg_act_bits,
+            energy_mj=energy,
         )
 
     @property

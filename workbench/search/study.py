@@ -66,7 +66,9 @@ class SearchConfig:
     """Knobs of :func:`run_search` (defaults work on digits).
 
     ``objectives``: from ``accuracy`` (maximised), ``size`` (whole-model bytes), ``weight_size`` (bytes of the
-    Conv / Linear weights with their scales), ``bops``, ``latency`` (ms per sample, BOPs proxy). Constraints:
+    Conv / Linear weights with their scales), ``bops``, ``latency`` (ms per sample: estimated on ``profile``, a
+    hardware precision profile name or path, at ``latency_batch_size``; a BOPs proxy without a profile),
+    ``energy`` (mJ per sample on ``profile``). Constraints:
     ``max_weight_fraction`` (weight bytes over FP32 weight bytes), ``max_size_bytes``, ``max_accuracy_drop``
     (percentage points against FP32 on ``split``); infeasible plans are reported to the sampler through
     Optuna's constraint support, and plans over a size budget are not measured (they cost no evaluation).
@@ -99,6 +101,8 @@ class SearchConfig:
     ilp_cost: str = "weight_size"
     warm_start: str | None = None
     warm_start_plans: int = 4
+    profile: str | None = None
+    latency_batch_size: int | None = None
     hv_ref: HypervolumeRef = field(default_factory=HypervolumeRef)
     space: SpaceConfig = field(default_factory=SpaceConfig)
     study_name: str | None = None
@@ -178,8 +182,29 @@ class SearchConfig:
             raise SearchError(f"screen_trials must be >= 1, got {self.screen_trials!r}")
         if self.split not in ("calib", "val", "test", "train"):
             raise SearchError(f"split={self.split!r}; choose calib, val, test or train")
-        if self.ilp_cost not in ("weight_size", "size", "bops", "latency"):
-            raise SearchError(f"ilp_cost={self.ilp_cost!r}; choose weight_size, size, bops or latency")
+        if self.ilp_cost not in ("weight_size", "size", "bops", "latency", "energy"):
+            raise SearchError(
+                f"ilp_cost={self.ilp_cost!r}; choose weight_size, size, bops, latency or energy"
+            )
+        if self.profile is not None:
+            from workbench.hardware.profile import ProfileError, load_profile
+
+            try:
+                load_profile(self.profile)
+            except ProfileError as e:
+                raise SearchError(f"profile={self.profile!r}: {e}") from None
+        elif "energy" in self.objectives or self.ilp_cost == "energy":
+            raise SearchError(
+                "the 'energy' objective needs a hardware profile with energy figures (profile=...)"
+            )
+        if self.latency_batch_size is not None and (
+            isinstance(self.latency_batch_size, bool)
+            or not isinstance(self.latency_batch_size, int)
+            or self.latency_batch_size < 1
+        ):
+            raise SearchError(
+                f"latency_batch_size={self.latency_batch_size!r} must be None or an integer >= 1"
+            )
         if self.workers > 1 and self.storage == MEMORY:
             raise SearchError(
                 "workers > 1 need a shared storage (sqlite file or postgresql URL), not ':memory:'"
@@ -483,7 +508,7 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
             values.append(shaped)
         else:
             values.append(float({"size": cost.size_bytes, "weight_size": cost.weight_bytes, "bops": cost.bops,
-                                 "latency": cost.latency_ms}[name]))  # fmt: skip
+                                 "latency": cost.latency_ms, "energy": cost.energy_mj}[name]))  # fmt: skip
     if cfg.track and cfg.log_trials:
         label = trial.user_attrs.get("label") or f"trial {trial.number}"
         with tracking.start_run(
@@ -584,7 +609,13 @@ def _prepare(
     fp32_latency_ms: float | None = None,
 ) -> SearchContext:
     space = space if space is not None else SearchSpace(task.model, config.space)
-    cost_model = CostModel(task.model, task.example_input(), fp32_latency_ms=fp32_latency_ms)
+    cost_model = CostModel(
+        task.model,
+        task.example_input(),
+        fp32_latency_ms=fp32_latency_ms if config.profile is None else None,
+        profile=config.profile,
+        batch_size=config.latency_batch_size,
+    )
     cache = EvalCache(None if storage_url == MEMORY else storage_url)
     evaluator = PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed)
     evaluator.fp32_accuracy  # noqa: B018 - a bad split or loader fails here, before any study exists
@@ -767,7 +798,8 @@ def _screen(
         for cname, value in zip(_constraint_names(cfg), cons, strict=True):
             trial.set_constraint(cname, value)
         vals = [acc if o == "accuracy" else float({"size": cost.size_bytes, "weight_size": cost.weight_bytes,
-                "bops": cost.bops, "latency": cost.latency_ms}[o]) for o in cfg.objectives]  # fmt: skip
+                "bops": cost.bops, "latency": cost.latency_ms, "energy": cost.energy_mj}[o])
+                for o in cfg.objectives]  # fmt: skip
         if all(c <= 0 for c in cons):
             rows.append((dict(trial.params), plan, vals))
         return tuple(vals)
@@ -819,6 +851,7 @@ def _study_frame(study: Any) -> pd.DataFrame:
                 "weight_bytes": a["weight_bytes"],
                 "bops": a["bops"],
                 "latency_ms": a["latency_ms"],
+                "energy_mj": math.nan if a.get("energy_mj") is None else float(a["energy_mj"]),
                 "avg_weight_bits": a["avg_weight_bits"],
                 "avg_act_bits": a["avg_act_bits"],
                 "plan_key": a["plan_key"],
@@ -840,7 +873,7 @@ def compute_front(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFra
     if ok.empty:
         return ok
     col = {"accuracy": "accuracy", "size": "size_bytes", "weight_size": "weight_bytes", "bops": "bops",
-           "latency": "latency_ms"}  # fmt: skip
+           "latency": "latency_ms", "energy": "energy_mj"}  # fmt: skip
     cols = [col[o] for o in objectives]
     if "weight_bytes" not in cols:
         cols.append("weight_bytes")  # the reported front is always (accuracy, weight bytes) plus objectives

@@ -1,0 +1,511 @@
+"""Deployment: a plan converted to real kernels on this CPU, measured against FP32 side by side.
+
+Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_plan` on a profile:
+
+- integer layers run torch.ao quantized kernels (FX graph mode, x86 / onednn engine: ``quantized::conv2d``,
+  ``quantized::linear``, fused conv-bn-relu, int8 residual adds). Weights below 8 bits are stored on their own
+  grid inside the int8 container (the observer's integer range is the plan's, so a 4-bit layer uses codes
+  -7..7), activations below 8 bits likewise use the plan's range (0..15 for 4 bits): the int8 kernel computes the
+  low-bit arithmetic exactly;
+- 16-bit layers run in bfloat16 (weights and input cast, channels-last convolution, output cast back);
+- every other layer (float, weight-only integer, or a kernel the profile lacks) stays in float32, with the
+  plan's quantized / pruned / low-rank weights baked in;
+- quantize / dequantize nodes sit at every boundary between the integer and float regions (inserted by FX).
+
+Non-layer ops (residual adds, ReLUs, pooling) run in the integer domain when every layer of the module that owns
+them does (the same rule as the cost estimator). The caller's model is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, dispatch_table, int_containers
+from workbench.hardware.profile import PrecisionProfile, load_profile
+from workbench.quant.introspect import quantizable_layers
+from workbench.quant.quantizers import int_range
+from workbench.quant.spec import PlanError, QuantPlan, QuantSpec
+from workbench.quant.swap import get_module, quant_modules, quantize_model, set_module
+
+EXECUTABLE: tuple[str, ...] = ("fp32", "bf16", "int8")  # what this CPU runs through torch
+ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm")
+DEFAULT_PROFILE = "cpu_measured"
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has AVX512-VNNI or AVX-VNNI (int8 dot products without 16-bit saturation)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+class Bf16Layer(nn.Module):
+    """A float layer run in bfloat16: input and weights cast, channels-last for convolutions, output cast back."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.channels_last = any(isinstance(m, nn.Conv2d) for m in layer.modules())
+        layer = copy.deepcopy(layer).to(torch.bfloat16)
+        if self.channels_last:
+            layer = layer.to(memory_format=torch.channels_last)
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.bfloat16)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.layer(x).float()
+
+
+# ============================================================================================ conversion
+
+
+def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
+    """A float copy of ``model`` whose plan layers carry their quantized / pruned / low-rank weights (BatchNorm
+    folded into them); activations untouched."""
+    weights_only = QuantPlan(
+        {n: s.with_(a_bits=32, a_dynamic=False) for n, s in plan.items() if s.transforms_weight}
+    )
+    if not len(weights_only):
+        return copy.deepcopy(model).eval()
+    qmodel = quantize_model(model, weights_only, None)
+    for name, qm in quant_modules(qmodel).items():
+        with torch.no_grad():
+            w = qm.quantized_weight().detach().clone()
+            bias = qm.bias.detach().clone() if qm.bias is not None else None
+        if isinstance(qm, nn.Conv2d):
+            new: nn.Module = nn.Conv2d(
+                qm.in_channels,
+                qm.out_channels,
+                qm.kernel_size,
+                stride=qm.stride,
+                padding=qm.padding,
+                dilation=qm.dilation,
+                groups=qm.groups,
+                bias=bias is not None,
+                padding_mode=qm.padding_mode,
+            )
+        else:
+            new = nn.Linear(qm.in_features, qm.out_features, bias=bias is not None)
+        with torch.no_grad():
+            new.weight.copy_(w)
+            if bias is not None:
+                new.bias.copy_(bias)
+        set_module(qmodel, name, new.eval())
+    for attr in ("quant_plan", "folded_bn"):
+        if hasattr(qmodel, attr):
+            delattr(qmodel, attr)
+    return qmodel.eval()
+
+
+def _weight_observer(spec: QuantSpec, d: LayerDispatch):
+    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+
+    exact = (
+        spec.w_symmetric and spec.channel_bits is None and spec.granularity in ("per_channel", "per_tensor")
+    )
+    bits = d.w_bits if exact else 8
+    qmin, qmax = int_range(min(bits, 8), symmetric=True)
+    if spec.granularity == "per_tensor" and exact:
+        return MinMaxObserver.with_args(
+            dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=qmin, quant_max=qmax
+        )
+    return PerChannelMinMaxObserver.with_args(
+        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=qmin, quant_max=qmax
+    )
+
+
+def _default_weight_observer():
+    from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+    return PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+
+
+def _act_observer(a_bits: int, observer: str, reduce_range: bool):
+    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
+
+    qmax = 2 ** min(a_bits, 8) - 1
+    if a_bits >= 8 and reduce_range:
+        qmax = 127
+    cls = MinMaxObserver if observer == "minmax" else HistogramObserver
+    return cls.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=qmax)
+
+
+@dataclass
+class DeployedModel:
+    """A plan on real kernels: ``module`` runs it; ``dispatch`` says which kernel each layer got."""
+
+    module: nn.Module
+    plan: QuantPlan
+    profile: str
+    engine: str
+    dispatch: dict[str, LayerDispatch]
+    notes: list[str] = field(default_factory=list)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    def table(self) -> pd.DataFrame:
+        """One row per layer: requested and chosen precision, and the kernel module that runs it."""
+        df = dispatch_table(self.dispatch)
+        mods = dict(self.module.named_modules())
+        df["kernel"] = [
+            type(mods[n]).__module__ + "." + type(mods[n]).__name__ if n in mods else "" for n in df["layer"]
+        ]
+        return df
+
+    def precision_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.dispatch.values():
+            out[d.precision] = out.get(d.precision, 0) + 1
+        return out
+
+
+def _calib_batches(calib: Any, max_batches: int | None) -> list[torch.Tensor]:
+    if isinstance(calib, torch.Tensor):
+        return [calib]
+    out = []
+    for i, batch in enumerate(calib):
+        if max_batches is not None and i >= max_batches:
+            break
+        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    if not out:
+        raise PlanError("calibration data is empty: pass a tensor or a loader with at least one batch")
+    return out
+
+
+def deploy(
+    model: nn.Module,
+    plan: QuantPlan,
+    calib: Any,
+    *,
+    profile: PrecisionProfile | str = DEFAULT_PROFILE,
+    strict: bool = False,
+    engine: str = "x86",
+    max_calib_batches: int | None = 8,
+) -> DeployedModel:
+    """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
+    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``."""
+    from torch.ao.quantization import QConfig, QConfigMapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not valid; choose one of {ENGINES}")
+    if engine not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(
+            f"quantized engine {engine!r} is not in this torch build ({torch.backends.quantized.supported_engines})"
+        )
+    if not isinstance(plan, QuantPlan):
+        raise PlanError(f"plan must be a QuantPlan, got {type(plan).__name__}")
+    plan.validate(model)
+    prof = load_profile(profile)
+    layers = quantizable_layers(model)
+    executable = [p for p in EXECUTABLE]
+    disp = dispatch_plan(model, plan, prof, layers=layers, strict=strict, executable=executable)
+    notes: list[str] = []
+    batches = _calib_batches(calib, max_calib_batches)
+    reduce_range = not cpu_has_vnni() and engine in ("x86", "fbgemm")
+    if reduce_range:
+        notes.append(
+            "CPU without VNNI: 8-bit activations use 7 bits (reduce_range) to avoid int16 saturation"
+        )
+
+    baked = _baked_float_model(model, plan)
+    qmap = QConfigMapping().set_global(None)
+    int_layers = [n for n, d in disp.items() if d.is_int]
+    for name in int_layers:
+        spec = plan.get(name) or QuantSpec()
+        d = disp[name]
+        if spec.granularity == "per_group" or spec.channel_bits is not None or not spec.w_symmetric:
+            notes.append(
+                f"{name}: {spec.granularity} / mixed-channel / asymmetric weights re-quantized to int8 per channel"
+            )
+        qmap.set_module_name(
+            name,
+            QConfig(
+                activation=_act_observer(d.a_bits, spec.a_observer, reduce_range),
+                weight=_weight_observer(spec, d),
+            ),
+        )
+    shared = QConfig(
+        activation=_act_observer(8, "histogram", reduce_range), weight=_default_weight_observer()
+    )
+    for path in sorted(int_containers(model, disp)):
+        if path in disp:
+            continue
+        if path == "":
+            qmap.set_global(shared)
+        else:
+            qmap.set_module_name(path, shared)
+    for name, d in disp.items():
+        if d.weight_only:
+            notes.append(
+                f"{name}: weight-only {plan[name].w_bits}-bit runs in float with the quantized weights baked in"
+            )
+        if plan.get(name) is not None and plan[name].method in ("prune", "lowrank"):
+            notes.append(
+                f"{name}: {plan[name].method} baked into a dense weight (no sparse / factorised kernel)"
+            )
+
+    previous_engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="torch.ao")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            prepared = prepare_fx(baked, qmap, (batches[0],))
+            with torch.no_grad():
+                for x in batches:
+                    prepared(x)
+            converted = convert_fx(prepared)
+    except Exception:
+        torch.backends.quantized.engine = previous_engine
+        raise
+    for name, d in disp.items():
+        if d.precision == "bf16":
+            try:
+                sub = get_module(converted, name)
+            except AttributeError:
+                notes.append(f"{name}: fused away by FX; left in float32")
+                continue
+            set_module(converted, name, Bf16Layer(sub))
+    converted.eval()
+    return DeployedModel(converted, plan, prof.name, engine, disp, notes)
+
+
+# ============================================================================================ measurement
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall-clock latency of one batch, over ``len(times_ms)`` timed runs after warm-up."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    times_ms: tuple[float, ...]
+
+    @classmethod
+    def from_times(cls, seconds: list[float]) -> LatencyStats:
+        ms = [1000.0 * s for s in seconds]
+        return cls(statistics.median(ms), min(ms), max(ms), tuple(ms))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median_ms": self.median_ms,
+            "min_ms": self.min_ms,
+            "max_ms": self.max_ms,
+            "times_ms": list(self.times_ms),
+        }
+
+
+def time_side_by_side(
+    fns: dict[str, Callable[[torch.Tensor], Any]],
+    x: torch.Tensor,
+    *,
+    repeats: int = 7,
+    warmup: int = 2,
+    threads: int | None = None,
+) -> dict[str, LatencyStats]:
+    """Latency of several callables on the same input, interleaved run by run (so drift hits all alike)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for fn in fns.values():
+                    fn(x)
+            for _ in range(repeats):
+                for k, fn in fns.items():
+                    t0 = time.perf_counter()
+                    fn(x)
+                    times[k].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(previous)
+    return {k: LatencyStats.from_times(v) for k, v in times.items()}
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Knobs of :func:`measure_deployment` (defaults work on digits)."""
+
+    batch_size: int = 32
+    threads: int | None = None
+    repeats: int = 7
+    warmup: int = 2
+    engine: str = "x86"
+    strict: bool = False
+    max_calib_batches: int | None = 8
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "repeats"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r} is not valid; choose one of {ENGINES}")
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    """FP32 and deployed model side by side: latency of one batch and accuracy."""
+
+    fp32_latency_ms: float
+    deployed_latency_ms: float
+    speedup: float
+    fp32_accuracy: float
+    accuracy: float
+    batch_size: int
+    threads: int
+    engine: str
+    profile: str
+    fp32: LatencyStats
+    deployed: LatencyStats
+    precision_counts: dict[str, int]
+    layers: pd.DataFrame
+    notes: tuple[str, ...]
+    cpu: str
+    top1_agreement: float
+    estimated_latency_ms: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fp32_latency_ms": self.fp32_latency_ms,
+            "deployed_latency_ms": self.deployed_latency_ms,
+            "speedup": self.speedup,
+            "fp32_accuracy": self.fp32_accuracy,
+            "accuracy": self.accuracy,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "engine": self.engine,
+            "profile": self.profile,
+            "cpu": self.cpu,
+            "top1_agreement": self.top1_agreement,
+            "estimated_latency_ms": self.estimated_latency_ms,
+            "precision_counts": self.precision_counts,
+            "fp32_times": self.fp32.to_dict(),
+            "deployed_times": self.deployed.to_dict(),
+            "layers": self.layers.to_dict(orient="records"),
+            "notes": list(self.notes),
+        }
+
+
+def measure_deployment(
+    model: nn.Module,
+    plan: QuantPlan,
+    calib: Any,
+    *,
+    example_input: torch.Tensor,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    profile: PrecisionProfile | str = DEFAULT_PROFILE,
+    config: DeployConfig | None = None,
+) -> DeployResult:
+    """Deploy ``plan`` and measure it against the FP32 model (eager, eval mode) in one run, interleaved:
+    median latency of a batch of ``config.batch_size`` samples (from ``example_input``), ``evaluate(model)``
+    (accuracy; NaN without ``evaluate``) of both, and the top-1 agreement of the two on that batch."""
+    from workbench.hardware.estimate import CostEstimator
+
+    cfg = config or DeployConfig()
+    deployed = deploy(
+        model,
+        plan,
+        calib,
+        profile=profile,
+        strict=cfg.strict,
+        engine=cfg.engine,
+        max_calib_batches=cfg.max_calib_batches,
+    )
+    fp32 = copy.deepcopy(model).eval()
+    x = _batch(example_input, cfg.batch_size)
+    previous_engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = cfg.engine
+    try:
+        stats = time_side_by_side(
+            {"fp32": fp32, "deployed": deployed.module},
+            x,
+            repeats=cfg.repeats,
+            warmup=cfg.warmup,
+            threads=cfg.threads,
+        )
+        with torch.inference_mode():
+            agree = float((fp32(x).argmax(1) == deployed.module(x).argmax(1)).float().mean())
+        fp32_acc = float(evaluate(fp32)) if evaluate is not None else math.nan
+        acc = float(evaluate(deployed.module)) if evaluate is not None else math.nan
+    finally:
+        torch.backends.quantized.engine = previous_engine
+    threads = cfg.threads or torch.get_num_threads()
+    est = None
+    prof = load_profile(profile)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = (
+            CostEstimator(model, example_input, prof, batch_size=cfg.batch_size)
+            .estimate(plan, deployed.dispatch)
+            .latency_ms
+        )
+    return DeployResult(
+        fp32_latency_ms=stats["fp32"].median_ms,
+        deployed_latency_ms=stats["deployed"].median_ms,
+        speedup=stats["fp32"].median_ms / stats["deployed"].median_ms,
+        fp32_accuracy=fp32_acc,
+        accuracy=acc,
+        batch_size=cfg.batch_size,
+        threads=threads,
+        engine=cfg.engine,
+        profile=prof.name,
+        fp32=stats["fp32"],
+        deployed=stats["deployed"],
+        precision_counts=deployed.precision_counts(),
+        layers=deployed.table(),
+        notes=tuple(deployed.notes),
+        cpu=cpu_name(),
+        top1_agreement=agree,
+        estimated_latency_ms=est,
+    )
+
+
+def _batch(example_input: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A batch of ``batch_size`` real samples (the example repeated when it holds fewer)."""
+    n = example_input.shape[0]
+    if n >= batch_size:
+        return example_input[:batch_size].contiguous()
+    reps = math.ceil(batch_size / n)
+    return example_input.repeat(reps, *([1] * (example_input.dim() - 1)))[:batch_size].contiguous()

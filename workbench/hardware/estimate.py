@@ -1,0 +1,411 @@
+"""Cost estimator: latency, energy and memory traffic of a QuantPlan on a :class:`PrecisionProfile`.
+
+The model is traced once with torch.fx (shapes from one sample). Every node is one of
+
+- a **layer** (Conv2d / Linear): ``overhead + max(MACs / rate, bytes / bandwidth)`` at the precision its dispatch
+  chose (:mod:`workbench.hardware.dispatch`), where bytes are its weights at their stored bit width plus its input
+  and output activations;
+- an **elementwise** op (residual add, ReLU not fused into a layer, pooling, unfolded BatchNorm):
+  ``overhead + max(elements / rate, bytes / bandwidth)`` in the integer domain when its owning module runs only
+  integer layers, in float otherwise;
+- **free**: reshapes, BatchNorm folded into the preceding conv, ReLU fused into an integer conv or add.
+
+Where a tensor crosses between the integer and the float domain (and around each bf16 / fp16 layer) a conversion
+(quantize, dequantize or cast) of its elements is added. Energy is ``MACs x pJ/MAC + bytes x pJ/byte`` summed over
+the figures the profile gives (``energy_complete`` says whether every node had both; NaN when the profile has no
+energy figures at all). Deployment (:mod:`workbench.hardware.deploy`) follows the same domain
+rule, so the estimate describes the model that is actually deployed.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, int_containers
+from workbench.hardware.profile import PrecisionProfile, load_profile
+from workbench.quant.introspect import is_quantizable, quantizable_layers
+from workbench.quant.spec import QuantPlan, macs_factor
+
+_FREE_FUNCS = {
+    torch.flatten,
+    torch.reshape,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.transpose,
+    torch.permute,
+    operator.getitem,
+    getattr,
+}
+_FREE_METHODS = {
+    "view",
+    "reshape",
+    "flatten",
+    "size",
+    "squeeze",
+    "unsqueeze",
+    "permute",
+    "transpose",
+    "contiguous",
+    "dim",
+}
+_FREE_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
+_RELUS = (nn.ReLU, nn.ReLU6)
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+@dataclass
+class _Node:
+    name: str
+    kind: str  # "input", "layer", "elementwise", "relu", "bn", "free", "output"
+    owner: str
+    elements: int  # output elements per sample
+    in_elements: int
+    inputs: list[str]
+    layer: str | None = None
+
+
+def _numel(meta: Any) -> int:
+    tm = meta.get("tensor_meta") if isinstance(meta, dict) else None
+    if tm is None:
+        return 0
+    if hasattr(tm, "shape"):
+        shape = tuple(tm.shape)
+        return int(math.prod(shape[1:])) if len(shape) > 1 else int(math.prod(shape))
+    if isinstance(tm, (tuple, list)):
+        return sum(int(math.prod(t.shape[1:])) for t in tm if hasattr(t, "shape"))
+    return 0
+
+
+def trace_graph(model: nn.Module, example_input: torch.Tensor) -> list[_Node] | None:
+    """The model's dataflow at the granularity the estimator needs, or None when torch.fx cannot trace it."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    try:
+        gm = torch.fx.symbolic_trace(model)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example_input[:1])
+        model.train(was)
+    except Exception as e:  # noqa: BLE001 - any tracing failure falls back to a layer-only estimate
+        warnings.warn(
+            f"cost estimate without elementwise ops and conversions: torch.fx cannot trace the model ({e})",
+            stacklevel=3,
+        )
+        return None
+    modules = dict(model.named_modules())
+    nodes: list[_Node] = []
+    for n in gm.graph.nodes:
+        inputs = [a.name for a in n.all_input_nodes]
+        elements = _numel(n.meta)
+        in_el = sum(_numel(a.meta) for a in n.all_input_nodes)
+        stack = list(n.meta.get("nn_module_stack", {}).keys())
+        if n.op == "placeholder":
+            nodes.append(_Node(n.name, "input", "", elements, 0, []))
+            continue
+        if n.op == "output":
+            nodes.append(_Node(n.name, "output", "", 0, in_el, inputs))
+            continue
+        if n.op == "get_attr":
+            nodes.append(_Node(n.name, "free", "", 0, 0, []))
+            continue
+        if n.op == "call_module":
+            target = str(n.target)
+            mod = modules[target]
+            owner = target.rsplit(".", 1)[0] if "." in target else ""
+            if is_quantizable(mod):
+                kind = "layer"
+            elif isinstance(mod, _FREE_MODULES):
+                kind = "free"
+            elif isinstance(mod, _RELUS):
+                kind = "relu"
+            elif isinstance(mod, nn.BatchNorm2d):
+                kind = "bn"
+            elif isinstance(mod, _POOLS):
+                kind = "elementwise"
+            else:
+                kind = "elementwise"
+            nodes.append(
+                _Node(n.name, kind, owner, elements, in_el, inputs, target if kind == "layer" else None)
+            )
+            continue
+        owner = stack[-1] if stack else ""
+        if (
+            n.op == "call_function"
+            and (n.target in _FREE_FUNCS)
+            or n.op == "call_method"
+            and n.target in _FREE_METHODS
+        ):
+            kind = "free"
+        elif n.target in (torch.relu, nn.functional.relu) or n.target == "relu":
+            kind = "relu"
+        else:
+            kind = "elementwise"
+        nodes.append(_Node(n.name, kind, owner, elements, in_el, inputs))
+    return nodes
+
+
+@dataclass(frozen=True)
+class PlanEstimate:
+    """Estimated cost of one plan on one profile for one batch (``layers``: one row per costed node)."""
+
+    profile: str
+    batch_size: int
+    latency_ms: float
+    layer_ms: float
+    elementwise_ms: float
+    conversion_ms: float
+    energy_mj: float
+    energy_complete: bool
+    bytes_moved: int
+    macs: int
+    fallback_layers: tuple[str, ...]
+    layers: pd.DataFrame
+
+    @property
+    def latency_per_sample_ms(self) -> float:
+        return self.latency_ms / self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile,
+            "batch_size": self.batch_size,
+            "latency_ms": self.latency_ms,
+            "latency_per_sample_ms": self.latency_per_sample_ms,
+            "layer_ms": self.layer_ms,
+            "elementwise_ms": self.elementwise_ms,
+            "conversion_ms": self.conversion_ms,
+            "energy_mj": self.energy_mj,
+            "energy_complete": self.energy_complete,
+            "bytes_moved": self.bytes_moved,
+            "macs": self.macs,
+            "fallback_layers": list(self.fallback_layers),
+        }
+
+
+def _bytes(bits: float) -> float:
+    return bits / 8.0
+
+
+class CostEstimator:
+    """Estimates plans for one model on one profile; the graph and layer costs are computed once.
+
+    ``batch_size`` defaults to the profile's. Call it with a plan: ``estimator(plan) -> PlanEstimate``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        profile: PrecisionProfile | str,
+        *,
+        batch_size: int | None = None,
+    ) -> None:
+        from workbench.quant.introspect import layer_costs
+
+        self.profile = load_profile(profile)
+        self.batch_size = int(batch_size or self.profile.batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        self.model = model
+        self.layers = quantizable_layers(model)
+        self.costs = layer_costs(model, example_input)
+        self.weight_shapes = {n: tuple(dict(model.named_modules())[n].weight.shape) for n in self.layers}
+        self.graph = trace_graph(model, example_input)
+
+    # ------------------------------------------------------------------------------------------------------
+    def dispatch(self, plan: QuantPlan, *, strict: bool = False) -> dict[str, LayerDispatch]:
+        return dispatch_plan(self.model, plan, self.profile, layers=self.layers, strict=strict)
+
+    def __call__(self, plan: QuantPlan, *, strict: bool = False) -> PlanEstimate:
+        with warnings.catch_warnings():
+            if not strict:
+                warnings.simplefilter("ignore")
+            disp = self.dispatch(plan, strict=strict)
+        return self.estimate(plan, disp)
+
+    def estimate(self, plan: QuantPlan, disp: dict[str, LayerDispatch]) -> PlanEstimate:
+        prof = self.profile
+        B = self.batch_size
+        bw = prof.memory.bandwidth_gbps * 1e9
+        e_byte = prof.memory.energy_pj_per_byte
+        rows: list[dict[str, Any]] = []
+
+        def add_row(name: str, kind: str, op: str, prec: str, work: float, nbytes: float, cost) -> None:
+            compute = work / cost.macs_per_s
+            memory = nbytes / bw
+            seconds = cost.overhead_us * 1e-6 + max(compute, memory)
+            energy = 0.0
+            if cost.energy_pj_per_mac is not None:
+                energy += work * cost.energy_pj_per_mac * 1e-12
+            if e_byte is not None:
+                energy += nbytes * e_byte * 1e-12
+            rows.append(
+                {
+                    "node": name,
+                    "kind": kind,
+                    "op": op,
+                    "precision": prec,
+                    "work": work,
+                    "bytes": nbytes,
+                    "compute_ms": compute * 1e3,
+                    "memory_ms": memory * 1e3,
+                    "latency_ms": seconds * 1e3,
+                    "bound": "memory" if memory > compute else "compute",
+                    "energy_mj": energy * 1e3,
+                    "energy_known": cost.energy_pj_per_mac is not None and e_byte is not None,
+                }
+            )
+
+        # layers
+        for name in self.layers:
+            d = disp[name]
+            c = self.costs[name]
+            spec = plan.get(name)
+            factor = macs_factor(spec, self.weight_shapes[name]) if spec is not None else 1.0
+            macs = c.macs * B * factor
+            a_bytes = _bytes(d.a_bits)
+            in_el = math.prod(c.input_shape) * B
+            out_el = math.prod(c.output_shape) * B
+            out_bytes = _bytes(d.a_bits if d.is_int else 32)
+            nbytes = c.weight_params * factor * _bytes(d.weight_bits) + in_el * a_bytes + out_el * out_bytes
+            cost = prof.op_cost(d.op, d.precision, w_bits=d.w_bits, a_bits=d.a_bits)
+            add_row(name, "layer", d.op, d.precision, macs, nbytes, cost)
+            if d.precision in ("bf16", "fp16") and prof.conversion is not None:
+                add_row(
+                    f"{name}:cast",
+                    "conversion",
+                    "conversion",
+                    d.precision,
+                    in_el + out_el,
+                    0.0,
+                    _conv_cost(prof),
+                )
+
+        if self.graph is not None:
+            self._graph_rows(disp, add_row)
+        df = pd.DataFrame(rows)
+        by = df.groupby("kind")["latency_ms"].sum() if len(df) else pd.Series(dtype=float)
+        has_energy = e_byte is not None or any(
+            c.energy_pj_per_mac is not None for t in prof.ops.values() for c in t.values()
+        )
+        energy = float(df["energy_mj"].sum()) if len(df) and has_energy else math.nan
+        macs = int(df.loc[df["kind"] == "layer", "work"].sum())
+        return PlanEstimate(
+            profile=prof.name,
+            batch_size=B,
+            latency_ms=float(df["latency_ms"].sum()),
+            layer_ms=float(by.get("layer", 0.0)),
+            elementwise_ms=float(by.get("elementwise", 0.0)),
+            conversion_ms=float(by.get("conversion", 0.0)),
+            energy_mj=energy,
+            energy_complete=bool(has_energy and len(df) and df["energy_known"].all()),
+            bytes_moved=int(df["bytes"].sum()),
+            macs=macs,
+            fallback_layers=tuple(n for n, d in disp.items() if d.fallback),
+            layers=df,
+        )
+
+    def _graph_rows(self, disp: dict[str, LayerDispatch], add_row) -> None:
+        prof = self.profile
+        B = self.batch_size
+        int_paths = int_containers(self.model, disp)
+        nodes = {n.name: n for n in self.graph}
+        domain: dict[str, str] = {}  # node -> "int" / "float" domain of its output
+        fused: set[str] = set()
+        converted: set[tuple[str, str]] = set()
+        has_int_elementwise = (
+            "int8" in prof.precisions("elementwise") if prof.ops.get("elementwise") else False
+        )
+
+        def need(node: _Node) -> str:
+            if node.kind == "layer":
+                return "int" if disp[node.layer].is_int else "float"
+            if node.kind in ("elementwise", "relu", "bn"):
+                return "int" if node.owner in int_paths else "float"
+            return ""
+
+        for node in self.graph:
+            want = need(node)
+            if node.kind == "input":
+                domain[node.name] = "float"
+                continue
+            if node.kind in ("free", "output"):
+                doms = [domain.get(i, "float") for i in node.inputs]
+                domain[node.name] = doms[0] if doms else "float"
+                if node.kind == "output":
+                    for i in node.inputs:
+                        if domain.get(i) == "int":
+                            _conversion(nodes[i], "float", converted, add_row, prof, B)
+                continue
+            for i in node.inputs:
+                if i in nodes and domain.get(i, "float") != want:
+                    _conversion(nodes[i], want, converted, add_row, prof, B)
+            domain[node.name] = want
+            if node.kind == "layer":
+                continue
+            src = nodes.get(node.inputs[0]) if node.inputs else None
+            single_src = src is not None and len(node.inputs) == 1
+            if node.kind == "bn" and single_src and src.kind == "layer":
+                fused.add(node.name)  # folded into the conv
+                continue
+            if (
+                node.kind == "relu"
+                and single_src
+                and want == "int"
+                and (src.kind in ("layer", "elementwise") or src.name in fused)
+            ):
+                continue  # fused into the integer conv / add
+            if not prof.ops.get("elementwise"):
+                continue
+            prec = "int8" if want == "int" and has_int_elementwise else "fp32"
+            if prec not in prof.precisions("elementwise"):
+                prec = max(prof.precisions("elementwise"), key=lambda p: 0 if p.startswith("int") else 1)
+            el_bytes = 1 if prec.startswith("int") else 4
+            work = max(node.elements, node.in_elements) * B
+            nbytes = (node.elements + node.in_elements) * B * el_bytes
+            add_row(
+                node.name, "elementwise", "elementwise", prec, work, nbytes, prof.op_cost("elementwise", prec)
+            )
+
+
+def _conv_cost(prof: PrecisionProfile):
+    from workbench.hardware.profile import OpCost
+
+    c = prof.conversion
+    return OpCost(macs_per_s=c.elements_per_s, overhead_us=c.overhead_us, source=c.source)
+
+
+def _conversion(src: _Node, to: str, done: set, add_row, prof: PrecisionProfile, B: int) -> None:
+    if prof.conversion is None or (src.name, to) in done:
+        return
+    done.add((src.name, to))
+    el = src.elements * B
+    name = ("quantize:" if to == "int" else "dequantize:") + src.name
+    add_row(name, "conversion", "conversion", "int8" if to == "int" else "fp32", el, el * 5, _conv_cost(prof))
+
+
+def estimate_plans(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    plans: dict[str, QuantPlan],
+    profiles: list[PrecisionProfile | str],
+    *,
+    batch_size: int | None = None,
+) -> pd.DataFrame:
+    """Tidy table: one row per (plan, profile) with latency, energy and traffic."""
+    rows = []
+    for prof in profiles:
+        est = CostEstimator(model, example_input, prof, batch_size=batch_size)
+        for name, plan in plans.items():
+            e = est(plan)
+            rows.append({"plan": name, **e.to_dict(), "fallbacks": len(e.fallback_layers)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,446 @@
+"""PrecisionProfile: what a hardware target can run, and how fast, per operator type and precision.
+
+A profile is plain JSON (never pickle), stored under ``workbench/hardware/profiles/`` for the shipped ones (reference
+profiles from published figures, and the measured profile of the CPU the project was developed on), or anywhere
+the user points to. Schema (``docs/PROFILES.md`` has the long form)::
+
+    {"schema_version": 1, "name": "...", "kind": "measured" | "reference", "device": "...", "description": "...",
+     "cost_model": "table" | "bit_serial", "batch_size": 32,
+     "memory": {"bandwidth_gbps": 2039.0, "energy_pj_per_byte": null, "source": "id"},
+     "ops": {"conv": {"int8": {"macs_per_s": 3.1e14, "overhead_us": 0.0, "energy_pj_per_mac": null,
+                               "source": "id", "note": "..."}, ...}, "depthwise_conv": ..., "linear": ...,
+             "elementwise": ...},
+     "conversion": {"elements_per_s": ..., "overhead_us": ..., "source": "id"},      # optional
+     "bit_serial": {"brick_bits": 2, "max_bits": 8, "source": "id"},                # bit_serial only
+     "sources": {"id": "citation, URL"}}
+
+``macs_per_s`` of the ``elementwise`` op counts elements per second. Every figure names its source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+OPS: tuple[str, ...] = ("conv", "depthwise_conv", "linear", "elementwise")
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4", "int2")
+INT_PRECISION_BITS: dict[str, int] = {"int8": 8, "int4": 4, "int2": 2}
+FLOAT_PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16", "fp8")
+KINDS: tuple[str, ...] = ("measured", "reference")
+COST_MODELS: tuple[str, ...] = ("table", "bit_serial")
+PROFILE_DIR = Path(__file__).with_name("profiles")
+
+
+class ProfileError(ValueError):
+    """A profile file or dict the workbench cannot use. The message names the file, the field and the valid
+    choices."""
+
+
+def _choices(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """Throughput of one operator type at one precision: ``macs_per_s`` (elements/s for elementwise), a fixed
+    ``overhead_us`` per call, optional energy, and the id of the source of the figures."""
+
+    macs_per_s: float
+    overhead_us: float = 0.0
+    energy_pj_per_mac: float | None = None
+    source: str = ""
+    note: str = ""
+
+    def seconds(self, macs: float) -> float:
+        """Compute time of ``macs`` operations, fixed overhead included."""
+        return self.overhead_us * 1e-6 + macs / self.macs_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "macs_per_s": self.macs_per_s,
+            "overhead_us": self.overhead_us,
+            "energy_pj_per_mac": self.energy_pj_per_mac,
+            "source": self.source,
+        }
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    bandwidth_gbps: float
+    energy_pj_per_byte: float | None = None
+    source: str = ""
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "bandwidth_gbps": self.bandwidth_gbps,
+            "energy_pj_per_byte": self.energy_pj_per_byte,
+            "source": self.source,
+        }
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass(frozen=True)
+class ConversionSpec:
+    """Cost of converting a tensor between precisions (quantize / dequantize at a region boundary)."""
+
+    elements_per_s: float
+    overhead_us: float = 0.0
+    source: str = ""
+    note: str = ""
+
+    def seconds(self, elements: float) -> float:
+        return self.overhead_us * 1e-6 + elements / self.elements_per_s
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "elements_per_s": self.elements_per_s,
+            "overhead_us": self.overhead_us,
+            "source": self.source,
+        }
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+@dataclass(frozen=True)
+class BitSerialSpec:
+    """Bit-serial / bit-fusion cost: a (w, a)-bit MAC takes ``ceil(w/b) * ceil(a/b)`` b-bit bricks; the op
+    entries at precision ``int{b}`` give the brick rate."""
+
+    brick_bits: int = 2
+    max_bits: int = 8
+    source: str = ""
+
+    def bricks(self, w_bits: int, a_bits: int) -> int:
+        b = self.brick_bits
+        return math.ceil(w_bits / b) * math.ceil(a_bits / b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"brick_bits": self.brick_bits, "max_bits": self.max_bits, "source": self.source}
+
+
+@dataclass(frozen=True)
+class PrecisionProfile:
+    """A hardware target's precision profile (see the module docstring for the JSON schema)."""
+
+    name: str
+    kind: str
+    device: str
+    description: str
+    ops: dict[str, dict[str, OpCost]]
+    memory: MemorySpec
+    sources: dict[str, str]
+    cost_model: str = "table"
+    batch_size: int = 1
+    conversion: ConversionSpec | None = None
+    bit_serial: BitSerialSpec | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    # -- queries ------------------------------------------------------------------------------------------
+    def precisions(self, op: str) -> tuple[str, ...]:
+        """Precisions the target runs ``op`` at (for bit-serial targets: every int width up to ``max_bits``)."""
+        self._check_op(op)
+        names = tuple(self.ops.get(op, {}))
+        if self.bit_serial is not None and f"int{self.bit_serial.brick_bits}" in names:
+            ints = tuple(p for p in INT_PRECISION_BITS if INT_PRECISION_BITS[p] <= self.bit_serial.max_bits)
+            names = tuple(dict.fromkeys(names + ints))
+        return names
+
+    def has(self, op: str, precision: str) -> bool:
+        return precision in self.precisions(op)
+
+    def int_precisions(self, op: str) -> list[int]:
+        """Integer bit widths with a kernel for ``op``, ascending."""
+        return sorted(INT_PRECISION_BITS[p] for p in self.precisions(op) if p in INT_PRECISION_BITS)
+
+    def op_cost(
+        self, op: str, precision: str, *, w_bits: int | None = None, a_bits: int | None = None
+    ) -> OpCost:
+        """The :class:`OpCost` of ``op`` at ``precision``. On a bit-serial target an integer MAC of ``w_bits`` x
+        ``a_bits`` costs ``bricks`` brick MACs (throughput divided, energy multiplied)."""
+        self._check_op(op)
+        if self.bit_serial is not None and precision in INT_PRECISION_BITS:
+            brick = f"int{self.bit_serial.brick_bits}"
+            base = self.ops.get(op, {}).get(brick)
+            if base is not None:
+                bits = INT_PRECISION_BITS[precision]
+                if op == "elementwise":  # bandwidth-like: scales with the width, not with w x a
+                    n = math.ceil(bits / self.bit_serial.brick_bits)
+                else:
+                    n = self.bit_serial.bricks(w_bits or bits, a_bits or bits)
+                return OpCost(
+                    macs_per_s=base.macs_per_s / n,
+                    overhead_us=base.overhead_us,
+                    energy_pj_per_mac=None if base.energy_pj_per_mac is None else base.energy_pj_per_mac * n,
+                    source=base.source,
+                    note=f"{n} x {brick} bricks",
+                )
+        try:
+            return self.ops[op][precision]
+        except KeyError:
+            raise ProfileError(
+                f"profile {self.name!r} has no {precision!r} kernel for {op!r}; it has {_choices(self.precisions(op))}"
+            ) from None
+
+    def _check_op(self, op: str) -> None:
+        if op not in OPS:
+            raise ProfileError(f"unknown op type {op!r}; valid op types: {_choices(OPS)}")
+
+    # -- JSON -----------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "kind": self.kind,
+            "device": self.device,
+            "description": self.description,
+            "cost_model": self.cost_model,
+            "batch_size": self.batch_size,
+            "memory": self.memory.to_dict(),
+            "ops": {op: {p: c.to_dict() for p, c in table.items()} for op, table in self.ops.items()},
+        }
+        if self.conversion is not None:
+            d["conversion"] = self.conversion.to_dict()
+        if self.bit_serial is not None:
+            d["bit_serial"] = self.bit_serial.to_dict()
+        if self.meta:
+            d["meta"] = self.meta
+        d["sources"] = dict(self.sources)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "profile") -> PrecisionProfile:
+        return _parse(d, where)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrecisionProfile:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ProfileError(f"profile file {path} does not exist") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"{path} is not valid JSON: {e}") from None
+        prof = _parse(data, str(path))
+        object.__setattr__(prof, "path", str(path))
+        return prof
+
+
+# ============================================================================================ parsing
+
+
+def _num(value: Any, where: str, *, positive: bool = False, nullable: bool = False) -> float | None:
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProfileError(f"{where} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ProfileError(f"{where} must be > 0, got {value!r}")
+    if value < 0:
+        raise ProfileError(f"{where} must be >= 0, got {value!r}")
+    return float(value)
+
+
+def _obj(d: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(d, Mapping):
+        raise ProfileError(f"{where} must be a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _req(d: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in d:
+        raise ProfileError(
+            f"{where} is missing the required field {key!r} (fields present: {_choices(list(d))})"
+        )
+    return d[key]
+
+
+def _str(d: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str:
+    value = _req(d, key, where) if required else d.get(key, "")
+    if not isinstance(value, str):
+        raise ProfileError(f"{where}.{key} must be a string, got {value!r}")
+    return value
+
+
+def _source(d: Mapping[str, Any], where: str, sources: Mapping[str, str]) -> str:
+    src = _str(d, "source", where)
+    if src not in sources:
+        raise ProfileError(
+            f"{where}.source={src!r} is not in the profile's sources; known ids: {_choices(sources)}"
+        )
+    return src
+
+
+def _parse(d: Any, where: str) -> PrecisionProfile:
+    d = _obj(d, where)
+    version = d.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ProfileError(
+            f"{where}: schema_version={version!r} is not supported (this workbench reads {SCHEMA_VERSION})"
+        )
+    sources = _obj(_req(d, "sources", where), f"{where}.sources")
+    for k, v in sources.items():
+        if not isinstance(v, str) or not v.strip():
+            raise ProfileError(f"{where}.sources[{k!r}] must be a non-empty citation string, got {v!r}")
+    kind = _str(d, "kind", where)
+    if kind not in KINDS:
+        raise ProfileError(f"{where}.kind={kind!r} is not valid; choose one of {_choices(KINDS)}")
+    cost_model = d.get("cost_model", "table")
+    if cost_model not in COST_MODELS:
+        raise ProfileError(
+            f"{where}.cost_model={cost_model!r} is not valid; choose one of {_choices(COST_MODELS)}"
+        )
+    batch = d.get("batch_size", 1)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ProfileError(f"{where}.batch_size must be a positive integer, got {batch!r}")
+
+    mem = _obj(_req(d, "memory", where), f"{where}.memory")
+    memory = MemorySpec(
+        bandwidth_gbps=_num(
+            _req(mem, "bandwidth_gbps", f"{where}.memory"), f"{where}.memory.bandwidth_gbps", positive=True
+        ),
+        energy_pj_per_byte=_num(
+            mem.get("energy_pj_per_byte"), f"{where}.memory.energy_pj_per_byte", nullable=True
+        ),
+        source=_source(mem, f"{where}.memory", sources),
+        note=_str(mem, "note", f"{where}.memory", required=False),
+    )
+
+    ops_in = _obj(_req(d, "ops", where), f"{where}.ops")
+    ops: dict[str, dict[str, OpCost]] = {}
+    for op, table in ops_in.items():
+        if op not in OPS:
+            raise ProfileError(f"{where}.ops has unknown op type {op!r}; valid op types: {_choices(OPS)}")
+        table = _obj(table, f"{where}.ops.{op}")
+        ops[op] = {}
+        for prec, entry in table.items():
+            w = f"{where}.ops.{op}.{prec}"
+            if prec not in PRECISIONS:
+                raise ProfileError(
+                    f"{w}: unknown precision {prec!r}; valid precisions: {_choices(PRECISIONS)}"
+                )
+            entry = _obj(entry, w)
+            ops[op][prec] = OpCost(
+                macs_per_s=_num(_req(entry, "macs_per_s", w), f"{w}.macs_per_s", positive=True),
+                overhead_us=_num(entry.get("overhead_us", 0.0), f"{w}.overhead_us"),
+                energy_pj_per_mac=_num(
+                    entry.get("energy_pj_per_mac"), f"{w}.energy_pj_per_mac", nullable=True
+                ),
+                source=_source(entry, w, sources),
+                note=_str(entry, "note", w, required=False),
+            )
+    missing = [op for op in ("conv", "linear") if not ops.get(op)]
+    if missing:
+        raise ProfileError(
+            f"{where}.ops needs at least one precision for {_choices(missing)} (has {_choices(ops)})"
+        )
+
+    conversion = None
+    if d.get("conversion") is not None:
+        c = _obj(d["conversion"], f"{where}.conversion")
+        conversion = ConversionSpec(
+            elements_per_s=_num(
+                _req(c, "elements_per_s", f"{where}.conversion"),
+                f"{where}.conversion.elements_per_s",
+                positive=True,
+            ),
+            overhead_us=_num(c.get("overhead_us", 0.0), f"{where}.conversion.overhead_us"),
+            source=_source(c, f"{where}.conversion", sources),
+            note=_str(c, "note", f"{where}.conversion", required=False),
+        )
+    bit_serial = None
+    if cost_model == "bit_serial":
+        b = _obj(_req(d, "bit_serial", where), f"{where}.bit_serial")
+        brick = b.get("brick_bits", 2)
+        max_bits = b.get("max_bits", 8)
+        for key, value in (("brick_bits", brick), ("max_bits", max_bits)):
+            if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2, 4, 8):
+                raise ProfileError(f"{where}.bit_serial.{key}={value!r} must be one of 1, 2, 4, 8")
+        bit_serial = BitSerialSpec(brick, max_bits, _source(b, f"{where}.bit_serial", sources))
+        if f"int{brick}" not in ops["conv"]:
+            raise ProfileError(f"{where}: a bit_serial profile needs ops.conv.int{brick} (the brick rate)")
+    elif d.get("bit_serial") is not None:
+        raise ProfileError(
+            f"{where}.bit_serial is only used with cost_model 'bit_serial' (got {cost_model!r})"
+        )
+
+    meta = d.get("meta", {})
+    return PrecisionProfile(
+        name=_str(d, "name", where),
+        kind=kind,
+        device=_str(d, "device", where),
+        description=_str(d, "description", where, required=False),
+        ops=ops,
+        memory=memory,
+        sources=dict(sources),
+        cost_model=cost_model,
+        batch_size=batch,
+        conversion=conversion,
+        bit_serial=bit_serial,
+        meta=dict(_obj(meta, f"{where}.meta")),
+    )
+
+
+# ============================================================================================ lookup
+
+
+def user_profile_dir() -> Path:
+    """``data/profiles``: where ``python -m workbench hardware --measure`` writes profiles by default."""
+    from workbench.paths import data_dir
+
+    return data_dir() / "profiles"
+
+
+def available_profiles() -> list[str]:
+    """Names of the profiles :func:`load_profile` finds: measured ones in ``data/profiles`` first, then the ones
+    shipped with the package."""
+    user = sorted(p.stem for p in user_profile_dir().glob("*.json")) if user_profile_dir().is_dir() else []
+    shipped = sorted(p.stem for p in PROFILE_DIR.glob("*.json"))
+    return list(dict.fromkeys(user + shipped))
+
+
+def load_profile(name_or_path: str | Path | PrecisionProfile) -> PrecisionProfile:
+    """A profile by path (``my.json``) or by name: ``data/profiles/<name>.json`` (measured on this machine by
+    ``hardware --measure``) before the package's ``profiles/<name>.json``."""
+    if isinstance(name_or_path, PrecisionProfile):
+        return name_or_path
+    if not isinstance(name_or_path, (str, Path)):
+        raise ProfileError(
+            f"profile must be a name, a path or a PrecisionProfile, got {type(name_or_path).__name__}"
+        )
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix == ".json" or path.exists():
+        return PrecisionProfile.load(path)
+    for folder in (user_profile_dir(), PROFILE_DIR):
+        candidate = folder / f"{text}.json"
+        if candidate.exists():
+            return PrecisionProfile.load(candidate)
+    raise ProfileError(
+        f"unknown profile {text!r}: give a path to a profile JSON file or one of {_choices(available_profiles())}"
+    )
