@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui bench bench-search bench-qat install install-dev clean-cache
+.PHONY: run test lint format lab ui bench bench-search bench-qat bench-hardware install install-dev clean-cache
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_benchmarks.py
 	$(BIN)/python bench/search_bench.py
 	$(BIN)/python bench/qat_bench.py
+	$(BIN)/python bench/hardware_bench.py
+
+## Deployed int8 speedups, int8 conv limit, cost-estimator validation (the "## Hardware" section).
+bench-hardware: $(STAMP)
+	$(BIN)/python bench/hardware_bench.py
 
 ## QAT acceptance on digits_resnet (replaces the "## Quantization-aware training" section of docs/BENCHMARKS.md).
 bench-qat: $(STAMP)

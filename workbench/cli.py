@@ -257,6 +257,8 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         max_trials=args.max_trials,
         ilp_cost=args.ilp_cost,
         warm_start=args.warm_start,
+        profile=args.profile,
+        latency_batch_size=args.latency_batch_size,
         accuracy=args.accuracy,
         objectives=tuple(args.objectives),
         seed=args.seed,
@@ -576,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-trials", type=int, help="cap on trials (duplicates cost a trial, not an evaluation)"
     )
-    p.add_argument("--ilp-cost", default="weight_size", choices=["weight_size", "size", "bops", "latency"],
+    p.add_argument("--ilp-cost", default="weight_size", choices=["weight_size", "size", "bops", "latency", "energy"],
                    help="cost the ILP / greedy baselines budget")  # fmt: skip
     p.add_argument("--accuracy", choices=list(ACCURACY_MODES), default="measured")
     p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=["accuracy", "weight_size"])
@@ -618,6 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--warm-start",
         choices=["uniform", "greedy", "ilp", "aimet"],
         help="first trials of a sampler strategy: this baseline's plans (counted in the budget)",
+    )
+    p.add_argument(
+        "--profile", help="hardware precision profile (name or JSON path) for the latency / energy objectives"
+    )
+    p.add_argument(
+        "--latency-batch-size", type=int, help="batch size of latency estimates (default: profile's)"
     )
     p.add_argument("--resume", action="store_true", help="continue an existing study (e.g. after a crash)")
     p.add_argument("--join", action="store_true", help="add this process as a worker of an existing study")
