@@ -139,3 +139,19 @@ def test_save_never_overwrites_silently(tmp_path):
         prof.save(path)
     assert load_profile(path).to_dict() == prof.to_dict()
     assert math.isclose(load_profile(path).op_cost("conv", "int8").seconds(4e9), 1.0 + 10e-6)
+
+
+def test_measured_curve_is_interpolated_on_log_log_axes():
+    from workbench.hardware.profile import OpCost
+
+    cost = OpCost(macs_per_s=1e9, overhead_us=10.0, source="s", curve=((1e6, 1e-3), (1e8, 1e-2)))
+    assert cost.seconds(1e6) == pytest.approx(1e-3) and cost.seconds(1e8) == pytest.approx(1e-2)
+    assert cost.seconds(1e7) == pytest.approx(10**-2.5)  # halfway on log-log axes
+    assert cost.seconds(2e8) == pytest.approx(1e-2 + 1e8 / 1e9)  # beyond: the fitted rate from the last point
+    assert 9.99e-6 <= cost.seconds(1e3) <= 1e-3  # below: never under the fixed overhead
+    d = _minimal()
+    d["ops"]["conv"]["fp32"]["curve"] = [[1e6, 1e-3], [1e8, 1e-2]]
+    assert PrecisionProfile.from_dict(d).op_cost("conv", "fp32").curve == ((1e6, 1e-3), (1e8, 1e-2))
+    d["ops"]["conv"]["fp32"]["curve"] = [[1e6, -1.0], [1e8, 1e-2]]
+    with pytest.raises(ProfileError, match=r"curve\[0\]\[1\] must be > 0"):
+        PrecisionProfile.from_dict(d)

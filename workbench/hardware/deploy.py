@@ -10,7 +10,9 @@ Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_p
 - 16-bit layers run in bfloat16 (weights and input cast, channels-last convolution, output cast back);
 - every other layer (float, weight-only integer, or a kernel the profile lacks) stays in float32, with the
   plan's quantized / pruned / low-rank weights baked in;
-- quantize / dequantize nodes sit at every boundary between the integer and float regions (inserted by FX).
+- quantize / dequantize nodes sit at every boundary between the integer and float regions (inserted by FX);
+- convolutional models run channels-last throughout (the input is converted once, float weights too), the memory
+  format of the quantized kernels, so that no residual add mixes NCHW and NHWC tensors.
 
 Non-layer ops (residual adds, ReLUs, pooling) run in the integer domain when every layer of the module that owns
 them does (the same rule as the cost estimator). The caller's model is never modified.
@@ -88,6 +90,24 @@ class Bf16Layer(nn.Module):
 
 
 # ============================================================================================ conversion
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory format when it is a 4-D image batch (unchanged otherwise)."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def _input_channels_last(gm: torch.fx.GraphModule) -> None:
+    """Make the deployed graph take its input channels-last: quantized convs run NHWC, and a float stem fed NCHW
+    would hand NCHW tensors to every residual add (a slow strided path)."""
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            with gm.graph.inserting_after(node):
+                new = gm.graph.call_function(channels_last, (node,))
+            node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+            break
+    gm.graph.lint()
+    gm.recompile()
 
 
 def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
@@ -283,6 +303,8 @@ def deploy(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="torch.ao")
             warnings.filterwarnings("ignore", category=DeprecationWarning)
+            if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
+                baked = baked.to(memory_format=torch.channels_last)
             prepared = prepare_fx(baked, qmap, (batches[0],))
             with torch.no_grad():
                 for x in batches:
@@ -299,6 +321,8 @@ def deploy(
                 notes.append(f"{name}: fused away by FX; left in float32")
                 continue
             set_module(converted, name, Bf16Layer(sub))
+    if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
+        _input_channels_last(converted)
     converted.eval()
     return DeployedModel(converted, plan, prof.name, engine, disp, notes)
 

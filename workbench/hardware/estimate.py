@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, int_containers
-from workbench.hardware.profile import PrecisionProfile, load_profile
+from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
 from workbench.quant.introspect import is_quantizable, quantizable_layers
 from workbench.quant.spec import QuantPlan, macs_factor
 
@@ -199,6 +199,9 @@ class CostEstimator:
     """Estimates plans for one model on one profile; the graph and layer costs are computed once.
 
     ``batch_size`` defaults to the profile's. Call it with a plan: ``estimator(plan) -> PlanEstimate``.
+    ``per_layer_casts``: 16-bit float layers cast their input and output (the workbench's CPU deployment; the
+    default for measured profiles) rather than keeping a 16-bit domain between consecutive 16-bit layers (the
+    default for reference profiles).
     """
 
     def __init__(
@@ -208,10 +211,14 @@ class CostEstimator:
         profile: PrecisionProfile | str,
         *,
         batch_size: int | None = None,
+        per_layer_casts: bool | None = None,
     ) -> None:
         from workbench.quant.introspect import layer_costs
 
         self.profile = load_profile(profile)
+        # the workbench's own CPU deployment casts around every bf16 layer; a compiler for a reference target
+        # keeps 16-bit tensors between consecutive 16-bit layers
+        self.per_layer_casts = self.profile.kind == "measured" if per_layer_casts is None else per_layer_casts
         self.batch_size = int(batch_size or self.profile.batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -240,9 +247,12 @@ class CostEstimator:
         rows: list[dict[str, Any]] = []
 
         def add_row(name: str, kind: str, op: str, prec: str, work: float, nbytes: float, cost) -> None:
-            compute = work / cost.macs_per_s
+            total = cost.seconds(
+                work
+            )  # measured curve where the profile has one, else overhead + work / rate
+            compute = total - cost.overhead_us * 1e-6
             memory = nbytes / bw
-            seconds = cost.overhead_us * 1e-6 + max(compute, memory)
+            seconds = max(total, cost.overhead_us * 1e-6 + memory)
             energy = 0.0
             if cost.energy_pj_per_mac is not None:
                 energy += work * cost.energy_pj_per_mac * 1e-12
@@ -272,14 +282,21 @@ class CostEstimator:
             spec = plan.get(name)
             factor = macs_factor(spec, self.weight_shapes[name]) if spec is not None else 1.0
             macs = c.macs * B * factor
-            a_bytes = _bytes(d.a_bits)
+            # a table profile's integer kernel reads and writes its container width (a 4-bit layer on an int8
+            # kernel moves 8-bit tensors); a bit-serial target moves the plan's own bits
+            w_traffic, a_traffic = d.weight_bits, d.a_bits
+            if d.is_int and prof.bit_serial is None:
+                width = INT_PRECISION_BITS[d.precision]
+                w_traffic, a_traffic = max(d.weight_bits, width), max(d.a_bits, width)
             in_el = math.prod(c.input_shape) * B
             out_el = math.prod(c.output_shape) * B
-            out_bytes = _bytes(d.a_bits if d.is_int else 32)
-            nbytes = c.weight_params * factor * _bytes(d.weight_bits) + in_el * a_bytes + out_el * out_bytes
+            out_bytes = _bytes(a_traffic if d.is_int else 32)
+            nbytes = (
+                c.weight_params * factor * _bytes(w_traffic) + in_el * _bytes(a_traffic) + out_el * out_bytes
+            )
             cost = prof.op_cost(d.op, d.precision, w_bits=d.w_bits, a_bits=d.a_bits)
             add_row(name, "layer", d.op, d.precision, macs, nbytes, cost)
-            if d.precision in ("bf16", "fp16") and prof.conversion is not None:
+            if d.precision in ("bf16", "fp16") and prof.conversion is not None and self.per_layer_casts:
                 add_row(
                     f"{name}:cast",
                     "conversion",
@@ -319,19 +336,33 @@ class CostEstimator:
         B = self.batch_size
         int_paths = int_containers(self.model, disp)
         nodes = {n.name: n for n in self.graph}
-        domain: dict[str, str] = {}  # node -> "int" / "float" domain of its output
+        domain: dict[str, str] = {}  # node -> "int" / "half" / "float" domain of its output
         fused: set[str] = set()
         converted: set[tuple[str, str]] = set()
-        has_int_elementwise = (
-            "int8" in prof.precisions("elementwise") if prof.ops.get("elementwise") else False
-        )
+        ew = prof.precisions("elementwise") if prof.ops.get("elementwise") else ()
+        half_prec = {d.precision for d in disp.values() if d.precision in ("bf16", "fp16")}
 
         def need(node: _Node) -> str:
             if node.kind == "layer":
-                return "int" if disp[node.layer].is_int else "float"
+                d = disp[node.layer]
+                if d.is_int:
+                    return "int"
+                return "half" if d.precision in ("bf16", "fp16") and not self.per_layer_casts else "float"
             if node.kind in ("elementwise", "relu", "bn"):
-                return "int" if node.owner in int_paths else "float"
+                if node.owner in int_paths:
+                    return "int"
+                ins = [domain.get(i, "float") for i in node.inputs if i in nodes]
+                return "half" if ins and all(x == "half" for x in ins) else "float"
             return ""
+
+        def elementwise_precision(want: str) -> str:
+            if want == "int" and "int8" in ew:
+                return "int8"
+            if want == "half":
+                for p in sorted(half_prec) + ["bf16", "fp16"]:
+                    if p in ew:
+                        return p
+            return "fp32" if "fp32" in ew else max(ew, key=lambda p: 0 if p.startswith("int") else 1)
 
         for node in self.graph:
             want = need(node)
@@ -343,7 +374,7 @@ class CostEstimator:
                 domain[node.name] = doms[0] if doms else "float"
                 if node.kind == "output":
                     for i in node.inputs:
-                        if domain.get(i) == "int":
+                        if domain.get(i, "float") != "float":
                             _conversion(nodes[i], "float", converted, add_row, prof, B)
                 continue
             for i in node.inputs:
@@ -364,12 +395,10 @@ class CostEstimator:
                 and (src.kind in ("layer", "elementwise") or src.name in fused)
             ):
                 continue  # fused into the integer conv / add
-            if not prof.ops.get("elementwise"):
+            if not ew:
                 continue
-            prec = "int8" if want == "int" and has_int_elementwise else "fp32"
-            if prec not in prof.precisions("elementwise"):
-                prec = max(prof.precisions("elementwise"), key=lambda p: 0 if p.startswith("int") else 1)
-            el_bytes = 1 if prec.startswith("int") else 4
+            prec = elementwise_precision(want)
+            el_bytes = {"int8": 1, "int4": 0.5, "int2": 0.25, "bf16": 2, "fp16": 2, "fp8": 1}.get(prec, 4)
             work = max(node.elements, node.in_elements) * B
             nbytes = (node.elements + node.in_elements) * B * el_bytes
             add_row(
@@ -389,8 +418,9 @@ def _conversion(src: _Node, to: str, done: set, add_row, prof: PrecisionProfile,
         return
     done.add((src.name, to))
     el = src.elements * B
-    name = ("quantize:" if to == "int" else "dequantize:") + src.name
-    add_row(name, "conversion", "conversion", "int8" if to == "int" else "fp32", el, el * 5, _conv_cost(prof))
+    name = {"int": "quantize:", "half": "cast:"}.get(to, "dequantize:") + src.name
+    prec = {"int": "int8", "half": "fp16"}.get(to, "fp32")
+    add_row(name, "conversion", "conversion", prec, el, el * 5, _conv_cost(prof))
 
 
 def estimate_plans(

@@ -3,7 +3,7 @@
 
 For every op type and precision the kernels deployment uses are timed on a grid of shapes at one batch size:
 
-- ``conv`` / ``depthwise_conv``: fp32 ``nn.Conv2d`` (NCHW, eager), bf16 (channels-last, bf16 weights and input),
+- ``conv`` / ``depthwise_conv``: fp32 ``nn.Conv2d`` (channels-last, as deployed), bf16 (channels-last, bf16 weights and input),
   int8 ``torch.ao.nn.quantized.Conv2d`` on a quint8 input (x86 / onednn engine);
 - ``linear``: fp32, bf16, int8 ``torch.ao.nn.quantized.Linear``;
 - ``elementwise``: a residual add, fp32 / bf16 / int8 (``quantized::add``);
@@ -159,7 +159,9 @@ def _conv_points(
         with torch.no_grad():
             out = conv(x)
         macs = float(out.numel() * (cin // groups) * k * k)
-        pts["fp32"].append((macs, _median_time(lambda: conv(x), cfg.repeats, cfg.warmup)))
+        cl = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+        xcl = x.contiguous(memory_format=torch.channels_last)
+        pts["fp32"].append((macs, _median_time(lambda: cl(xcl), cfg.repeats, cfg.warmup)))
         cb = copy.deepcopy(conv).to(torch.bfloat16).to(memory_format=torch.channels_last)
         xb = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
         pts["bf16"].append((macs, _median_time(lambda: cb(xb), cfg.repeats, cfg.warmup)))
@@ -242,6 +244,14 @@ def measure_bandwidth_gbps(megabytes: int = 256, *, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / t / 1e9
 
 
+def _merge_points(points: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    """Measured points sorted by work, shapes of equal work averaged."""
+    by_work: dict[float, list[float]] = {}
+    for w, t in points:
+        by_work.setdefault(float(w), []).append(float(t))
+    return tuple((w, float(np.mean(ts))) for w, ts in sorted(by_work.items()))
+
+
 def _entry(points: list[tuple[float, float]], *, note: str) -> tuple[OpCost, dict[str, Any]]:
     work = np.array([p[0] for p in points])
     secs = np.array([p[1] for p in points])
@@ -251,7 +261,8 @@ def _entry(points: list[tuple[float, float]], *, note: str) -> tuple[OpCost, dic
         overhead_us=float(overhead * 1e6),
         energy_pj_per_mac=None,
         source="measured",
-        note=f"{note}; least-squares fit over {len(points)} shapes, R^2={r2:.3f}",
+        note=f"{note}; least-squares fit over {len(points)} shapes, R^2={r2:.3f}; curve: the measured points",
+        curve=_merge_points(points),
     )
     return cost, {"r2": r2, "points": [[float(w), float(s)] for w, s in points]}
 
@@ -290,7 +301,7 @@ def measure_profile(config: MeasureConfig | None = None, *, progress: bool = Fal
                         depthwise=step == "depthwise_conv",
                     )
                     notes = {
-                        "fp32": "nn.Conv2d fp32 NCHW eager",
+                        "fp32": "nn.Conv2d fp32, channels-last (as deployed)",
                         "bf16": "nn.Conv2d bf16 weights and input, channels-last (casts excluded)",
                         "int8": f"torch.ao quantized Conv2d, quint8 input, {cfg.engine} engine",
                     }

@@ -48,17 +48,39 @@ def _choices(values) -> str:
 @dataclass(frozen=True)
 class OpCost:
     """Throughput of one operator type at one precision: ``macs_per_s`` (elements/s for elementwise), a fixed
-    ``overhead_us`` per call, optional energy, and the id of the source of the figures."""
+    ``overhead_us`` per call, optional energy, and the id of the source of the figures.
+
+    A measured entry may also carry ``curve``: the measured ``(work, seconds)`` points, sorted by work. Inside
+    their range, time is interpolated between them on log-log axes (small kernels do not follow one straight
+    line); outside it, the fitted line continues from the nearest end point.
+    """
 
     macs_per_s: float
     overhead_us: float = 0.0
     energy_pj_per_mac: float | None = None
     source: str = ""
     note: str = ""
+    curve: tuple[tuple[float, float], ...] | None = None
 
     def seconds(self, macs: float) -> float:
         """Compute time of ``macs`` operations, fixed overhead included."""
-        return self.overhead_us * 1e-6 + macs / self.macs_per_s
+        line = self.overhead_us * 1e-6 + macs / self.macs_per_s
+        if not self.curve or macs <= 0:
+            return line
+        pts = self.curve
+        if macs <= pts[0][0]:
+            w0, t0 = pts[0]
+            return max(self.overhead_us * 1e-6, t0 - (w0 - macs) / self.macs_per_s, t0 * macs / w0)
+        if macs >= pts[-1][0]:
+            w1, t1 = pts[-1]
+            return t1 + (macs - w1) / self.macs_per_s
+        for (wa, ta), (wb, tb) in zip(pts, pts[1:], strict=False):
+            if wa <= macs <= wb:
+                if wb == wa:
+                    return 0.5 * (ta + tb)
+                f = (math.log(macs) - math.log(wa)) / (math.log(wb) - math.log(wa))
+                return math.exp(math.log(ta) + f * (math.log(tb) - math.log(ta)))
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -69,6 +91,8 @@ class OpCost:
         }
         if self.note:
             d["note"] = self.note
+        if self.curve:
+            d["curve"] = [list(p) for p in self.curve]
         return d
 
 
@@ -156,7 +180,8 @@ class PrecisionProfile:
         if self.bit_serial is not None and f"int{self.bit_serial.brick_bits}" in names:
             ints = tuple(p for p in INT_PRECISION_BITS if INT_PRECISION_BITS[p] <= self.bit_serial.max_bits)
             names = tuple(dict.fromkeys(names + ints))
-        return names
+        order = {p: i for i, p in enumerate(PRECISIONS)}
+        return tuple(sorted(names, key=lambda p: order[p]))
 
     def has(self, op: str, precision: str) -> bool:
         return precision in self.precisions(op)
@@ -266,6 +291,24 @@ def _num(value: Any, where: str, *, positive: bool = False, nullable: bool = Fal
     return float(value)
 
 
+def _curve(value: Any, where: str) -> tuple[tuple[float, float], ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) < 2:
+        raise ProfileError(f"{where} must be a list of at least two [work, seconds] pairs, got {value!r}")
+    pts = []
+    for i, pair in enumerate(value):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise ProfileError(f"{where}[{i}] must be a [work, seconds] pair, got {pair!r}")
+        pts.append(
+            (
+                _num(pair[0], f"{where}[{i}][0]", positive=True),
+                _num(pair[1], f"{where}[{i}][1]", positive=True),
+            )
+        )
+    return tuple(sorted(pts))
+
+
 def _obj(d: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(d, Mapping):
         raise ProfileError(f"{where} must be a JSON object, got {type(d).__name__}")
@@ -353,6 +396,7 @@ def _parse(d: Any, where: str) -> PrecisionProfile:
                 ),
                 source=_source(entry, w, sources),
                 note=_str(entry, "note", w, required=False),
+                curve=_curve(entry.get("curve"), f"{w}.curve"),
             )
     missing = [op for op in ("conv", "linear") if not ops.get(op)]
     if missing:
