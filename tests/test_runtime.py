@@ -166,8 +166,12 @@ def test_evaluate_runtime_compares_with_the_best_static_map_of_equal_cost(digits
     ev = evaluate_runtime(
         digits_cnn_task, budgets=(0.5,), policies=("rule",), shifts=("clean", "blur"), config=CFG
     )
-    t = ev.table
+    oracle = ev.table[ev.table["policy"] == "oracle"]
+    t = ev.table[ev.table["policy"] != "oracle"]
     assert list(t["data"]) == ["clean", "blur"] and (t["avg_cost"] <= t["budget"] * (1 + 1e-9)).all()
+    # the oracle keeps the FP32 answer wherever some rung does, at no more than the all-8-bit cost
+    assert (oracle["accuracy"] >= oracle["fp32_accuracy"] - 0.01).all() and len(oracle) == 2
+    assert (oracle["avg_cost"] <= ev.info["top_cost"]).all()
     for _, row in t.iterrows():
         sm = ev.static_maps[ev.static_maps["data"] == row["data"]]
         within = sm[sm["cost"] <= row["avg_cost"] * (1 + 1e-9)]

@@ -534,11 +534,13 @@ def cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
         split=args.split,
         progress=not args.quiet,
     )
-    row = ev.table.iloc[0]
+    row = ev.table[ev.table["policy"] == args.policy].iloc[0]
     if math.isnan(row["accuracy"]):
         raise ValueError(row["note"])
-    sm = ev.static_maps
-    static = sm[(sm["data"] == args.shift) & (sm["map"] == row["static_map"])].iloc[0]
+    oracle = ev.table[ev.table["policy"] == "oracle"].iloc[0]
+    sm = ev.static_maps[ev.static_maps["data"] == args.shift]
+    match = sm[sm["map"] == row["static_map"]]
+    static = match.iloc[0] if len(match) else sm.sort_values("cost").iloc[0]
     result = {
         "model": args.model,
         "policy": args.policy,
@@ -564,6 +566,12 @@ def cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
             "map": static["map"],
         },
         "cost_saving_at_equal_accuracy": float(row["cost_saving_at_equal_accuracy"]),
+        "oracle": {
+            "accuracy": float(oracle["accuracy"]),
+            "avg_bops": float(oracle["avg_bops"]),
+            "avg_weight_bits": float(oracle["avg_weight_bits"]),
+            "note": oracle["note"],
+        },
         "ladder": ev.info["ladder"],
     }
     with tracking.start_run(

@@ -485,8 +485,8 @@ class LearnedPolicy(Policy):
 
 class CascadePolicy(Policy):
     """Feedback through the output: every input runs the probe rung; an input whose top-1 softmax margin is below
-    ``knob`` is run again on the escalation rung (the cheapest whose calibration agreement with FP32 reaches
-    ``RuntimeConfig.cascade_agreement``). Both runs are paid for."""
+    ``knob`` is run again on the escalation rung. Both runs are paid for. The (probe, escalation, threshold)
+    triple is the one with the best calibration agreement with FP32 within the budget."""
 
     name = "cascade"
     uses_probe_rung = True
@@ -511,11 +511,10 @@ class RuntimeConfig:
     budget_kind: str = "bops"
     probe_samples: int = 128
     probe_agreement: float = 0.9
-    cascade_agreement: float = 0.99
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("probe_agreement", "cascade_agreement"):
+        for name in ("probe_agreement",):
             v = getattr(self, name)
             if not 0 < v <= 1:
                 raise ValueError(f"{name}={v!r} must lie in (0, 1]")
@@ -646,9 +645,12 @@ class AdaptiveRuntime:
         k = len(self.ladder)
         good = np.nonzero(self.agreement >= cfg.probe_agreement)[0]
         self.probe_rung = int(good[0]) if len(good) else k - 1
-        high = [r for r in np.nonzero(self.agreement >= cfg.cascade_agreement)[0] if r > self.probe_rung]
-        self.escalation_rung = int(high[0]) if high else k - 1
-        floor = self.rung_costs[self.probe_rung] if self.policy.uses_probe_rung else self.rung_costs[0]
+        self.escalation_rung = self.probe_rung  # the cascade calibrates both below
+        floor = (
+            self.rung_costs[self.probe_rung]
+            if isinstance(self.policy, LearnedPolicy)
+            else float(self.rung_costs.min())
+        )
         if self.budget < floor * (1 - 1e-9):
             raise RuntimeBudgetError(
                 f"budget {budget:.6g} ({cfg.budget_kind}) is below the cheapest cost policy "
@@ -656,7 +658,10 @@ class AdaptiveRuntime:
             )
         self.manager = ResourceManager(budget, self.rung_costs)
         self.policy.fit(self, x_cal, logits, ref)
-        self.knob = self._calibrate_knob(x_cal, logits)
+        if isinstance(self.policy, CascadePolicy):
+            self.probe_rung, self.escalation_rung, self.knob = self._calibrate_cascade(logits, target)
+        else:
+            self.knob = self._calibrate_knob(x_cal, logits)
 
     def calibration_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """FP32 logits and each rung's logits of ``x`` (shareable between runtimes with the same ladder)."""
@@ -685,6 +690,46 @@ class AdaptiveRuntime:
             return rung, c[p] + np.where(rung != p, c[rung], 0.0)
         rung = self.policy.choose(scores, knob, k)
         return rung, c[rung]
+
+    def _calibrate_cascade(self, logits: list[torch.Tensor], target: torch.Tensor) -> tuple[int, int, float]:
+        """(probe rung, escalation rung, margin threshold) with the best calibration agreement with FP32 whose
+        expected cost per input stays within the budget."""
+        c = self.rung_costs
+        k = len(self.ladder)
+        preds = [lg.argmax(1) for lg in logits]
+        margins = [_output_features(lg)[:, 1] for lg in logits]
+        best = None
+        for p in range(k):
+            if c[p] > self.budget * (1 + 1e-9):
+                break
+            ok_p = (preds[p] == target).numpy()
+            # ties (common on a small calibration set) go to the triple that uses more of the budget
+            use = 1e-3 * c[p] / self.budget
+            if best is None or ok_p.mean() + use > best[0]:
+                best = (ok_p.mean() + use, p, p, 0.0)  # no escalation at all
+            order = np.argsort(margins[p], kind="stable")
+            for h in range(p + 1, k):
+                room = (self.budget - c[p]) / c[h]
+                n_esc = int(np.floor(min(1.0, room) * len(order) + 1e-9))
+                if n_esc <= 0:
+                    continue
+                ok_h = (preds[h] == target).numpy()
+                # escalating the n least confident inputs; the threshold is the margin of the last one escalated
+                gain = np.cumsum(ok_h[order][:n_esc].astype(int) - ok_p[order][:n_esc].astype(int))
+                j = int(np.argmax(gain))
+                agree = (
+                    ok_p.mean()
+                    + gain[j] / len(order)
+                    + 1e-3 * (c[p] + (j + 1) / len(order) * c[h]) / self.budget
+                )
+                if agree > best[0] + 1e-12:
+                    tau = float(margins[p][order][j]) + 1e-7
+                    best = (agree, p, h, tau)
+        if best is None:
+            raise RuntimeBudgetError(
+                f"budget {self.budget:.6g} is below every rung's cost (min {c.min():.6g})"
+            )
+        return best[1], best[2], best[3]
 
     def _calibrate_knob(self, x: torch.Tensor, logits: list[torch.Tensor]) -> float:
         k = len(self.ladder)
@@ -917,6 +962,7 @@ def evaluate_runtime(
     config: RuntimeConfig | None = None,
     profile: Any = None,
     split: str = "test",
+    oracle: bool = True,
     progress: bool = False,
 ) -> RuntimeEvaluation:
     """Accuracy and average cost per input of dynamic precision (each policy) against the best static precision
@@ -925,7 +971,9 @@ def evaluate_runtime(
     ``budgets`` are fractions of the all-``max(w_bits)`` map's cost. The static comparison is optimistic for
     static: among all static candidates (:func:`static_candidates`) the one with the best accuracy **on the
     evaluated data** within the dynamic run's average cost. Also reported: the cheapest static map reaching the
-    dynamic accuracy, and the BOPs saving of dynamic against it.
+    dynamic accuracy, and the BOPs saving of dynamic against it. With ``oracle`` a row per data variant gives the
+    headroom: every input on the cheapest rung from which all dearer rungs keep the FP32 answer (an upper bound
+    no runnable policy reaches, since it knows the answer).
     """
     from tqdm.auto import tqdm
 
@@ -968,9 +1016,40 @@ def evaluate_runtime(
                     "accuracy": acc,
                 }  # fmt: skip
             )
-        fp32_acc = float(
-            (smodel.run(xs, {g: 32 for g in smodel.group_names}).argmax(1) == y_test).float().mean()
-        )
+        ref_logits = smodel.run(xs, {g: 32 for g in smodel.group_names})
+        fp32_acc = float((ref_logits.argmax(1) == y_test).float().mean())
+        if oracle:
+            # the headroom: each input on the cheapest rung from which every dearer rung keeps the FP32 answer
+            rung_logits = [smodel.run(xs, m) for m in probe.ladder]
+            need = _needed_rung(rung_logits, ref_logits)
+            pred = torch.stack([rung_logits[r][i].argmax() for i, r in enumerate(need)])
+            costs = np.array([coster.value(m, cfg.budget_kind) for m in probe.ladder])[need]
+            acc_o = float((pred == y_test).float().mean())
+            reach = [t for t in static_acc if t[1] >= acc_o - 1e-12]
+            cheapest = min(reach, key=lambda t: t[0]) if reach else None
+            rows.append(
+                {
+                    "data": shift,
+                    "budget_fraction": math.nan,
+                    "budget": math.nan,
+                    "policy": "oracle",
+                    "accuracy": acc_o,
+                    "avg_cost": float(costs.mean()),
+                    "avg_bops": float(np.mean([coster(probe.ladder[r]).bops for r in need])),
+                    "avg_weight_bits": float(np.mean([coster(probe.ladder[r]).avg_bits for r in need])),
+                    "overhead_fraction": math.nan,
+                    "overrides": 0,
+                    "static_accuracy": math.nan,
+                    "static_cost": math.nan,
+                    "static_map": "",
+                    "static_cost_at_equal_accuracy": cheapest[0] if cheapest else math.nan,
+                    "cost_saving_at_equal_accuracy": 1 - float(costs.mean()) / cheapest[0]
+                    if cheapest
+                    else math.nan,
+                    "fp32_accuracy": fp32_acc,
+                    "note": "upper bound: knows per input which rung keeps the FP32 answer (not a runnable policy)",
+                }
+            )
         for frac in budgets:
             budget = frac * top
             for pol in policies:
