@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui bench bench-search bench-qat bench-hardware install install-dev clean-cache
+.PHONY: run test lint format lab ui bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -62,6 +62,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/search_bench.py
 	$(BIN)/python bench/qat_bench.py
 	$(BIN)/python bench/hardware_bench.py
+	$(BIN)/python bench/runtime_bench.py
+
+## Dynamic per-input precision vs static maps (the "## Runtime adaptation" section).
+bench-runtime: $(STAMP)
+	$(BIN)/python bench/runtime_bench.py
 
 ## Deployed int8 speedups, int8 conv limit, cost-estimator validation (the "## Hardware" section).
 bench-hardware: $(STAMP)
