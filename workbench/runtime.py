@@ -878,6 +878,12 @@ def _labels(data: Any) -> torch.Tensor:
     return torch.cat([b[1] for b in data])
 
 
+stack_inputs = _inputs
+"""All inputs of a tensor or a loader of ``(x, y)`` batches, as one float tensor."""
+stack_labels = _labels
+"""All labels of a loader of ``(x, y)`` batches, as one tensor."""
+
+
 # ============================================================================================ shifted data
 
 
