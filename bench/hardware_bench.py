@@ -195,7 +195,7 @@ def main() -> None:
 
     # (c) estimator validation
     val = validate_estimator(
-        task.model, task.example_input(256), task.calib_loader, batch=32, repeats=args.repeats
+        task.model, task.example_input(256), task.calib_loader, batch=32, repeats=max(51, args.repeats)
     )
     rho = spearmanr(val["measured_ms"], val["estimated_ms"]).statistic
     mape = float(np.mean(np.abs(val["error_pct"])))

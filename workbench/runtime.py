@@ -640,6 +640,7 @@ class AdaptiveRuntime:
         if calib_logits is None:
             calib_logits = self.calibration_logits(x_cal)
         ref, logits = calib_logits
+        self.num_classes = int(ref.shape[1])
         target = ref.argmax(1)
         self.agreement = np.array([float((lg.argmax(1) == target).float().mean()) for lg in logits])
         k = len(self.ladder)
@@ -833,9 +834,9 @@ class AdaptiveRuntime:
                 for j in range(m):
                     if self.policy.uses_probe_rung:
                         r = int(wanted[j])
-                        if r != p and self.manager.admit(r, probe_cost) != r:
-                            r = p  # over budget: keep the probe rung's answer
-                            self.manager.overrides += 1
+                        if r != p:
+                            admitted = self.manager.admit(r, probe_cost)  # counts an override itself
+                            r = admitted if admitted > p else p  # else keep the probe rung's answer
                         chosen[j] = r
                         spent = probe_cost + (c[r] if r != p else 0.0)
                     else:
@@ -857,8 +858,7 @@ class AdaptiveRuntime:
                     if logits is None:
                         logits = torch.empty(m, out.shape[1])
                     logits[sel] = out
-        classes = logits.shape[1] if logits is not None else 0
-        out_logits = torch.full((n, classes), math.nan)
+        out_logits = torch.full((n, self.num_classes), math.nan)
         if logits is not None:
             out_logits[torch.from_numpy(idx)] = logits
         total_s = time.perf_counter() - t0
@@ -969,6 +969,7 @@ def evaluate_runtime(
     profile: Any = None,
     split: str = "test",
     oracle: bool = True,
+    serve_batch: int = 64,
     progress: bool = False,
 ) -> RuntimeEvaluation:
     """Accuracy and average cost per input of dynamic precision (each policy) against the best static precision
@@ -977,9 +978,10 @@ def evaluate_runtime(
     ``budgets`` are fractions of the all-``max(w_bits)`` map's cost. The static comparison is optimistic for
     static: among all static candidates (:func:`static_candidates`) the one with the best accuracy **on the
     evaluated data** within the dynamic run's average cost. Also reported: the cheapest static map reaching the
-    dynamic accuracy, and the BOPs saving of dynamic against it. With ``oracle`` a row per data variant gives the
-    headroom: every input on the cheapest rung from which all dearer rungs keep the FP32 answer (an upper bound
-    no runnable policy reaches, since it knows the answer).
+    dynamic accuracy, and the BOPs saving of dynamic against it. The data is served as a stream of batches of
+    ``serve_batch`` inputs. With ``oracle`` a row per data variant gives the headroom: every input on the cheapest
+    rung from which all dearer rungs keep the FP32 answer (it knows each answer, so no runnable policy matches
+    its cost; its accuracy is that of keeping the FP32 answers).
     """
     from tqdm.auto import tqdm
 
@@ -1075,7 +1077,7 @@ def evaluate_runtime(
                     continue
                 rt = runtimes[key]
                 rt.manager.reset()
-                res = rt.serve(xs)
+                res = _serve_stream(rt, xs, serve_batch)
                 acc = float((res.logits.argmax(1) == y_test).float().mean())
                 avg_cost = float(res.cost.mean())
                 rung_bops = np.array([coster(m).bops for m in rt.ladder])
@@ -1116,6 +1118,24 @@ def evaluate_runtime(
         static_maps=pd.DataFrame(static_rows),
         probe=probe,
         info={"budget_kind": cfg.budget_kind, "top_cost": top, "ladder": [_map_str(m) for m in probe.ladder]},
+    )
+
+
+def _serve_stream(rt: AdaptiveRuntime, x: torch.Tensor, batch: int) -> ServeResult:
+    """Serve ``x`` as a stream of batches of ``batch`` inputs (the manager sees them in order) and join the
+    results."""
+    parts = [rt.serve(x[i : i + batch]) for i in range(0, x.shape[0], batch)]
+    errors = {}
+    for k, part in enumerate(parts):
+        errors.update({k * batch + i: e for i, e in part.errors.items()})
+    return ServeResult(
+        logits=torch.cat([p.logits for p in parts]),
+        rung=np.concatenate([p.rung for p in parts]),
+        cost=np.concatenate([p.cost for p in parts]),
+        runs=[r for p in parts for r in p.runs],
+        errors=errors,
+        inference_s=sum(p.inference_s for p in parts),
+        overhead_s=sum(p.overhead_s for p in parts),
     )
 
 

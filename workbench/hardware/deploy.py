@@ -142,6 +142,12 @@ def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
             if bias is not None:
                 new.bias.copy_(bias)
         set_module(qmodel, name, new.eval())
+    # the BatchNorms folded into the baked weights become exact identities (eps 0, unit variance), not
+    # nn.Identity: FX then still matches conv-bn-relu and fuses the ReLU into the integer kernel
+    for _conv, bn_name in getattr(qmodel, "folded_bn", []):
+        old = get_module(model, bn_name)
+        ident = nn.BatchNorm2d(old.num_features, eps=0.0).eval()
+        set_module(qmodel, bn_name, ident)
     for attr in ("quant_plan", "folded_bn"):
         if hasattr(qmodel, attr):
             delattr(qmodel, attr)
@@ -310,9 +316,8 @@ def deploy(
                 for x in batches:
                     prepared(x)
             converted = convert_fx(prepared)
-    except Exception:
+    finally:
         torch.backends.quantized.engine = previous_engine
-        raise
     for name, d in disp.items():
         if d.precision == "bf16":
             try:

@@ -88,8 +88,10 @@ def requested_precision(
     w = max(spec.channel_bits) if spec.channel_bits is not None else spec.w_bits
     a = spec.a_bits
     half = "bf16" if spec.float16_format == "bfloat16" else "fp16"
-    if w >= 16:
-        return ("fp32", 32, 32, False) if w == 32 and a == 32 else (half, 16, 16, False)
+    if w == 32:
+        return "fp32", 32, 32, False  # float weights (activation-only quantization runs on a float kernel)
+    if w == 16:
+        return half, 16, 16, False
     if a >= 16:  # weight-only integer: float compute at the activation precision
         return ("fp32" if a == 32 else half), a, a, True
     return _int_kernel(max(w, a)), w, a, False

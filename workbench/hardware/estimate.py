@@ -88,19 +88,21 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> list[_Node] | 
     """The model's dataflow at the granularity the estimator needs, or None when torch.fx cannot trace it."""
     from torch.fx.passes.shape_prop import ShapeProp
 
+    modes = {m: m.training for m in model.modules()}  # each module's own flag, restored exactly
     try:
         gm = torch.fx.symbolic_trace(model)
-        was = model.training
-        model.eval()
+        gm.eval()
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input[:1])
-        model.train(was)
     except Exception as e:  # noqa: BLE001 - any tracing failure falls back to a layer-only estimate
         warnings.warn(
             f"cost estimate without elementwise ops and conversions: torch.fx cannot trace the model ({e})",
             stacklevel=3,
         )
         return None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
     modules = dict(model.named_modules())
     nodes: list[_Node] = []
     for n in gm.graph.nodes:
@@ -348,6 +350,12 @@ class CostEstimator:
                 if d.is_int:
                     return "int"
                 return "half" if d.precision in ("bf16", "fp16") and not self.per_layer_casts else "float"
+            if node.kind in ("relu", "bn") and len(node.inputs) == 1 and node.inputs[0] in nodes:
+                src = nodes[node.inputs[0]]
+                if src.kind == "bn" and src.inputs and src.inputs[0] in nodes:
+                    src = nodes[src.inputs[0]]  # conv -> bn -> relu fuses as one pattern
+                if src.kind == "layer":
+                    return need(src)
             if node.kind in ("elementwise", "relu", "bn"):
                 if node.owner in int_paths:
                     return "int"
@@ -394,7 +402,7 @@ class CostEstimator:
                 and want == "int"
                 and (src.kind in ("layer", "elementwise") or src.name in fused)
             ):
-                continue  # fused into the integer conv / add
+                continue  # fused into the integer conv / linear / add
             if not ew:
                 continue
             prec = elementwise_precision(want)

@@ -106,8 +106,8 @@ def _median_time(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 
 def fit_cost_line(work: np.ndarray, seconds: np.ndarray) -> tuple[float, float, float]:
-    """(rate per second, overhead seconds, R^2 on relative error) of ``seconds = overhead + work / rate``, fitted
-    by least squares on relative error with a non-negative overhead."""
+    """(rate per second, overhead seconds, R^2 of the times) of ``seconds = overhead + work / rate``, fitted by
+    least squares on relative error with a non-negative overhead."""
     work = np.asarray(work, dtype=float)
     seconds = np.asarray(seconds, dtype=float)
     A = np.stack([np.ones_like(work), work], axis=1) / seconds[:, None]

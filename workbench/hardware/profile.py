@@ -52,7 +52,9 @@ class OpCost:
 
     A measured entry may also carry ``curve``: the measured ``(work, seconds)`` points, sorted by work. Inside
     their range, time is interpolated between them on log-log axes (small kernels do not follow one straight
-    line); outside it, the fitted line continues from the nearest end point.
+    line); outside it, the fitted line continues from the nearest end point. The curve is not forced to be
+    monotone: a measured shape can be slower than a larger one (a 1-channel stem convolution on an int8 kernel),
+    and the estimator's shapes are interpolated between the measured ones.
     """
 
     macs_per_s: float
@@ -70,7 +72,7 @@ class OpCost:
         pts = self.curve
         if macs <= pts[0][0]:
             w0, t0 = pts[0]
-            return max(self.overhead_us * 1e-6, t0 - (w0 - macs) / self.macs_per_s, t0 * macs / w0)
+            return min(t0, max(self.overhead_us * 1e-6, t0 - (w0 - macs) / self.macs_per_s, t0 * macs / w0))
         if macs >= pts[-1][0]:
             w1, t1 = pts[-1]
             return t1 + (macs - w1) / self.macs_per_s
@@ -423,8 +425,8 @@ def _parse(d: Any, where: str) -> PrecisionProfile:
         brick = b.get("brick_bits", 2)
         max_bits = b.get("max_bits", 8)
         for key, value in (("brick_bits", brick), ("max_bits", max_bits)):
-            if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2, 4, 8):
-                raise ProfileError(f"{where}.bit_serial.{key}={value!r} must be one of 1, 2, 4, 8")
+            if isinstance(value, bool) or not isinstance(value, int) or value not in (2, 4, 8):
+                raise ProfileError(f"{where}.bit_serial.{key}={value!r} must be one of 2, 4, 8")
         bit_serial = BitSerialSpec(brick, max_bits, _source(b, f"{where}.bit_serial", sources))
         if f"int{brick}" not in ops["conv"]:
             raise ProfileError(f"{where}: a bit_serial profile needs ops.conv.int{brick} (the brick rate)")

@@ -77,7 +77,7 @@ def layer_costs(model: nn.Module, example_input: torch.Tensor) -> dict[str, Laye
     for name, mod in model.named_modules():
         if name and is_quantizable(mod):
             handles.append(mod.register_forward_hook(make_hook(name)))
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}  # each module's own flag, restored exactly
     try:
         model.eval()
         with torch.no_grad():
@@ -85,5 +85,6 @@ def layer_costs(model: nn.Module, example_input: torch.Tensor) -> dict[str, Laye
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     return costs
