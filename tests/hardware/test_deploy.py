@@ -148,3 +148,27 @@ def test_bf16_wrapper_matches_float_closely():
         ref, out = conv(x), wrapped(x)
     assert out.dtype == torch.float32
     assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_resnet18_mixed_plans_deploy_and_fuse_conv_bn_relu():
+    from workbench.models import build_model
+    from workbench.quant.introspect import quantizable_layers
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=10).eval()
+    layers = quantizable_layers(model)
+    calib = [torch.randn(4, 3, 32, 32)]
+    x = torch.randn(4, 3, 32, 32)
+    int8 = QuantSpec(w_bits=8, a_bits=8)
+    plans = {
+        "all": QuantPlan({n: int8 for n in layers}),
+        "first half": QuantPlan({n: int8 for n in layers[: len(layers) // 2]}),  # int stem -> float maxpool owner
+        "ends float": QuantPlan({n: int8 for n in layers[1:-1]}),
+    }
+    for name, plan in plans.items():
+        dep = deploy(model, plan, calib)
+        mods = dict(dep.module.named_modules())
+        assert type(mods["layer1.0.conv1"]).__name__ == "ConvReLU2d", name  # BN folded, ReLU fused
+        with torch.no_grad():
+            out = dep.module(x)
+        assert out.shape == (4, 10) and torch.isfinite(out).all(), name

@@ -33,7 +33,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, dispatch_table, int_containers
+from workbench.hardware.dispatch import (
+    LayerDispatch,
+    dispatch_plan,
+    dispatch_table,
+    int_containers,
+    int_followers,
+)
 from workbench.hardware.profile import PrecisionProfile, load_profile
 from workbench.quant.introspect import quantizable_layers
 from workbench.quant.quantizers import int_range
@@ -286,7 +292,7 @@ def deploy(
     shared = QConfig(
         activation=_act_observer(8, "histogram", reduce_range), weight=_default_weight_observer()
     )
-    for path in sorted(int_containers(model, disp)):
+    for path in sorted(int_containers(model, disp) | int_followers(model, disp)):
         if path in disp:
             continue
         if path == "":

@@ -213,6 +213,52 @@ def int_containers(model: nn.Module, dispatch: dict[str, LayerDispatch]) -> set[
     return out
 
 
+PASSTHROUGH_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+    nn.BatchNorm2d,
+)
+
+
+def int_followers(model: nn.Module, dispatch: dict[str, LayerDispatch]) -> set[str]:
+    """Module paths of pass-through modules (ReLU, pooling, flatten, BatchNorm) fed, directly or through other
+    pass-through modules, by an integer layer: they stay in the integer domain whatever their owner runs, so no
+    dequantize / quantize pair sits between an integer layer and its pooling."""
+    import torch
+
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - untraceable models: no followers
+        return set()
+    modules = dict(model.named_modules())
+    int_nodes: set[str] = set()
+    out: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        target = str(node.target)
+        if target in dispatch:
+            if dispatch[target].is_int:
+                int_nodes.add(node.name)
+            continue
+        srcs = node.all_input_nodes
+        if (
+            isinstance(modules.get(target), PASSTHROUGH_TYPES)
+            and len(srcs) == 1
+            and srcs[0].name in int_nodes
+        ):
+            int_nodes.add(node.name)
+            out.add(target)
+    return out
+
+
 def owner_is_int(owner: str, int_paths: set[str]) -> bool:
     """Whether a non-layer op owned by module path ``owner`` runs in the integer domain."""
     return owner in int_paths

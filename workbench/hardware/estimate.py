@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, int_containers
+from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, int_containers, int_followers
 from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
 from workbench.quant.introspect import is_quantizable, quantizable_layers
 from workbench.quant.spec import QuantPlan, macs_factor
@@ -70,6 +70,7 @@ class _Node:
     in_elements: int
     inputs: list[str]
     layer: str | None = None
+    target: str = ""  # module path of call_module nodes
 
 
 def _numel(meta: Any) -> int:
@@ -136,7 +137,9 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> list[_Node] | 
             else:
                 kind = "elementwise"
             nodes.append(
-                _Node(n.name, kind, owner, elements, in_el, inputs, target if kind == "layer" else None)
+                _Node(
+                    n.name, kind, owner, elements, in_el, inputs, target if kind == "layer" else None, target
+                )
             )
             continue
         owner = stack[-1] if stack else ""
@@ -337,6 +340,7 @@ class CostEstimator:
         prof = self.profile
         B = self.batch_size
         int_paths = int_containers(self.model, disp)
+        followers = int_followers(self.model, disp)
         nodes = {n.name: n for n in self.graph}
         domain: dict[str, str] = {}  # node -> "int" / "half" / "float" domain of its output
         fused: set[str] = set()
@@ -356,6 +360,8 @@ class CostEstimator:
                     src = nodes[src.inputs[0]]  # conv -> bn -> relu fuses as one pattern
                 if src.kind == "layer":
                     return need(src)
+            if node.kind in ("elementwise", "relu", "bn") and node.target in followers:
+                return "int"
             if node.kind in ("elementwise", "relu", "bn"):
                 if node.owner in int_paths:
                     return "int"
