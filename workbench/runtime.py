@@ -559,7 +559,7 @@ class ResourceManager:
         if self.budget < self.rung_costs.min() * (1 - 1e-9):
             raise RuntimeBudgetError(
                 f"budget {budget:.6g} is below the cheapest precision map's cost {self.rung_costs.min():.6g}; "
-                f"feasible budgets are >= {self.rung_costs.min():.6g} (the all-{'lowest'}-bits map)"
+                f"feasible budgets are >= {self.rung_costs.min():.6g} (the cheapest precision map)"
             )
         self.slack = slack
         self.spent = 0.0
@@ -1079,11 +1079,12 @@ def evaluate_runtime(
                 rt.manager.reset()
                 res = _serve_stream(rt, xs, serve_batch)
                 acc = float((res.logits.argmax(1) == y_test).float().mean())
-                avg_cost = float(res.cost.mean())
                 rung_bops = np.array([coster(m).bops for m in rt.ladder])
                 rung_bits = np.array([coster(m).avg_bits for m in rt.ladder])
-                bops = float(np.mean([sum(rung_bops[r] for r in rs) for rs in res.runs]))
-                bits = float(np.mean([rung_bits[rs[-1]] for rs in res.runs]))
+                served = [rs for rs in res.runs if rs]  # rejected inputs (none here) ran nothing
+                bops = float(np.mean([sum(rung_bops[r] for r in rs) for rs in served]))
+                bits = float(np.mean([rung_bits[rs[-1]] for rs in served]))
+                avg_cost = float(res.cost[res.rung >= 0].mean())
                 within = [t for t in static_acc if t[0] <= avg_cost * (1 + 1e-9)]
                 best_static = max(within, key=lambda t: (t[1], -t[0])) if within else None
                 reach = [t for t in static_acc if t[1] >= acc - 1e-12]
