@@ -445,37 +445,33 @@ class LearnedPolicy(Policy):
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = seed
-        self.models: list[Any] = []
+        self.weights = self.bias = self.mean = self.scale = None
 
     def _features(self, runtime, x, probe_logits):
         return np.concatenate([runtime.analyzer(x), _output_features(probe_logits)], 1)
 
     def fit(self, runtime, x, logits, ref):
         from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
 
         feats = self._features(runtime, x, logits[runtime.probe_rung])
+        self.mean, self.scale = feats.mean(0), feats.std(0) + 1e-8
+        z = (feats - self.mean) / self.scale
         target = ref.argmax(1)
-        self.models = []
-        for lg in logits:
+        # one logistic regression per rung, kept as a weight matrix: serving is one matrix product
+        weights = np.zeros((z.shape[1], len(logits)))
+        bias = np.zeros(len(logits))
+        for r, lg in enumerate(logits):
             y = (lg.argmax(1) == target).numpy().astype(int)
             if y.min() == y.max():
-                self.models.append(float(y[0]))
+                bias[r] = 30.0 if y[0] == 1 else -30.0  # always / never agrees on calibration data
                 continue
-            clf = make_pipeline(
-                StandardScaler(), LogisticRegression(C=1.0, max_iter=500, random_state=self.seed)
-            )
-            clf.fit(feats, y)
-            self.models.append(clf)
+            clf = LogisticRegression(C=1.0, max_iter=500, random_state=self.seed).fit(z, y)
+            weights[:, r], bias[r] = clf.coef_[0], clf.intercept_[0]
+        self.weights, self.bias = weights, bias
 
     def scores(self, runtime, x, probe_logits):
-        feats = self._features(runtime, x, probe_logits)
-        cols = [
-            np.full(len(feats), m) if isinstance(m, float) else m.predict_proba(feats)[:, 1]
-            for m in self.models
-        ]
-        p = np.stack(cols, 1)
+        z = (self._features(runtime, x, probe_logits) - self.mean) / self.scale
+        p = 1.0 / (1.0 + np.exp(-(z @ self.weights + self.bias)))
         return np.maximum.accumulate(p, axis=1)  # a more expensive rung is at least as safe
 
     def choose(self, scores, knob, n_rungs, low: int = 0):
