@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,6 +55,11 @@ lab: $(STAMP)
 ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port 5000 --workers 1
+
+## The README's images (explorer, Pareto front, runtime budget slider, MLflow runs and compare view) from a real run
+## of the browser tests (JupyterLab and the MLflow UI in Chromium).
+screenshots: $(STAMP_DEV) $(STAMP_SYS)
+	WORKBENCH_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/python -m pytest tests/browser -q
 
 ## Benchmarks behind docs/BENCHMARKS.md.
 bench: $(STAMP)
