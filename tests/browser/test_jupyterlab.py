@@ -185,25 +185,25 @@ def _use_explorer(page, artifacts) -> None:
 
 def _use_budget_slider(page, artifacts) -> None:
     """Drag the runtime budget slider: the displayed accuracy and cost must change."""
-    label = _scroll_to(page, page.locator(".widget-html", has_text="avg BOPs"))
+    panel = ".widget-vbox:has(.widget-slider)"  # the BudgetExplorer: slider, note, label, histogram
+    label = _scroll_to(page, page.locator(f"{panel} .widget-html", has_text="avg BOPs"))
     before = label.inner_text()
-    track = page.locator(".widget-slider .noUi-target").last
-    handle = page.locator(".widget-slider .noUi-handle").last
+    track = page.locator(f"{panel} .widget-slider .noUi-target").last
+    handle = page.locator(f"{panel} .widget-slider .noUi-handle").last
+    readout = page.locator(f"{panel} .widget-slider .widget-readout").last
     box, hbox = track.bounding_box(), handle.bounding_box()
     page.mouse.move(hbox["x"] + hbox["width"] / 2, hbox["y"] + hbox["height"] / 2)
     page.mouse.down()
     page.mouse.move(box["x"] + box["width"] * 0.95, hbox["y"] + hbox["height"] / 2, steps=8)
     page.mouse.up()
     status = page.locator(".jp-StatusBar-Widget").first
-    _wait(
-        lambda: (
-            "| Idle" in status.inner_text()
-            and label.inner_text() != before
-            and "accuracy" in label.inner_text()
-        ),
-        120,
-        "the runtime figures to change",
-    )
+
+    def updated() -> bool:  # the label describes the budget the slider now shows, and the kernel is done
+        value = readout.inner_text().strip()
+        return "| Idle" in status.inner_text() and f"at {value} of the" in label.inner_text()
+
+    _wait(lambda: updated() and (time.sleep(1) or updated()), 120, "the runtime figures to follow the slider")
     after = label.inner_text()
     assert after.split(" of the")[0] != before.split(" of the")[0], (before, after)  # another budget fraction
+    assert "accuracy" in after and "avg BOPs" in after, after
     page.screenshot(path=str(artifacts / "budget_slider.png"), full_page=False)
