@@ -15,15 +15,35 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
+# every plotly figure the notebook leaves in its namespace has a title and labelled axes
+FIGURE_PROBE = """
+import plotly.graph_objects as _go
+_figs = {k: v for k, v in dict(globals()).items() if isinstance(v, _go.Figure)}
+_bad = [] if _figs else ['the notebook shows no plotly figure']
+for _name, _fig in _figs.items():
+    if not _fig.layout.title.text:
+        _bad.append(f'{_name}: no title')
+    if all(getattr(t, 'type', '') in ('table', 'pie', 'indicator') for t in _fig.data):
+        continue
+    for _ax in list(_fig.select_xaxes()) + list(_fig.select_yaxes()):
+        if _ax.visible is False or _ax.showticklabels is False or _ax.matches:
+            continue
+        if not _ax.title.text:
+            _bad.append(f'{_name}: {_ax.plotly_name} has no label')
+print('FIGURES', sorted(_figs))
+assert not _bad, _bad
+"""
+
+
 def run_notebook(name: str, params: str, probe: str, tmp_path: Path, monkeypatch) -> nbformat.NotebookNode:
     """Run ``name`` with its parameters cell replaced by ``params``, then ``probe`` in the same kernel."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)  # a clean run shows no warnings: none are hidden
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(cells) == 1, "each notebook has exactly one cell tagged 'parameters'"
     cells[0].source += "\n" + params
-    nb.cells.append(nbformat.v4.new_code_cell(probe + "\nprint('PROBE OK')"))
+    nb.cells.append(nbformat.v4.new_code_cell(probe + FIGURE_PROBE + "\nprint('PROBE OK')"))
     for attempt in (1, 2):
         # A kernel that stops answering (a known jupyter kernel/client race on headless runs) gets one fresh
         # try; errors raised by the notebook's own cells are never retried.
@@ -37,7 +57,18 @@ def run_notebook(name: str, params: str, probe: str, tmp_path: Path, monkeypatch
             if attempt == 2:
                 raise
     assert "PROBE OK" in run.cells[-1].outputs[-1]["text"]
+    assert not stderr_outputs(run), f"{name} writes to stderr (warnings or logs): {stderr_outputs(run)}"
     return run
+
+
+def stderr_outputs(nb: nbformat.NotebookNode) -> list[str]:
+    """The stderr text of every cell: warnings, log lines, tracebacks printed by hand."""
+    return [
+        out["text"]
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream" and out.get("name") == "stderr"
+    ]
 
 
 def test_notebooks_are_stored_clean():

@@ -122,7 +122,15 @@ def ensure_store(uri: str | None = None) -> str:
     db = _sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    _client(uri).search_experiments(max_results=1)
+    # schema creation logs two INFO lines ("Creating initial MLflow database tables...") on stderr, which show as
+    # red boxes in a notebook; they say nothing a user needs, so they are kept at WARNING for this call only
+    db_logger = logging.getLogger("mlflow.store.db.utils")
+    level = db_logger.level
+    db_logger.setLevel(logging.WARNING)
+    try:
+        _client(uri).search_experiments(max_results=1)
+    finally:
+        db_logger.setLevel(level)
     _ready_stores.add(uri)
     return uri
 

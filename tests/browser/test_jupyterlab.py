@@ -56,7 +56,7 @@ def lab(tmp_path_factory):
         cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
         cell.source += "\n" + params.format(tmp=tmp)
         nbformat.write(nb, root / name)
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db", "PYTHONWARNINGS": "ignore"}
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}  # warnings are not hidden: none may show
     server = start_jupyter_lab(root, work_dir=tmp / "server", env=env)
     yield server, root
     server.stop()
@@ -115,6 +115,8 @@ def _saved_errors(page, root: Path, name: str) -> list[str]:
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 errors.append(f"{out.get('ename')}: {out.get('evalue')}")
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr":
+                errors.append(f"stderr: {''.join(out.get('text', ''))[:500]}")
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     ran = [c for c in code if c.get("execution_count")]
     if not errors:

@@ -162,7 +162,9 @@ def test_resnet18_mixed_plans_deploy_and_fuse_conv_bn_relu():
     int8 = QuantSpec(w_bits=8, a_bits=8)
     plans = {
         "all": QuantPlan({n: int8 for n in layers}),
-        "first half": QuantPlan({n: int8 for n in layers[: len(layers) // 2]}),  # int stem -> float maxpool owner
+        "first half": QuantPlan(
+            {n: int8 for n in layers[: len(layers) // 2]}
+        ),  # int stem -> float maxpool owner
         "ends float": QuantPlan({n: int8 for n in layers[1:-1]}),
     }
     for name, plan in plans.items():

@@ -39,6 +39,9 @@ def layer_cost_figure(profile: pd.DataFrame) -> go.Figure:
     )
     for i, col in enumerate(["params", "macs", "latency_ms", "activation_bytes"], start=1):
         fig.add_trace(go.Bar(x=layers, y=profile[col], name=col, showlegend=False), row=i, col=1)
+    for i, unit in enumerate(["count", "MACs", "ms", "bytes"], start=1):
+        fig.update_yaxes(title_text=unit, row=i, col=1)
+    fig.update_xaxes(title_text="layer (module path)", row=4, col=1)
     fig.update_layout(height=850, title="Per-layer cost", margin={"t": 60, "b": 120})
     return fig
 
@@ -62,6 +65,11 @@ def layer_stats_figure(profile: pd.DataFrame) -> go.Figure:
     fig.add_trace(go.Bar(x=layers, y=profile["act_sparsity"], showlegend=False), row=1, col=2)
     fig.add_trace(go.Bar(x=layers, y=profile["act_entropy"], showlegend=False), row=2, col=1)
     fig.add_trace(go.Bar(x=layers, y=profile["w_kurtosis"], showlegend=False), row=2, col=2)
+    for (row, col), unit in zip(
+        [(1, 1), (1, 2), (2, 1), (2, 2)], ["value", "fraction of zeros", "bits", "excess kurtosis"]
+    ):
+        fig.update_yaxes(title_text=unit, row=row, col=col)
+        fig.update_xaxes(title_text="layer", row=row, col=col)
     fig.update_layout(height=700, title="Per-layer statistics", barmode="overlay")
     return fig
 

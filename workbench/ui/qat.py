@@ -48,6 +48,7 @@ def qat_comparison_figure(table: pd.DataFrame, *, title: str | None = None) -> g
     fig.update_layout(
         title=title or "Test accuracy before and after quantization-aware training",
         barmode="group",
+        xaxis_title="plan (average weight bits)",
         yaxis_title="test accuracy (%)",
         yaxis_range=[max(0.0, low - 5), min(100.0, fp32 + 3)],
         height=440,

@@ -70,7 +70,7 @@ def sensitivity_heatmap(
     fig.update_layout(
         title=f"{metric} when only one layer is quantized ({where})",
         xaxis_title="weight bits" if kind == "weight" else "activation bits",
-        yaxis={"autorange": "reversed", "type": "category"},
+        yaxis={"autorange": "reversed", "type": "category", "title": "layer (module path)"},
         height=max(320, 24 * len(y) + 140),
         margin={"l": 160},
     )
@@ -221,7 +221,7 @@ def cost_benefit_figure(result: SensitivityResult, *, top: int = 15) -> go.Figur
     fig.update_xaxes(title_text=metric, type=_axis_type(cb["sensitivity"]), row=1, col=1)
     fig.update_yaxes(title_text="bytes saved", row=1, col=1)
     fig.update_xaxes(title_text="ratio (log)", type="log", row=1, col=2)
-    fig.update_yaxes(autorange="reversed", row=1, col=2)
+    fig.update_yaxes(autorange="reversed", title_text="layer, weight bits", row=1, col=2)
     fig.update_layout(
         title="Cost-benefit of lowering each layer's weight bits", height=520, legend_title="bits"
     )
