@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -82,6 +82,10 @@ bench-qat: $(STAMP)
 	$(BIN)/python bench/qat_bench.py
 
 ## The search comparison alone (replaces the "## Search" section of docs/BENCHMARKS.md).
+## HAWQ-V3 reference replication (the "## HAWQ-V3 reference replication" section).
+bench-hawq: $(STAMP)
+	$(BIN)/python bench/hawq_bench.py
+
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_bench.py
 

@@ -593,6 +593,26 @@ def cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_replicate_hawq(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.search.hawq_replication import ReplicationConfig, run_replication
+
+    config = ReplicationConfig(
+        data_path=args.data,
+        search_trials=args.search_trials,
+        front_alphas=args.front_alphas,
+        seed=args.seed,
+    )
+    result = run_replication(config)
+    _print_table(result.table())
+    if not result.search_vs_ilp.empty:
+        cols = ["model", "constraint", "hv_exact", "hv_ilp_sweep", "hv_search", "search_front_points"]
+        _print_table(result.fronts[cols])
+    for note in result.notes:
+        print(note)
+    print(f"({result.seconds:.1f} s)")
+    return result.to_dict()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workbench", description="Adaptive mixed-precision quantization workbench"
@@ -802,6 +822,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_adapt)
+    p = sub.add_parser(
+        "replicate-hawq",
+        help="HAWQ-V3's ILP on its published ResNet18/50 inputs: allocations, checks, fronts vs a search",
+    )
+    p.add_argument("--data", help="HAWQ-V3 ILP inputs JSON (default: the copy shipped with the package)")
+    p.add_argument("--search-trials", type=int, default=300, help="NSGA-II trials per model and constraint")
+    p.add_argument("--front-alphas", type=int, default=50, help="budgets of the exact ILP front sweep")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.set_defaults(func=cmd_replicate_hawq)
     return parser
 
 
