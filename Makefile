@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -61,13 +61,16 @@ ui: $(STAMP)
 screenshots: $(STAMP_DEV) $(STAMP_SYS)
 	WORKBENCH_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/python -m pytest tests/browser -q
 
-## Benchmarks behind docs/BENCHMARKS.md.
+## Benchmarks behind docs/BENCHMARKS.md: the quick suite (under 20 minutes on 2 cores), or the full one.
 bench: $(STAMP)
-	$(BIN)/python bench/run_benchmarks.py
-	$(BIN)/python bench/search_bench.py
-	$(BIN)/python bench/qat_bench.py
-	$(BIN)/python bench/hardware_bench.py
-	$(BIN)/python bench/runtime_bench.py
+	$(BIN)/python -m workbench bench --suite quick --json bench/out/bench.json --overwrite
+
+bench-full: $(STAMP)
+	$(BIN)/python -m workbench bench --suite full --json bench/out/bench.json --overwrite
+
+## Accuracy vs size / BOPs fronts of every strategy on both digits models (the "## Fronts" section).
+bench-fronts: $(STAMP)
+	$(BIN)/python bench/fronts_bench.py
 
 ## Dynamic per-input precision vs static maps (the "## Runtime adaptation" section).
 bench-runtime: $(STAMP)

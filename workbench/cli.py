@@ -309,6 +309,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     result = run_pipeline(config)
     print(f"\nEnd-to-end pipeline on {args.model} (test split)")
     _print_table(result.table)
+    print("\nstage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     if result.run_id:
         print(f"\nMLflow run {result.run_id}")
     print("\n" + NEXT_STEPS)
@@ -613,6 +614,23 @@ def cmd_replicate_hawq(args: argparse.Namespace) -> dict[str, Any]:
     return result.to_dict()
 
 
+def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench.benchsuite import run_suite
+
+    result = run_suite(args.suite, only=args.only)
+    print(f"\n{result.command}: {result.seconds / 60:.1f} min")
+    for s in result.stages:
+        print(f"  {s.status:<12.12} {s.seconds:7.0f} s  {s.name}  ({s.command})")
+        if s.status.startswith("skipped"):
+            print(f"    {s.status}")
+    print("docs/BENCHMARKS.md updated")
+    if not result.ok:
+        raise ValueError(
+            "some benchmark stages failed (see above); the document keeps their earlier sections"
+        )
+    return result.to_dict()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workbench", description="Adaptive mixed-precision quantization workbench"
@@ -833,6 +851,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON to PATH")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=cmd_replicate_hawq)
+    p = sub.add_parser(
+        "bench", help="run the benchmark suite (bench/*.py) and rewrite docs/BENCHMARKS.md's sections"
+    )
+    p.add_argument("--suite", choices=["quick", "full"], default="quick")
+    p.add_argument("--only", nargs="+", metavar="SCRIPT", help="stage scripts to run, e.g. fronts_bench")
+    p.add_argument("--json", metavar="PATH", help="write every stage's results as one JSON to PATH")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,14 @@ class PipelineResult:
     profile_summary: dict[str, Any]
     task_info: dict[str, Any]
     run_id: str | None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage, in run order
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "table": self.table.to_dict(orient="records"),
             "profile_summary": self.profile_summary,
             "run_id": self.run_id,
+            "seconds": dict(self.seconds),
         }
 
 
@@ -169,6 +172,8 @@ def results_table(results: list[PlanResult]) -> pd.DataFrame:
 
 def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  # noqa: B008 - frozen default
     """Train or load the model, profile it, and compare FP32 with each configured uniform plan."""
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
     task = make_task(
         config.model,
         dataset=config.dataset,
@@ -176,6 +181,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
         weights=config.weights,
         progress=config.progress,
     )
+    seconds["train_or_load"] = time.perf_counter() - t0
     with tracking.start_run(
         "pipeline",
         run_name=f"pipeline-{config.model}",
@@ -188,6 +194,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
             config=ProfileConfig(max_batches=config.profile_batches, progress=config.progress),
         )
         run.log_dataframe(profile, "profile")
+        seconds["profile"] = time.perf_counter() - t0 - sum(seconds.values())
         fp32_acc = task.evaluate(task.model, config.split)
         fp32_plan = QuantPlan({})
         results = [evaluate_plan(task, fp32_plan, name="FP32", split=config.split, fp32_accuracy=fp32_acc)]
@@ -195,6 +202,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
             plan = resolve_plan(shorthand, task.model)
             results.append(evaluate_plan(task, plan, name=name, split=config.split, fp32_accuracy=fp32_acc))
             run.log_plan(plan, name=name.replace(" ", "_"))
+        seconds["quantize_and_evaluate"] = time.perf_counter() - t0 - sum(seconds.values())
         table = results_table(results)
         run.log_dataframe(table, "summary")
         for r in results:
@@ -202,10 +210,12 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
             run.log_metrics({f"{key}.accuracy": r.accuracy, f"{key}.size_bytes": r.size_bytes})
         summary = profile_summary(profile)
         run.log_metrics({"fp32_accuracy": fp32_acc})
+        run.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
         return PipelineResult(
             table=table,
             profile=profile,
             profile_summary=summary,
             task_info=dict(task.info),
             run_id=run.run_id,
+            seconds=seconds,
         )

@@ -1,0 +1,290 @@
+"""The benchmark suite behind docs/BENCHMARKS.md: ``python -m workbench bench --suite {quick,full}``.
+
+A suite is an ordered list of benchmark scripts (``bench/*.py`` of a source checkout), each with the arguments
+of that suite. Every script writes its own ``## `` sections of docs/BENCHMARKS.md in place and its raw results
+under ``bench/out/``; the suite runs them in fresh processes (so one script's caches and threads cannot skew
+the next one's timings), times them, and writes the machine, versions, commands and stage times as the
+"## Suite" section plus one JSON that gathers every script's results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ("quick", "full")
+SUITE_HEADING = "## Suite: machine, versions, commands"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One benchmark script with its arguments; ``results``: the JSON it writes (relative to the root)."""
+
+    name: str
+    script: str
+    args: tuple[str, ...] = ()
+    results: str | None = None
+    optional_input: str | None = None  # skipped (and said so) when this file is missing
+    skip_reason: str = ""
+
+    def command(self) -> list[str]:
+        return ["python", self.script, *self.args]
+
+
+def suite_stages(suite: str) -> list[Stage]:
+    """The stages of ``suite`` (``quick``: under 20 minutes on 2 cores from a cold cache; ``full``: the numbers
+    quoted in docs/BENCHMARKS.md at their full repeat counts, about an hour)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; valid choices: {', '.join(SUITES)}")
+    quick = suite == "quick"
+    peers = Stage(
+        "peers",
+        "bench/peers_bench.py",
+        (),
+        results="bench/out/peers_bench.json",
+        optional_input="bench/out/peers/peers.json",
+        skip_reason="the peers' own results are missing: run `make bench-peers` (AIMET and NNCF in .venv-peers)",
+    )
+    return [
+        Stage(
+            "ptq, timings, sensitivity, predictor",
+            "bench/run_benchmarks.py",
+            ("--repeats", "3") if quick else ("--repeats", "5"),
+        ),
+        Stage(
+            "fronts (both models, every strategy)",
+            "bench/fronts_bench.py",
+            ("--budget", "20", "--seeds", "1", "--qat-epochs", "2")
+            if quick
+            else ("--budget", "40", "--seeds", "3", "--qat-epochs", "8"),
+            results="bench/out/fronts.json",
+        ),
+        *(
+            []
+            if quick
+            else [
+                Stage(
+                    "search variants (digits_resnet)",
+                    "bench/search_bench.py",
+                    results="bench/out/search.json",
+                ),
+                Stage("qat (digits_resnet)", "bench/qat_bench.py", results="bench/out/qat_bench.json"),
+            ]
+        ),
+        Stage(
+            "hardware deployment and estimator",
+            "bench/hardware_bench.py",
+            ("--repeats", "3", "--skip-resnet18") if quick else (),
+            results="bench/out/hardware_bench.json",
+        ),
+        Stage(
+            "runtime adaptation",
+            "bench/runtime_bench.py",
+            ("--models", "digits_resnet", "--budgets", "0.45") if quick else (),
+            results="bench/out/runtime_bench.json",
+        ),
+        Stage("hawq-v3 replication", "bench/hawq_bench.py", results="bench/out/hawq.json"),
+        peers,
+    ]
+
+
+@dataclasses.dataclass
+class StageResult:
+    name: str
+    command: str
+    status: str  # "ok", "failed (exit N)" or "skipped: why"
+    seconds: float
+    results: Any = None
+    log_tail: str = ""
+
+
+@dataclasses.dataclass
+class SuiteResult:
+    suite: str
+    machine: dict[str, Any]
+    stages: list[StageResult]
+    seconds: float
+    command: str
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status == "ok" or s.status.startswith("skipped") for s in self.stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "suite": self.suite,
+            "command": self.command,
+            "machine": self.machine,
+            "seconds": self.seconds,
+            "ok": self.ok,
+            "stages": [dataclasses.asdict(s) for s in self.stages],
+        }
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, memory, OS, Python and the packages that matter."""
+    import torch
+
+    mem = None
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        mem = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": mem,
+        "avx512_vnni": "avx512_vnni" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {
+            p: _version(p)
+            for p in ("torch", "torchvision", "numpy", "scikit-learn", "scipy", "optuna", "mlflow", "plotly")
+        },
+        "date_utc": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}",
+    }
+
+
+Runner = Callable[[list[str], Path], tuple[int, str]]
+
+
+def _subprocess_runner(argv: list[str], root: Path) -> tuple[int, str]:
+    """Run one script with this interpreter; its output goes to the terminal and the last lines are kept."""
+    proc = subprocess.Popen(  # noqa: S603 - our own scripts, with this interpreter
+        [sys.executable, *argv[1:]],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stderr.write(line)
+        tail = [*tail[-39:], line]
+    return proc.wait(), "".join(tail)
+
+
+def run_suite(
+    suite: str = "quick",
+    *,
+    root: Path = ROOT,
+    only: Sequence[str] | None = None,
+    runner: Runner | None = None,
+    doc: Path | None = None,
+) -> SuiteResult:
+    """Run every stage of ``suite`` in order (``only``: stage scripts' stems to keep, e.g. ``fronts_bench``),
+    then write the suite section of ``doc`` (default ``docs/BENCHMARKS.md``). A failing stage does not stop the
+    others; its status says so."""
+    stages = suite_stages(suite)
+    if only:
+        stems = {Path(s.script).stem for s in stages}
+        bad = sorted(set(only) - stems)
+        if bad:
+            raise ValueError(f"unknown stage(s) {bad}; valid choices: {', '.join(sorted(stems))}")
+        stages = [s for s in stages if Path(s.script).stem in set(only)]
+    missing = [s.script for s in stages if not (root / s.script).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"benchmark scripts {missing} not found under {root}: the suite runs from a source checkout"
+        )
+    runner = runner or _subprocess_runner
+    machine = machine_info()
+    t_all = time.perf_counter()
+    done: list[StageResult] = []
+    for stage in stages:
+        cmd = " ".join(stage.command())
+        if stage.optional_input and not (root / stage.optional_input).exists():
+            done.append(StageResult(stage.name, cmd, f"skipped: {stage.skip_reason}", 0.0))
+            continue
+        t0 = time.perf_counter()
+        code, tail = runner(stage.command(), root)
+        seconds = time.perf_counter() - t0
+        results = None
+        if code == 0 and stage.results and (root / stage.results).exists():
+            results = json.loads((root / stage.results).read_text())
+        status = "ok" if code == 0 else f"failed (exit {code})"
+        done.append(StageResult(stage.name, cmd, status, seconds, results, tail if code else ""))
+    only_part = f" --only {' '.join(only)}" if only else ""
+    result = SuiteResult(
+        suite=suite,
+        machine=machine,
+        stages=done,
+        seconds=time.perf_counter() - t_all,
+        command=f"python -m workbench bench --suite {suite}{only_part}",
+    )
+    write_suite_section(doc or root / "docs" / "BENCHMARKS.md", result)
+    return result
+
+
+def suite_section(result: SuiteResult) -> list[str]:
+    m = result.machine
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    lines = [
+        SUITE_HEADING,
+        "",
+        f"Last suite run: `{result.command}` (`make bench`{' ' if result.suite == 'quick' else '-full '}runs it)"
+        f", {m['date_utc']} UTC, {result.seconds / 60:.1f} min in all.",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; AVX512-VNNI {m['avx512_vnni']},"
+        f" AVX512-BF16 {m['avx512_bf16']}; GPU {m['gpu'] or 'none'}; {m['os']}.",
+        f"- Python {m['python']}; {versions}.",
+        "- Seeds: data split, training and calibration are seeded (seed 0); searches use seeds 0..n-1 as each",
+        "  section says. Timings are medians over the repeats each section names, with min / max where shown.",
+        "",
+        "| stage | command | status | seconds |",
+        "|---|---|---|---|",
+    ]
+    for s in result.stages:
+        lines.append(f"| {s.name} | `{s.command}` | {s.status} | {s.seconds:.0f} |")
+    lines.append("")
+    return lines
+
+
+def write_suite_section(doc: Path, result: SuiteResult) -> None:
+    """Replace (or add) the suite section of ``doc``; every other section is kept."""
+    lines = suite_section(result)
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    parts = text.split("\n")
+    if SUITE_HEADING in parts:
+        start = parts.index(SUITE_HEADING)
+        end = next((i for i in range(start + 1, len(parts)) if parts[i].startswith("## ")), len(parts))
+        parts = [*parts[:start], *lines, *parts[end:]]
+    else:  # right after the preamble, before the first section
+        first = next((i for i, line in enumerate(parts) if line.startswith("## ")), len(parts))
+        parts = [*parts[:first], *lines, *parts[first:]]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(parts).rstrip("\n") + "\n")
