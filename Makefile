@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts bench-peers
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -88,6 +88,13 @@ bench-qat: $(STAMP)
 ## HAWQ-V3 reference replication (the "## HAWQ-V3 reference replication" section).
 bench-hawq: $(STAMP)
 	$(BIN)/python bench/hawq_bench.py
+
+## AIMET AMP and NNCF HAWQ on our models (own venv .venv-peers; the "## Peers" section).
+bench-peers: $(STAMP)
+	bash bench/peers/setup.sh
+	$(BIN)/python bench/peers_bench.py --prepare
+	.venv-peers/bin/python bench/peers/run_peers.py
+	$(BIN)/python bench/peers_bench.py
 
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_bench.py

@@ -110,13 +110,13 @@ def dominates_or_matches(ours: pd.DataFrame, point: pd.Series, acc: str = "test_
     return bool((ok[acc] >= point[acc] - 1e-12).any())
 
 
-def run_model(name: str, *, budget: int, seeds: int, qat_epochs: int) -> dict:
+def run_model(name: str, *, budget: int, seeds: int, qat_epochs: int, predictor_plans: int = 300) -> dict:
     task = load_task(name, progress=False)
     t0 = time.perf_counter()
     sens = analyze_sensitivity(task, track=False)
     sens_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    predictor = default_predictor(task, sens, n_plans=300, seed=0)
+    predictor = default_predictor(task, sens, n_plans=predictor_plans, seed=0)
     pred_s = time.perf_counter() - t0
     cost = CostModel(task.model, task.example_input())
     fp32_w, fp32_b = float(cost.fp32_cost.weight_bytes), float(cost.fp32_cost.bops)
@@ -330,6 +330,9 @@ def main() -> None:
     parser.add_argument(
         "--qat-epochs", type=int, default=3, help="QAT epochs of the before/after rows (0: skip)"
     )
+    parser.add_argument(
+        "--predictor-plans", type=int, default=300, help="measured plans behind the predictor"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--doc", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "fronts.json"))
@@ -341,8 +344,8 @@ def main() -> None:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         results, total = saved["results"], saved["seconds"]
-        for key in ("models", "budget", "seeds", "qat_epochs", "threads"):
-            setattr(args, key, saved["args"][key])
+        for key in ("models", "budget", "seeds", "qat_epochs", "threads", "predictor_plans"):
+            setattr(args, key, saved["args"].get(key, 300))
     else:
         t_all = time.perf_counter()
         results = [
@@ -363,7 +366,7 @@ def main() -> None:
         figure_note = f"Plot: `{os.path.relpath(args.figure, ROOT)}` (interactive: `bench/out/fronts.html`)."
     cmd = (
         f"python bench/fronts_bench.py --models {' '.join(args.models)} --budget {args.budget} "
-        f"--seeds {args.seeds} --qat-epochs {args.qat_epochs}"
+        f"--seeds {args.seeds} --qat-epochs {args.qat_epochs} --predictor-plans {args.predictor_plans}"
     )
     lines = [
         HEADING,
@@ -375,7 +378,7 @@ def main() -> None:
         "over each run's measured plans on val: accuracy above FP32 - 10 pp and weight bytes below 1/4 of FP32",
         "(`HV size`) or BOPs below 1/16 of FP32, i.e. below W8A8 (`HV BOPs`), normalised to [0, 1].",
         f"`{OURS}` screens {20 * args.budget} TPE trials on the accuracy predictor (trained once",
-        "per model on 300 measured plans, not counted in the budget) and starts from HAWQ-V3 ILP plans.",
+        f"per model on {args.predictor_plans} measured plans, not counted in the budget) and starts from HAWQ-V3 ILP plans.",
         "The budget comparison takes, for each method, the plan with the best val accuracy within the weight",
         "budget and reports its test accuracy (450 images; one image = 0.22 pp), median over seeds.",
         figure_note,

@@ -61,14 +61,14 @@ def suite_stages(suite: str) -> list[Stage]:
         Stage(
             "ptq, timings, sensitivity, predictor",
             "bench/run_benchmarks.py",
-            ("--repeats", "3") if quick else ("--repeats", "5"),
+            ("--repeats", "3", "--plans", "150") if quick else ("--repeats", "5", "--plans", "300"),
         ),
         Stage(
             "fronts (both models, every strategy)",
             "bench/fronts_bench.py",
-            ("--budget", "20", "--seeds", "1", "--qat-epochs", "2")
+            ("--budget", "20", "--seeds", "1", "--qat-epochs", "2", "--predictor-plans", "150")
             if quick
-            else ("--budget", "40", "--seeds", "3", "--qat-epochs", "8"),
+            else ("--budget", "40", "--seeds", "3", "--qat-epochs", "8", "--predictor-plans", "300"),
             results="bench/out/fronts.json",
         ),
         *(
@@ -186,6 +186,7 @@ def _subprocess_runner(argv: list[str], root: Path) -> tuple[int, str]:
     proc = subprocess.Popen(  # noqa: S603 - our own scripts, with this interpreter
         [sys.executable, *argv[1:]],
         cwd=root,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the script's lines reach the terminal as they come
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -216,7 +217,8 @@ def run_suite(
         if bad:
             raise ValueError(f"unknown stage(s) {bad}; valid choices: {', '.join(sorted(stems))}")
         stages = [s for s in stages if Path(s.script).stem in set(only)]
-    missing = [s.script for s in stages if not (root / s.script).exists()]
+    runnable = [s for s in stages if not s.optional_input or (root / s.optional_input).exists()]
+    missing = [s.script for s in runnable if not (root / s.script).exists()]
     if missing:
         raise FileNotFoundError(
             f"benchmark scripts {missing} not found under {root}: the suite runs from a source checkout"
