@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench.benchsuite import splice_section
 from workbench.search.hawq_replication import (
     PAPER_ALPHAS,
     HawqReplication,
@@ -43,17 +44,7 @@ def _cell(v: object) -> str:
     return str(v)
 
 
-def splice(doc: Path, heading: str, lines: list[str]) -> None:
-    """Replace the section starting at ``heading`` (up to the next ``## ``) in ``doc``, or append it."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    parts = text.split("\n")
-    try:
-        start = parts.index(heading)
-    except ValueError:
-        doc.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
-        return
-    end = next((i for i in range(start + 1, len(parts)) if parts[i].startswith("## ")), len(parts))
-    doc.write_text("\n".join([*parts[:start], *lines, *parts[end:]]).rstrip("\n") + "\n")
+splice = splice_section  # one shared section writer (workbench.benchsuite)
 
 
 def model_table(result: HawqReplication, model: str) -> pd.DataFrame:

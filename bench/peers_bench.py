@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from workbench.benchsuite import splice_section
 from workbench.quant.spec import PlanError, QuantPlan, QuantSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,17 +141,7 @@ def bits_string(layers: Sequence[str], bits: Mapping[str, int] | None) -> str:
     return "/".join(str(bits[n]) if n in bits else "-" for n in layers)
 
 
-def splice(doc: Path, heading: str, lines: list[str]) -> None:
-    """Replace the section starting at ``heading`` (up to the next ``## ``) in ``doc``, or append it."""
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    parts = text.split("\n")
-    try:
-        start = parts.index(heading)
-    except ValueError:
-        doc.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
-        return
-    end = next((i for i in range(start + 1, len(parts)) if parts[i].startswith("## ")), len(parts))
-    doc.write_text("\n".join([*parts[:start], *lines, *parts[end:]]).rstrip("\n") + "\n")
+splice = splice_section  # one shared section writer (workbench.benchsuite)
 
 
 def load_peers(path: Path) -> dict[str, Any]:

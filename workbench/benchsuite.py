@@ -276,6 +276,21 @@ def suite_section(result: SuiteResult) -> list[str]:
     return lines
 
 
+def splice_section(doc: Path, heading: str, lines: list[str]) -> None:
+    """Replace the section of ``doc`` starting at the line ``heading`` (up to the next ``## ``) with ``lines``,
+    or append them; every other section is kept. The one way every benchmark script edits BENCHMARKS.md."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    parts = text.split("\n")
+    try:
+        start = parts.index(heading)
+    except ValueError:
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        doc.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+        return
+    end = next((i for i in range(start + 1, len(parts)) if parts[i].startswith("## ")), len(parts))
+    doc.write_text("\n".join([*parts[:start], *lines, *parts[end:]]).rstrip("\n") + "\n")
+
+
 def write_suite_section(doc: Path, result: SuiteResult) -> None:
     """Replace (or add) the suite section of ``doc``; every other section is kept."""
     lines = suite_section(result)
