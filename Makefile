@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts bench-peers
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts bench-peers bench-parallel
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -56,20 +56,26 @@ ui: $(STAMP)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port 5000 --workers 1
 
+## A shared MLflow tracking server for a team: PostgreSQL + artifacts under data/tracking, on 127.0.0.1:5001
+## (ARGS="--host 0.0.0.0" to serve other machines); Ctrl-C stops it, the runs are kept.
+.PHONY: tracking-server
+tracking-server: $(STAMP) $(STAMP_SYS)
+	$(BIN)/python -m workbench tracking-server $(ARGS)
+
 ## The README's images (explorer, Pareto front, runtime budget slider, MLflow runs and compare view) from a real run
 ## of the browser tests (JupyterLab and the MLflow UI in Chromium).
 screenshots: $(STAMP_DEV) $(STAMP_SYS)
 	WORKBENCH_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/python -m pytest tests/browser -q
 
 ## Benchmarks behind docs/BENCHMARKS.md: the quick suite (under 20 minutes on 2 cores), or the full one.
-bench: $(STAMP)
+bench: $(STAMP) $(STAMP_SYS)
 	$(BIN)/python -m workbench bench --suite quick --json bench/out/bench.json --overwrite
 
-bench-full: $(STAMP)
+bench-full: $(STAMP) $(STAMP_SYS)
 	$(BIN)/python -m workbench bench --suite full --json bench/out/bench.json --overwrite
 
 ## Accuracy vs size / BOPs fronts of every strategy on both digits models (the "## Fronts" section).
-bench-fronts: $(STAMP)
+bench-fronts: $(STAMP) $(STAMP_SYS)
 	$(BIN)/python bench/fronts_bench.py
 
 ## Dynamic per-input precision vs static maps (the "## Runtime adaptation" section).
@@ -91,10 +97,11 @@ bench-hawq: $(STAMP)
 
 ## AIMET AMP and NNCF HAWQ on our models (own venv .venv-peers; the "## Peers" section).
 bench-peers: $(STAMP)
-	bash bench/peers/setup.sh
-	$(BIN)/python bench/peers_bench.py --prepare
-	.venv-peers/bin/python bench/peers/run_peers.py
-	$(BIN)/python bench/peers_bench.py
+	$(BIN)/python bench/peers_bench.py --run-peers
+
+## Search workers on one study: 1 worker (1 and 2 threads) vs 2 workers, wall time and speed-up.
+bench-parallel: $(STAMP)
+	$(BIN)/python bench/parallel_bench.py
 
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_bench.py

@@ -442,6 +442,11 @@ def main() -> None:
     parser.add_argument("--json", default=str(OUT_JSON))
     parser.add_argument("--rerun-ours", action="store_true", help="run our searches for digits_resnet too")
     parser.add_argument("--prepare", action="store_true", help="only train / cache the two models and exit")
+    parser.add_argument(
+        "--run-peers",
+        action="store_true",
+        help="first set up .venv-peers (bench/peers/setup.sh, kept if ready) and run the peers there",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -456,6 +461,18 @@ def main() -> None:
         print("models cached:", ", ".join(MODELS))
         return
     t_all = time.perf_counter()
+    if args.run_peers:  # the peers run in their own venv, on the models cached here
+        import subprocess
+
+        for name in MODELS:
+            load_task(name, progress=False)
+        subprocess.run(["bash", str(ROOT / "bench" / "peers" / "setup.sh")], check=True)
+        venv_python = ROOT / ".venv-peers" / "bin" / "python"
+        subprocess.run(
+            [str(venv_python), str(ROOT / "bench" / "peers" / "run_peers.py"), "--out", str(args.peers_json)],
+            check=True,
+            cwd=ROOT / "bench" / "out" / "peers",
+        )
     peers = load_peers(Path(args.peers_json))
     rp = _run_peers_module()
     setup_log = ROOT / "bench" / "out" / "peers" / "setup.log"

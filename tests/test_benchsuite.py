@@ -27,6 +27,7 @@ def test_full_suite_adds_the_long_stages():
     quick = {s.script for s in suite_stages("quick")}
     full = {s.script for s in suite_stages("full")}
     assert quick < full and {"bench/search_bench.py", "bench/qat_bench.py"} <= full - quick
+    assert "bench/parallel_bench.py" in quick  # 1 vs 2 search workers: about 3 minutes on 2 cores
 
 
 def test_unknown_suite_and_stage_are_named():
@@ -47,7 +48,20 @@ def _fake_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_suite_runs_stages_in_order_skips_missing_peers_and_keeps_other_sections(tmp_path):
+def test_a_stage_whose_input_is_missing_is_skipped_and_said_so(tmp_path, monkeypatch):
+    import workbench.benchsuite as bs
+
+    root = _fake_root(tmp_path)
+    stage = bs.Stage(
+        "opt", "bench/hawq_bench.py", optional_input="bench/out/x.json", skip_reason="x is missing"
+    )
+    monkeypatch.setattr(bs, "suite_stages", lambda suite: [stage])
+    calls = []
+    result = bs.run_suite("quick", root=root, runner=lambda argv, cwd: calls.append(argv) or (0, ""))
+    assert calls == [] and result.stages[0].status == "skipped: x is missing" and result.ok
+
+
+def test_suite_runs_stages_in_order_and_keeps_other_sections(tmp_path):
     root = _fake_root(tmp_path)
     calls = []
 
@@ -62,10 +76,8 @@ def test_suite_runs_stages_in_order_skips_missing_peers_and_keeps_other_sections
         return 0, ""
 
     result = run_suite("quick", root=root, runner=runner)
-    stages = [s for s in suite_stages("quick") if s.optional_input is None]
-    assert calls == [s.script for s in stages]  # peers skipped: its input is missing
+    assert calls == [s.script for s in suite_stages("quick")]  # every stage, in order, after a failure too
     by_name = {s.name: s for s in result.stages}
-    assert by_name["peers"].status.startswith("skipped: ") and "make bench-peers" in by_name["peers"].status
     assert by_name["runtime adaptation"].status == "failed (exit 3)"
     assert "boom" in by_name["runtime adaptation"].log_tail
     assert by_name["fronts (both models, every strategy)"].results == {"hv": 0.5}

@@ -49,13 +49,12 @@ def suite_stages(suite: str) -> list[Stage]:
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; valid choices: {', '.join(SUITES)}")
     quick = suite == "quick"
+    # the peers run in their own venv (.venv-peers, set up on first use), then are compared with ours
     peers = Stage(
-        "peers",
+        "peers (AIMET AMP, NNCF HAWQ: setup if needed, run, compare)",
         "bench/peers_bench.py",
-        (),
+        ("--run-peers",),
         results="bench/out/peers_bench.json",
-        optional_input="bench/out/peers/peers.json",
-        skip_reason="the peers' own results are missing: run `make bench-peers` (AIMET and NNCF in .venv-peers)",
     )
     return [
         Stage(
@@ -66,7 +65,7 @@ def suite_stages(suite: str) -> list[Stage]:
         Stage(
             "fronts (both models, every strategy)",
             "bench/fronts_bench.py",
-            ("--budget", "20", "--seeds", "1", "--qat-epochs", "2", "--predictor-plans", "150")
+            ("--budget", "20", "--seeds", "3", "--qat-epochs", "3", "--predictor-plans", "150")
             if quick
             else ("--budget", "40", "--seeds", "3", "--qat-epochs", "8", "--predictor-plans", "300"),
             results="bench/out/fronts.json",
@@ -94,6 +93,12 @@ def suite_stages(suite: str) -> list[Stage]:
             "bench/runtime_bench.py",
             ("--models", "digits_resnet", "--budgets", "0.45") if quick else (),
             results="bench/out/runtime_bench.json",
+        ),
+        Stage(
+            "parallel plan evaluation (1 vs 2 workers)",
+            "bench/parallel_bench.py",
+            () if quick else ("--repeats", "5"),
+            results="bench/out/parallel.json",
         ),
         Stage("hawq-v3 replication", "bench/hawq_bench.py", results="bench/out/hawq.json"),
         peers,

@@ -41,6 +41,10 @@ def _task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder holding --dataset (nothing is downloaded)")
     p.add_argument("--weights", help="state_dict file for a torchvision model")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    p.add_argument(
+        "--device",
+        help="where the stage runs: cpu (default), cuda, cuda:N; under torchrun cuda means cuda:LOCAL_RANK",
+    )
     p.add_argument("--json", metavar="PATH", help="write the result summary as JSON to PATH")
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing output files (--json, --csv, --out)"
@@ -48,11 +52,14 @@ def _task_args(p: argparse.ArgumentParser) -> None:
 
 
 def _task(args: argparse.Namespace, *, retrain: bool = False):
+    from workbench.distributed import process_device
     from workbench.pipeline import make_task
 
-    return make_task(
+    task = make_task(
         args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights, retrain=retrain
     )
+    device = getattr(args, "device", None)
+    return task.to(process_device(device)) if device else task
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -272,6 +279,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         storage=args.storage,
         resume=args.resume,
         workers=args.workers,
+        worker_threads=args.worker_threads,
         track=not args.no_track,
         hv_ref=HypervolumeRef(size_fraction=args.hv_size_fraction, max_drop_pp=args.hv_max_drop),
         space=space,
@@ -338,11 +346,21 @@ def cmd_qat(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
         max_steps=args.max_steps,
     )
-    task = _task(args)
-    plan = resolve_plan(args.plan, task.model)
-    result = train_qat(
-        task, plan, config, packed_path=args.out, track=not args.no_track, progress=not args.quiet
-    )
+    from workbench import distributed
+
+    info = distributed.init_from_env(args.device)  # under torchrun: join the process group (gloo / nccl)
+    try:
+        task = _task(args)
+        plan = resolve_plan(args.plan, task.model)
+        result = train_qat(
+            task, plan, config, packed_path=args.out, track=not args.no_track,
+            progress=not args.quiet and info.is_main,
+        )  # fmt: skip
+    finally:
+        distributed.shutdown()
+    if not info.is_main:  # rank 0 alone reports and writes --json
+        args.json = None
+        return {"rank": info.rank}
     _print_table(qat_table({str(args.plan): result}))
     if args.out:
         print(f"packed model written to {args.out} ({result.packed_bytes} bytes)")
@@ -631,6 +649,75 @@ def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     return result.to_dict()
 
 
+def cmd_tracking_server(args: argparse.Namespace) -> dict[str, Any]:
+    import signal
+    import socket
+    import time
+
+    from workbench.paths import data_dir
+    from workbench.servers import start_postgres, start_tracking_server
+
+    home = Path(args.home).expanduser().resolve() if args.home else data_dir() / "tracking"
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in stop_signals}
+    pg = server = None
+    try:
+        try:
+            pg = start_postgres(home / "pg", port=args.pg_port)
+            server = start_tracking_server(
+                backend_uri=pg.url, artifact_root=home / "artifacts", host=args.host, port=args.port,
+                work_dir=home, allowed_hosts=args.allowed_hosts,
+            )  # fmt: skip
+        except (RuntimeError, TimeoutError) as e:
+            raise ValueError(f"the tracking server did not start: {e}") from e
+        result = {"tracking_uri": server.url, "backend": pg.url, "home": str(home)}
+        port = server.port
+        print(
+            f"MLflow tracking server {server.url}: runs in PostgreSQL ({pg.url}), artifacts in {home}/artifacts"
+        )
+        print(f"logs: {server.log}, {pg.log}\n")
+        print("On this machine:")
+        local = f"http://127.0.0.1:{port}" if args.host == "0.0.0.0" else server.url  # noqa: S104
+        print(f"  export MLFLOW_TRACKING_URI={local}")
+        print("  python -m workbench pipeline    # every stage logs its runs and artifacts to the server")
+        print("On other machines (same command; artifacts are uploaded through the server):")
+        if args.host in ("127.0.0.1", "localhost"):
+            print(
+                f"  ssh -N -L {port}:127.0.0.1:{port} {socket.gethostname()} &    # it listens on 127.0.0.1 only;"
+            )
+            print(
+                f"  export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}    # or restart it with --host 0.0.0.0"
+            )
+        else:
+            print(f"  export MLFLOW_TRACKING_URI={server.url}")
+        print(f"Ctrl-C stops it; runs and artifacts stay under {home} for the next start.", flush=True)
+        while server.running():
+            time.sleep(1.0)
+        raise ValueError(
+            f"the MLflow tracking server exited (code {server.process.returncode}); see {server.log}"
+        )
+    except KeyboardInterrupt:
+        print("\nstopping the tracking server and PostgreSQL", flush=True)
+    finally:
+        for s in stop_signals:  # a second Ctrl-C must not cut the shutdown short
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            if server is not None:
+                server.stop()
+            if pg is not None:
+                pg.stop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    if server is None:  # interrupted while starting
+        return {"tracking_uri": None, "home": str(home)}
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workbench", description="Adaptive mixed-precision quantization workbench"
@@ -756,6 +843,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an existing study (e.g. after a crash)")
     p.add_argument("--join", action="store_true", help="add this process as a worker of an existing study")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    p.add_argument(
+        "--worker-threads",
+        type=int,
+        help="torch threads per worker (default: torch's; 1 with --workers = cores)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_search)
 
@@ -859,6 +951,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write every stage's results as one JSON to PATH")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser(
+        "tracking-server",
+        help="a shared MLflow tracking server (PostgreSQL + artifacts) for a team; Ctrl-C stops",
+    )
+    p.add_argument("--home", help="its PostgreSQL data (pg/) and artifacts (default: data/tracking)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: other machines)")
+    p.add_argument("--port", type=int, default=5001, help="the tracking server's port")
+    p.add_argument("--pg-port", type=int, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--allowed-hosts", help="MLflow's --allowed-hosts, needed when clients use a host name")
+    p.set_defaults(func=cmd_tracking_server, json=None)
     return parser
 
 
@@ -874,6 +976,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_outputs(args)
+        if hasattr(args, "no_track") and not args.no_track:
+            from workbench import tracking
+
+            if tracking.tracking_enabled():
+                tracking.check_reachable()  # a dead tracking server fails here, before any expensive work
         result = args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)

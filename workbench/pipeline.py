@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import nn
 
 from workbench import tracking
+from workbench.devices import DeviceError, on_device, resolve_device
 from workbench.profiling import ProfileConfig, profile_model, profile_summary
 from workbench.quant import PlanError, QuantPlan, quantize_model, save_packed
 from workbench.tasks import Task, load_task, torchvision_task
@@ -98,12 +100,17 @@ def evaluate_plan(
     packed_path: str | Path | None = None,
     overwrite: bool = False,
     keep_model: bool = False,
+    device: str | torch.device | None = None,
 ) -> PlanResult:
     """Quantize ``task.model`` with ``plan`` (calibrated on the task's calibration data) and measure it.
 
     The packed file goes to ``packed_path`` if given (refusing to overwrite unless ``overwrite``), else to a
-    temporary file that is removed after its size is read.
+    temporary file that is removed after its size is read. ``device``: where the model is quantized and
+    evaluated (``cpu``, ``cuda``, ``cuda:N``; None: where ``task.model`` is); the model is copied there, and
+    ``PlanResult.model`` (``keep_model``) stays on it. A device this machine lacks raises
+    :class:`workbench.devices.DeviceError` before any work.
     """
+    task = on_device(task, device)
     qmodel = quantize_model(task.model, plan, task.calib_loader)
     fp32 = task.evaluate(task.model, split) if fp32_accuracy is None else fp32_accuracy
     acc = task.evaluate(qmodel, split)
@@ -130,7 +137,12 @@ def evaluate_plan(
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """End-to-end pipeline on the embedded digits task (defaults) or a torchvision task."""
+    """End-to-end pipeline on the embedded digits task (defaults) or a torchvision task.
+
+    ``device``: where every stage runs (``cpu``, ``cuda``, ``cuda:N``; None: the CPU, where tasks are loaded);
+    checked when the config is built: a malformed name or a device this machine lacks raises
+    :class:`workbench.devices.DeviceError` naming the devices it has.
+    """
 
     model: str = "digits_resnet"
     plans: tuple[tuple[str, str], ...] = DEFAULT_PLANS
@@ -141,6 +153,17 @@ class PipelineConfig:
     weights: str | None = None
     progress: bool = True
     track: bool = True
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.device is not None:
+            if isinstance(self.device, torch.device):
+                object.__setattr__(self, "device", str(self.device))
+            if not isinstance(self.device, str):
+                raise DeviceError(
+                    f"device must be a string such as 'cpu', 'cuda' or 'cuda:0', got {type(self.device).__name__}"
+                )
+            resolve_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -171,7 +194,10 @@ def results_table(results: list[PlanResult]) -> pd.DataFrame:
 
 
 def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  # noqa: B008 - frozen default
-    """Train or load the model, profile it, and compare FP32 with each configured uniform plan."""
+    """Train or load the model, profile it, and compare FP32 with each configured uniform plan, every stage
+    on ``config.device`` (checked before the model is trained or loaded)."""
+    if config.device is not None:
+        resolve_device(config.device)  # the config may have been built on another machine
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     task = make_task(
@@ -181,6 +207,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
         weights=config.weights,
         progress=config.progress,
     )
+    task = on_device(task, config.device)
     seconds["train_or_load"] = time.perf_counter() - t0
     with tracking.start_run(
         "pipeline",

@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.devices import model_device, on_device
 from workbench.models import evaluate_accuracy
 from workbench.paths import data_dir
 from workbench.quant import (
@@ -512,6 +513,7 @@ def _logits(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Ten
     """Concatenated outputs of ``model`` over ``loader`` (eval mode), targets if batches have them, and a hash
     of the inputs and targets."""
     h = hashlib.sha256()
+    device = model_device(model)
     was_training = model.training
     model.eval()
     outs, ys = [], []
@@ -520,7 +522,7 @@ def _logits(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Ten
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
             h.update(x.detach().cpu().contiguous().numpy().tobytes())
-            outs.append(model(x).detach().float().cpu())
+            outs.append(model(x.to(device)).detach().float().cpu())
             if y is not None:
                 h.update(y.detach().cpu().contiguous().numpy().tobytes())
                 ys.append(y.detach().cpu())
@@ -689,6 +691,7 @@ def build_plan_dataset(
     progress: bool = True,
     track: bool = False,
     num_threads: int | None = None,
+    device: str | torch.device | None = None,
 ) -> PlanDataset:
     """Generate the plans of ``config`` (see :func:`generate_plans`) and measure each on ``task``.
 
@@ -698,6 +701,11 @@ def build_plan_dataset(
     ``resume=False`` every plan is measured again and appended (the file is never truncated). ``num_threads``
     sets torch's intra-op threads during the build and restores them afterwards (1 is often fastest for small
     models on a busy machine). ``track`` logs the config, counts and the frame to MLflow.
+
+    ``device``: where plans are quantized and measured (``cpu``, ``cuda``, ``cuda:N``; None: where
+    ``task.model`` is); the model is copied there. The cache key does not depend on the device (a cache file
+    filled on one device is reused on another; the numbers differ at most by float rounding). A device this
+    machine lacks raises :class:`workbench.devices.DeviceError` before any work.
     """
     from tqdm.auto import tqdm
 
@@ -705,6 +713,7 @@ def build_plan_dataset(
 
     if not isinstance(config, PlanDatasetConfig):
         raise TypeError(f"config must be a PlanDatasetConfig, got {type(config).__name__}")
+    task = on_device(task, device)
     t_start = time.perf_counter()
     names = quantizable_layers(task.model)
     if not names:
@@ -837,7 +846,7 @@ def _input_variance(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> 
     was_training = model.training
     try:
         model.eval()
-        model(x)
+        model(x.to(model_device(model)))
     finally:
         for h in handles:
             h.remove()

@@ -307,7 +307,8 @@ def _latency_pass(
     model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, records: dict, config: ProfileConfig
 ) -> list[float]:
     """Per-layer times (into ``records``) and whole-model forward times in ms."""
-    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    # the input's own CUDA device (torch.cuda.synchronize() alone waits for the current device only)
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else (lambda: None)
     starts: dict[str, float] = {}
     timing = {"on": False}
     per_call: dict[str, float] = {}

@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from workbench import tracking
+from workbench import distributed, tracking
+from workbench.devices import on_device
 from workbench.quant import PlanError, QuantPlan, QuantSpec, quant_modules, quantize_model, save_packed
 from workbench.quant.introspect import quantizable_layers
 from workbench.quant.modules import ActQuantizer, WeightQuantizer
@@ -291,7 +292,7 @@ def quantization_loss(model: nn.Module) -> Tensor:
             total = err * n if total is None else total + err * n
             count += n
     if total is None:
-        return torch.zeros(())
+        return torch.zeros((), device=next((p.device for p in model.parameters()), None))
     return total / count
 
 
@@ -414,7 +415,7 @@ def expected_weight_bits(model: nn.Module, plan: QuantPlan, counts: Mapping[str,
         if name not in mixed:
             spec = plan.get(name)
             const += n * (32.0 if spec is None else spec.mean_weight_bits())
-    out = torch.tensor(const)
+    out = torch.tensor(const, device=next((p.device for p in model.parameters()), None))
     for name, q in mixed.items():
         out = out + counts[name] * q.expected_bits()
     return out / total
@@ -602,6 +603,14 @@ class _Trainer:
         # strength would not matter (only its sign); with SGD a larger penalty moves the logits further.
         self.bit_optimizer = torch.optim.SGD(logits, lr=config.bit_lr, momentum=0.9) if logits else None
         self.device = next(model.parameters()).device
+        # In a process group, forward / backward go through a DDP replica (gradients averaged over ranks)
+        self.dist = distributed.current()
+        self.forward_model: nn.Module = model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward_model = DistributedDataParallel(model, device_ids=ids, forward_sync_buffers=False)
 
     def set_lr(self, factor: float) -> None:
         for g in self.optimizer.param_groups:
@@ -611,20 +620,33 @@ class _Trainer:
         self.model.train()
         _freeze_bn(self.model)
 
+    def _share(self, mean: Tensor, out: Tensor, n_local: int, n_global: int) -> Tensor:
+        """This rank's share of a batch-mean loss: summed over ranks and averaged by DDP (divided by the world
+        size), the shares give the mean over the global batch, whatever the slice sizes."""
+        if not self.dist.active:
+            return mean
+        if n_local == 0:
+            return out.sum() * 0.0  # keeps every parameter in the graph, as DDP requires
+        return mean * (n_local * self.dist.world_size / n_global)
+
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         cfg = self.config
         x, y = x.to(self.device), y.to(self.device)
+        n_global = int(y.shape[0])
+        x, y = distributed.shard(x, y, self.dist)
+        n_local = int(y.shape[0])
         self.optimizer.zero_grad(set_to_none=True)
         if self.bit_optimizer is not None:
             self.bit_optimizer.zero_grad(set_to_none=True)
-        out = self.model(x)
-        ce = F.cross_entropy(out, y)
+        out = self.forward_model(x)
+        ce = self._share(F.cross_entropy(out, y) if n_local else out.sum(), out, n_local, n_global)
         loss = ce
         parts = {"ce_loss": ce}
         if cfg.distill_weight > 0 and self.teacher is not None:
             with torch.no_grad():
                 t_out = self.teacher(x)
-            kd = distillation_loss(out, t_out, cfg.temperature)
+            kd = distillation_loss(out, t_out, cfg.temperature) if n_local else out.sum()
+            kd = self._share(kd, out, n_local, n_global)
             loss = (1.0 - cfg.distill_weight) * ce + cfg.distill_weight * kd
             parts["distill_loss"] = kd
         if cfg.quant_loss_weight > 0:
@@ -641,10 +663,16 @@ class _Trainer:
             self.bit_optimizer.step()
         self.learned.clamp_()
         parts["loss"] = loss
+        if self.dist.active:  # report the global batch's losses: batch terms summed, the others are equal
+            names = [k for k in ("ce_loss", "distill_loss", "loss") if k in parts]
+            total = distributed.all_reduce_sum(torch.stack([parts[k].detach().float() for k in names]))
+            for k, v in zip(names, total / self.dist.world_size, strict=True):
+                parts[k] = v
         return {k: float(v.detach()) for k, v in parts.items()}
 
     def close(self) -> None:
         """Learned scales back to buffers: the model is a plain quantized model again."""
+        self.forward_model = self.model  # drops the DDP replica (and its gradient hooks)
         self.learned.close()
         for q in _mixed(self.model).values():
             q.logits.requires_grad_(False)
@@ -817,6 +845,7 @@ class QATResult:
     seconds: float
     history: pd.DataFrame = field(repr=False)
     run_id: str | None = None
+    world_size: int = 1
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -1020,6 +1049,7 @@ def train_qat(
     packed_path: str | os.PathLike | None = None,
     track: bool = True,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> QATResult:
     """Quantization-aware training of ``plan`` on ``task``; returns the trained model and its measurements.
 
@@ -1027,12 +1057,21 @@ def train_qat(
     is a quantized copy of ``task.model`` (never modified). ``packed_path``: where the packed low-bit model is
     written (refused if it exists, unless ``config.overwrite``); a temporary file otherwise, removed once its
     size is read (and logged). ``track``: one MLflow run of stage ``"qat"`` with per-epoch metrics (step =
-    epoch), the input and final plans, the history table and the packed model as artifacts.
+    epoch), the input and final plans, the history table and the packed model as artifacts. ``device``:
+    where to train (``cpu``, ``cuda``, ``cuda:N``; None: where the task's model is).
+
+    Data parallel: inside a torch.distributed process group (``torchrun``, see :mod:`workbench.distributed`)
+    every process trains a DistributedDataParallel replica on its slice of each global batch, so the run
+    equals a single-process run up to floating-point summation order; rank 0 alone tracks, writes the
+    checkpoint and the packed file.
     """
     config = config if config is not None else QATConfig()
     if not isinstance(config, QATConfig):
         raise QATError(f"config must be a QATConfig, got {type(config).__name__}")
     _check_task(task)
+    dist_info = distributed.current()
+    if device is not None:
+        task = on_device(task, distributed.process_device(device))
     plan = _resolve_plan(plan, task.model)
     if packed_path is not None:
         packed_path = Path(packed_path)
@@ -1092,7 +1131,7 @@ def train_qat(
         ckpt_path = Path(config.checkpoint) if config.checkpoint else None
 
         def save() -> None:
-            if ckpt_path is not None:
+            if ckpt_path is not None and dist_info.is_main:
                 _save_checkpoint(
                     ckpt_path, key=key, fingerprint=fingerprint, model=qmodel, trainer=trainer, prog=prog
                 )
@@ -1100,12 +1139,18 @@ def train_qat(
         step_times: list[float] = []
         interrupted = False
         partial_row: dict[str, Any] | None = None
-        run_params = {"task": getattr(task, "name", "task"), "plan_layers": len(plan), **config.to_dict()}
+        run_params = {
+            "task": getattr(task, "name", "task"),
+            "plan_layers": len(plan),
+            "world_size": dist_info.world_size,
+            "device": str(next(qmodel.parameters()).device),
+            **config.to_dict(),
+        }
         with tracking.start_run(
             "qat",
             run_name=f"qat-{getattr(task, 'name', 'task')}",
             params={k: v for k, v in run_params.items() if v is not None},
-            enabled=None if track else False,
+            enabled=None if track and dist_info.is_main else False,
             tags={"resumed_at_step": resumed_at} if resumed_at is not None else None,
         ) as run:
             from tqdm.auto import tqdm
@@ -1191,7 +1236,8 @@ def train_qat(
             summary = final_plan.summary(task.model, example)
             in_summary = plan.summary(task.model, example)
             with tempfile.TemporaryDirectory() as tmp:
-                target = packed_path if packed_path is not None else Path(tmp) / "model.wbq"
+                own = packed_path is not None and dist_info.is_main
+                target = packed_path if own else Path(tmp) / "model.wbq"
                 packed = save_packed(qmodel, target, overwrite=config.overwrite).file_bytes
                 run.log_artifact(target, "packed")
             history = pd.DataFrame(
@@ -1224,6 +1270,7 @@ def train_qat(
                 seconds=time.perf_counter() - t_start,
                 history=history,
                 run_id=getattr(run, "run_id", None),
+                world_size=dist_info.world_size,
                 model=qmodel,
             )
             run.log_metrics(

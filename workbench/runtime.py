@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workbench.devices import model_device, on_device
 from workbench.quant.introspect import layer_costs, quantizable_layers
 from workbench.quant.modules import quantize_weight
 from workbench.quant.spec import QuantPlan, QuantSpec
@@ -142,7 +143,11 @@ def _groups_of(layers: Sequence[str], groups: str | Mapping[str, Sequence[str]])
 
 
 class SwitchableModel(nn.Module):
-    """A private copy of ``model`` (BatchNorm folded) whose layer groups switch weight bits per forward."""
+    """A private copy of ``model`` (BatchNorm folded) whose layer groups switch weight bits per forward.
+
+    It lives on ``model``'s device (the pre-quantized weight banks are built there; move ``model``, not this
+    object); :meth:`run` takes inputs on any device and returns logits on the CPU.
+    """
 
     def __init__(
         self,
@@ -166,6 +171,7 @@ class SwitchableModel(nn.Module):
             p.requires_grad_(False)
         self.net = net
         self.a_bits = a_bits
+        self.device = model_device(net)
 
     @property
     def group_names(self) -> list[str]:
@@ -181,8 +187,9 @@ class SwitchableModel(nn.Module):
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor, precision_map: Mapping[str, int]) -> torch.Tensor:
+        """Logits of ``x`` (moved to the model's device) under ``precision_map``, on the CPU."""
         self.set_map(precision_map)
-        return self.net(x)
+        return self.net(x.to(self.device)).cpu()
 
     def plan(self, precision_map: Mapping[str, int]) -> QuantPlan:
         """The map as a QuantPlan (weights per channel at the group's bits, dynamic ``a_bits`` activations)."""
@@ -343,17 +350,19 @@ class InputAnalyzer:
         var = flat.var(1, unbiased=False)
         bins = 32
         norm = ((flat - lo[:, None]) / (hi - lo).clamp(min=1e-8)[:, None] * (bins - 1)).round().long()
-        counts = torch.zeros(flat.shape[0], bins).scatter_add_(1, norm, torch.ones_like(flat))
+        counts = torch.zeros(flat.shape[0], bins, device=flat.device).scatter_add_(
+            1, norm, torch.ones_like(flat)
+        )
         p = counts / counts.sum(1, keepdim=True)
         ent = -(p * torch.log2(p.clamp(min=1e-12))).sum(1)
-        return torch.stack([hi - lo, var, ent, flat.abs().mean(1)], 1).numpy()
+        return torch.stack([hi - lo, var, ent, flat.abs().mean(1)], 1).cpu().numpy()
 
 
 def _output_features(logits: torch.Tensor) -> np.ndarray:
     p = F.softmax(logits.float(), dim=1)
     top2 = p.topk(2, dim=1).values
     ent = -(p * torch.log(p.clamp(min=1e-12))).sum(1)
-    return torch.stack([top2[:, 0], top2[:, 0] - top2[:, 1], ent], 1).numpy()
+    return torch.stack([top2[:, 0], top2[:, 0] - top2[:, 1], ent], 1).cpu().numpy()
 
 
 # ============================================================================================ policies
@@ -407,7 +416,10 @@ class RulePolicy(Policy):
         need = _needed_rung(logits, ref)
         # direction: correlation of each statistic with the rung the input needed
         w = np.array(
-            [np.corrcoef(z[:, j], need)[0, 1] if z[:, j].std() > 0 else 0.0 for j in range(z.shape[1])]
+            [
+                np.corrcoef(z[:, j], need)[0, 1] if z[:, j].std() > 0 and need.std() > 0 else 0.0
+                for j in range(z.shape[1])
+            ]
         )
         self.weights = np.nan_to_num(w)
 
@@ -423,7 +435,7 @@ class RulePolicy(Policy):
 def _needed_rung(logits: list[torch.Tensor], ref: torch.Tensor) -> np.ndarray:
     """Per input, the cheapest rung from which every more expensive rung agrees with FP32 (else the top)."""
     target = ref.argmax(1)
-    agree = torch.stack([lg.argmax(1) == target for lg in logits], 1).numpy()  # [N, K]
+    agree = torch.stack([lg.argmax(1) == target for lg in logits], 1).cpu().numpy()  # [N, K]
     n, k = agree.shape
     need = np.full(n, k - 1)
     for i in range(n):
@@ -461,7 +473,7 @@ class LearnedPolicy(Policy):
         weights = np.zeros((z.shape[1], len(logits)))
         bias = np.zeros(len(logits))
         for r, lg in enumerate(logits):
-            y = (lg.argmax(1) == target).numpy().astype(int)
+            y = (lg.argmax(1) == target).cpu().numpy().astype(int)
             if y.min() == y.max():
                 bias[r] = 30.0 if y[0] == 1 else -30.0  # always / never agrees on calibration data
                 continue
@@ -699,7 +711,7 @@ class AdaptiveRuntime:
         for p in range(k):
             if c[p] > self.budget * (1 + 1e-9):
                 break
-            ok_p = (preds[p] == target).numpy()
+            ok_p = (preds[p] == target).cpu().numpy()
             # ties (common on a small calibration set) go to the triple that uses more of the budget
             use = 1e-3 * c[p] / self.budget
             if best is None or ok_p.mean() + use > best[0]:
@@ -710,7 +722,7 @@ class AdaptiveRuntime:
                 n_esc = int(np.floor(min(1.0, room) * len(order) + 1e-9))
                 if n_esc <= 0:
                     continue
-                ok_h = (preds[h] == target).numpy()
+                ok_h = (preds[h] == target).cpu().numpy()
                 # escalating the n least confident inputs; the threshold is the margin of the last one escalated
                 gain = np.cumsum(ok_h[order][:n_esc].astype(int) - ok_p[order][:n_esc].astype(int))
                 j = int(np.argmax(gain))
@@ -889,13 +901,13 @@ def shift_inputs(x: torch.Tensor, kind: str, *, seed: int = 0, severity: float =
     if kind == "clean":
         return x.clone()
     if kind == "noise":
-        gen = torch.Generator().manual_seed(seed)
-        return x + 0.3 * severity * x.std() * torch.randn(x.shape, generator=gen)
+        gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same noise on every device
+        return x + 0.3 * severity * x.std() * torch.randn(x.shape, generator=gen).to(x.device)
     if kind == "contrast":
         m = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
         return m + (x - m) * (1 - 0.5 * severity)
     if kind == "blur":
-        k = torch.tensor([1.0, 2.0, 1.0])
+        k = torch.tensor([1.0, 2.0, 1.0], device=x.device)
         k2 = (k[:, None] * k[None, :]) / 16.0
         c = x.shape[1]
         w = k2.expand(c, 1, 3, 3).contiguous()
@@ -967,6 +979,7 @@ def evaluate_runtime(
     oracle: bool = True,
     serve_batch: int = 64,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> RuntimeEvaluation:
     """Accuracy and average cost per input of dynamic precision (each policy) against the best static precision
     map of equal or lower average cost, for each budget and data variant.
@@ -978,9 +991,15 @@ def evaluate_runtime(
     ``serve_batch`` inputs. With ``oracle`` a row per data variant gives the headroom: every input on the cheapest
     rung from which all dearer rungs keep the FP32 answer (it knows each answer, so no runnable policy matches
     its cost; its accuracy is that of keeping the FP32 answers).
+
+    ``device``: where the switchable model runs (``cpu``, ``cuda``, ``cuda:N``; None: where ``task.model``
+    is); the model is copied there, the data stays on the CPU and is moved batch by batch, logits come back to
+    the CPU. Sampling (probe subset, noise shift) uses CPU generators, so every device sees the same inputs. A
+    device this machine lacks raises :class:`workbench.devices.DeviceError` before any work.
     """
     from tqdm.auto import tqdm
 
+    task = on_device(task, device)
     cfg = config or RuntimeConfig()
     x_cal = _inputs(task.calib_loader)
     smodel = SwitchableModel(task.model, w_bits=cfg.w_bits, a_bits=cfg.a_bits, groups=cfg.groups)

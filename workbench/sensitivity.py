@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.devices import on_device
 from workbench.quant.introspect import layer_costs
 from workbench.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, quantize_weight
 from workbench.quant.spec import INT_BITS, QuantSpec, layer_weight_storage_bits
@@ -638,7 +639,7 @@ class HessianMetric(SensitivityMetric):
                 out.add_channels(name, ch_trace, metric="hessian_trace")
                 for b in cfg.w_bits:
                     diff = quantize_weight(w, cfg.weight_spec(b, "per_channel")) - w
-                    err_c = diff.double().pow(2).reshape(w.shape[0], -1).sum(dim=1).numpy()
+                    err_c = diff.double().pow(2).reshape(w.shape[0], -1).sum(dim=1).cpu().numpy()
                     out.add_channels(name, ch_mean * err_c, metric="omega", w_bits=b)
         return out
 
@@ -1536,6 +1537,7 @@ def _compute(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, Ten
     timings["total"] = time.perf_counter() - t0
     info: dict[str, Any] = {
         "task": getattr(task, "name", type(task.model).__name__),
+        "device": str(ctx.device),
         "config": asdict(config),
         "calib_samples": int(sum(int(y.shape[0]) for _, y in calib)),
         "calib_batches": len(calib),
@@ -1591,6 +1593,7 @@ def analyze_sensitivity(
     cache: bool = True,
     track: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
 ) -> SensitivityResult:
     """Sensitivity tables of ``task.model`` (a :class:`workbench.tasks.Task`) under ``config``.
 
@@ -1599,6 +1602,13 @@ def analyze_sensitivity(
     the metric classes and the calibration data; a second call loads it (``info["source"] == "cache"``).
     ``track`` logs the tables (and timings, rank agreement) to an MLflow run of stage "sensitivity".
     The task's model is never modified.
+
+    ``device``: where the analysis runs (``cpu``, ``cuda``, ``cuda:N``; None: where ``task.model`` is); the
+    model is copied there, batches follow it. The Hutchinson probe vectors are drawn on the CPU from the seed
+    and moved, so every device estimates with the same vectors. The cache key does not depend on the device
+    (on purpose: it names the measurement, and devices differ only by float rounding); ``info["device"]``
+    says where a result was computed. A device this machine lacks raises
+    :class:`workbench.devices.DeviceError` before any work.
     """
     config = config if config is not None else SensitivityConfig()
     if not isinstance(config, SensitivityConfig):
@@ -1606,6 +1616,7 @@ def analyze_sensitivity(
     for name in config.metrics:  # a metric may have been unregistered since the config was built
         get_metric(name)
     _check_task(task)
+    task = on_device(task, device)
     calib = _labelled(
         _take(task.calib_loader, config.calib_batches), "sensitivity analysis (calibration data)"
     )

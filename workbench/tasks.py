@@ -281,6 +281,19 @@ class Task:
             raise ValueError(f"calibration loader holds only {have} samples, asked for batch={batch}")
         return torch.cat(parts)[:batch]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the task's model (and so every stage run on this task) lives."""
+        from workbench.devices import model_device
+
+        return model_device(self.model)
+
+    def to(self, device: str | torch.device) -> Task:
+        """This task with its model on ``device`` (a copy; this task's model is not moved)."""
+        from workbench.devices import on_device
+
+        return on_device(self, device)
+
 
 # --------------------------------------------------------------------------------------------- digits task
 

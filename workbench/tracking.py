@@ -7,7 +7,9 @@ Every stage records itself through :func:`start_run`, which yields a small handl
         run.log_figure(fig, "latency")
 
 The store is a sqlite database, ``sqlite:///<mlruns>/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` says otherwise;
-artifacts go next to the database (``<mlruns>/<experiment>/<run_id>/artifacts``). Set ``WORKBENCH_TRACKING=0``
+artifacts go next to the database (``<mlruns>/<experiment>/<run_id>/artifacts``). With an ``http(s)://`` URI (a
+shared tracking server, ``python -m workbench tracking-server``) the server decides where artifacts go and runs
+fail fast with :class:`TrackingUnreachableError` when it does not answer. Set ``WORKBENCH_TRACKING=0``
 (or pass ``enabled=False``) and :func:`start_run` yields a :class:`NullRun` whose methods do nothing, so library
 code can always log without a store.
 
@@ -27,10 +29,12 @@ import math
 import os
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from workbench.paths import mlruns_dir
 
@@ -43,8 +47,10 @@ __all__ = [
     "DISABLE_ENV",
     "NullRun",
     "Run",
+    "TrackingUnreachableError",
     "active_run",
     "artifact_root",
+    "check_reachable",
     "ensure_store",
     "flatten_params",
     "get_experiment",
@@ -61,6 +67,7 @@ STAGE_TAG = "workbench.stage"
 _MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 _MAX_KEY_LEN = 250  # mlflow.utils.validation.MAX_ENTITY_KEY_LENGTH
 _FIGURE_FORMATS = ("html", "png", "svg")
+REACH_TIMEOUT = 5.0  # seconds to wait for a tracking server's answer before failing
 _ready_stores: set[str] = set()
 
 
@@ -94,6 +101,54 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(path).resolve()
 
 
+def _is_remote(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (``http://`` / ``https://``) rather than a local store."""
+    return urlsplit(uri).scheme.lower() in ("http", "https")
+
+
+class TrackingUnreachableError(ConnectionError, ValueError):
+    """The tracking server named by the URI does not answer (a ValueError too: the CLI reports it as a bad setting)."""
+
+
+def check_reachable(uri: str | None = None, *, timeout: float = REACH_TIMEOUT) -> None:
+    """For an ``http(s)://`` tracking URI, raise :class:`TrackingUnreachableError` (naming the URI) unless the server
+    answers ``<uri>/health`` within ``timeout`` seconds (200, or 401 / 403 from an authenticating server). Local
+    stores are not checked.
+
+    MLflow's own client retries a dead server for minutes; this check makes a run fail in seconds instead.
+    """
+    uri = uri or tracking_uri()
+    if not _is_remote(uri):
+        return
+    parts = urlsplit(uri)
+    netloc = parts.hostname or ""
+    if ":" in netloc:  # IPv6 literal
+        netloc = f"[{netloc}]"
+    try:
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError as e:
+        raise TrackingUnreachableError(f"MLflow tracking URI {uri!r} is not valid: {e}") from None
+    shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))  # no credentials in messages
+    health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(health, timeout=timeout):  # noqa: S310 - http(s) only, checked above
+            return
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):  # an authenticating server or proxy answered; MLflow's client logs in
+            return
+        reason = f"{health} answered HTTP {e.code} {e.reason}, not as an MLflow tracking server does"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            reason = f"no answer within {timeout:g} s"
+    raise TrackingUnreachableError(
+        f"the MLflow tracking server {shown} (MLFLOW_TRACKING_URI) is not reachable: {reason}. Start it "
+        "(python -m workbench tracking-server), point MLFLOW_TRACKING_URI at a running one, or run without "
+        f"tracking (--no-track, or {DISABLE_ENV}=0)"
+    )
+
+
 def artifact_root(uri: str | None = None) -> Path:
     """Folder that holds run artifacts: the sqlite database's folder, or ``mlruns_dir()`` for other stores.
 
@@ -113,10 +168,16 @@ def _client(uri: str | None = None):
 def ensure_store(uri: str | None = None) -> str:
     """Create the artifact folder and the tracking database (once per process); return the URI.
 
-    Call it before starting parallel writers: sqlite schema creation is not safe to race.
+    Call it before starting parallel writers: sqlite schema creation is not safe to race. For a tracking server
+    (``http(s)://``) it only checks that the server answers (:func:`check_reachable`).
     """
     uri = uri or tracking_uri()
     if uri in _ready_stores:
+        return uri
+    if _is_remote(uri):  # a tracking server: nothing to create here, but fail fast if it is down
+        check_reachable(uri)
+        _client(uri).search_experiments(max_results=1)
+        _ready_stores.add(uri)
         return uri
     artifact_root(uri).mkdir(parents=True, exist_ok=True)
     db = _sqlite_path(uri)
@@ -136,7 +197,8 @@ def ensure_store(uri: str | None = None) -> str:
 
 
 def get_experiment(name: str = "workbench", *, uri: str | None = None) -> str:
-    """Id of experiment ``name``, created with artifact location ``<artifact_root>/<name>`` if missing."""
+    """Id of experiment ``name``, created with artifact location ``<artifact_root>/<name>`` if missing (on a
+    tracking server: the server's default location, so clients on any machine upload through it)."""
     from mlflow.exceptions import MlflowException
 
     if not name or not name.strip():
@@ -146,7 +208,7 @@ def get_experiment(name: str = "workbench", *, uri: str | None = None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = (artifact_root(uri) / name).resolve().as_uri()
+    location = None if _is_remote(uri) else (artifact_root(uri) / name).resolve().as_uri()
     try:
         return client.create_experiment(name, artifact_location=location)
     except MlflowException:  # created concurrently by another writer

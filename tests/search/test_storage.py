@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import optuna
 import pytest
 
 from workbench.cli import main
+from workbench.servers import postgres_available, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,53 +71,17 @@ def test_sigkill_then_resume_keeps_completed_trials(tmp_path, monkeypatch):
     assert result["real_evaluations"] == 16
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bin(name: str) -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    if found:
-        return str(found[-1])
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"PostgreSQL's {name} is not installed; `make test` installs it (scripts/install-system-deps.sh)"
-        )
-    return path
-
-
 @pytest.fixture
 def postgres():
-    """A throwaway PostgreSQL cluster on a free loopback port, stopped and removed afterwards."""
-    root = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="wb-pg-", dir="/tmp"))
-    data, sock = base / "data", base / "sock"
-    data.mkdir()
-    sock.mkdir()
-    prefix: list[str] = []
-    if root:
-        shutil.chown(base, "postgres", "postgres")
-        shutil.chown(data, "postgres", "postgres")
-        shutil.chown(sock, "postgres", "postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run([*prefix, _pg_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1"
-    subprocess.run([*prefix, _pg_bin("pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w",
-                    "-t", "60", "start"], check=True, capture_output=True, timeout=90)  # fmt: skip
+    """A throwaway PostgreSQL cluster on a free loopback port (workbench.servers.start_postgres), stopped and
+    removed afterwards."""
+    if not postgres_available():
+        pytest.fail("PostgreSQL is not installed; `make test` installs it (scripts/install-system-deps.sh)")
+    base = Path(tempfile.mkdtemp(prefix="wb-pg-", dir="/tmp"))  # reachable by the postgres user when root
     try:
-        subprocess.run(
-            [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "create database optuna"],
-            check=True, capture_output=True, timeout=60,
-        )  # fmt: skip
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+        with start_postgres(base, database="optuna") as pg:
+            yield pg.url
     finally:
-        subprocess.run([*prefix, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=60)  # fmt: skip
         shutil.rmtree(base, ignore_errors=True)
 
 

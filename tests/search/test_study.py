@@ -211,3 +211,24 @@ def test_warm_start_seeds_the_sampler_within_the_budget(digits_cnn_task, one_tor
         SearchConfig(strategy="ilp", warm_start="ilp")
     with pytest.raises(SearchError, match="warm_start="):
         SearchConfig(warm_start="hawq")
+
+
+def test_worker_threads_set_torch_threads_while_trials_run(digits_cnn_task, one_torch_thread, monkeypatch):
+    import torch
+
+    seen = []
+    evaluate = digits_cnn_task.evaluate
+
+    def spy(model, split, *a, **kw):
+        seen.append(torch.get_num_threads())
+        return evaluate(model, split, *a, **kw)
+
+    monkeypatch.setattr(digits_cnn_task, "evaluate", spy)
+    r = run_search(digits_cnn_task, _cfg(strategy="random", budget=2, worker_threads=2, final_split=None))
+    assert r.real_evaluations == 2
+    assert seen == [1, 2, 2]  # setup measures FP32 at the caller's threads, then the trials at worker_threads
+    assert torch.get_num_threads() == 1  # restored
+    assert SearchConfig.from_dict(_cfg(worker_threads=3).to_dict()).worker_threads == 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(SearchError, match="worker_threads"):
+            SearchConfig(worker_threads=bad)

@@ -16,6 +16,10 @@ Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_p
 
 Non-layer ops (residual adds, ReLUs, pooling) run in the integer domain when every layer of the module that owns
 them does (the same rule as the cost estimator). The caller's model is never modified.
+
+Devices: the torch.ao integer kernels are CPU kernels, so a plan with integer layers deploys only on the CPU
+(``device=`` anything else raises :class:`workbench.devices.DeviceError`); a plan whose layers all run in bf16 /
+fp32 deploys on any device torch has (CUDA included).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.devices import DeviceError, model_device, resolve_device
 from workbench.hardware.dispatch import (
     LayerDispatch,
     dispatch_plan,
@@ -140,9 +145,13 @@ def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
                 groups=qm.groups,
                 bias=bias is not None,
                 padding_mode=qm.padding_mode,
+                device=w.device,
+                dtype=w.dtype,
             )
         else:
-            new = nn.Linear(qm.in_features, qm.out_features, bias=bias is not None)
+            new = nn.Linear(
+                qm.in_features, qm.out_features, bias=bias is not None, device=w.device, dtype=w.dtype
+            )
         with torch.no_grad():
             new.weight.copy_(w)
             if bias is not None:
@@ -152,7 +161,7 @@ def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
     # nn.Identity: FX then still matches conv-bn-relu and fuses the ReLU into the integer kernel
     for _conv, bn_name in getattr(qmodel, "folded_bn", []):
         old = get_module(model, bn_name)
-        ident = nn.BatchNorm2d(old.num_features, eps=0.0).eval()
+        ident = nn.BatchNorm2d(old.num_features, eps=0.0, device=old.running_mean.device).eval()
         set_module(qmodel, bn_name, ident)
     for attr in ("quant_plan", "folded_bn"):
         if hasattr(qmodel, attr):
@@ -245,12 +254,20 @@ def deploy(
     strict: bool = False,
     engine: str = "x86",
     max_calib_batches: int | None = 8,
+    device: str | torch.device | None = None,
 ) -> DeployedModel:
     """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
-    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``."""
+    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``.
+
+    ``device``: where the deployed model runs (None: where ``model`` is; the model is copied there). Integer
+    layers run torch.ao quantized kernels, which exist only for the CPU: a plan with any layer dispatched to an
+    integer kernel raises :class:`workbench.devices.DeviceError` on another device (before any conversion). A
+    plan whose layers all run in bf16 / fp32 deploys on any device (``cuda``: bf16 layers use its kernels).
+    """
     from torch.ao.quantization import QConfig, QConfigMapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    dev = model_device(model) if device is None else resolve_device(device)
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not valid; choose one of {ENGINES}")
     if engine not in torch.backends.quantized.supported_engines:
@@ -264,8 +281,11 @@ def deploy(
     layers = quantizable_layers(model)
     executable = [p for p in EXECUTABLE]
     disp = dispatch_plan(model, plan, prof, layers=layers, strict=strict, executable=executable)
+    _check_device(dev, disp)
+    if model_device(model) != dev:
+        model = copy.deepcopy(model).to(dev)
     notes: list[str] = []
-    batches = _calib_batches(calib, max_calib_batches)
+    batches = [x.to(dev) for x in _calib_batches(calib, max_calib_batches)]
     reduce_range = not cpu_has_vnni() and engine in ("x86", "fbgemm")
     if reduce_range:
         notes.append(
@@ -338,6 +358,19 @@ def deploy(
     return DeployedModel(converted, plan, prof.name, engine, disp, notes)
 
 
+def _check_device(dev: torch.device, disp: dict[str, LayerDispatch]) -> None:
+    """Refuse a deployment with integer kernels anywhere but the CPU (torch.ao has no other kernels)."""
+    if dev.type == "cpu":
+        return
+    int_layers = [n for n, d in disp.items() if d.is_int]
+    if int_layers:
+        raise DeviceError(
+            f"cannot deploy on {dev}: int8 deployment is CPU-only (torch.ao quantized kernels run only on the "
+            f"CPU) and layer(s) {int_layers} dispatch to integer kernels. Deploy with device='cpu' (a model on "
+            f"{dev} is copied there), or use a plan whose layers all run in bf16 / fp32 to deploy on {dev}"
+        )
+
+
 # ============================================================================================ measurement
 
 
@@ -375,6 +408,9 @@ def time_side_by_side(
     """Latency of several callables on the same input, interleaved run by run (so drift hits all alike)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    # CUDA runs asynchronously: synchronise around each timed call so the time is the kernels', not the launch's
+    on_cuda = isinstance(x, torch.Tensor) and x.device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(x.device)) if on_cuda else (lambda: None)
     previous = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -388,8 +424,10 @@ def time_side_by_side(
                     fn(x)
             for _ in range(repeats):
                 for k, fn in fns.items():
+                    sync()
                     t0 = time.perf_counter()
                     fn(x)
+                    sync()
                     times[k].append(time.perf_counter() - t0)
     finally:
         torch.set_num_threads(previous)
@@ -440,6 +478,7 @@ class DeployResult:
     cpu: str
     top1_agreement: float
     estimated_latency_ms: float | None = None
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -453,6 +492,7 @@ class DeployResult:
             "engine": self.engine,
             "profile": self.profile,
             "cpu": self.cpu,
+            "device": self.device,
             "top1_agreement": self.top1_agreement,
             "estimated_latency_ms": self.estimated_latency_ms,
             "precision_counts": self.precision_counts,
@@ -472,13 +512,20 @@ def measure_deployment(
     evaluate: Callable[[nn.Module], float] | None = None,
     profile: PrecisionProfile | str = DEFAULT_PROFILE,
     config: DeployConfig | None = None,
+    device: str | torch.device | None = None,
 ) -> DeployResult:
     """Deploy ``plan`` and measure it against the FP32 model (eager, eval mode) in one run, interleaved:
     median latency of a batch of ``config.batch_size`` samples (from ``example_input``), ``evaluate(model)``
-    (accuracy; NaN without ``evaluate``) of both, and the top-1 agreement of the two on that batch."""
+    (accuracy; NaN without ``evaluate``) of both, and the top-1 agreement of the two on that batch.
+
+    ``device``: where both models run and are timed (None: where ``model`` is). int8 deployment is CPU-only:
+    on another device a plan with integer layers raises :class:`workbench.devices.DeviceError` before anything
+    is converted or timed (see :func:`deploy`); a bf16 / fp32 plan runs there, timed with CUDA synchronised.
+    """
     from workbench.hardware.estimate import CostEstimator
 
     cfg = config or DeployConfig()
+    dev = model_device(model) if device is None else resolve_device(device)
     deployed = deploy(
         model,
         plan,
@@ -487,9 +534,10 @@ def measure_deployment(
         strict=cfg.strict,
         engine=cfg.engine,
         max_calib_batches=cfg.max_calib_batches,
+        device=dev,
     )
-    fp32 = copy.deepcopy(model).eval()
-    x = _batch(example_input, cfg.batch_size)
+    fp32 = copy.deepcopy(model).to(dev).eval()
+    x = _batch(example_input, cfg.batch_size).to(dev)
     previous_engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = cfg.engine
     try:
@@ -534,6 +582,7 @@ def measure_deployment(
         cpu=cpu_name(),
         top1_agreement=agree,
         estimated_latency_ms=est,
+        device=str(dev),
     )
 
 

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.devices import model_device
 from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, int_containers, int_followers
 from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
 from workbench.quant.introspect import is_quantizable, quantizable_layers
@@ -94,7 +95,8 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> list[_Node] | 
         gm = torch.fx.symbolic_trace(model)
         gm.eval()
         with torch.no_grad():
-            ShapeProp(gm).propagate(example_input[:1])
+            # on the model's device: a mismatch would fail here and silently drop the graph
+            ShapeProp(gm).propagate(example_input[:1].to(model_device(model)))
     except Exception as e:  # noqa: BLE001 - any tracing failure falls back to a layer-only estimate
         warnings.warn(
             f"cost estimate without elementwise ops and conversions: torch.fx cannot trace the model ({e})",

@@ -5,6 +5,7 @@ Layers are always named by their module path (``layer1.0.conv1``), never by posi
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +50,12 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
 def layer_costs(model: nn.Module, example_input: torch.Tensor) -> dict[str, LayerCost]:
     """Run one forward pass on ``example_input`` (first sample only) and return per-layer MACs and shapes.
 
-    The model is not modified: hooks are removed and the training flag restored afterwards.
+    The sample is moved to the model's device (costs and shapes do not depend on it). The model is not modified: hooks are removed and the training flag restored afterwards.
     """
     if example_input.dim() < 2:
         raise ValueError(f"example_input needs a batch dimension, got shape {tuple(example_input.shape)}")
-    x = example_input[:1]
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    x = example_input[:1] if first is None else example_input[:1].to(first.device)  # the model's device
     costs: dict[str, LayerCost] = {}
     handles = []
 

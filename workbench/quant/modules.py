@@ -181,9 +181,9 @@ class ActQuantizer(nn.Module):
         return fake_quantize(x, s, z, self.qmin.reshape(()), self.qmax.reshape(()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # scales may be per channel
-        for key in ("scale", "zero_point"):
+        for key in ("scale", "zero_point"):  # resized on this module's device (the state may be on the CPU)
             if prefix + key in state_dict:
-                setattr(self, key, torch.empty_like(state_dict[prefix + key]))
+                setattr(self, key, torch.empty_like(state_dict[prefix + key], device=self.qmin.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -112,8 +112,9 @@ class RangeCollector:
         if self.method != "minmax" and self.n_sampled < self.max_samples:
             n = grid.shape[1]
             k = min(n, self.samples_per_batch, self.max_samples - self.n_sampled)
+            # sampled on the CPU (seeded generator): the same values are kept on every device
             idx = torch.randperm(n, generator=self._gen)[:k] if k < n else torch.arange(n)
-            self.samples.append(grid[:, idx])
+            self.samples.append(grid[:, idx.to(grid.device)])
             self.n_sampled += k
 
     def finalize(

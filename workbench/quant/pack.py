@@ -145,10 +145,11 @@ def _grid_rows(spec, n_grid_rows: int, out_ch: int, kept: torch.Tensor) -> torch
 
 
 def _mask_bitmap(mask: torch.Tensor, structure: str) -> tuple[np.ndarray, torch.Tensor | None]:
-    """(bits stored for the mask, kept output channels for channel pruning)."""
+    """(bits stored for the mask, kept output channels for channel pruning; on the CPU, whatever the mask's
+    device)."""
     if structure == "channel":
-        rows = mask.reshape(mask.shape[0], -1).any(dim=1)
-        return rows.cpu().numpy(), torch.nonzero(rows).reshape(-1)
+        rows = mask.reshape(mask.shape[0], -1).any(dim=1).cpu()
+        return rows.numpy(), torch.nonzero(rows).reshape(-1)
     return mask.reshape(-1).cpu().numpy(), None
 
 
@@ -181,7 +182,7 @@ def _tensor_entries(
         if mask is None:
             values = tensor
         elif kept_rows is not None:
-            values = tensor[kept_rows]
+            values = tensor[kept_rows.to(tensor.device)]
         else:
             values = tensor[mask]
         cast = values.to(_DTYPES[fmt])
@@ -216,7 +217,7 @@ def _tensor_entries(
     if (
         kept_rows is not None and spec.granularity != "per_tensor"
     ):  # qparams of removed channels are not stored
-        idx = _grid_rows(spec, scale.shape[0], out_ch, kept_rows)
+        idx = _grid_rows(spec, scale.shape[0], out_ch, kept_rows).to(scale.device)
         scale, zp = scale[idx], zp[idx]
         rows_meta = {"rows_of": key, "full_shape": list(wq.scale.shape)}
     entries[skey] = (
@@ -465,10 +466,11 @@ def _dequantize_weight(
         values = torch.from_numpy(unpack_rows(blob, [row_bits[0]], n_kept).reshape(-1)).float()
         unsigned = _scatter(values, shape, mask)
     spec = mod.spec
+    qmin = wq.qmin.cpu()  # the file's values are read on the CPU; load_state_dict moves them to the model
     if spec.granularity == "per_tensor":
-        qmin_rows = wq.qmin.reshape(-1).expand(shape[0])
+        qmin_rows = qmin.reshape(-1).expand(shape[0])
     else:
-        qmin_rows = wq.qmin.reshape(shape[0], -1)[:, 0]
+        qmin_rows = qmin.reshape(shape[0], -1)[:, 0]
     codes = (unsigned + qmin_rows.reshape(-1, 1)).reshape(shape)
     grid = to_grid(codes, spec.granularity, spec.group_size)
     scale = state[f"{layer_prefix}.{wq_name}.scale"]

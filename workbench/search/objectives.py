@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.devices import model_device
 from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
 from workbench.quant.spec import QuantPlan, summarize
 from workbench.quant.swap import conv_bn_pairs, quantize_model
@@ -70,15 +71,20 @@ class PlanCost:
 def measure_fp32_latency_ms(
     model: nn.Module, example_input: torch.Tensor, *, batch: int = 32, repeats: int = 7
 ) -> float:
-    """Median wall time per sample (ms) of the FP32 model on this machine (warm-up first)."""
-    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous()
+    """Median wall time per sample (ms) of the FP32 model on this machine, on the model's device (warm-up
+    first; a CUDA device is synchronised around each timed run)."""
+    device = model_device(model)
+    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous().to(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     model = model.eval()
     times = []
     with torch.inference_mode():
         model(x)
         for _ in range(repeats):
+            sync()
             t0 = time.perf_counter()
             model(x)
+            sync()
             times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times) / batch
 

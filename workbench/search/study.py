@@ -28,11 +28,12 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from workbench.devices import model_device, on_device
 from workbench.quant.spec import QuantPlan
 from workbench.search.objectives import (
     ACCURACY_MODES,
@@ -48,6 +49,9 @@ from workbench.search.objectives import (
     similarity,
 )
 from workbench.search.space import SearchSpace, SpaceConfig
+
+if TYPE_CHECKING:
+    import torch
 
 SAMPLER_STRATEGIES: tuple[str, ...] = ("tpe", "nsga2", "rl", "random")
 BASELINE_STRATEGIES: tuple[str, ...] = ("uniform", "greedy", "ilp", "aimet", "control")
@@ -79,6 +83,11 @@ class SearchConfig:
     ``warm_start``: a baseline (``uniform``, ``greedy``, ``ilp``, ``aimet``) whose first ``warm_start_plans``
     plans (spread along its curve, within the size constraint) are the first trials of a sampler strategy;
     they count against the budget like any other trial (with ``multifidelity`` they seed the screening).
+    ``workers``: processes evaluating trials of the study at once (spawned on this machine; they share the study
+    and its evaluation cache). ``worker_threads``: torch intra-op threads of each worker while it evaluates
+    trials (the calling process too when it is the only worker, restored afterwards); None keeps torch's default,
+    which in a spawned process is every core, so give ``workers`` x ``worker_threads`` <= cores to avoid
+    oversubscription (``bench/parallel_bench.py`` uses 1).
     """
 
     strategy: str = "tpe"
@@ -109,6 +118,7 @@ class SearchConfig:
     storage: str | None = None
     resume: bool = False
     workers: int = 1
+    worker_threads: int | None = None
     track: bool = True
     log_trials: bool = True
     progress: bool = True
@@ -146,6 +156,12 @@ class SearchConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SearchError(f"{name} must be an int >= {low}, got {value!r}")
+        if self.worker_threads is not None and (
+            isinstance(self.worker_threads, bool)
+            or not isinstance(self.worker_threads, int)
+            or self.worker_threads < 1
+        ):
+            raise SearchError(f"worker_threads must be None or an int >= 1, got {self.worker_threads!r}")
         if self.max_trials is not None and (
             isinstance(self.max_trials, bool)
             or not isinstance(self.max_trials, int)
@@ -571,6 +587,11 @@ def _run_worker(ctx: SearchContext, study: Any, *, target: int, counts_real: boo
                 bar.refresh()
             if have >= target:
                 break
+            # trials other workers are running reserve their share of the budget: no worker overshoots it
+            # (if a running trial ends without a real evaluation, its worker goes on to fill the gap)
+            running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+            if counts_real and running and have + running >= target:
+                break
             n_all = len(study.get_trials(deepcopy=False))
             if n_all >= max_trials:
                 warnings.warn(
@@ -885,13 +906,26 @@ def compute_front(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFra
 # ============================================================================================ entry point
 
 
+def _read_payload(payload_path: str) -> dict[str, Any]:
+    """The worker payload written by :func:`_run_parallel` (in this session), read onto the CPU with the task's
+    model then moved to ``payload["device"]``, the parent's device (the file's own device tags are not trusted:
+    a worker may see other devices than the parent that wrote it)."""
+    import torch
+
+    payload = torch.load(payload_path, weights_only=False, map_location="cpu")
+    payload["task"] = on_device(payload["task"], payload.get("device"))
+    return payload
+
+
 def _spawn_worker(payload_path: str, worker: int) -> None:  # runs in a spawned process
     import optuna
     import torch
 
-    payload = torch.load(payload_path, weights_only=False)  # written by _run_parallel in this session
+    payload = _read_payload(payload_path)
     task = payload["task"]
     config: SearchConfig = payload["config"]
+    if config.worker_threads is not None:  # a spawned process starts with every core
+        torch.set_num_threads(config.worker_threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     ctx = _prepare(task, config, payload.get("predictor"), payload["storage"],
                    fp32_latency_ms=payload.get("fp32_latency_ms"))  # fmt: skip
@@ -947,6 +981,7 @@ def run_search(
     sensitivity: Any = None,
     join: bool = False,
     figures: Callable[[SearchResult], Mapping[str, Any]] | None = None,
+    device: str | torch.device | None = None,
 ) -> SearchResult:
     """Run (or resume, or join) a search on ``task`` and return its front.
 
@@ -957,14 +992,20 @@ def run_search(
     ``config.resume``: continue a study after a crash (no other worker may be running on it); trials left
     running are marked failed and the plans of unfinished baseline trials are queued again. Joining and
     resuming adopt the configuration stored with the study, except ``budget`` (resume: the new budget),
-    ``workers``, ``track``, ``log_trials`` and ``progress``. ``figures``: a function of the result returning
-    named plotly figures to log with the study's MLflow run (e.g. :func:`workbench.ui.search.search_figures`).
+    ``workers``, ``worker_threads``, ``track``, ``log_trials`` and ``progress``. ``figures``: a function of the
+    result returning named plotly figures to log with the study's MLflow run (e.g.
+    :func:`workbench.ui.search.search_figures`).
+    ``device``: where plans are quantized and evaluated (``cpu``, ``cuda``, ``cuda:N``, a ``torch.device``;
+    None: where ``task.model`` is); the model is copied there, and spawned workers (``config.workers > 1``) move
+    their copy to the same device. The evaluation cache is keyed without the device. A device this machine
+    lacks raises :class:`workbench.devices.DeviceError` before any study or storage is touched.
     """
     import optuna
 
     config = config or SearchConfig()
     if not isinstance(config, SearchConfig):
         raise SearchError(f"config must be a SearchConfig, got {type(config).__name__}")
+    task = on_device(task, device)
     storage_url = config.storage or default_storage()
     _check_storage(storage_url)
     t0 = time.perf_counter()
@@ -987,6 +1028,7 @@ def run_search(
                 stored,
                 budget=config.budget if config.resume else stored.budget,
                 workers=config.workers,
+                worker_threads=config.worker_threads,
                 track=config.track,
                 log_trials=config.log_trials,
                 progress=config.progress,
@@ -1066,11 +1108,27 @@ def run_search(
             _run_parallel(task, config, predictor, storage_url, name, target, counts_real, parent_id,
                           ctx.cost_model.fp32_latency_ms)  # fmt: skip
         else:
-            _run_worker(ctx, study, target=target, counts_real=counts_real, parent_run_id=parent_id,
-                        progress=config.progress, max_trials=config.trial_cap())  # fmt: skip
+            with _torch_threads(config.worker_threads):
+                _run_worker(ctx, study, target=target, counts_real=counts_real, parent_run_id=parent_id,
+                            progress=config.progress, max_trials=config.trial_cap())  # fmt: skip
         result = _finish(ctx, study, name, storage_url, t0, run_id=parent_id)
         _track_result(run, result, figures)
     return result
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """torch intra-op threads set to ``n`` inside the block (None: unchanged), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _requeue_unfinished(study: Any) -> None:
@@ -1122,9 +1180,12 @@ def _run_parallel(task: Any, config: SearchConfig, predictor: Any, storage_url: 
     procs = []
     with tempfile.TemporaryDirectory(prefix="workbench-search-") as tmp:
         payload_path = str(Path(tmp) / "payload.pt")
+        # the task's model travels in the file (on its device); each worker reads it onto the CPU and moves
+        # it to ``device``, the parent's device, so a worker never depends on how the file stored it
         payload = {"task": task, "config": replace(config, progress=False), "predictor": predictor,
                    "storage": storage_url, "study": name, "target": target, "counts_real": counts_real,
-                   "parent_run_id": parent_id, "fp32_latency_ms": fp32_latency_ms}  # fmt: skip
+                   "parent_run_id": parent_id, "fp32_latency_ms": fp32_latency_ms,
+                   "device": str(model_device(task.model))}  # fmt: skip
         torch.save(payload, payload_path)  # a file, not shared memory: workers may sit on a small /dev/shm
         for w in range(config.workers):
             p = ctxm.Process(target=_spawn_worker, args=(payload_path, w), daemon=False)
