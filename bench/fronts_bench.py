@@ -274,6 +274,31 @@ def _median(values: pd.Series) -> float:
     return float(values.median()) if len(values) else float("nan")
 
 
+NOISE_PP = 100 * 2 / 450  # two test images: differences this small are within the split's noise
+
+
+def verdict(row: dict) -> str:
+    """Whether ``OURS`` matches or beats every other method of a comparison row; else who beats it, by how much
+    (test accuracy, percentage points), and whether that is within two test images."""
+    ours = row.get(OURS)
+    beaten = []
+    for label, value in row.items():
+        if label in (OURS, "weight budget", "ours matches or beats all?") or value is None:
+            continue
+        if isinstance(value, float) and math.isnan(value):
+            continue
+        if ours is None or (isinstance(ours, float) and math.isnan(ours)) or ours < value - 1e-12:
+            gap = float("inf") if ours is None or math.isnan(ours) else 100 * (value - ours)
+            beaten.append((label, gap))
+    if not beaten:
+        return "yes"
+    text = ", ".join(
+        f"{lab} +{gap:.2f} pp" if math.isfinite(gap) else f"{lab} (ours has none)" for lab, gap in beaten
+    )
+    worst = max(gap for _, gap in beaten)
+    return f"no: {text}" + (" (within 2 test images)" if worst <= NOISE_PP + 1e-9 else "")
+
+
 def fronts_figure(results: list[dict]):
     """Test accuracy vs weight fraction of each method's size front (seed 0), one panel per model."""
     import plotly.graph_objects as go
@@ -406,7 +431,9 @@ def main() -> None:
             "",
             "Test accuracy of each method's pick at a weight-size budget:",
             "",
-            helpers.md_table(pd.DataFrame(res["comparison"])),
+            helpers.md_table(
+                pd.DataFrame([{**r, "ours matches or beats all?": verdict(r)} for r in res["comparison"]])
+            ),
             "",
         ]
         if res["qat"]:

@@ -97,7 +97,7 @@ def suite_stages(suite: str) -> list[Stage]:
         Stage(
             "parallel plan evaluation (1 vs 2 workers)",
             "bench/parallel_bench.py",
-            () if quick else ("--repeats", "5"),
+            ("--budget", "48", "--repeats", "2") if quick else ("--budget", "64", "--repeats", "5"),
             results="bench/out/parallel.json",
         ),
         Stage("hawq-v3 replication", "bench/hawq_bench.py", results="bench/out/hawq.json"),
