@@ -471,8 +471,10 @@ def test_bad_tasks_and_data():
         analyze_sensitivity(task(one), cfg, cache=False)
     with pytest.raises(ValueError, match="at least 2 labelled samples, got 0"):
         analyze_sensitivity(task([]), cfg, cache=False)
-    with pytest.raises(ValueError, match="without targets"):
-        analyze_sensitivity(task([batches[0][0]]), cfg, cache=False)
+    with pytest.raises(ValueError, match="without targets"):  # inputs alone: label-free metrics only
+        labels_needed = replace(cfg, metrics=("output_mse", "fisher"))
+        analyze_sensitivity(task([batches[0][0]]), labels_needed, cache=False)
+    assert not analyze_sensitivity(task([batches[0][0]]), cfg, cache=False).table.empty
     with pytest.raises(ValueError, match="SensitivityConfig"):
         analyze_sensitivity(task(batches), {"w_bits": (4,)}, cache=False)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no quantizable layers"):

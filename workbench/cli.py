@@ -36,6 +36,12 @@ def _task_args(p: argparse.ArgumentParser) -> None:
         "--model", default="digits_resnet", help="zoo model (digits_cnn, digits_resnet) or torchvision name"
     )
     p.add_argument(
+        "--task",
+        metavar="FILE.py:FUNC",
+        help="your own model and data: a Python file whose function (default make_task) returns a "
+        "workbench.tasks.Task; replaces --model / --dataset",
+    )
+    p.add_argument(
         "--dataset", choices=["cifar10", "imagefolder"], help="torchvision dataset on disk (default: digits)"
     )
     p.add_argument("--data-root", help="folder holding --dataset (nothing is downloaded)")
@@ -55,9 +61,15 @@ def _task(args: argparse.Namespace, *, retrain: bool = False):
     from workbench.distributed import process_device
     from workbench.pipeline import make_task
 
-    task = make_task(
-        args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights, retrain=retrain
-    )
+    if getattr(args, "task", None):
+        from workbench.tasks import load_task_file
+
+        task = load_task_file(args.task)
+        args.model = task.name  # run names and summaries name the user's task
+    else:
+        task = make_task(
+            args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights, retrain=retrain
+        )
     device = getattr(args, "device", None)
     return task.to(process_device(device)) if device else task
 
@@ -307,6 +319,11 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.pipeline import PipelineConfig, run_pipeline
 
+    if getattr(args, "task", None):
+        raise ValueError(
+            "pipeline runs on zoo / torchvision models (--model); for a --task file run the stages: profile, "
+            "sensitivity, quantize, search, ..."
+        )
     config = PipelineConfig(
         model=args.model,
         dataset=args.dataset,
@@ -467,7 +484,7 @@ def cmd_deploy(args: argparse.Namespace) -> dict[str, Any]:
         engine=args.engine,
         strict=args.strict,
     )
-    synthetic = args.dataset is None and args.model not in ZOO_MODELS
+    synthetic = args.dataset is None and args.model not in ZOO_MODELS and not getattr(args, "task", None)
     if synthetic:  # speed only: a torchvision model on random inputs (no data set on disk)
         torch.manual_seed(args.seed)
         model = build_model(args.model, num_classes=args.num_classes).eval()
@@ -480,7 +497,9 @@ def cmd_deploy(args: argparse.Namespace) -> dict[str, Any]:
     else:
         task = _task(args)
         model = task.model
-        x = task.example_input(min(args.batch_size, len(task.calib_loader.dataset)))
+        dataset = getattr(task.calib_loader, "dataset", None)
+        n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else args.batch_size
+        x = task.example_input(min(args.batch_size, n))
         calib = task.calib_loader
         evaluate = task.evaluate
     plan = resolve_plan(args.plan, model)

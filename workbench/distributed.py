@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -78,12 +79,15 @@ def process_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def shard(x: torch.Tensor, y: torch.Tensor, info: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's contiguous slice of a global batch (sizes differ by at most one; a slice may be empty)."""
+def shard(x: Any, y: torch.Tensor, info: DistInfo) -> tuple[Any, torch.Tensor]:
+    """This rank's contiguous slice of a global batch (sizes differ by at most one; a slice may be empty).
+    ``x`` may be a tensor, a tuple or a dict of tensors (each is sliced along its first dimension)."""
     if not info.active:
         return x, y
+    from workbench.quant.inputs import map_inputs
+
     n, r = info.world_size, info.rank
-    return torch.tensor_split(x, n)[r], torch.tensor_split(y, n)[r]
+    return map_inputs(x, lambda t: torch.tensor_split(t, n)[r]), torch.tensor_split(y, n)[r]
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

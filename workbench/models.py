@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from workbench.paths import data_dir
+from workbench.quant.inputs import call_model, move_inputs, primary_output, split_batch
 
 if TYPE_CHECKING:
     from workbench.tasks import DigitsConfig
@@ -237,7 +238,10 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 def evaluate_accuracy(model: nn.Module, loader: Iterable) -> float:
     """Top-1 accuracy (fraction in [0, 1]) of ``model`` over ``loader``'s ``(x, y)`` batches.
 
-    Runs in eval mode under ``torch.no_grad``; the model's training flag is restored afterwards.
+    ``x`` may be a tensor, a tuple or a dict of tensors (passed as ``model(x)``, ``model(*x)``,
+    ``model(**x)``); a structured output is scored on its :func:`~workbench.quant.inputs.primary_output`
+    (``logits`` or the first tensor). Runs in eval mode under ``torch.no_grad``; the model's training flag is
+    restored afterwards. Batches without targets raise ValueError.
     """
     device = _model_device(model)
     was_training = model.training
@@ -246,8 +250,13 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable) -> float:
     try:
         with torch.no_grad():
             for batch in loader:
-                x, y = _split_batch(batch)
-                pred = model(x.to(device)).argmax(dim=1)
+                x, y = split_batch(batch)
+                if y is None:
+                    raise ValueError(
+                        f"evaluate_accuracy needs (x, y) batches with targets, got {type(batch).__name__} "
+                        "batches without them; for data without labels use workbench.tasks.fidelity_metric"
+                    )
+                pred = primary_output(call_model(model, move_inputs(x, device))).argmax(dim=1)
                 correct += int((pred.cpu() == y.cpu()).sum())
                 total += int(y.numel())
     finally:

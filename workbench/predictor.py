@@ -49,6 +49,7 @@ from workbench.quant import (
     quantize_model,
     quantize_weight,
 )
+from workbench.quant.inputs import call_model, input_tensors, move_inputs, primary_output, split_batch
 from workbench.quant.spec import GRANULARITIES, summarize
 from workbench.quant.swap import conv_bn_pairs, fold_batchnorm
 
@@ -519,10 +520,16 @@ def _logits(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Ten
     outs, ys = [], []
     try:
         for batch in loader:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            y = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
-            h.update(x.detach().cpu().contiguous().numpy().tobytes())
-            outs.append(model(x.to(device)).detach().float().cpu())
+            x, y = split_batch(batch)  # x: a tensor, a tuple or a dict of tensors, passed as it comes
+            y = y if isinstance(y, torch.Tensor) else None
+            if isinstance(x, torch.Tensor):
+                h.update(x.detach().cpu().contiguous().numpy().tobytes())
+            else:
+                for path, t in input_tensors(x):
+                    h.update(path.encode())
+                    h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            out = primary_output(call_model(model, move_inputs(x, device)))
+            outs.append(out.detach().float().cpu())
             if y is not None:
                 h.update(y.detach().cpu().contiguous().numpy().tobytes())
                 ys.append(y.detach().cpu())
@@ -829,7 +836,7 @@ def _weight_noise(
 
 
 @torch.no_grad()
-def _input_variance(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> np.ndarray:
+def _input_variance(model: nn.Module, names: Sequence[str], x: Any) -> np.ndarray:
     """Variance of each layer's input over one batch."""
     out: dict[str, float] = {}
     handles = []
@@ -846,7 +853,7 @@ def _input_variance(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> 
     was_training = model.training
     try:
         model.eval()
-        model(x.to(model_device(model)))
+        call_model(model, move_inputs(x, model_device(model)))
     finally:
         for h in handles:
             h.remove()

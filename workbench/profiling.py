@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench.quant.inputs import batch_size, call_model, first_tensor, move_inputs, split_batch
 from workbench.quant.introspect import is_quantizable, layer_costs
 
 __all__ = ["LAYER_CHOICES", "ProfileConfig", "profile_model", "profile_summary", "select_layers"]
@@ -191,24 +192,36 @@ def select_layers(model: nn.Module, layers: str = "quantizable") -> dict[str, nn
 # ------------------------------------------------------------------------------------------------ data
 
 
-def _batch_input(batch: Any) -> torch.Tensor:
-    """The model input of one batch: the batch itself, or the first element of an ``(x, y)`` tuple / list."""
-    if isinstance(batch, (tuple, list)) and batch:
-        batch = batch[0]
-    if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"batches must be tensors or (x, y) tuples of tensors, got {type(batch).__name__}")
-    return batch
+def _batch_input(batch: Any) -> Any:
+    """The model input of one batch: the batch itself (a tensor or a dict of tensors), or the first element of
+    an ``(x, y)`` tuple / list (whatever its structure)."""
+    try:
+        x = split_batch(batch)[0]
+    except ValueError:
+        raise TypeError(
+            f"batches must be tensors, dicts of tensors or (x, y) tuples, got {type(batch).__name__}"
+        ) from None
+    if first_tensor(x) is None:
+        raise TypeError(f"batches must hold a tensor input, got {type(x).__name__}")
+    return x
 
 
-def _collect_inputs(data: torch.Tensor | Iterable[Any], max_batches: int | None) -> list[torch.Tensor]:
-    """Input tensors of the first ``max_batches`` batches (a plain tensor is one batch)."""
-    if isinstance(data, torch.Tensor):
+def _nonempty(x: Any) -> bool:
+    try:
+        return batch_size(x) > 0
+    except ValueError:
+        return False
+
+
+def _collect_inputs(data: Any, max_batches: int | None) -> list[Any]:
+    """Inputs of the first ``max_batches`` batches (a plain tensor or a dict of tensors is one batch)."""
+    if isinstance(data, (torch.Tensor, dict)):
         inputs = [data]
     elif isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         inputs = [data[0]]  # a single (x, y) pair; a *list* of tensors is a list of batches
     else:
         inputs = [_batch_input(b) for b in itertools.islice(iter(data), max_batches)]
-    if not inputs or any(x.dim() == 0 or x.shape[0] == 0 for x in inputs):
+    if not inputs or not all(_nonempty(x) for x in inputs):
         raise ValueError("profile_model needs at least one non-empty batch; the loader / input is empty")
     return inputs
 
@@ -274,7 +287,7 @@ def _run_with_hooks(
     handles = [m.register_forward_hook(make_hook(n)) for n, m in layers.items()]
     try:
         for x in inputs:
-            model(x)
+            call_model(model, x)
             bar.update(1)
     finally:
         for h in handles:
@@ -304,11 +317,12 @@ def _histogram_pass(
 
 
 def _latency_pass(
-    model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, records: dict, config: ProfileConfig
+    model: nn.Module, layers: dict[str, nn.Module], x: Any, records: dict, config: ProfileConfig
 ) -> list[float]:
     """Per-layer times (into ``records``) and whole-model forward times in ms."""
     # the input's own CUDA device (torch.cuda.synchronize() alone waits for the current device only)
-    sync = (lambda: torch.cuda.synchronize(x.device)) if x.device.type == "cuda" else (lambda: None)
+    dev = first_tensor(x).device  # type: ignore[union-attr]
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     starts: dict[str, float] = {}
     timing = {"on": False}
     per_call: dict[str, float] = {}
@@ -336,13 +350,13 @@ def _latency_pass(
     totals: list[float] = []
     try:
         for _ in range(config.warmup):
-            model(x)
+            call_model(model, x)
         timing["on"] = True
         for _ in range(config.latency_repeats):
             per_call.clear()
             sync()
             t0 = time.perf_counter()
-            model(x)
+            call_model(model, x)
             sync()
             totals.append((time.perf_counter() - t0) * 1e3)
             for n in layers:
@@ -416,7 +430,8 @@ def profile_model(
 ) -> pd.DataFrame:
     """Profile every selected layer of ``model`` on the data; one row per layer (see the module docstring).
 
-    ``loader_or_input``: a tensor batch, or an iterable of batches that are tensors or ``(x, y)`` tuples.
+    ``loader_or_input``: a tensor batch, a dict of tensors (one batch of keyword inputs), or an iterable of
+    batches that are tensors, dicts of tensors or ``(x, y)`` tuples (``x`` a tensor, a tuple or a dict).
     Layers that never run in the forward pass are dropped. ``df.attrs["model_latency_ms"]`` holds the median
     whole-model forward time on the latency batch.
     """
@@ -424,7 +439,7 @@ def profile_model(
 
     layers = select_layers(model, config.layers)
     device = _device_of(model)
-    inputs = [x.to(device) for x in _collect_inputs(loader_or_input, config.max_batches)]
+    inputs = [move_inputs(x, device) for x in _collect_inputs(loader_or_input, config.max_batches)]
     records = {n: _LayerRecord() for n in layers}
     was_training = model.training
     try:

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader
 from workbench import distributed, tracking
 from workbench.devices import on_device
 from workbench.quant import PlanError, QuantPlan, QuantSpec, quant_modules, quantize_model, save_packed
+from workbench.quant.inputs import call_model, move_inputs, primary_output, split_batch
 from workbench.quant.introspect import quantizable_layers
 from workbench.quant.modules import ActQuantizer, WeightQuantizer
 from workbench.quant.spec import INT_BITS
@@ -457,7 +458,7 @@ def _act_numel(model: nn.Module, example: Tensor) -> dict[ActQuantizer, int]:
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            call_model(model, example)
     finally:
         for h in handles:
             h.remove()
@@ -550,10 +551,17 @@ def _freeze_bn(model: nn.Module) -> None:
             m.eval()
 
 
-def _split(batch: Any) -> tuple[Tensor, Tensor]:
+def _split(batch: Any) -> tuple[Any, Tensor]:
+    """``(inputs, labels)`` of a training batch; inputs may be a tensor, a tuple or a dict of tensors."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise QATError(f"train batches must be (x, y) tuples, got {type(batch).__name__}")
-    return batch[0], batch[1]
+        raise QATError(
+            f"train batches must be (inputs, labels) tuples (inputs: a tensor, tuple or dict), got "
+            f"{type(batch).__name__}"
+        )
+    x, y = split_batch(batch)
+    if not isinstance(y, Tensor):
+        raise QATError(f"train batch labels must be a tensor, got {type(y).__name__}")
+    return x, y
 
 
 class _Trainer:
@@ -631,20 +639,20 @@ class _Trainer:
 
     def step(self, x: Tensor, y: Tensor) -> dict[str, float]:
         cfg = self.config
-        x, y = x.to(self.device), y.to(self.device)
+        x, y = move_inputs(x, self.device), y.to(self.device)
         n_global = int(y.shape[0])
         x, y = distributed.shard(x, y, self.dist)
         n_local = int(y.shape[0])
         self.optimizer.zero_grad(set_to_none=True)
         if self.bit_optimizer is not None:
             self.bit_optimizer.zero_grad(set_to_none=True)
-        out = self.forward_model(x)
+        out = primary_output(call_model(self.forward_model, x))
         ce = self._share(F.cross_entropy(out, y) if n_local else out.sum(), out, n_local, n_global)
         loss = ce
         parts = {"ce_loss": ce}
         if cfg.distill_weight > 0 and self.teacher is not None:
             with torch.no_grad():
-                t_out = self.teacher(x)
+                t_out = primary_output(call_model(self.teacher, x))
             kd = distillation_loss(out, t_out, cfg.temperature) if n_local else out.sum()
             kd = self._share(kd, out, n_local, n_global)
             loss = (1.0 - cfg.distill_weight) * ce + cfg.distill_weight * kd
@@ -1096,7 +1104,7 @@ def train_qat(
             max_calib_batches=config.calib_batches,
             seed=config.seed,
         )
-        example = example.to(next(qmodel.parameters()).device)
+        example = move_inputs(example, next(qmodel.parameters()).device)
         fp32_acc = task.evaluate(task.model, "test")
         acc_before = task.evaluate(qmodel, "test")
         val_before = task.evaluate(qmodel, "val")
@@ -1382,7 +1390,7 @@ def compare_step_times(
 
         def fp32_step(x: Tensor, y: Tensor) -> None:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(fp32(x), y).backward()
+            F.cross_entropy(primary_output(call_model(fp32, x)), y).backward()
             opt.step()
 
         batches = _cycle(_train_batches(task.train_loader, epoch=0, config=config))

@@ -22,6 +22,11 @@ Metrics are small classes registered by name (:func:`register_metric`); a user m
 subclass of :class:`OutputMetric` with a ``score`` method, any other one a :class:`SensitivityMetric` with a
 ``compute`` method.
 
+Batches pass to the model as they come: ``(inputs, targets)`` tuples or inputs alone, the inputs a tensor, a
+tuple or a dict of tensors (see :mod:`workbench.quant.inputs`); "logits" are the model output's
+:func:`~workbench.quant.inputs.primary_output`. ``acc_drop``, ``hessian`` and ``fisher`` need targets
+(``needs_labels``); on data without labels use ``output_mse`` / ``output_kl``.
+
 Tidy schema of ``SensitivityResult.table`` (one row per measurement)::
 
     layer        module path ("layer1.0.conv1")
@@ -63,8 +68,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.devices import on_device
+from workbench.quant.inputs import (
+    batch_size,
+    call_model,
+    input_tensors,
+    map_inputs,
+    move_inputs,
+    primary_output,
+    split_batch,
+    take_inputs,
+)
 from workbench.quant.introspect import layer_costs
-from workbench.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, quantize_weight
+from workbench.quant.modules import ActQuantizer, quantize_weight
 from workbench.quant.spec import INT_BITS, QuantSpec, layer_weight_storage_bits
 from workbench.quant.swap import conv_bn_pairs, fold_batchnorm, set_module
 
@@ -473,7 +488,9 @@ class SensitivityMetric:
     ``kind``: "probe" (one value per single-layer weight and activation probe; see :class:`OutputMetric`),
     "weight" (per weight bits and granularity), "activation" or "layer" (precision-free). ``produces``: the
     table metric names it writes (default ``(name,)``); ``layer_outputs``: those among them that are
-    precision-free. Subclasses implement :meth:`compute` and are registered with :func:`register_metric`.
+    precision-free. ``needs_labels``: the metric uses the targets of the batches (a loss or an accuracy);
+    analyses of data without labels refuse it. Subclasses implement :meth:`compute` and are registered with
+    :func:`register_metric`.
     """
 
     name: ClassVar[str] = ""
@@ -481,6 +498,7 @@ class SensitivityMetric:
     produces: ClassVar[tuple[str, ...]] = ()
     layer_outputs: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    needs_labels: ClassVar[bool] = False
 
     @classmethod
     def outputs(cls) -> tuple[str, ...]:
@@ -502,9 +520,10 @@ class OutputMetric(SensitivityMetric):
     kind: ClassVar[str] = "probe"
     split: ClassVar[str] = "calib"
 
-    def score(self, reference: Tensor, quantized: Tensor, targets: Tensor) -> float:
-        """Sensitivity of one probe from FP32 ``reference`` and ``quantized`` logits ``[N, classes]`` and the
-        ``targets`` ``[N]`` of the split (higher = more sensitive)."""
+    def score(self, reference: Tensor, quantized: Tensor, targets: Tensor | None) -> float:
+        """Sensitivity of one probe from FP32 ``reference`` and ``quantized`` logits ``[N, classes]`` (the
+        model's :func:`~workbench.quant.inputs.primary_output`, concatenated over the batches) and the
+        ``targets`` ``[N]`` of the split (None for data without labels; higher = more sensitive)."""
         raise NotImplementedError
 
     def compute(self, ctx: SensitivityContext) -> MetricOutput:
@@ -591,6 +610,7 @@ class AccuracyDrop(OutputMetric):
     name = "acc_drop"
     split = "val"
     description = "top-1 accuracy drop in percentage points (validation data)"
+    needs_labels = True
 
     def score(self, reference: Tensor, quantized: Tensor, targets: Tensor) -> float:
         ref = (reference.argmax(dim=1) == targets).double().mean()
@@ -612,6 +632,7 @@ class HessianMetric(SensitivityMetric):
 
     name = "hessian"
     kind = "weight"
+    needs_labels = True
     produces = ("omega", "hessian_trace")
     layer_outputs = ("hessian_trace",)
     description = "Hutchinson Hessian trace and HAWQ-V2 omega = trace / numel * ||W - Q(W)||^2"
@@ -655,6 +676,7 @@ class FisherMetric(SensitivityMetric):
     name = "fisher"
     kind = "layer"
     description = "mean over samples of the squared gradient norm of the layer output"
+    needs_labels = True
 
     def compute(self, ctx: SensitivityContext) -> MetricOutput:
         layer_names = [info.name for info in ctx.layers]
@@ -682,13 +704,11 @@ class HutchinsonResult:
     converged: dict[str, bool]
 
 
-def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], Tensor):
-        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
-        return batch[0], y
-    raise ValueError(f"batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}")
+def _split_batch(batch: Any) -> tuple[Any, Tensor | None]:
+    """``(inputs, targets)``: inputs as they come (a tensor, a tuple or a dict of tensors), targets a tensor or
+    None."""
+    x, y = split_batch(batch)
+    return x, (y if isinstance(y, Tensor) else None)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -696,7 +716,7 @@ def _device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _labelled(batches: Sequence[Any], what: str) -> list[tuple[Tensor, Tensor]]:
+def _labelled(batches: Sequence[Any], what: str) -> list[tuple[Any, Tensor]]:
     out = []
     for batch in batches:
         x, y = _split_batch(batch)
@@ -708,6 +728,27 @@ def _labelled(batches: Sequence[Any], what: str) -> list[tuple[Tensor, Tensor]]:
             f"{what} needs at least 2 labelled samples, got {sum(int(y.shape[0]) for _, y in out)}"
         )
     return out
+
+
+def _inputs_batches(batches: Sequence[Any], what: str) -> list[tuple[Any, Tensor | None]]:
+    """``(inputs, targets)`` per batch, targets None where the batches have none (label-free metrics)."""
+    out = [_split_batch(batch) for batch in batches]
+    n = sum(batch_size(x) for x, _ in out)
+    if n < 2:
+        labelled = "labelled " if all(y is not None for _, y in out) else ""
+        raise ValueError(f"{what} needs at least 2 {labelled}samples, got {n}")
+    return out
+
+
+def _n_samples(batches: Sequence[tuple[Any, Tensor | None]]) -> int:
+    return int(sum(batch_size(x) for x, _ in batches))
+
+
+def _grad_inputs(x: Any, device: torch.device) -> Any:
+    """``x`` on ``device``; float tensors detached and requiring grad (token ids and masks stay as they are)."""
+    return map_inputs(
+        move_inputs(x, device), lambda t: t.detach().requires_grad_(True) if t.is_floating_point() else t
+    )
 
 
 def _weights(model: nn.Module, layers: Sequence[str]) -> list[Tensor]:
@@ -756,7 +797,8 @@ def hutchinson_trace(
             p.requires_grad_(True)
         grads = []
         for x, y in data:
-            loss = loss_fn(model(x.to(device)), y.to(device)) * (y.shape[0] / n_total)
+            out = primary_output(call_model(model, move_inputs(x, device)))
+            loss = loss_fn(out, y.to(device)) * (y.shape[0] / n_total)
             grads.append(torch.autograd.grad(loss, params, create_graph=True))
         return _hutchinson_loop(
             list(layers), params, grads, tol=tol, max_iter=max_iter, min_iter=min_iter, window=window,
@@ -884,8 +926,8 @@ def fisher_scores(
         for x, y in data:
             outputs.clear()
             with torch.enable_grad():
-                x = x.to(device).detach().requires_grad_(True)
-                loss = loss_fn(model(x), y.to(device))
+                x = _grad_inputs(x, device)
+                loss = loss_fn(primary_output(call_model(model, x)), y.to(device))
                 grads = torch.autograd.grad(loss, [o for _, o in outputs], allow_unused=True)
             for (name, out), g in zip(outputs, grads):
                 sq = (torch.zeros_like(out) if g is None else g).detach().double().pow(2).cpu()
@@ -1022,14 +1064,21 @@ class _GraphRunner:
         raise RuntimeError("the traced graph has no output node")
 
     @torch.no_grad()
-    def record(self, x: Tensor) -> tuple[Tensor, dict[torch.fx.Node, Any]]:
-        """Full forward pass: the logits and the values that some probe reuses."""
+    def record(self, x: Any) -> tuple[Any, dict[torch.fx.Node, Any]]:
+        """Full forward pass: the output and the values that some probe reuses. ``x``: the one input, as a
+        tensor, a 1-tuple or a 1-key dict naming the forward's argument."""
+        if isinstance(x, dict):
+            bound = inspect.signature(self.gm.forward).bind(**x)
+            bound.apply_defaults()
+            (x,) = bound.args
+        elif isinstance(x, (tuple, list)):
+            (x,) = x
         env: dict[torch.fx.Node, Any] = {}
         out = self._execute(self.nodes, env, x)
         return out, {n: env[n] for n in self.needed}
 
     @torch.no_grad()
-    def run(self, layer: str, cache: dict[torch.fx.Node, Any], reference: Tensor) -> Tensor:
+    def run(self, layer: str, cache: dict[torch.fx.Node, Any], reference: Tensor) -> Any:
         """The logits with only ``layer``'s downstream cone re-executed (``reference`` if the cone misses the
         output)."""
         cone = self.cones[layer]
@@ -1066,12 +1115,14 @@ class SensitivityContext:
     (probes). Both are in eval mode; the task's model is never touched.
     """
 
-    def __init__(self, task: Any, config: SensitivityConfig, *, calib: list[tuple[Tensor, Tensor]]) -> None:
+    def __init__(
+        self, task: Any, config: SensitivityConfig, *, calib: list[tuple[Any, Tensor | None]]
+    ) -> None:
         self.task = task
         self.config = config
         self.float_model = copy.deepcopy(task.model).eval()
         self.device = _device(self.float_model)
-        self._batches: dict[str, list[tuple[Tensor, Tensor]]] = {"calib": calib}
+        self._batches: dict[str, list[tuple[Any, Tensor | None]]] = {"calib": calib}
         self._references: dict[str, Tensor] = {}
         self._probe_model: nn.Module | None = None
         self._runner: _GraphRunner | None = None
@@ -1079,11 +1130,11 @@ class SensitivityContext:
         self._batch_refs: dict[str, list[Tensor]] = {}
         self._hutchinson: HutchinsonResult | None = None
         self.folded_bn: list[tuple[str, str]] = []
-        example = calib[0][0][:1].to(self.device)
+        example = move_inputs(take_inputs(calib[0][0], 1), self.device)
         costs = layer_costs(self.float_model, example)  # insertion order = forward order
         if not costs:
             raise ValueError(
-                f"{type(task.model).__name__} has no quantizable layers (Conv2d / Linear) reached by the forward pass"
+                f"{type(task.model).__name__} has no quantizable layers (Conv1d / Conv2d / Linear / Embedding) reached by the forward pass"
             )
         self.layers: list[LayerInfo] = [
             LayerInfo(
@@ -1099,8 +1150,9 @@ class SensitivityContext:
         ]
 
     # -- data -------------------------------------------------------------------------------------------
-    def batches(self, split: str) -> list[tuple[Tensor, Tensor]]:
-        """The labelled batches of ``split`` ("calib": the first ``calib_batches``; "val": ``val_batches``)."""
+    def batches(self, split: str) -> list[tuple[Any, Tensor | None]]:
+        """``(inputs, targets)`` batches of ``split`` ("calib": the first ``calib_batches``; "val":
+        ``val_batches``, which must have targets); targets are None for calibration data without labels."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
         if split not in self._batches:
@@ -1110,8 +1162,10 @@ class SensitivityContext:
             self._batches[split] = _labelled(_take(loader, self.config.val_batches), "the validation split")
         return self._batches[split]
 
-    def targets(self, split: str) -> Tensor:
-        return torch.cat([y for _, y in self.batches(split)]).cpu()
+    def targets(self, split: str) -> Tensor | None:
+        """Concatenated targets of ``split`` (None when its batches have none)."""
+        ys = [y for _, y in self.batches(split)]
+        return None if any(y is None for y in ys) else torch.cat(ys).cpu()  # type: ignore[arg-type]
 
     def weight(self, layer: str) -> Tensor:
         """The float (unfolded) weight of ``layer``, detached."""
@@ -1138,8 +1192,14 @@ class SensitivityContext:
 
     @torch.no_grad()
     def logits(self, model: nn.Module, split: str) -> Tensor:
-        """Concatenated logits of ``model`` over the batches of ``split`` (CPU float32)."""
-        return torch.cat([model(x.to(self.device)).float().cpu() for x, _ in self.batches(split)])
+        """Concatenated logits (the :func:`~workbench.quant.inputs.primary_output`) of ``model`` over the batches
+        of ``split`` (CPU float32)."""
+        return torch.cat(
+            [
+                primary_output(call_model(model, move_inputs(x, self.device))).float().cpu()
+                for x, _ in self.batches(split)
+            ]
+        )
 
     def reference(self, split: str) -> Tensor:
         """FP32 logits of the (folded) probe model on ``split``."""
@@ -1159,7 +1219,8 @@ class SensitivityContext:
         outs: list[Tensor] = []
         caches: list[dict[torch.fx.Node, Any]] | None = []
         for x, _ in batches:
-            out, cache = runner.record(x.to(self.device))
+            out, cache = runner.record(move_inputs(x, self.device))
+            out = primary_output(out)
             outs.append(out)
             if caches is not None:
                 caches.append(cache)
@@ -1178,7 +1239,9 @@ class SensitivityContext:
         if self._runner is None or caches is None:
             return self.logits(self.probe_model, split)
         refs = self._batch_refs[split]
-        return torch.cat([self._runner.run(layer, c, r).float().cpu() for c, r in zip(caches, refs)])
+        return torch.cat(
+            [primary_output(self._runner.run(layer, c, r)).float().cpu() for c, r in zip(caches, refs)]
+        )
 
     # -- probes -----------------------------------------------------------------------------------------
     def probes(self) -> list[Probe]:
@@ -1189,6 +1252,8 @@ class SensitivityContext:
             for gran in cfg.granularities:
                 for b in cfg.w_bits:
                     out.append(Probe(info.name, "weight", gran, b, FLOAT_BITS, cfg.weight_spec(b, gran)))
+            if info.op_type == "Embedding":  # weight-only: its input is token ids, never quantized
+                continue
             for b in cfg.a_bits:
                 out.append(
                     Probe(info.name, "activation", "per_tensor", FLOAT_BITS, b, cfg.activation_spec(b))
@@ -1226,7 +1291,7 @@ class SensitivityContext:
         ]
         try:
             for x, _ in self.batches("calib"):
-                model(x.to(self.device))
+                call_model(model, move_inputs(x, self.device))
         finally:
             for h in handles:
                 h.remove()
@@ -1286,11 +1351,9 @@ class SensitivityContext:
 
 
 def _twin(module: nn.Module, spec: QuantSpec, *, seed: int) -> nn.Module:
-    if isinstance(module, nn.Conv2d):
-        return QuantConv2d.from_float(module, spec, seed=seed).eval()
-    if isinstance(module, nn.Linear):
-        return QuantLinear.from_float(module, spec, seed=seed).eval()
-    raise ValueError(f"cannot probe a {type(module).__name__}; only Conv2d and Linear layers")
+    from workbench.quant.modules import quant_twin
+
+    return quant_twin(module, spec, seed=seed).eval()
 
 
 # --------------------------------------------------------------------------------------------- cost-benefit
@@ -1420,7 +1483,17 @@ def _check_task(task: Any) -> None:
         raise ValueError(f"task.model must be a torch.nn.Module, got {type(task.model).__name__}")
 
 
-def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, Tensor]]) -> str:
+def _inputs_bytes(h: Any, x: Any) -> None:
+    """Feed inputs to hash ``h``: a tensor's bytes as they always were; a structure's leaves with their paths."""
+    if isinstance(x, Tensor):
+        h.update(_tensor_bytes(x))
+        return
+    for path, t in input_tensors(x):
+        h.update(path.encode())
+        h.update(_tensor_bytes(t))
+
+
+def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tensor | None]]) -> str:
     import sys
 
     import workbench.quant
@@ -1445,8 +1518,9 @@ def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, T
         with contextlib.suppress(OSError, TypeError):  # no source (e.g. a class typed into a REPL)
             h.update(inspect.getsource(cls).encode())
     for x, y in calib:
-        h.update(_tensor_bytes(x))
-        h.update(_tensor_bytes(y))
+        _inputs_bytes(h, x)
+        if y is not None:
+            h.update(_tensor_bytes(y))
     if any(getattr(METRICS[m], "split", None) == "val" for m in config.metrics):
         val = getattr(task, "val_loader", None)
         dataset = getattr(val, "dataset", None)
@@ -1454,9 +1528,10 @@ def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, T
             f"val:{len(dataset) if dataset is not None and hasattr(dataset, '__len__') else '?'}".encode()
         )
         for batch in _take(val, config.val_batches) if val is not None else []:
-            for t in _split_batch(batch):
-                if t is not None:
-                    h.update(_tensor_bytes(t))
+            x, y = _split_batch(batch)
+            _inputs_bytes(h, x)
+            if y is not None:
+                h.update(_tensor_bytes(y))
     return h.hexdigest()[:20]
 
 
@@ -1506,7 +1581,9 @@ def _assemble(ctx: SensitivityContext, out: MetricOutput) -> tuple[pd.DataFrame,
     return table, layers, channels
 
 
-def _compute(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, Tensor]]) -> SensitivityResult:
+def _compute(
+    task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tensor | None]]
+) -> SensitivityResult:
     t0 = time.perf_counter()
     ctx = SensitivityContext(task, config, calib=calib)
     metrics = [get_metric(name) for name in config.metrics]
@@ -1539,17 +1616,19 @@ def _compute(task: Any, config: SensitivityConfig, calib: list[tuple[Tensor, Ten
         "task": getattr(task, "name", type(task.model).__name__),
         "device": str(ctx.device),
         "config": asdict(config),
-        "calib_samples": int(sum(int(y.shape[0]) for _, y in calib)),
+        "calib_samples": _n_samples(calib),
         "calib_batches": len(calib),
         "n_probes": len(ctx.probes()) if output_metrics else 0,
         "folded_bn": [list(p) for p in ctx.folded_bn],
         "timings_s": timings,
     }
     if "val" in ctx._batches:
-        info["val_samples"] = int(sum(int(y.shape[0]) for _, y in ctx.batches("val")))
-        info["fp32_val_accuracy"] = float(
-            (ctx.reference("val").argmax(dim=1) == ctx.targets("val")).double().mean()
-        )
+        info["val_samples"] = _n_samples(ctx.batches("val"))
+        val_targets = ctx.targets("val")
+        if val_targets is not None:
+            info["fp32_val_accuracy"] = float(
+                (ctx.reference("val").argmax(dim=1) == val_targets).double().mean()
+            )
     if ctx._hutchinson is not None:
         info["hutchinson_converged"] = dict(ctx._hutchinson.converged)
     return replace(result, cost_benefit=cost, info=info)
@@ -1617,9 +1696,18 @@ def analyze_sensitivity(
         get_metric(name)
     _check_task(task)
     task = on_device(task, device)
-    calib = _labelled(
+    calib = _inputs_batches(
         _take(task.calib_loader, config.calib_batches), "sensitivity analysis (calibration data)"
     )
+    if any(y is None for _, y in calib):
+        needy = [name for name in config.metrics if METRICS[name].needs_labels]
+        if needy:
+            free = tuple(n for n in config.metrics if not METRICS[n].needs_labels) or ("output_mse", "output_kl")
+            raise ValueError(
+                f"the calibration batches come without targets, but metric(s) {needy} need labels (a loss or an "
+                f"accuracy); use label-free metrics only, e.g. SensitivityConfig(metrics={free!r}) (CLI: "
+                f"--metrics {' '.join(free)}), or give (inputs, targets) batches"
+            )
     key = _cache_key(task, config, calib)
     path = _cache_path(key, cache_dir)
     result: SensitivityResult | None = None

@@ -6,13 +6,18 @@ Three ways to get one:
   bundled with scikit-learn, nothing downloaded) with a zoo model trained on it or loaded from the cache.
 * :func:`torchvision_task` — a torchvision classification model on CIFAR-10 or an image folder that is
   already on disk (this module never downloads anything).
-* :func:`task_from_model` — any ``nn.Module`` with your own loaders.
+* :func:`task_from_model` — any ``nn.Module`` with your own loaders, scored by top-1 accuracy, your own
+  ``metric(model, loader)``, ``eval_fn(model)``, or a :func:`fidelity_metric` against the FP32 model.
+* :func:`load_task_file` — the Task a function in a Python file returns (the CLI's ``--task FILE.py:FUNC``).
 
-Every loader yields ``(x, y)`` tuples. The calibration loader is a deterministic subset of the training data.
+The built-in loaders yield ``(x, y)`` tuples (the calibration loader is a deterministic subset of the training
+data). Your own may yield ``(inputs, targets)`` or the inputs alone, the inputs a tensor, a tuple or a dict of
+tensors (see :mod:`workbench.quant.inputs`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -36,16 +41,35 @@ from workbench.models import (
     evaluate_accuracy,
     get_trained_model,
 )
+from workbench.quant.inputs import (
+    OutputError,
+    batch_size,
+    call_model,
+    concat_inputs,
+    describe_inputs,
+    first_tensor,
+    input_tensors,
+    move_inputs,
+    primary_output,
+    split_batch,
+    take_inputs,
+)
 
 __all__ = [
     "DATASETS",
+    "FIDELITY_KINDS",
     "SPLITS",
     "DigitsConfig",
     "DigitsData",
     "DigitsLoaders",
+    "EvalFnMetric",
+    "FidelityMetric",
     "Task",
+    "TaskFileError",
     "digits_data",
+    "fidelity_metric",
     "load_task",
+    "load_task_file",
     "task_from_model",
     "torchvision_task",
 ]
@@ -236,7 +260,8 @@ Metric = Callable[[nn.Module, DataLoader], float]
 class Task:
     """A model, its data and the metric that scores it (higher is better; default top-1 accuracy).
 
-    ``input_shape`` is ``(C, H, W)`` of one sample. ``train_loader`` may be None (then QAT and
+    ``input_shape`` is the shape of one sample (``(C, H, W)`` for images; of the first input tensor for
+    structured inputs). ``train_loader`` may be None (then QAT and
     ``evaluate(split="train")`` are unavailable). ``info`` holds provenance: configs, cache path, accuracy
     measured at training time, dataset sizes.
     """
@@ -262,24 +287,27 @@ class Task:
         return loader
 
     def evaluate(self, model: nn.Module | None = None, split: str = "test") -> float:
-        """``metric`` of ``model`` (default the task's own model) on ``split``."""
-        return float(self.metric(self.model if model is None else model, self.loader(split)))
+        """``metric`` of ``model`` (default the task's own model) on ``split``; a metric returning NaN or
+        something that is not a number raises ValueError naming the value."""
+        value = self.metric(self.model if model is None else model, self.loader(split))
+        return _check_score(value, f"the metric of task {self.name!r}")
 
-    def example_input(self, batch: int = 1) -> torch.Tensor:
-        """The first ``batch`` real inputs of the calibration loader (concatenating batches if needed)."""
+    def example_input(self, batch: int = 1) -> Any:
+        """The first ``batch`` real inputs of the calibration loader (concatenating batches if needed), in the
+        structure the loader yields them: a tensor, a tuple or a dict of tensors (targets are dropped)."""
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be an int >= 1, got {batch!r}")
-        parts: list[torch.Tensor] = []
+        parts: list[Any] = []
         have = 0
         for item in self.calib_loader:
-            x = item[0]
+            x = split_batch(item)[0]
             parts.append(x)
-            have += x.shape[0]
+            have += batch_size(x)
             if have >= batch:
                 break
         if have < batch:
             raise ValueError(f"calibration loader holds only {have} samples, asked for batch={batch}")
-        return torch.cat(parts)[:batch]
+        return take_inputs(concat_inputs(parts), batch)
 
     @property
     def device(self) -> torch.device:
@@ -523,79 +551,382 @@ def torchvision_task(
 # --------------------------------------------------------------------------------------------- custom
 
 
-def _first_batch(loader: Iterable, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_score(value: Any, what: str) -> float:
+    """``value`` as a float; NaN or something that is not a number raises ValueError naming the value."""
+    if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise ValueError(
+            f"{what} returned {shown} (a {type(value).__name__}); it must return a number (a float, higher "
+            "is better)"
+        )
+    if math.isnan(value):
+        raise ValueError(f"{what} returned NaN; it must return a number (a float, higher is better)")
+    return float(value)
+
+
+class EvalFnMetric:
+    """A :data:`Metric` from ``eval_fn(model) -> float`` (higher is better): the loader is ignored (the function
+    scores the model on data of its own). NaN or a non-number raises ValueError naming the value."""
+
+    def __init__(self, eval_fn: Callable[[nn.Module], float]) -> None:
+        if not callable(eval_fn):
+            raise TypeError(f"eval_fn must be callable (model) -> float, got {type(eval_fn).__name__}")
+        self.eval_fn = eval_fn
+        fn = getattr(eval_fn, "__qualname__", type(eval_fn).__name__)
+        self.__qualname__ = f"eval_fn:{getattr(eval_fn, '__module__', '?')}.{fn}"  # names it in cache keys
+
+    def __call__(self, model: nn.Module, loader: Any = None) -> float:
+        return _check_score(self.eval_fn(model), f"eval_fn {self.__qualname__.removeprefix('eval_fn:')}")
+
+    def __repr__(self) -> str:
+        return f"EvalFnMetric({self.__qualname__.removeprefix('eval_fn:')})"
+
+
+FIDELITY_KINDS: tuple[str, ...] = ("cosine", "min_cosine", "neg_rel_mse", "topk_agreement")
+"""Kinds of :func:`fidelity_metric`."""
+
+
+def _batch_digest(inputs: Any) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(describe_inputs(inputs).encode())
+    for path, t in input_tensors(inputs):
+        h.update(path.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def _primary_outputs(model: nn.Module, batches: Iterable[Any], key: str | int | None) -> list[torch.Tensor]:
+    """``primary_output`` of ``model`` on each inputs batch (eval mode, every module's flag restored)."""
+    from workbench.devices import model_device
+
+    device = model_device(model)
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return [primary_output(call_model(model, move_inputs(x, device)), key=key).detach() for x in batches]
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+class FidelityMetric:
+    """How closely a model's outputs follow the FP32 reference model's on the same data (higher is better).
+
+    Built by :func:`fidelity_metric`; called as ``metric(model, loader) -> float`` like any :data:`Metric`.
+    Targets in the loader's batches are ignored, so loaders may yield inputs only (tensors or dicts).
+    """
+
+    def __init__(
+        self,
+        reference_model: nn.Module,
+        kind: str = "cosine",
+        *,
+        output_key: str | int | None = None,
+        k: int = 5,
+    ) -> None:
+        if not isinstance(reference_model, nn.Module):
+            raise TypeError(
+                f"reference_model must be a torch.nn.Module, got {type(reference_model).__name__}"
+            )
+        if kind not in FIDELITY_KINDS:
+            raise ValueError(f"unknown fidelity kind {kind!r}; choose one of {list(FIDELITY_KINDS)}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be an int >= 1, got {k!r}")
+        self.reference_model = reference_model
+        self.kind = kind
+        self.output_key = output_key
+        self.k = k
+        self.__qualname__ = f"fidelity_metric({kind}, output_key={output_key!r}, k={k})"  # cache-key name
+        self._cache: dict[int, tuple[Any, list[tuple[str, torch.Tensor]]]] = {}
+
+    def __repr__(self) -> str:
+        return f"FidelityMetric(kind={self.kind!r}, output_key={self.output_key!r}, k={self.k})"
+
+    def reference(self, loader: Iterable) -> list[torch.Tensor]:
+        """The reference model's outputs on ``loader`` (one CPU tensor per batch), computed once per loader
+        object and kept (a batch whose inputs changed since, e.g. a shuffled loader, is recomputed)."""
+        return [r for _, r in self._reference(loader, [split_batch(b)[0] for b in loader])]
+
+    def _reference(self, loader: Iterable, batches: list[Any]) -> list[tuple[str, torch.Tensor]]:
+        digests = [_batch_digest(x) for x in batches]
+        hit = self._cache.get(id(loader))
+        cached = hit[1] if hit is not None and hit[0] is loader else []
+        out: list[tuple[str, torch.Tensor] | None] = [
+            cached[i] if i < len(cached) and cached[i][0] == d else None for i, d in enumerate(digests)
+        ]
+        missing = [i for i, o in enumerate(out) if o is None]
+        if missing:
+            refs = _primary_outputs(self.reference_model, [batches[i] for i in missing], self.output_key)
+            for i, r in zip(missing, refs):
+                r = r.float().cpu()
+                if not torch.isfinite(r).all():
+                    raise ValueError(
+                        f"the reference model's output has NaN/Inf values on batch {i} "
+                        f"({describe_inputs(batches[i])}); fidelity needs a finite FP32 reference"
+                    )
+                out[i] = (digests[i], r)
+        result = [o for o in out if o is not None]
+        if hit is None or hit[0] is not loader or missing:
+            self._cache[id(loader)] = (loader, result)  # the loader is held, so its id is not reused
+        return result
+
+    def __call__(self, model: nn.Module, loader: Iterable) -> float:
+        batches = [split_batch(b)[0] for b in loader]
+        if not batches:
+            raise ValueError("fidelity_metric got an empty loader (no batches)")
+        refs = [r for _, r in self._reference(loader, batches)]
+        outs = _primary_outputs(model, batches, self.output_key)
+        cos: list[torch.Tensor] = []
+        err = ref_sq = agree = rows = 0.0
+        for i, (y, r) in enumerate(zip(outs, refs)):
+            if tuple(y.shape) != tuple(r.shape):
+                raise ValueError(
+                    f"model output shape {tuple(y.shape)} differs from the reference's {tuple(r.shape)} on batch {i}"
+                )
+            # a broken (e.g. overflowing) quantized model gets a poor but finite score
+            y = torch.nan_to_num(y.double().cpu(), nan=0.0, posinf=3.4e38, neginf=-3.4e38)
+            r = r.double()
+            if self.kind in ("cosine", "min_cosine"):
+                y2, r2 = y.reshape(y.shape[0], -1), r.reshape(r.shape[0], -1)
+                num = (y2 * r2).sum(dim=1)
+                den = y2.norm(dim=1) * r2.norm(dim=1)
+                cos.append(torch.where(den > 0, num / den.clamp_min(1e-300), (y2 == r2).all(dim=1).double()))
+            elif self.kind == "neg_rel_mse":
+                err += float((y - r).pow(2).sum())
+                ref_sq += float(r.pow(2).sum())
+            else:
+                width = r.shape[-1] if r.dim() > 1 else 1
+                k = min(self.k, width)
+                y2, r2 = y.reshape(-1, width), r.reshape(-1, width)
+                iy, ir = y2.topk(k, dim=1).indices, r2.topk(k, dim=1).indices
+                agree += float((iy.unsqueeze(2) == ir.unsqueeze(1)).any(dim=2).sum()) / k
+                rows += y2.shape[0]
+        if self.kind == "cosine":
+            return float(torch.cat(cos).mean())
+        if self.kind == "min_cosine":
+            return float(torch.cat(cos).min())
+        if self.kind == "neg_rel_mse":
+            return -err / ref_sq if ref_sq > 0 else (0.0 if err == 0 else -math.inf)
+        return agree / rows
+
+
+def fidelity_metric(
+    reference_model: nn.Module, kind: str = "cosine", *, output_key: str | int | None = None, k: int = 5
+) -> FidelityMetric:
+    """A :data:`Metric` ``(model, loader) -> float`` (higher is better) comparing a model's outputs with the
+    FP32 ``reference_model``'s outputs on the same batches (no labels needed).
+
+    The compared output is :func:`workbench.quant.inputs.primary_output` of the model's output (``logits``,
+    ``last_hidden_state`` or the first tensor; ``output_key`` picks a key, attribute or tuple index). ``kind``:
+
+    * ``"cosine"`` — mean over samples of the cosine similarity of the output, flattened per sample (all dims
+      but dim 0); 1 is a perfect match.
+    * ``"min_cosine"`` — the worst sample's cosine.
+    * ``"neg_rel_mse"`` — minus the relative squared error over the whole loader,
+      ``-sum ||y - y_ref||^2 / sum ||y_ref||^2``: 0 is a perfect match, -1 is as far off as outputting zeros.
+    * ``"topk_agreement"`` — mean over rows of the last dimension (samples, or tokens of a sequence output) of
+      the share of the reference's top-``k`` entries that are also in the model's top-``k`` (1 is a perfect
+      match; ``k`` is capped at the last dimension's size).
+
+    The reference outputs are computed once per loader object and cached (with a digest of each batch's inputs:
+    a batch that changed is recomputed). The reference model is used as it is (not copied, never modified).
+    Non-finite values in a quantized model's output are replaced as ``torch.nan_to_num`` does before scoring.
+    """
+    return FidelityMetric(reference_model, kind, output_key=output_key, k=k)
+
+
+def _first_batch(loader: Iterable, name: str, *, need_targets: bool = True) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of the first batch of ``loader`` (targets None when the batches have none)."""
+    shape = (
+        "(x, y) batches" if need_targets else "(x, y) batches or inputs alone (tensors / dicts of tensors)"
+    )
     if loader is None:
-        raise ValueError(f"{name} is None; pass a DataLoader that yields (x, y) batches")
+        raise ValueError(f"{name} is None; pass a DataLoader that yields {shape}")
     try:
         length = len(loader)  # type: ignore[arg-type]
     except TypeError:
         length = None
     if length == 0:
-        raise ValueError(f"{name} is empty (len 0); it must yield at least one (x, y) batch")
+        raise ValueError(f"{name} is empty (len 0); it must yield at least one batch")
     try:
         batch = next(iter(loader))
     except StopIteration:
-        raise ValueError(f"{name} is empty; it must yield at least one (x, y) batch") from None
+        raise ValueError(f"{name} is empty; it must yield at least one batch") from None
     except TypeError as err:
         raise ValueError(f"{name} is not iterable ({type(loader).__name__}): {err}") from err
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not isinstance(batch[0], torch.Tensor):
-        raise ValueError(f"{name} must yield (x, y) tuples of tensors, got a {type(batch).__name__} batch")
-    return batch[0], batch[1]
+    try:
+        x, y = split_batch(batch)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    if first_tensor(x) is None:
+        raise ValueError(f"{name} yields inputs without any tensor: {describe_inputs(x)}")
+    if need_targets and y is None:
+        raise ValueError(
+            f"{name} must yield (x, y) tuples of tensors for the default accuracy metric, got "
+            f"{type(batch).__name__} batches without targets; for data without labels pass "
+            "metric=fidelity_metric(model) or eval_fn=..."
+        )
+    return x, y
 
 
 def task_from_model(
     model: nn.Module,
     *,
     calib_loader: DataLoader,
-    val_loader: DataLoader,
-    test_loader: DataLoader,
+    val_loader: DataLoader | None = None,
+    test_loader: DataLoader | None = None,
     metric: Metric | None = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
     name: str = "custom",
     train_loader: DataLoader | None = None,
     num_classes: int | None = None,
 ) -> Task:
-    """Wrap your own model and loaders (each yielding ``(x, y)`` tuples) as a :class:`Task`.
+    """Wrap your own model and loaders as a :class:`Task`.
 
-    The loaders must be non-empty; ``metric(model, loader) -> float`` (higher is better) defaults to top-1
-    accuracy. ``input_shape`` comes from the first calibration batch; ``num_classes`` (if not given) from the
-    last dimension of the model's output on one calibration sample. The model is not modified.
+    Batches pass to the model as they come: a loader may yield ``(inputs, targets)`` tuples or the inputs alone
+    (a tensor or a dict of tensors such as ``{"input_ids": ..., "attention_mask": ...}``); inputs are a tensor
+    (``model(x)``), a tuple (``model(*x)``) or a dict (``model(**x)``). The output may be a tensor, a tuple, a
+    dict or a dataclass-like object; stages use its :func:`~workbench.quant.inputs.primary_output`.
+
+    The score (higher is better) is one of:
+
+    * ``metric(model, loader) -> float``, e.g. :func:`fidelity_metric` against the FP32 model (no labels needed);
+    * ``eval_fn(model) -> float`` scoring the model on data of its own (``val_loader`` / ``test_loader`` then
+      default to ``calib_loader``; stages that need data beyond the score use them);
+    * neither: top-1 accuracy, which needs ``(x, y)`` batches.
+
+    Every loader must be non-empty. The model must run on the first calibration sample and give an output with a
+    tensor in it; otherwise ValueError names the exception and the input structure (keys, shapes, dtypes).
+    ``input_shape`` is the per-sample shape of the first input tensor; ``num_classes`` (if not given) the last
+    dimension of the primary output on one calibration sample. The model is not modified.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if metric is not None and eval_fn is not None:
+        raise ValueError("pass metric=(model, loader) -> float or eval_fn=(model) -> float, not both")
     if metric is not None and not callable(metric):
         raise TypeError(f"metric must be callable (model, loader) -> float, got {type(metric).__name__}")
-    x, _ = _first_batch(calib_loader, "calib_loader")
-    _first_batch(val_loader, "val_loader")
-    _first_batch(test_loader, "test_loader")
+    if eval_fn is not None:
+        metric = EvalFnMetric(eval_fn)
+        val_loader = calib_loader if val_loader is None else val_loader
+        test_loader = calib_loader if test_loader is None else test_loader
+    need_targets = metric is None
+    x, y = _first_batch(calib_loader, "calib_loader", need_targets=need_targets)
+    _first_batch(val_loader, "val_loader", need_targets=need_targets)  # type: ignore[arg-type]
+    _first_batch(test_loader, "test_loader", need_targets=need_targets)  # type: ignore[arg-type]
     if train_loader is not None:
         _first_batch(train_loader, "train_loader")
+    out = _check_forward(model, take_inputs(x, 1))
     if num_classes is None:
-        num_classes = _infer_num_classes(model, x[:1])
+        num_classes = int(out.shape[-1]) if out.dim() >= 2 else None
     return Task(
         name=name,
         model=model,
         train_loader=train_loader,
         calib_loader=calib_loader,
-        val_loader=val_loader,
-        test_loader=test_loader,
+        val_loader=val_loader,  # type: ignore[arg-type]
+        test_loader=test_loader,  # type: ignore[arg-type]
         metric=metric if metric is not None else evaluate_accuracy,
-        input_shape=tuple(x.shape[1:]),
+        input_shape=tuple(first_tensor(x).shape[1:]),  # type: ignore[union-attr]
         num_classes=num_classes,
-        info={"dataset": "custom"},
+        info={
+            "dataset": "custom",
+            "inputs": describe_inputs(take_inputs(x, 1)),
+            "labels": y is not None,
+            "metric": getattr(metric, "__qualname__", type(metric).__name__) if metric else "accuracy",
+        },
     )
 
 
-def _infer_num_classes(model: nn.Module, x: torch.Tensor) -> int | None:
-    was_training = model.training
+def _check_forward(model: nn.Module, x: Any) -> torch.Tensor:
+    """The primary output of ``model`` on calibration sample ``x``; ValueError naming the input structure and
+    the exception when the forward fails, or naming the output when it holds no usable tensor."""
+    from workbench.devices import model_device
+
+    flags = {m: m.training for m in model.modules()}
     model.eval()
-    param = next(model.parameters(), None)
     try:
         with torch.no_grad():
-            out = model(x.to(param.device) if param is not None else x)
+            out = call_model(model, move_inputs(x, model_device(model)))
     except Exception as err:
         raise ValueError(
-            f"model failed on a calibration sample of shape {tuple(x.shape)}: {type(err).__name__}: {err}"
+            f"model failed on the first calibration sample ({describe_inputs(x)}): {type(err).__name__}: {err}"
         ) from err
     finally:
-        model.train(was_training)
-    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() >= 2 else None
+        for m, flag in flags.items():
+            m.training = flag
+    try:
+        return primary_output(out)
+    except OutputError as err:
+        raise ValueError(f"model output on the first calibration sample is unusable: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------- task files
+
+
+class TaskFileError(ValueError):
+    """A task file that is missing, fails to import, lacks the function or returns something not a Task."""
+
+
+def load_task_file(spec: str | Path) -> Task:
+    """The :class:`Task` returned by a function in a Python file: ``"path/to/task.py:make_task"``.
+
+    The function name defaults to ``make_task`` (``"path/to/task.py"``); it is called without arguments. The
+    file is imported as a module of its own (registered in ``sys.modules`` under a name derived from its path,
+    so dataclasses and pickling work); its folder is appended to ``sys.path`` (if absent) so that it can import
+    modules next to it. A missing file, an import error, a missing function, or a function that fails or
+    returns something other than a Task raises :class:`TaskFileError` (a ValueError) saying which.
+    """
+    import importlib.util
+    import sys
+
+    text = str(spec)
+    path_text, sep, func = text.rpartition(":")
+    if not sep or not func.isidentifier() or not path_text:
+        path_text, func = text, "make_task"
+    path = Path(path_text).expanduser()
+    if not path.is_file():
+        where = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise TaskFileError(
+            f"task file {path} {where}; --task expects path/to/task.py:make_task (a Python file defining a "
+            "function that returns a workbench.tasks.Task)"
+        )
+    path = path.resolve()
+    module_name = "workbench_task_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    loader_spec = importlib.util.spec_from_file_location(module_name, path)
+    if loader_spec is None or loader_spec.loader is None:
+        raise TaskFileError(f"task file {path} cannot be imported as Python (use a .py file)")
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))  # modules next to the task file stay importable
+    module = importlib.util.module_from_spec(loader_spec)
+    sys.modules[module_name] = module
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[module_name]
+        raise TaskFileError(f"task file {path} failed to import: {type(err).__name__}: {err}") from err
+    factory = getattr(module, func, None)
+    if factory is None:
+        defined = sorted(
+            n for n, v in vars(module).items()
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module_name
+        )  # fmt: skip
+        raise TaskFileError(f"task file {path} defines no {func!r}; functions it defines: {defined}")
+    if not callable(factory):
+        raise TaskFileError(f"{func!r} in task file {path} is a {type(factory).__name__}, not a function")
+    try:
+        task = factory()
+    except TaskFileError:
+        raise
+    except Exception as err:
+        raise TaskFileError(f"{func}() in task file {path} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(task, Task):
+        raise TaskFileError(
+            f"{func}() in task file {path} returned a {type(task).__name__}, not a workbench.tasks.Task; "
+            "build one with workbench.tasks.task_from_model(model, calib_loader=..., metric=...)"
+        )
+    return task

@@ -46,6 +46,15 @@ from workbench.hardware.dispatch import (
     int_followers,
 )
 from workbench.hardware.profile import PrecisionProfile, load_profile
+from workbench.quant.inputs import (
+    call_model,
+    concat_inputs,
+    first_tensor,
+    move_inputs,
+    primary_output,
+    split_batch,
+    take_inputs,
+)
 from workbench.quant.introspect import quantizable_layers
 from workbench.quant.quantizers import int_range
 from workbench.quant.spec import PlanError, QuantPlan, QuantSpec
@@ -213,8 +222,8 @@ class DeployedModel:
     dispatch: dict[str, LayerDispatch]
     notes: list[str] = field(default_factory=list)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def __call__(self, x: Any) -> Any:
+        return call_model(self.module, x)
 
     def table(self) -> pd.DataFrame:
         """One row per layer: requested and chosen precision, and the kernel module that runs it."""
@@ -232,14 +241,14 @@ class DeployedModel:
         return out
 
 
-def _calib_batches(calib: Any, max_batches: int | None) -> list[torch.Tensor]:
+def _calib_batches(calib: Any, max_batches: int | None) -> list[Any]:
     if isinstance(calib, torch.Tensor):
         return [calib]
     out = []
     for i, batch in enumerate(calib):
         if max_batches is not None and i >= max_batches:
             break
-        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        out.append(split_batch(batch)[0])  # a tensor, a tuple or a dict of tensors, as the loader yields it
     if not out:
         raise PlanError("calibration data is empty: pass a tensor or a loader with at least one batch")
     return out
@@ -285,7 +294,7 @@ def deploy(
     if model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
     notes: list[str] = []
-    batches = [x.to(dev) for x in _calib_batches(calib, max_calib_batches)]
+    batches = [move_inputs(x, dev) for x in _calib_batches(calib, max_calib_batches)]
     reduce_range = not cpu_has_vnni() and engine in ("x86", "fbgemm")
     if reduce_range:
         notes.append(
@@ -337,10 +346,12 @@ def deploy(
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
                 baked = baked.to(memory_format=torch.channels_last)
-            prepared = prepare_fx(baked, qmap, (batches[0],))
+            first = batches[0]
+            example = tuple(first.values()) if isinstance(first, dict) else first
+            prepared = prepare_fx(baked, qmap, example if isinstance(example, tuple) else (example,))
             with torch.no_grad():
                 for x in batches:
-                    prepared(x)
+                    call_model(prepared, x)
             converted = convert_fx(prepared)
     finally:
         torch.backends.quantized.engine = previous_engine
@@ -398,19 +409,22 @@ class LatencyStats:
 
 
 def time_side_by_side(
-    fns: dict[str, Callable[[torch.Tensor], Any]],
-    x: torch.Tensor,
+    fns: dict[str, Callable[..., Any]],
+    x: Any,
     *,
     repeats: int = 7,
     warmup: int = 2,
     threads: int | None = None,
 ) -> dict[str, LatencyStats]:
-    """Latency of several callables on the same input, interleaved run by run (so drift hits all alike)."""
+    """Latency of several callables on the same input, interleaved run by run (so drift hits all alike).
+
+    ``x``: a tensor (``fn(x)``), a tuple (``fn(*x)``) or a dict of tensors (``fn(**x)``)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     # CUDA runs asynchronously: synchronise around each timed call so the time is the kernels', not the launch's
-    on_cuda = isinstance(x, torch.Tensor) and x.device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(x.device)) if on_cuda else (lambda: None)
+    lead = first_tensor(x)
+    on_cuda = lead is not None and lead.device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(lead.device)) if on_cuda else (lambda: None)
     previous = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -421,12 +435,12 @@ def time_side_by_side(
         with torch.inference_mode():
             for _ in range(warmup):
                 for fn in fns.values():
-                    fn(x)
+                    call_model(fn, x)
             for _ in range(repeats):
                 for k, fn in fns.items():
                     sync()
                     t0 = time.perf_counter()
-                    fn(x)
+                    call_model(fn, x)
                     sync()
                     times[k].append(time.perf_counter() - t0)
     finally:
@@ -508,7 +522,7 @@ def measure_deployment(
     plan: QuantPlan,
     calib: Any,
     *,
-    example_input: torch.Tensor,
+    example_input: Any,
     evaluate: Callable[[nn.Module], float] | None = None,
     profile: PrecisionProfile | str = DEFAULT_PROFILE,
     config: DeployConfig | None = None,
@@ -537,7 +551,7 @@ def measure_deployment(
         device=dev,
     )
     fp32 = copy.deepcopy(model).to(dev).eval()
-    x = _batch(example_input, cfg.batch_size).to(dev)
+    x = move_inputs(_batch(example_input, cfg.batch_size), dev)
     previous_engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = cfg.engine
     try:
@@ -549,7 +563,9 @@ def measure_deployment(
             threads=cfg.threads,
         )
         with torch.inference_mode():
-            agree = float((fp32(x).argmax(1) == deployed.module(x).argmax(1)).float().mean())
+            ref_top1 = primary_output(call_model(fp32, x)).argmax(1)
+            top1 = primary_output(call_model(deployed.module, x)).argmax(1)
+            agree = float((ref_top1 == top1).float().mean())
         fp32_acc = float(evaluate(fp32)) if evaluate is not None else math.nan
         acc = float(evaluate(deployed.module)) if evaluate is not None else math.nan
     finally:
@@ -586,8 +602,13 @@ def measure_deployment(
     )
 
 
-def _batch(example_input: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """A batch of ``batch_size`` real samples (the example repeated when it holds fewer)."""
+def _batch(example_input: Any, batch_size: int) -> Any:
+    """A batch of ``batch_size`` real samples (the example repeated when it holds fewer); a tuple or a dict of
+    tensors keeps its structure."""
+    if not isinstance(example_input, torch.Tensor):
+        n = int(first_tensor(example_input).shape[0])  # type: ignore[union-attr]
+        parts = [example_input] * math.ceil(batch_size / n)
+        return take_inputs(concat_inputs(parts), batch_size)
     n = example_input.shape[0]
     if n >= batch_size:
         return example_input[:batch_size].contiguous()

@@ -19,6 +19,7 @@ rule, so the estimate describes the model that is actually deployed.
 
 from __future__ import annotations
 
+import inspect
 import math
 import operator
 import warnings
@@ -32,6 +33,7 @@ from torch import nn
 from workbench.devices import model_device
 from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, int_containers, int_followers
 from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
+from workbench.quant.inputs import move_inputs, take_inputs
 from workbench.quant.introspect import is_quantizable, quantizable_layers
 from workbench.quant.spec import QuantPlan, macs_factor
 
@@ -86,8 +88,19 @@ def _numel(meta: Any) -> int:
     return 0
 
 
-def trace_graph(model: nn.Module, example_input: torch.Tensor) -> list[_Node] | None:
-    """The model's dataflow at the granularity the estimator needs, or None when torch.fx cannot trace it."""
+def _positional(gm: torch.fx.GraphModule, x: Any) -> tuple[Any, ...]:
+    """``x`` (a tensor, tuple or dict of inputs) as the positional arguments of the traced forward."""
+    if isinstance(x, dict):
+        bound = inspect.signature(gm.forward).bind(**x)
+        bound.apply_defaults()
+        return tuple(bound.args)
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def trace_graph(model: nn.Module, example_input: Any) -> list[_Node] | None:
+    """The model's dataflow at the granularity the estimator needs, or None when torch.fx cannot trace it.
+
+    ``example_input``: a tensor, a tuple or a dict of tensors (keyword arguments of the forward)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
     modes = {m: m.training for m in model.modules()}  # each module's own flag, restored exactly
@@ -96,7 +109,8 @@ def trace_graph(model: nn.Module, example_input: torch.Tensor) -> list[_Node] | 
         gm.eval()
         with torch.no_grad():
             # on the model's device: a mismatch would fail here and silently drop the graph
-            ShapeProp(gm).propagate(example_input[:1].to(model_device(model)))
+            x = move_inputs(take_inputs(example_input, 1), model_device(model))
+            ShapeProp(gm).propagate(*_positional(gm, x))
     except Exception as e:  # noqa: BLE001 - any tracing failure falls back to a layer-only estimate
         warnings.warn(
             f"cost estimate without elementwise ops and conversions: torch.fx cannot trace the model ({e})",

@@ -5,8 +5,17 @@ This package depends on nothing above it (no tracking, search or UI imports); it
 """
 
 from workbench.quant.error import WeightError, layer_weight, weight_error, weight_error_table
-from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
-from workbench.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, WeightQuantizer, quantize_weight
+from workbench.quant.introspect import QUANTIZABLE_TYPES, LayerCost, layer_costs, quantizable_layers
+from workbench.quant.modules import (
+    ActQuantizer,
+    QuantConv1d,
+    QuantConv2d,
+    QuantEmbedding,
+    QuantLinear,
+    WeightQuantizer,
+    quant_twin,
+    quantize_weight,
+)
 from workbench.quant.pack import PackReport, load_packed, read_header, save_packed
 from workbench.quant.spec import (
     FP32,
@@ -20,7 +29,9 @@ from workbench.quant.spec import (
     QuantPlan,
     QuantSpec,
     layer_weight_storage_bits,
+    match_layers,
     parse_shorthand,
+    split_shorthand,
 )
 from workbench.quant.swap import calibrate, quant_modules, quantize_model
 
@@ -30,13 +41,16 @@ __all__ = [
     "METHODS",
     "OBSERVERS",
     "PRUNE_STRUCTURES",
+    "QUANTIZABLE_TYPES",
     "VALID_BITS",
     "ActQuantizer",
     "LayerCost",
     "PackReport",
     "PlanError",
     "PlanSummary",
+    "QuantConv1d",
     "QuantConv2d",
+    "QuantEmbedding",
     "QuantLinear",
     "QuantPlan",
     "QuantSpec",
@@ -47,13 +61,16 @@ __all__ = [
     "layer_weight",
     "layer_weight_storage_bits",
     "load_packed",
+    "match_layers",
     "parse_shorthand",
+    "quant_twin",
     "quant_modules",
     "quantizable_layers",
     "quantize_model",
     "quantize_weight",
     "read_header",
     "save_packed",
+    "split_shorthand",
     "weight_error",
     "weight_error_table",
 ]

@@ -1,8 +1,16 @@
-"""Fake-quant layers: QuantConv2d and QuantLinear with weight and input-activation quantizers.
+"""Fake-quant layers: QuantConv1d, QuantConv2d, QuantLinear (weight and input-activation quantizers) and the
+weight-only QuantEmbedding.
 
 The float weight stays a Parameter (so quantization-aware training can update it); the forward pass uses its
 fake-quantized copy. Activation quantizers observe calibration batches first, then quantize with the frozen
-range (static) or with a range recomputed from each batch (dynamic).
+range (static) or with a range recomputed from each batch (dynamic). A layer whose activations stay float32
+(``a_bits=32``, a weight-only spec) gets no activation quantizer: its ``a_quant`` is an ``nn.Identity``, and so
+is an Embedding's whatever its spec says (its input is integer token ids, not an activation).
+
+Weight layout: the quantizers see every weight as ``[rows, fan_in]`` with rows on dim 0: output channels of
+Linear (``[out, in]``) and Conv1d / Conv2d (``[out, in / groups, *kernel]``), and for an Embedding
+(``[num_embeddings, embedding_dim]``) one row per token, the output-channel analogue (each looked-up vector is a
+row). So ``per_channel`` means one scale per embedding row, and ``per_group`` groups run along the embedding dim.
 
 A pruned layer (``spec.sparsity > 0``) carries a boolean buffer ``weight_mask`` computed once from the
 (BatchNorm-folded) float weight; its effective weight is ``w_quant(weight * mask) * mask``, so pruned weights stay
@@ -18,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from workbench.compress import low_rank_factors, prune_mask, rank_for
+from workbench.quant.introspect import quantizable_type, unsupported_reason
 from workbench.quant.observers import RangeCollector, estimate_range
 from workbench.quant.quantizers import (
     activation_grid,
@@ -195,9 +204,24 @@ class QuantModuleMixin:
     """Shared behaviour of the fake-quant layers."""
 
     is_quant_module = True
+    weight_only = False  # True for layers whose input is never quantized (Embedding)
+    float_type: type[nn.Module]  # the float layer type this twin replaces
     spec: QuantSpec
     w_quant: WeightQuantizer
-    a_quant: ActQuantizer
+    a_quant: ActQuantizer | nn.Identity
+
+    def to_float(self) -> nn.Module:
+        """A plain float layer of :attr:`float_type` carrying this layer's effective (fake-quantized, pruned or
+        low-rank) weight and its bias; activations are not quantized (for deployment and export)."""
+        new = self._float_like()
+        with torch.no_grad():
+            new.weight.copy_(self.quantized_weight().detach())
+            if getattr(self, "bias", None) is not None:
+                new.bias.copy_(self.bias.detach())
+        return new.train(self.training)
+
+    def _float_like(self) -> nn.Module:  # an empty float layer of the same configuration
+        raise NotImplementedError
 
     def quantized_weight(self) -> Tensor:
         """The weight the forward pass uses: fake-quantized, and masked or rebuilt from low-rank factors."""
@@ -213,7 +237,10 @@ class QuantModuleMixin:
     def _init_quantizers(self, spec: QuantSpec, seed: int) -> None:
         self.spec = spec
         device = self.weight.device
-        self.a_quant = ActQuantizer(spec, seed=seed, device=device)
+        if self.weight_only or spec.a_bits >= 32:  # activations stay float: no quantizer, no state
+            self.a_quant = nn.Identity()
+        else:
+            self.a_quant = ActQuantizer(spec, seed=seed, device=device)
         if spec.rank_ratio is not None:
             shape = self.weight.shape
             a, b = low_rank_factors(self.weight.detach(), rank_for(shape, spec.rank_ratio))
@@ -240,10 +267,50 @@ class QuantModuleMixin:
             self.w_quant.calibrate(self.weight)
 
 
+def _conv_kwargs(conv: nn.Module) -> dict:
+    return {
+        "stride": conv.stride,
+        "padding": conv.padding,
+        "dilation": conv.dilation,
+        "groups": conv.groups,
+        "bias": conv.bias is not None,
+        "padding_mode": conv.padding_mode,
+        "device": conv.weight.device,
+        "dtype": conv.weight.dtype,
+    }
+
+
+class QuantConv1d(QuantModuleMixin, nn.Conv1d):
+    """Conv1d whose weight (per output channel = dim 0, like Conv2d) and input are fake-quantized."""
+
+    op_type = "Conv1d"
+    float_type = nn.Conv1d
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, spec: QuantSpec, *, seed: int = 0) -> QuantConv1d:
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, **_conv_kwargs(conv))
+        with torch.no_grad():
+            q.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                q.bias.copy_(conv.bias)
+        q._init_quantizers(spec, seed)
+        return q
+
+    def _float_like(self) -> nn.Module:
+        return nn.Conv1d(self.in_channels, self.out_channels, self.kernel_size, **_conv_kwargs(self))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.a_quant(x), self.quantized_weight(), self.bias)
+
+
 class QuantConv2d(QuantModuleMixin, nn.Conv2d):
     """Conv2d whose weight and input are fake-quantized."""
 
     op_type = "Conv2d"
+    float_type = nn.Conv2d
+
+    def _float_like(self) -> nn.Module:
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, **_conv_kwargs(self))
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, spec: QuantSpec, *, seed: int = 0) -> QuantConv2d:
@@ -275,6 +342,16 @@ class QuantLinear(QuantModuleMixin, nn.Linear):
     """Linear whose weight and input are fake-quantized."""
 
     op_type = "Linear"
+    float_type = nn.Linear
+
+    def _float_like(self) -> nn.Module:
+        return nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=self.bias is not None,
+            device=self.weight.device,
+            dtype=self.weight.dtype,
+        )
 
     @classmethod
     def from_float(cls, linear: nn.Linear, spec: QuantSpec, *, seed: int = 0) -> QuantLinear:
@@ -294,6 +371,69 @@ class QuantLinear(QuantModuleMixin, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.a_quant(x), self.quantized_weight(), self.bias)
+
+
+def _embedding_kwargs(emb: nn.Embedding) -> dict:
+    return {
+        "padding_idx": emb.padding_idx,
+        "max_norm": emb.max_norm,
+        "norm_type": emb.norm_type,
+        "scale_grad_by_freq": emb.scale_grad_by_freq,
+        "sparse": emb.sparse,
+        "device": emb.weight.device,
+        "dtype": emb.weight.dtype,
+    }
+
+
+class QuantEmbedding(QuantModuleMixin, nn.Embedding):
+    """Embedding whose table is fake-quantized; weight-only (``a_quant`` is an identity, the spec's activation
+    fields are ignored). Rows are tokens: ``per_channel`` is one scale per embedding row, ``per_group`` splits each
+    row along the embedding dim. The table is quantized as a whole on every forward (QAT can update it); with
+    ``max_norm`` the looked-up rows of the quantized table are renormalised, the stored table is left alone."""
+
+    op_type = "Embedding"
+    weight_only = True
+    float_type = nn.Embedding
+    bias = None
+
+    @classmethod
+    def from_float(cls, emb: nn.Embedding, spec: QuantSpec, *, seed: int = 0) -> QuantEmbedding:
+        q = cls(emb.num_embeddings, emb.embedding_dim, **_embedding_kwargs(emb))
+        with torch.no_grad():
+            q.weight.copy_(emb.weight)
+        q._init_quantizers(spec, seed)
+        return q
+
+    def _float_like(self) -> nn.Module:
+        return nn.Embedding(self.num_embeddings, self.embedding_dim, **_embedding_kwargs(self))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.quantized_weight()
+        if self.max_norm is not None:  # F.embedding renormalises in place: never the parameter itself
+            weight = weight.clone()
+        return F.embedding(
+            x, weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )
+
+
+QUANT_TWINS: dict[type[nn.Module], type[nn.Module]] = {
+    nn.Conv1d: QuantConv1d,
+    nn.Conv2d: QuantConv2d,
+    nn.Linear: QuantLinear,
+    nn.Embedding: QuantEmbedding,
+}
+"""Float layer type -> its fake-quant twin (keys are :data:`workbench.quant.introspect.QUANTIZABLE_TYPES`)."""
+
+
+def quant_twin(module: nn.Module, spec: QuantSpec, *, seed: int = 0) -> nn.Module:
+    """The fake-quant twin of a float quantizable layer (a new module; ``module`` is not changed).
+
+    Raises ``ValueError`` naming the module's type and the supported types when it cannot be quantized."""
+    base = quantizable_type(module)
+    if base is None or getattr(module, "is_quant_module", False):
+        what = "already quantized" if base is not None else unsupported_reason(module)
+        raise ValueError(f"cannot quantize a {what}")
+    return QUANT_TWINS[base].from_float(module, spec, seed=seed)
 
 
 def quantize_weight(weight: Tensor, spec: QuantSpec) -> Tensor:

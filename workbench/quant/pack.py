@@ -10,6 +10,9 @@ Scales are float32, asymmetric zero points uint8, 16-bit weights as float16 / bf
 (biases, BatchNorm statistics, activation ranges) in its own dtype. Loading rebuilds the quantized model from the
 float model and reproduces its outputs exactly.
 
+Every quantized layer type is stored alike (Conv1d, Conv2d, Linear, Embedding: the weight's rows are its output
+channels, an Embedding's rows its tokens); a weight-only layer has no activation state to store.
+
 Compressed layers: an unstructured-pruned weight stores a one-bit occupancy mask (``np.packbits``) followed by the
 codes (or 16/32-bit floats) of its kept weights only; a channel-pruned weight stores one bit per output channel
 followed by the kept rows, and the scales / zero points of kept rows only; a low-rank layer stores its two factors
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.quant.modules import ActQuantizer
 from workbench.quant.spec import PlanError, QuantPlan
 from workbench.quant.swap import fold_batchnorm, quant_modules, swap_modules
 
@@ -275,6 +279,8 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False)
         e, keys = _weight_entries(name, mod)
         entries.update(e)
         covered |= keys
+        if not isinstance(mod.a_quant, ActQuantizer):  # weight-only layer: no activation state at all
+            continue
         if not mod.a_quant.needs_calibration:  # dynamic, float or disabled: the static range is unused
             for key, value in (("scale", 1.0), ("zero_point", 0.0)):
                 shape = list(getattr(mod.a_quant, key).shape)
@@ -394,6 +400,11 @@ def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
             layer = e["key"].rpartition(".")[0]
             a, b = state[f"{layer}.lowrank_a"], state[f"{layer}.lowrank_b"]
             state[e["key"]] = (a.float() @ b.float()).reshape(e["shape"])
+    expected = qmodel.state_dict().keys()
+    for key in [k for k in state if k not in expected]:  # files written before weight-only layers lost their
+        layer, _, attr = key.rpartition(".a_quant.")  # disabled activation quantizer: its unused fills
+        if attr and layer in modules and not isinstance(modules[layer].a_quant, ActQuantizer):
+            del state[key]
     try:
         qmodel.load_state_dict(state, strict=True)
     except RuntimeError as err:

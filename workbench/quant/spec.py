@@ -4,14 +4,23 @@ A :class:`QuantPlan` maps layer names (module paths) to :class:`QuantSpec` and i
 every stage of the workbench. It serialises to readable JSON::
 
     {"conv1": {"w_bits": 4, "a_bits": 8, "granularity": "per_channel", ...}, ...}
+
+Quantizable layers are Conv1d, Conv2d, Linear and Embedding (see :mod:`workbench.quant.introspect`). A *weight-only*
+spec leaves activations in float: ``a_bits=32`` (shorthand ``uniform:w4``); an Embedding is always weight-only
+(its input is token ids; the activation fields of its spec are ignored). Layers can be chosen by glob patterns on
+their module paths (:func:`match_layers`): ``include`` / ``exclude`` arguments of :meth:`QuantPlan.uniform`,
+:meth:`QuantPlan.from_shorthand`, :meth:`QuantPlan.select`, the pattern keys of :meth:`QuantPlan.from_patterns`,
+and ``;include=`` / ``;exclude=`` clauses of a shorthand.
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +28,14 @@ from typing import Any
 from torch import nn
 
 from workbench.compress import PRUNE_STRUCTURES, low_rank_macs_ratio, num_pruned, rank_for
-from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
+from workbench.quant.introspect import (
+    QUANTIZABLE_TYPES,
+    WEIGHT_ONLY_TYPES,
+    LayerCost,
+    layer_costs,
+    quantizable_layers,
+    unsupported_reason,
+)
 
 INT_BITS: tuple[int, ...] = (2, 3, 4, 5, 6, 8)
 FLOAT_BITS: tuple[int, ...] = (16, 32)
@@ -48,8 +64,10 @@ class QuantSpec:
     """How one layer is quantized.
 
     Bits: 2, 3, 4, 5, 6, 8 are integer grids; 16 is a float16/bfloat16 cast (``float16_format``); 32 leaves the
-    tensor in float32. ``granularity`` applies to weights (per output channel = dim 0); ``group_size`` splits each
-    output channel's flattened fan-in into groups with their own scale. ``channel_bits`` gives every output channel
+    tensor in float32, so ``a_bits=32`` is a weight-only spec (activations stay float, no activation quantizer).
+    ``granularity`` applies to weights (per output channel = dim 0; for an Embedding ``[num_embeddings, dim]``
+    one scale per embedding row); ``group_size`` splits each output channel's (row's) flattened fan-in (the
+    embedding dim) into groups with their own scale. ``channel_bits`` gives every output channel
     its own integer bit width (mixed precision inside a layer); it needs per_channel or per_group granularity.
     Activations (the layer's input) use ``a_granularity`` (per_tensor, or per_channel along dim 1), a static range
     found at calibration, or a dynamic one recomputed from every batch when ``a_dynamic`` is true.
@@ -185,6 +203,11 @@ class QuantSpec:
         )
 
     @property
+    def is_weight_only(self) -> bool:
+        """True when the weight is transformed but activations stay float32 (``a_bits=32``)."""
+        return self.a_bits == 32 and self.transforms_weight
+
+    @property
     def method(self) -> str:
         """``'lowrank'``, ``'prune'``, ``'none'`` (identity) or ``'quantize'`` (one of :data:`METHODS`)."""
         if self.rank_ratio is not None:
@@ -255,6 +278,10 @@ class PlanSummary:
     pruned layers scaled by their kept fraction, of low-rank layers by the factorised / dense MAC ratio).
     ``weight_bytes``: storage of the quantizable layers' weights alone (codes, masks, scales, zero points, low-rank
     factors; layers not in the plan at float32); ``fp32_weight_bytes`` the same weights at float32.
+    ``covered_params``: weight elements of the layers the plan changes (non-identity specs; a tied weight counted
+    once), ``total_params`` every parameter element of the model, ``covered_fraction`` their ratio: the share of
+    the model that the bit figures are about. Embedding layers count in the weight figures like any layer, and
+    in the activation average not at all (their input is token ids; ``avg_act_bits`` is 32 without such layers).
     """
 
     avg_weight_bits: float
@@ -268,6 +295,9 @@ class PlanSummary:
     total_layers: int
     weight_bytes: int
     fp32_weight_bytes: int
+    covered_params: int
+    total_params: int
+    covered_fraction: float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -318,22 +348,77 @@ class QuantPlan:
 
     # -- constructors -------------------------------------------------------------------------------------
     @classmethod
-    def uniform(cls, model: nn.Module, spec: QuantSpec, *, skip: tuple[str, ...] = ()) -> QuantPlan:
-        """The same spec for every quantizable layer of ``model`` (except those in ``skip``)."""
-        names = quantizable_layers(model)
-        if not names:
-            raise PlanError(
-                f"{type(model).__name__} has no quantizable layers; supported layer types: Conv2d, Linear"
-            )
+    def uniform(
+        cls,
+        model: nn.Module,
+        spec: QuantSpec,
+        *,
+        skip: tuple[str, ...] = (),
+        include: Iterable[str] | str | None = None,
+        exclude: Iterable[str] | str | None = None,
+    ) -> QuantPlan:
+        """The same spec for every quantizable layer of ``model`` selected by the glob patterns ``include`` (all
+        layers when None) and ``exclude`` (see :func:`match_layers`), except the exact names in ``skip``."""
+        names = _quantizable_or_raise(model)
         unknown = sorted(set(skip) - set(names))
         if unknown:
-            raise PlanError(f"skip names unknown layers {unknown}; valid layers: {names}")
-        return cls({n: spec for n in names if n not in skip})
+            raise PlanError(f"skip names unknown layers {unknown}; valid layers: {_listing(names)}")
+        selected = match_layers(names, include, exclude)
+        return cls({n: spec for n in selected if n not in skip})
 
     @classmethod
-    def from_shorthand(cls, text: str, model: nn.Module) -> QuantPlan:
-        """Parse ``uniform:w4a8[:per_channel|per_tensor|per_group:g32][:asym][:mse|percentile][:dynamic]``."""
-        return cls.uniform(model, parse_shorthand(text))
+    def from_shorthand(
+        cls,
+        text: str,
+        model: nn.Module,
+        *,
+        include: Iterable[str] | str | None = None,
+        exclude: Iterable[str] | str | None = None,
+    ) -> QuantPlan:
+        """A uniform plan from a shorthand (grammar: :func:`parse_shorthand`), e.g. ``uniform:w4a8:per_channel``,
+        ``uniform:w4:per_group:g32`` (weight-only) or, with layer selection,
+        ``uniform:w4:per_channel;include=*.dense,*.query;exclude=pooler*``. Patterns given here are added to those
+        of the text's clauses."""
+        spec_text, inc, exc = split_shorthand(text)
+        inc = [*inc, *_patterns(include, "include")]
+        exc = [*exc, *_patterns(exclude, "exclude")]
+        return cls.uniform(model, parse_shorthand(spec_text), include=inc or None, exclude=exc)
+
+    @classmethod
+    def from_patterns(
+        cls,
+        model: nn.Module,
+        specs: Mapping[str, QuantSpec | Mapping[str, Any]],
+        *,
+        exclude: Iterable[str] | str | None = None,
+    ) -> QuantPlan:
+        """A plan from glob pattern -> spec (``{"*": w8, "*.intermediate.dense": w4, "embeddings.*": w4}``): each
+        quantizable layer takes the spec of the *last* pattern that matches it; layers matching no pattern, or
+        one of ``exclude``, stay float32. Every pattern must match at least one layer."""
+        names = _quantizable_or_raise(model)
+        if not isinstance(specs, Mapping) or not specs:
+            raise PlanError(f"specs must be a non-empty mapping of glob pattern -> spec, got {specs!r}")
+        excluded = set(names) - set(match_layers(names, None, exclude)) if exclude is not None else set()
+        layers: dict[str, QuantSpec] = {}
+        for pattern, spec in specs.items():
+            spec = QuantSpec.from_dict(spec) if isinstance(spec, Mapping) else spec
+            if not isinstance(spec, QuantSpec):
+                raise PlanError(f"pattern {pattern!r}: expected a QuantSpec or a mapping, got {spec!r}")
+            for n in match_layers(names, [pattern], None):
+                if n not in excluded:
+                    layers[n] = spec
+        return cls({n: layers[n] for n in names if n in layers})  # model order
+
+    def select(
+        self,
+        model: nn.Module,
+        *,
+        include: Iterable[str] | str | None = None,
+        exclude: Iterable[str] | str | None = None,
+    ) -> QuantPlan:
+        """This plan restricted to the layers selected by the patterns (the others are dropped: float32)."""
+        keep = set(match_layers(_quantizable_or_raise(model), include, exclude))
+        return QuantPlan({n: s for n, s in self.layers.items() if n in keep})
 
     # -- JSON ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -374,16 +459,24 @@ class QuantPlan:
 
     # -- validation and summaries -------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> None:
-        """Check every layer name exists and is quantizable, and per-channel bit vectors fit the layer."""
-        names = quantizable_layers(model)
-        if not names:
-            raise PlanError(
-                f"{type(model).__name__} has no quantizable layers; supported layer types: Conv2d, Linear"
-            )
-        unknown = [n for n in self.layers if n not in names]
-        if unknown:
-            raise PlanError(f"plan names unknown layer(s) {unknown}; valid layers: {names}")
+        """Check every layer name exists and is quantizable, and per-channel bit vectors fit the layer.
+
+        A name that is not a module of ``model`` is reported with its nearest layer names; a module of an
+        unsupported type (a LayerNorm, a subclass with its own forward ...) with its type and the supported types.
+        """
+        names = _quantizable_or_raise(model)
         modules = dict(model.named_modules())
+        known = set(names)
+        wrong_type = [n for n in self.layers if n not in known and n in modules]
+        if wrong_type:
+            details = "; ".join(f"layer {n!r} is a {unsupported_reason(modules[n])}" for n in wrong_type)
+            raise PlanError(f"plan names layer(s) that cannot be quantized: {details}")
+        unknown = [n for n in self.layers if n not in known]
+        if unknown:
+            near = sorted({m for n in unknown for m in _nearest(n, names)})
+            raise PlanError(
+                f"plan names unknown layer(s) {unknown}; valid layers: {_listing(names)}; nearest: {near}"
+            )
         for name, spec in self.layers.items():
             if spec.channel_bits is not None:
                 out_ch = modules[name].weight.shape[0]
@@ -440,6 +533,8 @@ def summarize(
     fp32_bits = sum(t.numel() * t.element_size() * 8 for t in model.state_dict().values())
     bits_total = float(fp32_bits)
     quant_weight_params = sum(c.weight_params for c in costs.values())
+    weight_only_ops = {t.__name__ for t in WEIGHT_ONLY_TYPES}
+    act_params = sum(c.weight_params for c in costs.values() if c.op_type not in weight_only_ops)
     weight_bits_sum = act_bits_sum = 0.0
     macs_total = bops = 0
     weight_bits_total = fp32_weight_bits = 0
@@ -450,10 +545,12 @@ def summarize(
         bits_total += storage - weight.numel() * weight.element_size() * 8
         weight_bits_total += storage
         fp32_weight_bits += 32 * weight.numel()
+        weight_bits_sum += spec.mean_weight_bits() * cost.weight_params
+        if cost.op_type in weight_only_ops:  # input is token ids: no activation range, not an activation
+            continue
         if spec.a_bits < 16 and not spec.a_dynamic:
             in_ch = cost.input_shape[0] if cost.input_shape else 1
             bits_total += ACT_QPARAM_BITS * (in_ch if spec.a_granularity == "per_channel" else 1)
-        weight_bits_sum += spec.mean_weight_bits() * cost.weight_params
         act_bits_sum += spec.a_bits * cost.weight_params
         macs_total += cost.macs
         bops += int(
@@ -466,9 +563,15 @@ def summarize(
     size_bytes = int(math.ceil(bits_total / 8))
     fp32_bytes = int(math.ceil(fp32_bits / 8))
     n_quant = sum(1 for n in costs if not plan.get(n, FP32).is_identity)
+    covered: dict[int, int] = {}  # id(weight) -> elements: a weight shared by two layers counts once
+    for n, s in plan.items():
+        if not s.is_identity and n in modules:
+            covered[id(modules[n].weight)] = modules[n].weight.numel()
+    covered_params = sum(covered.values())
+    total_params = sum(p.numel() for p in model.parameters())
     return PlanSummary(
         avg_weight_bits=weight_bits_sum / quant_weight_params if quant_weight_params else 32.0,
-        avg_act_bits=act_bits_sum / quant_weight_params if quant_weight_params else 32.0,
+        avg_act_bits=act_bits_sum / act_params if act_params else 32.0,
         size_bytes=size_bytes,
         fp32_size_bytes=fp32_bytes,
         compression=fp32_bytes / size_bytes if size_bytes else float("inf"),
@@ -478,6 +581,9 @@ def summarize(
         total_layers=len(costs),
         weight_bytes=int(math.ceil(weight_bits_total / 8)),
         fp32_weight_bytes=int(math.ceil(fp32_weight_bits / 8)),
+        covered_params=covered_params,
+        total_params=total_params,
+        covered_fraction=covered_params / total_params if total_params else 0.0,
     )
 
 
@@ -556,25 +662,134 @@ def _dense_storage_bits(spec: QuantSpec, weight_shape) -> int:
     return bits
 
 
-_SHORTHAND = re.compile(r"^w(?P<w>\d+)a(?P<a>\d+)$")
+# -- layer selection by glob patterns -----------------------------------------------------------------------
+def _listing(names: list[str], limit: int = 40) -> str:
+    """``names`` for an error message, cut after ``limit`` entries (a transformer has hundreds of layers)."""
+    if len(names) <= limit:
+        return str(names)
+    return f"{names[:limit]} ... and {len(names) - limit} more"
+
+
+def _nearest(text: str, names: list[str], n: int = 5) -> list[str]:
+    """Names closest to ``text`` (a layer name or a glob pattern); the first few names when none is close."""
+    bare = text.replace("*", "").replace("?", "").strip(".") or text
+    near = difflib.get_close_matches(bare, names, n=n, cutoff=0.4)
+    if not near:  # a pattern's tail (``*.dens``) against the names' tails
+        tails = {name.rsplit(".", 1)[-1]: name for name in names}
+        near = [tails[t] for t in difflib.get_close_matches(bare.rsplit(".", 1)[-1], list(tails), n=n)]
+    return near or names[:n]
+
+
+def _patterns(value: Iterable[str] | str | None, what: str) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    bad = [p for p in items if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise PlanError(f"{what} patterns must be non-empty strings (globs on layer names), got {bad!r}")
+    return [p.strip() for p in items]
+
+
+def match_layers(
+    names: Iterable[str],
+    include: Iterable[str] | str | None = None,
+    exclude: Iterable[str] | str | None = None,
+) -> list[str]:
+    """The ``names`` (module paths, in their order) matched by any ``include`` glob (all names when ``include``
+    is None) and by no ``exclude`` glob.
+
+    Patterns are shell globs (:func:`fnmatch.fnmatchcase`, case-sensitive) on the whole module path: ``*``
+    matches any run of characters, dots included (``*.dense`` matches ``encoder.layer.0.output.dense``,
+    ``pooler*`` matches ``pooler.dense``), ``?`` one character, ``[abc]`` a set. A pattern that matches none of
+    ``names`` raises :class:`PlanError` naming it and the nearest names; so does a selection that leaves nothing.
+    """
+    names = list(names)
+    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
+    for what, patterns in (("include", inc), ("exclude", exc)):
+        for p in patterns:
+            if not any(fnmatch.fnmatchcase(n, p) for n in names):
+                raise PlanError(
+                    f"{what} pattern {p!r} matches no quantizable layer; nearest layer names: {_nearest(p, names)} "
+                    "(patterns are globs on the whole module path, e.g. '*.dense', 'encoder.*', 'pooler*')"
+                )
+    selected = [
+        n
+        for n in names
+        if (include is None or any(fnmatch.fnmatchcase(n, p) for p in inc))
+        and not any(fnmatch.fnmatchcase(n, p) for p in exc)
+    ]
+    if not selected:
+        raise PlanError(f"include={inc} and exclude={exc} leave no layer selected; layers: {_listing(names)}")
+    return selected
+
+
+def _quantizable_or_raise(model: nn.Module) -> list[str]:
+    names = quantizable_layers(model)
+    if not names:
+        supported = ", ".join(t.__name__ for t in QUANTIZABLE_TYPES)
+        raise PlanError(
+            f"{type(model).__name__} has no quantizable layers; supported layer types: {supported}"
+        )
+    return names
+
+
+# -- shorthand ------------------------------------------------------------------------------------------------
+_SHORTHAND = re.compile(r"^w(?P<w>\d+)(?:a(?P<a>\d+))?$")
+_SELECTION_KEYS = ("include", "exclude")
+
+
+def split_shorthand(text: str) -> tuple[str, list[str], list[str]]:
+    """``'uniform:w4;include=*.dense,*.query;exclude=pooler*'`` -> ``('uniform:w4', ['*.dense', '*.query'],
+    ['pooler*'])``: the spec part and the include / exclude globs of its ``;key=glob[,glob...]`` clauses."""
+    spec_text, *clauses = str(text).split(";")
+    found: dict[str, list[str]] = {k: [] for k in _SELECTION_KEYS}
+    for clause in clauses:
+        key, sep, value = clause.partition("=")
+        key = key.strip()
+        globs = [g.strip() for g in value.split(",")]
+        if not sep or key not in found or not all(globs):
+            raise PlanError(
+                f"clause {clause!r} of {text!r} not understood; valid clauses: ';include=<glob>[,<glob>...]' and "
+                "';exclude=<glob>[,<glob>...]', e.g. 'uniform:w4:per_channel;include=*.dense;exclude=pooler*'"
+            )
+        found[key] += globs
+    return spec_text.strip(), found["include"], found["exclude"]
 
 
 def parse_shorthand(text: str) -> QuantSpec:
-    """``uniform:w4a8:per_channel`` -> QuantSpec(w_bits=4, a_bits=8, granularity='per_channel').
+    """The spec of a plan shorthand: ``uniform:w4a8:per_channel`` -> QuantSpec(w_bits=4, a_bits=8,
+    granularity='per_channel').
+
+    Grammar: ``uniform:<bits>[:<option>...][;include=<glob>,...][;exclude=<glob>,...]``.
+
+    ``<bits>`` is ``w<W>a<A>`` (weights and activations, e.g. ``w4a8``; ``a16`` a 16-bit float cast) or ``w<W>``
+    alone, a *weight-only* spec: activations stay float32 (``a_bits=32``, same as ``w<W>a32``).
 
     Options after the bits, in any order: a granularity (per_tensor, per_channel, per_group), ``g<N>`` (group
     size), ``asym`` / ``sym`` (weights), an observer (minmax, percentile, mse), ``dynamic`` (activation scales per
     batch), ``fp16`` / ``bf16`` (format of 16-bit specs), ``s<F>`` (unstructured pruning at sparsity F, e.g.
     ``s0.5``), ``cs<F>`` (channel pruning), ``r<F>`` (low-rank factorisation at rank ratio F, e.g. ``r0.25``).
+
+    The ``;include=`` / ``;exclude=`` clauses select layers by glob patterns on their module paths (see
+    :func:`match_layers`); they need a model, so only :meth:`QuantPlan.from_shorthand` takes them (use
+    :func:`split_shorthand` to separate them).
     """
-    help_text = "expected e.g. 'uniform:w8a8', 'uniform:w4a8:per_channel', 'uniform:w4a8:per_group:g32:mse'"
+    help_text = (
+        "expected 'uniform:w<W>a<A>[:option...]' or weight-only 'uniform:w<W>[:option...]', e.g. 'uniform:w8a8', "
+        "'uniform:w4a8:per_channel', 'uniform:w4:per_group:g32', 'uniform:w4a8:per_group:g32:mse'"
+    )
+    if ";" in str(text):
+        raise PlanError(
+            f"{text!r} selects layers (';include=' / ';exclude='); that needs a model: use "
+            "QuantPlan.from_shorthand(text, model)"
+        )
     parts = [p.strip() for p in str(text).split(":")]
     if len(parts) < 2 or parts[0] != "uniform":
         raise PlanError(f"plan shorthand {text!r} not understood; {help_text}")
     m = _SHORTHAND.match(parts[1])
     if not m:
         raise PlanError(f"bits part {parts[1]!r} of {text!r} not understood; {help_text}")
-    kw: dict[str, Any] = {"w_bits": int(m["w"]), "a_bits": int(m["a"])}
+    kw: dict[str, Any] = {"w_bits": int(m["w"]), "a_bits": int(m["a"]) if m["a"] is not None else 32}
     for opt in parts[2:]:
         if opt in GRANULARITIES:
             kw["granularity"] = opt

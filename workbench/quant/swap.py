@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from workbench.quant.introspect import quantizable_layers
-from workbench.quant.modules import ActQuantizer, QuantConv2d, QuantLinear
+from workbench.quant.inputs import call_model, move_inputs, split_batch
+from workbench.quant.introspect import is_weight_only, quantizable_layers
+from workbench.quant.modules import ActQuantizer, quant_twin
 from workbench.quant.spec import PlanError, QuantPlan
 
 
@@ -42,11 +43,18 @@ def check_finite(model: nn.Module, layers: Iterable[str] | None = None) -> None:
             )
 
 
-def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """(conv, bn) module paths where a BatchNorm2d directly and only consumes a Conv2d's output.
+_BN_AFTER: dict[type[nn.Module], type[nn.Module]] = {nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm1d: nn.Conv1d}
 
-    Found by tracing the model with torch.fx; a model that cannot be traced yields no pairs (with a warning).
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv, bn) module paths where a BatchNorm2d directly and only consumes a Conv2d's output, or a BatchNorm1d
+    a Conv1d's (``fuse_conv_bn_eval`` folds both alike; BatchNorm after a Linear is not folded).
+
+    Found by tracing the model with torch.fx; a model that cannot be traced yields no pairs (with a warning, if
+    it has a BatchNorm that could have been folded). A model without BatchNorm is not traced at all.
     """
+    if not any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules()):
+        return []
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # noqa: BLE001 - untraceable models simply keep their BatchNorm
@@ -59,13 +67,14 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
             calls[node.target] = calls.get(node.target, 0) + 1
     pairs = []
     for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+        conv_type = _BN_AFTER.get(type(modules.get(node.target))) if node.op == "call_module" else None
+        if conv_type is None:
             continue
         src = node.args[0] if node.args else None
         if (
             isinstance(src, torch.fx.Node)
             and src.op == "call_module"
-            and type(modules.get(src.target)) is nn.Conv2d
+            and type(modules.get(src.target)) is conv_type
             and modules[node.target].track_running_stats
             and modules[node.target].running_mean is not None
             and len(src.users) == 1
@@ -90,25 +99,22 @@ def swap_modules(model: nn.Module, plan: QuantPlan, *, seed: int = 0) -> None:
     for name, spec in plan.items():
         if spec.is_identity:
             continue
-        mod = get_module(model, name)
-        if isinstance(mod, nn.Conv2d):
-            set_module(model, name, QuantConv2d.from_float(mod, spec, seed=seed))
-        elif isinstance(mod, nn.Linear):
-            set_module(model, name, QuantLinear.from_float(mod, spec, seed=seed))
-        else:  # validated earlier, kept as a guard
-            raise PlanError(
-                f"layer {name!r} is a {type(mod).__name__}; only Conv2d and Linear can be quantized"
-            )
+        try:
+            twin = quant_twin(get_module(model, name), spec, seed=seed)
+        except ValueError as e:  # validated earlier, kept as a guard
+            raise PlanError(f"layer {name!r}: {e}") from None
+        set_module(model, name, twin)
 
 
 def _inputs(batch):
-    if isinstance(batch, torch.Tensor):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return batch[0]
-    raise PlanError(
-        f"calibration batches must be tensors or (inputs, targets) tuples, got {type(batch).__name__}"
-    )
+    """The model input of a calibration batch: a tensor or a dict as it comes, or ``batch[0]`` of a tuple."""
+    try:
+        return split_batch(batch)[0]
+    except ValueError:
+        raise PlanError(
+            "calibration batches must be tensors, dicts of tensors or (inputs, targets) tuples, got "
+            f"{type(batch).__name__}"
+        ) from None
 
 
 @torch.no_grad()
@@ -137,7 +143,7 @@ def calibrate(
             if max_batches is not None and n >= max_batches:
                 break
             try:
-                model(_inputs(batch).to(device))
+                call_model(model, move_inputs(_inputs(batch), device))
             except ValueError as e:
                 raise PlanError(f"calibration batch {n}: {e}") from e
             n += 1
@@ -182,7 +188,10 @@ def quantize_model(
         )
     plan.validate(model)
     check_finite(model, plan.layers.keys())
-    needs_calib = any(s.a_bits < 16 and not s.a_dynamic for s in plan.layers.values())
+    needs_calib = any(  # weight-only layers (a_bits 32, Embedding) have no activation range to calibrate
+        s.a_bits < 16 and not s.a_dynamic and not is_weight_only(model.get_submodule(n))
+        for n, s in plan.layers.items()
+    )
     if calib_loader is not None and hasattr(calib_loader, "__len__") and len(calib_loader) == 0:
         raise PlanError("calibration data is empty: pass a loader with at least one batch")
     if needs_calib and calib_loader is None:

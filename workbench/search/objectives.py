@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from workbench.devices import model_device
+from workbench.quant.inputs import call_model, expand_inputs, input_tensors, move_inputs
 from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
 from workbench.quant.spec import QuantPlan, summarize
 from workbench.quant.swap import conv_bn_pairs, quantize_model
@@ -69,21 +70,22 @@ class PlanCost:
 
 
 def measure_fp32_latency_ms(
-    model: nn.Module, example_input: torch.Tensor, *, batch: int = 32, repeats: int = 7
+    model: nn.Module, example_input: Any, *, batch: int = 32, repeats: int = 7
 ) -> float:
     """Median wall time per sample (ms) of the FP32 model on this machine, on the model's device (warm-up
-    first; a CUDA device is synchronised around each timed run)."""
+    first; a CUDA device is synchronised around each timed run). ``example_input``: a tensor, a tuple or a dict
+    of tensors; its first sample is repeated ``batch`` times."""
     device = model_device(model)
-    x = example_input[:1].expand(batch, *example_input.shape[1:]).contiguous().to(device)
+    x = move_inputs(expand_inputs(example_input, batch), device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     model = model.eval()
     times = []
     with torch.inference_mode():
-        model(x)
+        call_model(model, x)
         for _ in range(repeats):
             sync()
             t0 = time.perf_counter()
-            model(x)
+            call_model(model, x)
             sync()
             times.append(time.perf_counter() - t0)
     return 1000.0 * statistics.median(times) / batch
@@ -176,9 +178,8 @@ def _model_digest(model: nn.Module) -> str:
 def _data_digest(loader: Any) -> str:
     h = hashlib.sha256()
     for batch in loader:
-        for t in batch if isinstance(batch, (tuple, list)) else (batch,):
-            if isinstance(t, torch.Tensor):
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for _, t in input_tensors(batch):  # (x, y) tuples, dicts of tensors, nested structures
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -32,6 +32,7 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from workbench.quant.inputs import call_model, move_inputs
 from workbench.search.space import KNOBS, SearchSpace
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "var", "entropy")
@@ -51,9 +52,10 @@ def _histogram_entropy_bits(values: torch.Tensor, bins: int) -> float:
 
 
 def feature_map_stats(
-    model: nn.Module, inputs: torch.Tensor, layers: Sequence[str], *, bins: int = 64
+    model: nn.Module, inputs: Any, layers: Sequence[str], *, bins: int = 64
 ) -> pd.DataFrame:
-    """Mean, variance and entropy of each named module's output on ``inputs`` (one forward pass, no grad).
+    """Mean, variance and entropy of each named module's output on ``inputs`` (one forward pass, no grad;
+    ``inputs`` a tensor, a tuple or a dict of tensors).
 
     ``var`` is the population variance (``correction=0``) over every element of the output (all samples,
     channels and positions); ``entropy`` is the Shannon entropy in bits of a ``bins``-bin histogram over the
@@ -84,9 +86,9 @@ def feature_map_stats(
     try:
         model.eval()
         param = next(model.parameters(), None)
-        x = inputs.to(param.device) if param is not None else inputs
+        x = move_inputs(inputs, param.device) if param is not None else inputs
         with torch.no_grad():
-            model(x)
+            call_model(model, x)
     finally:
         for h in handles:
             h.remove()

@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from workbench.quant.introspect import quantizable_layers
-from workbench.quant.spec import FP32, PlanError, QuantPlan, QuantSpec
+from workbench.quant.spec import FP32, PlanError, QuantPlan, QuantSpec, match_layers
 
 W_BITS: tuple[int, ...] = (2, 3, 4, 6, 8, 16)
 A_BITS: tuple[int, ...] = (4, 6, 8, 16)
@@ -118,6 +118,10 @@ class SpaceConfig:
     ``groups``: name -> layers that share one choice (``"residual"`` as the whole mapping groups each
     residual block's output convolution with its downsample partner, see :func:`residual_groups`).
     ``skip``: layers left in float32. ``fixed``: layer -> spec (or a mapping of spec fields) kept as given.
+    ``include`` / ``exclude``: glob patterns on layer names (:func:`workbench.quant.spec.match_layers`, e.g.
+    ``("*.intermediate.dense", "*.attention.*")`` / ``("pooler*",)``): only layers matched by an ``include``
+    pattern (every layer when None) and by no ``exclude`` pattern are searched, the others stay float32 like
+    ``skip`` (``fixed`` layers are kept whatever the patterns say). A pattern matching no layer is an error.
     ``overrides``: layer or group -> dict of :class:`UnitChoices` fields narrowing that unit's choices.
     ``group_size``: weights per scale of ``per_group`` granularity. ``base_spec``: the observer, symmetry ...
     of every searched spec (its bits / granularity are replaced by the search's).
@@ -136,6 +140,18 @@ class SpaceConfig:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     group_size: int = 16
     base_spec: QuantSpec = field(default_factory=QuantSpec)
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            if value is None and name == "include":
+                continue
+            items = (value,) if isinstance(value, str) else tuple(value)
+            if any(not isinstance(p, str) or not p for p in items):
+                raise PlanError(f"{name}={value!r} must be glob patterns on layer names (non-empty strings)")
+            object.__setattr__(self, name, items)
 
     def default_choices(self) -> UnitChoices:
         return UnitChoices(
@@ -170,6 +186,8 @@ class SpaceConfig:
             },
             "group_size": self.group_size,
             "base_spec": self.base_spec.to_dict(),
+            "include": None if self.include is None else list(self.include),
+            "exclude": list(self.exclude),
         }
 
 
@@ -240,7 +258,9 @@ class SearchSpace:
             raise PlanError(f"config must be a SpaceConfig, got {type(config).__name__}")
         names = quantizable_layers(model)
         if not names:
-            raise PlanError(f"{type(model).__name__} has no quantizable layers (Conv2d / Linear) to search")
+            raise PlanError(
+                f"{type(model).__name__} has no quantizable layers (Conv1d / Conv2d / Linear / Embedding) to search"
+            )
         if (
             isinstance(config.group_size, bool)
             or not isinstance(config.group_size, int)
@@ -261,6 +281,8 @@ class SearchSpace:
             raise PlanError(f"layer(s) {both} are both skipped and fixed; choose one")
         self.fixed: dict[str, QuantSpec] = {n: _coerce_spec(s, n) for n, s in config.fixed.items()}
         taken = set(config.skip) | set(self.fixed)
+        if config.include is not None or config.exclude:  # unselected layers are left float32, like skip
+            taken |= known - set(match_layers(names, config.include, config.exclude)) - set(self.fixed)
         groups = residual_groups(model) if config.groups == "residual" else (config.groups or {})
         if isinstance(groups, str):
             raise PlanError(f"groups={groups!r} not understood; pass 'residual' or a mapping name -> layers")

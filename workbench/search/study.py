@@ -461,7 +461,7 @@ def _make_sampler(strategy: str, ctx: SearchContext, *, seed: int, constraints: 
 def _calib_size(task: Any) -> int:
     try:
         return len(task.calib_loader.dataset)
-    except TypeError:
+    except (TypeError, AttributeError):  # an iterable without a sized dataset (e.g. a list of batches)
         return 64
 
 

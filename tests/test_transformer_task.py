@@ -1,0 +1,92 @@
+"""Bring your own model: a BERT-style encoder with dict inputs runs through the stages (issue 14, first slice)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.pipeline import evaluate_plan
+from workbench.qat import QATConfig, train_qat
+from workbench.quant import QuantPlan, load_packed, quantize_model, save_packed
+from workbench.sensitivity import SensitivityConfig, analyze_sensitivity
+from workbench.tasks import DigitsConfig
+from workbench.transformer_task import BertTrainConfig, DigitsBert, digits_tokens, transformer_task
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TRAIN = BertTrainConfig(epochs=25)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return transformer_task(train=TRAIN)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_tokens_keep_masks_and_model_names_layers_like_bert(task):
+    inputs, y = next(iter(task.calib_loader))
+    assert set(inputs) == {"input_ids", "attention_mask"} and inputs["input_ids"].shape[1] == 64
+    assert (inputs["attention_mask"].sum(1) < 64).any()  # trailing blank pixels are padded and masked
+    assert ((inputs["input_ids"] == 0) == (inputs["attention_mask"] == 0)).all()
+    names = dict(task.model.named_modules())
+    assert isinstance(names["embeddings.word_embeddings"], torch.nn.Embedding)
+    assert "encoder.layer.1.intermediate.dense" in names and "pooler.dense" in names
+    assert task.evaluate(split="test") >= 0.85  # trained (25 epochs in this test)
+
+
+def test_weight_only_and_pattern_plans(task):
+    before = _state(task.model)
+    fp32 = task.evaluate(split="test")
+    w8 = evaluate_plan(
+        task, QuantPlan.from_shorthand("uniform:w8:per_channel", task.model), fp32_accuracy=fp32
+    )
+    assert abs(w8.accuracy - fp32) <= 0.01
+    plan = QuantPlan.from_shorthand("uniform:w4:per_channel;include=*.dense;exclude=pooler*", task.model)
+    assert set(plan.layers) == {f"encoder.layer.{i}.{p}.dense" for i in range(2) for p in
+                                ("attention.output", "intermediate", "output")}  # fmt: skip
+    summary = plan.summary(task.model, task.example_input(1))
+    assert 0.0 < summary.covered_fraction < 1.0
+    assert all(v.equal(before[k]) for k, v in task.model.state_dict().items())  # caller's model untouched
+
+
+def test_embedding_quantized_and_packed_round_trip(task, tmp_path):
+    plan = QuantPlan.from_shorthand("uniform:w4:per_channel", task.model)
+    assert "embeddings.word_embeddings" in plan.layers
+    q = quantize_model(task.model, plan, task.calib_loader)
+    save_packed(q, tmp_path / "m.wbq")
+    back = load_packed(tmp_path / "m.wbq", task.model)
+    inputs, _ = next(iter(task.test_loader))
+    with torch.no_grad():
+        assert torch.equal(q(**inputs).logits, back(**inputs).logits)
+
+
+def test_sensitivity_covers_embedding_without_activation_probes(task):
+    cfg = SensitivityConfig(metrics=("output_mse",), w_bits=(2, 8), granularities=("per_channel",), a_bits=(8,),
+                            progress=False)  # fmt: skip
+    res = analyze_sensitivity(task, cfg, cache=False)
+    table = res.table[res.table["metric"] == "output_mse"]
+    emb = table[table["layer"] == "embeddings.word_embeddings"]
+    assert set(emb["kind"]) == {"weight"}  # weight-only: no activation probe
+    assert "activation" in set(table["kind"])  # the Linear layers do get them
+    w2 = emb[emb["w_bits"] == 2]["value"].iloc[0]
+    w8 = emb[emb["w_bits"] == 8]["value"].iloc[0]
+    assert w2 > w8 >= 0
+
+
+def test_qat_steps_on_dict_inputs(task):
+    before = _state(task.model)
+    res = train_qat(
+        task, "uniform:w3:per_channel", QATConfig(epochs=1, max_steps=3), track=False, progress=False
+    )
+    assert res.steps == 3 and res.interrupted
+    assert all(v.equal(before[k]) for k, v in task.model.state_dict().items())
+
+
+def test_bad_input_is_named():
+    with pytest.raises(TypeError, match="integer"):
+        DigitsBert()(input_ids=torch.zeros(2, 64))
+    x = torch.zeros(3, 1, 8, 8) - 1.0  # all blank pixels
+    tokens = digits_tokens(x, DigitsConfig())
+    assert tokens["attention_mask"][:, 1:].sum() == 0
