@@ -90,3 +90,27 @@ def test_bad_input_is_named():
     x = torch.zeros(3, 1, 8, 8) - 1.0  # all blank pixels
     tokens = digits_tokens(x, DigitsConfig())
     assert tokens["attention_mask"][:, 1:].sum() == 0
+
+
+def test_dynamic_int8_and_bf16_deployments(task):
+    from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+
+    from workbench.hardware.dynamic import compare_linear_deployments, dynamic_int8
+
+    before = _state(task.model)
+    q = dynamic_int8(task.model)
+    assert isinstance(dict(q.named_modules())["encoder.layer.0.intermediate.dense"], DynLinear)
+    only = dynamic_int8(
+        task.model, QuantPlan.from_shorthand("uniform:w8;include=*.intermediate.dense", task.model)
+    )
+    kinds = {n: type(m) for n, m in only.named_modules()}
+    assert (
+        kinds["encoder.layer.0.intermediate.dense"] is DynLinear and kinds["pooler.dense"] is torch.nn.Linear
+    )
+    df = compare_linear_deployments(task, batch_size=8, repeats=2, warmup=1, threads=1).set_index("variant")
+    assert list(df.index) == ["fp32", "dynamic_int8", "bf16"]
+    assert df.loc["dynamic_int8", "cosine_to_fp32"] > 0.99 and df.loc["bf16", "cosine_to_fp32"] > 0.99
+    assert abs(df.loc["dynamic_int8", "metric"] - df.loc["fp32", "metric"]) <= 0.02
+    assert all(v.equal(before[k]) for k, v in task.model.state_dict().items())
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        dynamic_int8(task.model, QuantPlan.from_shorthand("uniform:w4;include=embeddings.*", task.model))

@@ -80,6 +80,11 @@ def suite_stages(suite: str) -> list[Stage]:
                     results="bench/out/search.json",
                 ),
                 Stage("qat (digits_resnet)", "bench/qat_bench.py", results="bench/out/qat_bench.json"),
+                Stage(
+                    "bring your own model: DigitsBert on dynamic int8 / bf16",
+                    "bench/transformer_bench.py",
+                    results="bench/out/transformer.json",
+                ),
             ]
         ),
         Stage(
