@@ -167,14 +167,20 @@ def start_mlflow_ui(
         sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend_store_uri,
         "--default-artifact-root", str(artifact_root), "--host", HOST, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
-    log = work_dir / "mlflow-ui.log"
-    proc = _start(
-        "mlflow-ui", cmd, log=log, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=work_dir
-    )
-    server = Server("mlflow-ui", proc, f"http://{HOST}:{port}", port, log)
+    url = f"http://{HOST}:{port}"
+    return _start_mlflow("mlflow-ui", cmd, work_dir=work_dir, url=url, port=port, health=url, timeout=timeout)
+
+
+def _start_mlflow(
+    name: str, cmd: list[str], *, work_dir: Path, url: str, port: int, health: str, timeout: float
+) -> Server:
+    """Start an MLflow server process (job execution off), wait for ``<health>/health``; stop it on failure."""
+    log = work_dir / f"{name}.log"
+    proc = _start(name, cmd, log=log, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=work_dir)
+    server = Server(name, proc, url, port, log)
     try:
-        wait_http(f"{server.url}/health", timeout=timeout, process=proc, log=log)
-    except Exception:
+        wait_http(f"{health}/health", timeout=timeout, process=proc, log=log)
+    except BaseException:
         server.stop()
         raise
     return server
@@ -378,18 +384,11 @@ def start_tracking_server(
     ]  # fmt: skip
     if allowed_hosts:
         cmd += ["--allowed-hosts", allowed_hosts]
-    log = work / "mlflow-server.log"
-    proc = _start(
-        "mlflow-server", cmd, log=log, env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, cwd=work
-    )
     shown = socket.gethostname() if host == "0.0.0.0" else host  # noqa: S104
-    server = Server("mlflow-server", proc, f"http://{shown}:{port}", port, log)
-    try:
-        wait_http(f"http://{local}:{port}/health", timeout=timeout, process=proc, log=log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return _start_mlflow(
+        "mlflow-server", cmd, work_dir=work, url=f"http://{shown}:{port}", port=port,
+        health=f"http://{local}:{port}", timeout=timeout,
+    )  # fmt: skip
 
 
 CHROMIUM = "/usr/bin/chromium"

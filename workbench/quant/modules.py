@@ -280,62 +280,43 @@ def _conv_kwargs(conv: nn.Module) -> dict:
     }
 
 
-class QuantConv1d(QuantModuleMixin, nn.Conv1d):
+def _copy_params(q: nn.Module, src: nn.Module) -> None:
+    """Copy ``src``'s weight (and bias, where it has one) into the fresh twin ``q``."""
+    with torch.no_grad():
+        q.weight.copy_(src.weight)
+        if getattr(src, "bias", None) is not None:
+            q.bias.copy_(src.bias)
+
+
+class _QuantConvNd(QuantModuleMixin):
+    """What Conv1d and Conv2d twins share (weights per output channel = dim 0; ``float_type`` is the base)."""
+
+    @classmethod
+    def from_float(cls, conv: nn.Module, spec: QuantSpec, *, seed: int = 0) -> nn.Module:
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, **_conv_kwargs(conv))
+        _copy_params(q, conv)
+        q._init_quantizers(spec, seed)
+        return q
+
+    def _float_like(self) -> nn.Module:
+        return self.float_type(self.in_channels, self.out_channels, self.kernel_size, **_conv_kwargs(self))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(self.a_quant(x), self.quantized_weight(), self.bias)
+
+
+class QuantConv1d(_QuantConvNd, nn.Conv1d):
     """Conv1d whose weight (per output channel = dim 0, like Conv2d) and input are fake-quantized."""
 
     op_type = "Conv1d"
     float_type = nn.Conv1d
 
-    @classmethod
-    def from_float(cls, conv: nn.Conv1d, spec: QuantSpec, *, seed: int = 0) -> QuantConv1d:
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, **_conv_kwargs(conv))
-        with torch.no_grad():
-            q.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                q.bias.copy_(conv.bias)
-        q._init_quantizers(spec, seed)
-        return q
 
-    def _float_like(self) -> nn.Module:
-        return nn.Conv1d(self.in_channels, self.out_channels, self.kernel_size, **_conv_kwargs(self))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.a_quant(x), self.quantized_weight(), self.bias)
-
-
-class QuantConv2d(QuantModuleMixin, nn.Conv2d):
+class QuantConv2d(_QuantConvNd, nn.Conv2d):
     """Conv2d whose weight and input are fake-quantized."""
 
     op_type = "Conv2d"
     float_type = nn.Conv2d
-
-    def _float_like(self) -> nn.Module:
-        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, **_conv_kwargs(self))
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, spec: QuantSpec, *, seed: int = 0) -> QuantConv2d:
-        q = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device=conv.weight.device,
-            dtype=conv.weight.dtype,
-        )
-        with torch.no_grad():
-            q.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                q.bias.copy_(conv.bias)
-        q._init_quantizers(spec, seed)
-        return q
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.a_quant(x), self.quantized_weight(), self.bias)
 
 
 class QuantLinear(QuantModuleMixin, nn.Linear):
@@ -362,10 +343,7 @@ class QuantLinear(QuantModuleMixin, nn.Linear):
             device=linear.weight.device,
             dtype=linear.weight.dtype,
         )
-        with torch.no_grad():
-            q.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                q.bias.copy_(linear.bias)
+        _copy_params(q, linear)
         q._init_quantizers(spec, seed)
         return q
 
@@ -399,8 +377,7 @@ class QuantEmbedding(QuantModuleMixin, nn.Embedding):
     @classmethod
     def from_float(cls, emb: nn.Embedding, spec: QuantSpec, *, seed: int = 0) -> QuantEmbedding:
         q = cls(emb.num_embeddings, emb.embedding_dim, **_embedding_kwargs(emb))
-        with torch.no_grad():
-            q.weight.copy_(emb.weight)
+        _copy_params(q, emb)
         q._init_quantizers(spec, seed)
         return q
 
