@@ -7,7 +7,7 @@ STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts bench-peers bench-parallel bench-transformer
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts bench-peers bench-parallel bench-transformer bench-byom
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -102,6 +102,10 @@ bench-peers: $(STAMP)
 ## DigitsBert (dict inputs) on FP32 / dynamic int8 / bf16 kernels, side by side.
 bench-transformer: $(STAMP)
 	$(BIN)/python bench/transformer_bench.py
+
+## DigitsBert weight-only: searched mixed plans vs uniform at equal element-weighted average bits, 3 seeds.
+bench-byom: $(STAMP)
+	$(BIN)/python bench/byom_bench.py
 
 ## Search workers on one study: 1 worker (1 and 2 threads) vs 2 workers, wall time and speed-up.
 bench-parallel: $(STAMP)

@@ -241,3 +241,226 @@ def test_fidelity_reference_cached_per_loader() -> None:
     assert after_first == 2 and calls["n"] == 2  # the reference ran once per batch, once per loader
     with pytest.raises(ValueError, match="unknown fidelity kind"):
         fidelity_metric(model, "psnr")
+
+
+# --------------------------------------------------------------------------------------------- a chosen output
+# The model returns its scores behind a garbage output ("aux" = 7 - 50 * scores: its argmax is the scores'
+# argmin, its MSE 2500 times theirs, its cosine another). With output_key set, every stage must score the same
+# numbers as a copy of the model that returns the scores alone; without it they would use aux.
+
+
+class TwoOutputs(BagOfTokens):
+    """BagOfTokens whose scores come second: a dict ``{"aux", "scores"}``, a tuple ``(aux, scores)``, or the
+    scores tensor alone (``style="plain"``, the reference)."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):  # type: ignore[override]
+        scores = super().forward(input_ids, attention_mask)["logits"]
+        aux = 7.0 - 50.0 * scores
+        if self.style == "dict":
+            return {"aux": aux, "scores": scores}
+        if self.style == "tuple":
+            return (aux, scores)
+        return scores
+
+
+KEYS = {"dict": "scores", "tuple": 1}
+
+
+def _two_outputs(style: str) -> tuple[TwoOutputs, TwoOutputs]:
+    """The model and a ``plain`` copy with the same weights (returning the scores alone)."""
+    torch.manual_seed(0)
+    model = TwoOutputs(style).eval()
+    plain = copy.deepcopy(model)
+    plain.style = "plain"
+    return model, plain
+
+
+def _labelled(model: nn.Module, n: int, seed: int, batch: int = 8) -> DataLoader:
+    """``(dict inputs, labels)`` batches labelled with the FP32 scores' argmax (FP32 top-1 accuracy is 1)."""
+    samples = _samples(n, seed)
+    plain = copy.deepcopy(model)
+    plain.style = "plain"
+    with torch.no_grad():
+        ids = torch.stack([s["input_ids"] for s in samples])
+        mask = torch.stack([s["attention_mask"] for s in samples])
+        labels = plain(ids, mask).argmax(dim=1)
+    return DataLoader(list(zip(samples, labels)), batch_size=batch)
+
+
+def _labelled_task(model: nn.Module, key: str | int | None, **kwargs) -> Task:
+    return task_from_model(
+        model,
+        calib_loader=_labelled(model, 32, 1),
+        val_loader=_labelled(model, 24, 2),
+        test_loader=_labelled(model, 24, 3),
+        train_loader=_labelled(model, 32, 4),
+        output_key=key,
+        name="two-outputs",
+        **kwargs,
+    )
+
+
+def _frozen(model: nn.Module) -> tuple[dict[str, torch.Tensor], list[tuple[str, type, bool]], int]:
+    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    modules = [(n, type(m), m.training) for n, m in model.named_modules()]
+    return {k: v.clone() for k, v in model.state_dict().items()}, modules, hooks
+
+
+def _unchanged(model: nn.Module, snap: tuple) -> bool:
+    state, modules, hooks = snap
+    now = model.state_dict()
+    return (
+        set(now) == set(state)
+        and all(torch.equal(now[k], state[k]) for k in state)
+        and [(n, type(m), m.training) for n, m in model.named_modules()] == modules
+        and hooks == sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    )
+
+
+@pytest.mark.parametrize("style", ["dict", "tuple"])
+def test_output_key_evaluate(style: str) -> None:
+    from workbench.models import evaluate_accuracy
+
+    model, _ = _two_outputs(style)
+    snap = _frozen(model)
+    key = KEYS[style]
+    task = _labelled_task(model, key)
+    assert task.output_key == key and task.num_classes == 6 and task.metric_name == "accuracy"
+    assert task.evaluate(split="val") == 1.0  # the scores' argmax are the labels
+    assert task.to("cpu").output_key == key
+    val = task.val_loader
+    assert evaluate_accuracy(model, val) == 0.0  # the first tensor (aux) picks the scores' argmin
+    assert evaluate_accuracy(model, val, output_key=key) == 1.0
+    assert _labelled_task(model, None).evaluate(split="val") == 0.0  # without the key: aux
+    q = quantize_model(model, _linear_plan(8), task.calib_loader)
+    assert task.evaluate(q, split="val") > 0.9
+    assert _unchanged(model, snap)
+
+
+@pytest.mark.parametrize("style", ["dict", "tuple"])
+def test_output_key_sensitivity(style: str, tmp_path) -> None:
+    model, plain = _two_outputs(style)
+    snap = _frozen(model)
+    config = SensitivityConfig(
+        metrics=("output_mse", "output_kl", "acc_drop", "hessian", "fisher"), w_bits=(2, 8), a_bits=(8,),
+        granularities=("per_channel",), calib_batches=2, hutchinson_max_iter=3, hutchinson_min_iter=1,
+        hutchinson_window=1, progress=False,
+    )  # fmt: skip
+    keyed = analyze_sensitivity(_labelled_task(model, KEYS[style]), config, cache_dir=tmp_path)
+    reference = analyze_sensitivity(_labelled_task(plain, None), config, cache=False)
+    wrong = analyze_sensitivity(_labelled_task(model, None), config, cache_dir=tmp_path)
+    assert keyed.info["cache_key"] != wrong.info["cache_key"]  # another output, another cache entry
+    for metric in ("output_mse", "output_kl", "acc_drop", "omega", "fisher"):
+        a = keyed.table[keyed.table["metric"] == metric]["value"].to_numpy()
+        b = reference.table[reference.table["metric"] == metric]["value"].to_numpy()
+        assert len(a) and torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=1e-12), metric
+    mse = keyed.matrix("output_mse", kind="weight", granularity="per_channel")
+    mse_wrong = wrong.matrix("output_mse", kind="weight", granularity="per_channel")
+    assert (mse_wrong / mse).to_numpy() == pytest.approx(2500.0, rel=1e-3)  # aux = 7 - 50 * scores
+    assert keyed.info["fp32_val_accuracy"] == 1.0 and wrong.info["fp32_val_accuracy"] == 0.0
+    assert keyed.info["metric_name"] == "accuracy" and keyed.info["output_key"] == KEYS[style]
+    again = analyze_sensitivity(_labelled_task(model, KEYS[style]), config, cache_dir=tmp_path)
+    assert again.info["source"] == "cache" and again.info["output_key"] == KEYS[style]
+    assert _unchanged(model, snap)
+
+
+@pytest.mark.parametrize("style", ["dict", "tuple"])
+def test_output_key_qat_steps(style: str) -> None:
+    from workbench.qat import QATConfig, train_steps
+
+    model, plain = _two_outputs(style)
+    snap = _frozen(model)
+    config = QATConfig(epochs=1, distill_weight=0.5, quant_loss_weight=0.1, seed=0)
+    keyed = train_steps(_labelled_task(model, KEYS[style]), _linear_plan(4), config, max_steps=3)
+    reference = train_steps(_labelled_task(plain, None), _linear_plan(4), config, max_steps=3)
+    wrong = train_steps(_labelled_task(model, None), _linear_plan(4), config, max_steps=3)
+    cols = ["loss", "ce_loss", "distill_loss", "quant_loss", "val_accuracy"]
+    assert keyed.steps == 3 and keyed.history[cols].notna().all().all()
+    assert keyed.history[cols].to_numpy() == pytest.approx(reference.history[cols].to_numpy(), rel=1e-5)
+    assert keyed.accuracy_after == reference.accuracy_after and keyed.fp32_accuracy == 1.0
+    assert wrong.fp32_accuracy == 0.0  # aux scored
+    assert abs(wrong.history["ce_loss"].iloc[0] - keyed.history["ce_loss"].iloc[0]) > 1.0  # aux trained
+    assert keyed.metric_name == "accuracy" and keyed.output_key == KEYS[style]
+    assert keyed.to_dict()["output_key"] == KEYS[style]
+    assert _unchanged(model, snap)
+
+
+def test_output_key_predictor_and_fidelity(tmp_path) -> None:
+    from workbench.predictor import PlanDatasetConfig, build_plan_dataset, dataset_key
+
+    model, plain = _two_outputs("dict")
+    snap = _frozen(model)
+    config = PlanDatasetConfig(n_random=4, n_stratified=0, w_bits=(2, 4, 8), split="val")
+    task = _labelled_task(model, "scores")
+    keyed = build_plan_dataset(task, config=config, path=tmp_path / "a.jsonl", progress=False)
+    reference = build_plan_dataset(
+        _labelled_task(plain, None), config=config, path=tmp_path / "b.jsonl", progress=False
+    )
+    cols = ["accuracy", "acc_drop", "kl", "logit_mse"]
+    assert keyed.frame[cols].to_numpy() == pytest.approx(reference.frame[cols].to_numpy(), rel=1e-6)
+    assert keyed.info["fp32_accuracy"] == 1.0
+    assert keyed.info["metric_name"] == "accuracy" and keyed.info["output_key"] == "scores"
+    assert dataset_key(task, config) != dataset_key(_labelled_task(model, None), config)
+
+    # a fidelity metric named by its kind compares the chosen output
+    unlabelled = DataLoader(_samples(24, 2), batch_size=8)
+    loaders = {"calib_loader": unlabelled, "val_loader": unlabelled, "test_loader": unlabelled}
+    fid = task_from_model(model, **loaders, metric="cosine", output_key="scores")
+    fid_plain = task_from_model(plain, **loaders, metric="cosine")
+    assert fid.metric.output_key == "scores" and fid.metric_name == "cosine"
+    assert fid.evaluate() == pytest.approx(1.0)
+    q, q_plain = (quantize_model(m, _linear_plan(2), unlabelled) for m in (model, plain))
+    assert fid.evaluate(q) == pytest.approx(fid_plain.evaluate(q_plain), abs=1e-9)
+    aux_cos = task_from_model(model, **loaders, metric="cosine").evaluate(q)
+    assert aux_cos != pytest.approx(fid.evaluate(q), abs=1e-6)  # aux (the first tensor) differs
+    with pytest.raises(ValueError, match=r"unknown metric 'psnr'.*cosine"):
+        task_from_model(model, **loaders, metric="psnr")
+    assert _unchanged(model, snap)
+
+
+def test_output_key_linear_deployments() -> None:
+    from workbench.hardware.dynamic import compare_linear_deployments
+
+    model, plain = _two_outputs("tuple")
+    model.train()  # the flags come back as they were
+    snap = _frozen(model)
+    kwargs = {"batch_size": 4, "repeats": 1, "warmup": 0, "threads": 1, "split": "val"}
+    keyed = compare_linear_deployments(_labelled_task(model, 1), **kwargs)
+    reference = compare_linear_deployments(_labelled_task(plain, None), **kwargs)
+    wrong = compare_linear_deployments(_labelled_task(model, None), **kwargs)
+    cols = ["metric", "cosine_to_fp32", "top1_agreement"]
+    assert keyed[cols].to_numpy() == pytest.approx(reference[cols].to_numpy(), rel=1e-6)
+    assert keyed["metric"].iloc[0] == 1.0 and wrong["metric"].iloc[0] == 0.0
+    assert keyed.attrs["metric_name"] == "accuracy" and keyed.attrs["output_key"] == 1
+    assert _unchanged(model, snap)
+
+
+def test_metric_names() -> None:
+    import functools
+
+    from workbench.models import evaluate_accuracy
+    from workbench.tasks import EvalFnMetric, metric_name
+
+    model = _model()
+
+    def perplexity_score(m: nn.Module) -> float:
+        return 0.0
+
+    class Recall:
+        def __call__(self, m: nn.Module, loader) -> float:
+            return 0.0
+
+    assert metric_name(evaluate_accuracy) == "accuracy"
+    assert metric_name(functools.partial(evaluate_accuracy, output_key="x")) == "accuracy"
+    assert metric_name(fidelity_metric(model, "topk_agreement")) == "topk_agreement"
+    assert metric_name(EvalFnMetric(perplexity_score)) == "perplexity_score"
+    assert metric_name(Recall()) == "Recall"
+    assert _task(model, "neg_rel_mse").metric_name == "neg_rel_mse"
+    calib = DataLoader(_samples(8, 1), batch_size=8)
+    assert (
+        task_from_model(model, calib_loader=calib, eval_fn=perplexity_score).metric_name == "perplexity_score"
+    )

@@ -442,6 +442,12 @@ def test_ensemble_uncertainty_and_save_load(
     with pytest.raises(FileExistsError):
         pred.save(path)
     back = AccuracyPredictor.load(path)
+    edited = tmp_path / "edited.joblib"  # one byte of the signed pickle changed: refused before unpickling
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 1
+    edited.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="fails its signature check"):
+        AccuracyPredictor.load(edited)
     arr = np.random.default_rng(0).choice(BITS, size=(500, 4))
     np.testing.assert_array_equal(back.predict(arr), pred.predict(arr))
     np.testing.assert_array_equal(

@@ -161,6 +161,8 @@ def test_validation_errors() -> None:
         ProfileConfig(layers="all")
     with pytest.raises(ValueError, match="latency_repeats"):
         ProfileConfig(latency_repeats=0)
-    with pytest.raises(TypeError, match="tuples"):  # dicts of tensors are keyword inputs now; a str is no batch
+    with pytest.raises(
+        TypeError, match="tuples"
+    ):  # dicts of tensors are keyword inputs now; a str is no batch
         profile_model(model, ["not a batch"], config=FAST)
     assert list(select_layers(nn.Sequential(nn.ReLU(), nn.Tanh()), "leaf")) == ["0", "1"]

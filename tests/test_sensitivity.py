@@ -331,14 +331,14 @@ def test_cache_hit_identical_and_model_untouched(cnn_task, tmp_path):
         assert torch.equal(v, before[k]), k
     assert all(p.grad is None for p in model.parameters())
     assert first.info["source"] == "computed" and second.info["source"] == "cache"
-    assert second.info["cache_path"] == first.info["cache_path"] and len(list(tmp_path.glob("*.pkl"))) == 1
+    assert second.info["cache_path"] == first.info["cache_path"] and len(list(tmp_path.glob("*.json"))) == 1
     for attr in ("table", "layers", "channels", "cost_benefit"):
         pd.testing.assert_frame_equal(getattr(first, attr), getattr(second, attr))
     # another config (seed) is another key; the same config without the cache recomputes identically (seeded)
     other = analyze_sensitivity(
         cnn_task, _cheap(metrics=("output_mse",), a_bits=(), seed=1), cache_dir=tmp_path
     )
-    assert other.info["source"] == "computed" and len(list(tmp_path.glob("*.pkl"))) == 2
+    assert other.info["source"] == "computed" and len(list(tmp_path.glob("*.json"))) == 2
     again = analyze_sensitivity(cnn_task, cfg, cache=False)
     pd.testing.assert_frame_equal(first.table, again.table)
 

@@ -205,3 +205,184 @@ def test_import_is_light() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not imported & {"mlflow", "plotly"}
+
+
+# ------------------------------------------------------------------------- untrusted model artifacts
+
+
+class _TinyNet(nn.Module):
+    """A model class of its own (importable): loads only when the caller trusts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class _Marker:
+    """Unpickling this runs ``touch <path>``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch '{self.path}'",))
+
+
+def _stored_model_file(uri: str) -> Path:
+    """The model.pth that the store keeps for ``uri`` (what another user of a shared store could replace)."""
+    import mlflow
+
+    model_id = uri.rsplit("/", 1)[-1]
+    location = Path(unquote(urlparse(mlflow.get_logged_model(model_id).artifact_location).path))
+    path = location / "data" / "model.pth"
+    assert path.is_file(), path
+    return path
+
+
+def test_load_model_never_runs_code_from_the_store(store: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with tracking.start_run("train") as run:
+        uri = run.log_model(nn.Sequential(nn.Linear(4, 2)))
+    stored = _stored_model_file(uri)
+    torch.save({"model": _Marker(marker)}, stored)  # the artifact replaced by a malicious pickle
+    with pytest.raises(ValueError, match="refused") as err:
+        tracking.load_model(uri)
+    assert uri in str(err.value) and "posix.system" in str(err.value)
+    assert not marker.exists(), "load_model ran code from the model file"
+
+
+def test_load_model_needs_own_classes_to_be_trusted(store: Path) -> None:
+    torch.manual_seed(0)
+    model = _TinyNet().eval()
+    with tracking.start_run("train") as run:
+        uri = run.log_model(model)
+    with pytest.raises(ValueError, match="allowed_classes") as err:
+        tracking.load_model(uri)
+    assert "_TinyNet" in str(err.value)
+    loaded = tracking.load_model(uri, allowed_classes=[_TinyNet])
+    x = torch.randn(3, 4)
+    assert isinstance(loaded, _TinyNet) and not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(ValueError, match="torch.nn.Module subclasses"):
+        tracking.load_model(uri, allowed_classes=[dict])
+
+
+# ------------------------------------------------------------------------- unreachable tracking server
+
+
+def _closed_port() -> int:
+    from workbench.servers import free_port
+
+    return free_port()  # free a moment ago: nothing listens there
+
+
+def test_check_reachable_fails_fast_naming_the_uri() -> None:
+    import time
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    t0 = time.perf_counter()
+    with pytest.raises(tracking.TrackingUnreachableError) as err:
+        tracking.check_reachable(uri)
+    assert time.perf_counter() - t0 < 5
+    msg = str(err.value)
+    assert f"the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable" in msg
+    assert "--no-track" in msg and f"{tracking.DISABLE_ENV}=0" in msg
+    assert isinstance(err.value, ValueError)  # the CLI reports it as one line
+    # credentials in the URI are not repeated in the message
+    with pytest.raises(tracking.TrackingUnreachableError) as err:
+        tracking.check_reachable(uri.replace("http://", "http://alice:s3cret@"))
+    assert "s3cret" not in str(err.value) and uri in str(err.value)
+    tracking.check_reachable("sqlite:////nonexistent/dir/mlflow.db")  # local stores are not probed
+
+
+def test_check_reachable_gives_up_on_a_server_that_never_answers() -> None:
+    """A port that accepts connections but never answers (a hung server, a black-holing proxy)."""
+    import socket
+    import time
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        t0 = time.perf_counter()
+        with pytest.raises(tracking.TrackingUnreachableError, match=r"no answer within 1 s"):
+            tracking.check_reachable(uri, timeout=1)
+        assert time.perf_counter() - t0 < 5
+
+
+def test_check_reachable_refuses_a_server_that_is_not_mlflow() -> None:
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_error(404)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{httpd.server_address[1]}"
+        with pytest.raises(tracking.TrackingUnreachableError, match="HTTP 404") as err:
+            tracking.check_reachable(uri)
+        assert uri in str(err.value)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_offline_mode_ignores_an_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv(tracking.DISABLE_ENV, "0")
+    with tracking.start_run("sensitivity", params={"a": 1}) as run:
+        assert isinstance(run, tracking.NullRun)
+        run.log_metrics({"x": 1.0})
+    monkeypatch.setenv(tracking.DISABLE_ENV, "1")
+    with pytest.raises(tracking.TrackingUnreachableError), tracking.start_run("sensitivity"):
+        pytest.fail("the run must not start")
+    with tracking.start_run("sensitivity", enabled=False) as run:
+        assert isinstance(run, tracking.NullRun)
+
+
+def test_cli_stage_fails_before_any_work_when_the_server_is_down(tmp_path: Path) -> None:
+    """``python -m workbench sensitivity`` with a dead MLFLOW_TRACKING_URI: one line naming the URI, exit 2, in
+    seconds, and nothing built (a fresh WORKBENCH_HOME stays empty: no data set, no training, no analysis)."""
+    import os
+    import time
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "WORKBENCH_HOME": str(home), "WORKBENCH_TRACKING": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench", "sensitivity", "--model", "digits_cnn"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(
+        f"error: the MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not reachable"
+    )
+    assert "--no-track" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(home.iterdir()) == [], "work started before the tracking server was checked"
+    assert elapsed < 60, elapsed  # the interpreter and imports; MLflow's own retries would take minutes
+
+
+def test_cli_stage_runs_offline_with_no_track(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from workbench.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv(tracking.DISABLE_ENV, "1")
+    args = ["sensitivity", "--model", "digits_cnn", "--w-bits", "4", "--a-bits", "--metrics", "output_mse"]
+    assert main([*args, "--no-cache"]) == 2  # tracking on: refused up front
+    assert "not reachable" in capsys.readouterr().err
+    assert main([*args, "--no-cache", "--no-track"]) == 0

@@ -5,6 +5,12 @@ of that suite. Every script writes its own ``## `` sections of docs/BENCHMARKS.m
 under ``bench/out/``; the suite runs them in fresh processes (so one script's caches and threads cannot skew
 the next one's timings), times them, and writes the machine, versions, commands and stage times as the
 "## Suite" section plus one JSON that gathers every script's results.
+
+Resume: every stage that finishes is recorded in ``bench/out/suite-<suite>.state.json`` (written atomically)
+with its command, a fingerprint of its inputs (the script, its optional input, the workbench sources) and the
+SHA-256 of its results file. ``run_suite(..., resume=True)`` (or ``WORKBENCH_BENCH_RESUME=1``) skips, and says
+so, every stage whose record still matches; a stage killed midway, or whose command, inputs or results file
+changed since, runs again. A stage's process is killed with the suite's (Linux), so none is left running.
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("quick", "full")
 SUITE_HEADING = "## Suite: machine, versions, commands"
+STATE_VERSION = 1
+KEPT_STATUS = "ok (kept from an earlier run)"  # a finished stage skipped by resume=True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +97,11 @@ def suite_stages(suite: str) -> list[Stage]:
                     "bench/transformer_bench.py",
                     results="bench/out/transformer.json",
                 ),
+                Stage(
+                    "bring your own model: weight-only mixed precision on DigitsBert",
+                    "bench/byom_bench.py",
+                    results="bench/out/byom.json",
+                ),
             ]
         ),
         Stage(
@@ -118,6 +135,7 @@ class StageResult:
     seconds: float
     results: Any = None
     log_tail: str = ""
+    note: str = ""  # resume: why the stage was kept, or why it ran again
 
 
 @dataclasses.dataclass
@@ -130,7 +148,7 @@ class SuiteResult:
 
     @property
     def ok(self) -> bool:
-        return all(s.status == "ok" or s.status.startswith("skipped") for s in self.stages)
+        return all(s.status in ("ok", KEPT_STATUS) or s.status.startswith("skipped") for s in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,6 +209,27 @@ def machine_info() -> dict[str, Any]:
 Runner = Callable[[list[str], Path], tuple[int, str]]
 
 
+def _kill_with_parent_fn() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when the suite's process dies (Linux
+    ``PR_SET_PDEATHSIG``), so a suite killed midway leaves no stage running on; None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # in the child, between fork and exec: no imports, no locks
+        prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the suite died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 def _subprocess_runner(argv: list[str], root: Path) -> tuple[int, str]:
     """Run one script with this interpreter; its output goes to the terminal and the last lines are kept."""
     proc = subprocess.Popen(  # noqa: S603 - our own scripts, with this interpreter
@@ -200,6 +239,7 @@ def _subprocess_runner(argv: list[str], root: Path) -> tuple[int, str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=_kill_with_parent_fn(),  # only prctl and getppid run in it
     )
     tail: list[str] = []
     assert proc.stdout is not None
@@ -209,6 +249,91 @@ def _subprocess_runner(argv: list[str], root: Path) -> tuple[int, str]:
     return proc.wait(), "".join(tail)
 
 
+def _sha256(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _workbench_fingerprint() -> str:
+    """SHA-256 of every ``workbench/**/*.py`` this suite imports: a stage measured with other code is stale."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for file in sorted(package.rglob("*.py")):
+        h.update(str(file.relative_to(package)).encode())
+        h.update(file.read_bytes())
+    return h.hexdigest()
+
+
+def _inputs_fingerprint(stage: Stage, root: Path, code: str) -> str:
+    parts = [json.dumps(stage.command()), _sha256(root / stage.script) or "", code]
+    if stage.optional_input:
+        parts.append(_sha256(root / stage.optional_input) or "missing")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def state_path(suite: str, root: Path = ROOT) -> Path:
+    """Where :func:`run_suite` records finished stages of ``suite`` (see the module docstring)."""
+    return root / "bench" / "out" / f"suite-{suite}.state.json"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it: a process killed meanwhile leaves
+    the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_state(path: Path, suite: str) -> dict[str, Any]:
+    """Finished stages recorded in ``path`` (empty, with a warning naming the file, when it is unreadable or
+    belongs to another suite or format)."""
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("stages"), dict):
+            raise ValueError("not a suite state file")
+        if state.get("version") != STATE_VERSION or state.get("suite") != suite:
+            raise ValueError(f"version {state.get('version')!r} of suite {state.get('suite')!r}")
+    except (OSError, ValueError) as e:
+        warnings.warn(f"bench state file {path} is unusable ({e}); every stage runs again", stacklevel=3)
+        return {}
+    return state["stages"]
+
+
+def _kept_reason(stage: Stage, record: Any, root: Path, fingerprint: str) -> tuple[bool, str]:
+    """(keep, why): whether a finished stage's record still matches this run."""
+    if not isinstance(record, dict):
+        return False, "not finished in an earlier run"
+    if record.get("command") != stage.command():
+        return (
+            False,
+            f"command changed since the earlier run ({' '.join(map(str, record.get('command') or []))})",
+        )
+    if record.get("inputs") != fingerprint:
+        return False, "its script, input or the workbench code changed since the earlier run"
+    if stage.results:
+        sha = _sha256(root / stage.results)
+        if sha is None:
+            return False, f"its results file {stage.results} is missing"
+        if sha != record.get("results_sha256"):
+            return False, f"its results file {stage.results} changed since the earlier run"
+    return True, f"finished {record.get('finished_utc', '?')} UTC with the same command, inputs and results"
+
+
 def run_suite(
     suite: str = "quick",
     *,
@@ -216,10 +341,19 @@ def run_suite(
     only: Sequence[str] | None = None,
     runner: Runner | None = None,
     doc: Path | None = None,
+    resume: bool | None = None,
+    state: Path | None = None,
 ) -> SuiteResult:
     """Run every stage of ``suite`` in order (``only``: stage scripts' stems to keep, e.g. ``fronts_bench``),
     then write the suite section of ``doc`` (default ``docs/BENCHMARKS.md``). A failing stage does not stop the
-    others; its status says so."""
+    others; its status says so.
+
+    Each stage that finishes is recorded in ``state`` (default :func:`state_path`). ``resume`` (None: the
+    ``WORKBENCH_BENCH_RESUME`` environment variable, ``1`` meaning yes) keeps the stages recorded there whose
+    command, inputs and results file still match (status :data:`KEPT_STATUS`, their earlier seconds and
+    results) and runs the others; without it the record starts over."""
+    if resume is None:
+        resume = os.environ.get("WORKBENCH_BENCH_RESUME", "").strip().lower() in ("1", "true", "yes")
     stages = suite_stages(suite)
     if only:
         stems = {Path(s.script).stem for s in stages}
@@ -235,6 +369,20 @@ def run_suite(
         )
     runner = runner or _subprocess_runner
     machine = machine_info()
+    state_file = state if state is not None else state_path(suite, root)
+    finished: dict[str, Any] = _read_state(state_file, suite) if resume else {}
+    code = _workbench_fingerprint()
+
+    def record(name: str, entry: dict[str, Any] | None) -> None:
+        if entry is None:
+            finished.pop(name, None)
+        else:
+            finished[name] = entry
+        body = {"version": STATE_VERSION, "suite": suite, "stages": finished}
+        _atomic_write_text(state_file, json.dumps(body, indent=1) + "\n")
+
+    if not resume:
+        record("", None)  # a fresh record: nothing of an earlier run is kept
     t_all = time.perf_counter()
     done: list[StageResult] = []
     for stage in stages:
@@ -242,21 +390,48 @@ def run_suite(
         if stage.optional_input and not (root / stage.optional_input).exists():
             done.append(StageResult(stage.name, cmd, f"skipped: {stage.skip_reason}", 0.0))
             continue
+        fingerprint = _inputs_fingerprint(stage, root, code)
+        note = ""
+        if resume:
+            keep, note = _kept_reason(stage, finished.get(stage.name), root, fingerprint)
+            verb = "kept, not run again" if keep else "runs again"
+            print(f"[bench resume] {stage.name}: {verb} ({note})", file=sys.stderr, flush=True)
+            if keep:
+                entry = finished[stage.name]
+                results = None
+                if stage.results:
+                    results = json.loads((root / stage.results).read_text())
+                done.append(StageResult(stage.name, cmd, KEPT_STATUS, float(entry.get("seconds", 0.0)), results,
+                                        note=note))  # fmt: skip
+                continue
+        record(stage.name, None)  # running: a kill from here on leaves it unfinished
         t0 = time.perf_counter()
-        code, tail = runner(stage.command(), root)
+        code_, tail = runner(stage.command(), root)
         seconds = time.perf_counter() - t0
         results = None
-        if code == 0 and stage.results and (root / stage.results).exists():
+        if code_ == 0 and stage.results and (root / stage.results).exists():
             results = json.loads((root / stage.results).read_text())
-        status = "ok" if code == 0 else f"failed (exit {code})"
-        done.append(StageResult(stage.name, cmd, status, seconds, results, tail if code else ""))
+        status = "ok" if code_ == 0 else f"failed (exit {code_})"
+        done.append(StageResult(stage.name, cmd, status, seconds, results, tail if code_ else "", note=note))
+        if code_ == 0:
+            record(
+                stage.name,
+                {
+                    "command": stage.command(),
+                    "inputs": fingerprint,
+                    "results": stage.results,
+                    "results_sha256": _sha256(root / stage.results) if stage.results else None,
+                    "seconds": seconds,
+                    "finished_utc": f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S}",
+                },
+            )
     only_part = f" --only {' '.join(only)}" if only else ""
     result = SuiteResult(
         suite=suite,
         machine=machine,
         stages=done,
         seconds=time.perf_counter() - t_all,
-        command=f"python -m workbench bench --suite {suite}{only_part}",
+        command=f"python -m workbench bench --suite {suite}{only_part}{' --resume' if resume else ''}",
     )
     write_suite_section(doc or root / "docs" / "BENCHMARKS.md", result)
     return result
@@ -294,11 +469,10 @@ def splice_section(doc: Path, heading: str, lines: list[str]) -> None:
     try:
         start = parts.index(heading)
     except ValueError:
-        doc.parent.mkdir(parents=True, exist_ok=True)
-        doc.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+        _atomic_write_text(doc, text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
         return
     end = next((i for i in range(start + 1, len(parts)) if parts[i].startswith("## ")), len(parts))
-    doc.write_text("\n".join([*parts[:start], *lines, *parts[end:]]).rstrip("\n") + "\n")
+    _atomic_write_text(doc, "\n".join([*parts[:start], *lines, *parts[end:]]).rstrip("\n") + "\n")
 
 
 def write_suite_section(doc: Path, result: SuiteResult) -> None:
@@ -313,5 +487,4 @@ def write_suite_section(doc: Path, result: SuiteResult) -> None:
     else:  # right after the preamble, before the first section
         first = next((i for i, line in enumerate(parts) if line.startswith("## ")), len(parts))
         parts = [*parts[:first], *lines, *parts[first:]]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(parts).rstrip("\n") + "\n")
+    _atomic_write_text(doc, "\n".join(parts).rstrip("\n") + "\n")

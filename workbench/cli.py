@@ -146,9 +146,21 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
         run.log_plan(plan)
         run.log_metrics({k: v for k, v in res.to_dict().items() if isinstance(v, (int, float))})
     _print_table(results_table([res]))
+    summary = plan.summary(task.model, task.example_input())
+    coverage = {k: getattr(summary, k) for k in ("covered_fraction", "covered_params", "total_params")}
+    print(
+        f"the plan quantizes {100 * summary.covered_fraction:.1f} % of the model's parameters "
+        f"({summary.quantized_layers} of {summary.total_layers} quantizable layers)"
+    )
     if args.out:
         print(f"packed model written to {args.out} ({res.packed_bytes} bytes)")
-    return {"model": args.model, "plan_source": str(args.plan), **res.to_dict(), "plan": plan.to_dict()}
+    return {
+        "model": args.model,
+        "plan_source": str(args.plan),
+        **res.to_dict(),
+        **coverage,
+        "plan": plan.to_dict(),
+    }
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,14 +205,27 @@ def cmd_predictor(args: argparse.Namespace) -> dict[str, Any]:
         build_plan_dataset,
         evaluate_predictors,
     )
-    from workbench.sensitivity import analyze_sensitivity
+    from workbench.sensitivity import SensitivityConfig, analyze_sensitivity
 
     task = _task(args)
-    sens = analyze_sensitivity(task, track=False)
+    sens_kw: dict[str, Any] = {}
+    if args.sens_metrics is not None:
+        sens_kw["metrics"] = tuple(args.sens_metrics)
+    if args.sens_w_bits is not None:
+        sens_kw["w_bits"] = tuple(args.sens_w_bits)
+    if args.sens_a_bits is not None:
+        sens_kw["a_bits"] = tuple(args.sens_a_bits)
+    sens = analyze_sensitivity(task, SensitivityConfig(**sens_kw), track=False)  # cached like `sensitivity`
     n_random = args.plans // 2
-    config = PlanDatasetConfig(n_random=n_random, n_stratified=args.plans - n_random, seed=args.seed)
+    config = PlanDatasetConfig(
+        n_random=n_random,
+        n_stratified=args.plans - n_random,
+        w_bits=args.w_bits,
+        a_bits=args.a_bits,
+        seed=args.seed,
+    )
     dataset = build_plan_dataset(task, sens, config, track=not args.no_track)
-    featurizer = PlanFeaturizer.fit(task, sens)
+    featurizer = PlanFeaturizer.fit(task, sens, w_bits=config.w_bits, a_bits=config.a_bits)
     table = evaluate_predictors(
         dataset, featurizer, models=tuple(args.models), k=args.folds, seed=args.seed, track=not args.no_track
     )
@@ -261,6 +286,8 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         skip=tuple(args.skip),
         fixed={name: {"w_bits": 8, "a_bits": 8} for name in args.fix8},
         groups="residual" if args.residual_groups else _groups(args.group),
+        include=args.include or None,
+        exclude=args.exclude or (),
     )
     budget = args.budget
     if budget is None and args.resume and args.study:
@@ -283,6 +310,7 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         max_weight_fraction=args.max_weight_fraction,
         max_size_bytes=args.max_size_bytes,
+        max_avg_weight_bits=args.max_avg_weight_bits,
         max_accuracy_drop=args.max_accuracy_drop,
         complexity_penalty=args.complexity_penalty,
         diversity_penalty=args.diversity_penalty,
@@ -313,7 +341,29 @@ def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
         f"study {result.study_name}: {len(result.trials)} trials, {result.real_evaluations} real evaluations, "
         f"hypervolume {result.hypervolume:.4f}, front of {len(result.front)} plans ({result.seconds:.1f} s)"
     )
-    return {"model": args.model, **result.to_dict()}
+    out = {"model": args.model, **result.to_dict(), "best": None}
+    if not result.front.empty:  # the front plan scoring highest on the searched split (ties: the smaller)
+        best = result.best()
+        plan = json.loads(best["plan"])
+        out["best"] = {
+            "label": best["label"],
+            "trial": int(best["trial"]),
+            "accuracy": float(best["accuracy"]),
+            "avg_weight_bits": float(best["avg_weight_bits"]),
+            "weight_bytes": int(best["weight_bytes"]),
+            "plan": plan,
+        }
+        if args.save_best:
+            from workbench.quant import QuantPlan
+
+            QuantPlan.from_dict(plan).save(args.save_best, overwrite=args.overwrite)
+            out["best"]["saved"] = args.save_best
+            print(
+                f"best plan ({best['label']}, {best['avg_weight_bits']:.2f} weight bits) written to {args.save_best}"
+            )
+    elif args.save_best:
+        raise ValueError("the search found no feasible plan: nothing to write to --save-best")
+    return out
 
 
 def cmd_pipeline(args: argparse.Namespace) -> dict[str, Any]:
@@ -472,7 +522,7 @@ def cmd_deploy(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from workbench import tracking
-    from workbench.hardware.deploy import DeployConfig, measure_deployment
+    from workbench.hardware.deploy import DeployConfig, choose_kernels, measure_deployment
     from workbench.models import ZOO_MODELS, build_model
     from workbench.pipeline import resolve_plan
 
@@ -485,11 +535,19 @@ def cmd_deploy(args: argparse.Namespace) -> dict[str, Any]:
         strict=args.strict,
     )
     synthetic = args.dataset is None and args.model not in ZOO_MODELS and not getattr(args, "task", None)
+    task = None
     if synthetic:  # speed only: a torchvision model on random inputs (no data set on disk)
+        if args.kernels in ("dynamic", "bf16"):
+            raise ValueError(
+                f"--kernels {args.kernels} measures a task's metric on its data: give --task, a zoo model or "
+                "--dataset (a torchvision model without data deploys with --kernels static)"
+            )
         torch.manual_seed(args.seed)
         model = build_model(args.model, num_classes=args.num_classes).eval()
         if args.weights:
-            model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+            from workbench.tasks import _load_weights
+
+            _load_weights(model, args.weights)  # tensors only; errors name the file
         gen = torch.Generator().manual_seed(args.seed)
         x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=gen)
         calib: Any = [torch.randn(8, 3, args.input_size, args.input_size, generator=gen) for _ in range(2)]
@@ -501,14 +559,26 @@ def cmd_deploy(args: argparse.Namespace) -> dict[str, Any]:
         n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else args.batch_size
         x = task.example_input(min(args.batch_size, n))
         calib = task.calib_loader
-        evaluate = task.evaluate
+        split = args.split
+
+        def evaluate(m):
+            return task.evaluate(m, split)
+
+    kernels, reason = args.kernels, f"--kernels {args.kernels}"
+    if kernels == "auto":
+        kernels, reason = choose_kernels(x)
     plan = resolve_plan(args.plan, model)
+    if kernels != "static":
+        return _deploy_dynamic(args, task, plan, cfg, kernels, reason)
     with tracking.start_run(
         "deploy",
         run_name=f"deploy-{args.model}",
-        params={"model": args.model, "plan": str(args.plan), "profile": args.profile, **cfg.__dict__},
+        params={
+            "model": args.model, "plan": str(args.plan), "profile": args.profile, "kernels": kernels,
+            **cfg.__dict__,
+        },
         enabled=False if args.no_track else None,
-    ) as run:
+    ) as run:  # fmt: skip
         res = measure_deployment(
             model, plan, calib, example_input=x, evaluate=evaluate, profile=args.profile, config=cfg
         )
@@ -538,7 +608,60 @@ def cmd_deploy(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "plan_source": str(args.plan),
         "synthetic_inputs": synthetic,
+        "kernels": kernels,
+        "kernels_reason": reason,
         **d,
+        "plan": plan.to_dict(),
+    }
+
+
+def _deploy_dynamic(args, task, plan, cfg, kernels: str, reason: str) -> dict[str, Any]:
+    """``deploy --kernels dynamic|bf16`` (or auto on a model fed token ids): FP32, dynamic int8 and / or bf16
+    side by side (:func:`workbench.hardware.deploy.compare_kernels`)."""
+    from workbench import tracking
+    from workbench.hardware.deploy import compare_kernels
+
+    with tracking.start_run(
+        "deploy",
+        run_name=f"deploy-{args.model}",
+        params={"model": args.model, "plan": str(args.plan), "kernels": kernels, **cfg.__dict__},
+        enabled=False if args.no_track else None,
+    ) as run:
+        df = compare_kernels(task, plan, kernels=kernels, config=cfg, split=args.split)
+        run.log_plan(plan)
+        for row in df.to_dict(orient="records"):
+            v = row["variant"]
+            run.log_metrics({f"{v}_{k}": x for k, x in row.items() if k != "variant"})
+        run.log_dataframe(df, "deployed_variants")
+    _print_table(df)
+    rows = df.set_index("variant")
+    deployed = "dynamic_int8" if kernels == "dynamic" else "bf16"
+    fp, dep = rows.loc["fp32"], rows.loc[deployed]
+    print(
+        f"{args.model} on {kernels} kernels ({reason}); batch {cfg.batch_size}, {df.attrs['threads']} threads: "
+        f"FP32 {fp['median_ms']:.2f} ms, {deployed} {dep['median_ms']:.2f} ms, speedup "
+        f"{dep['speedup_vs_fp32']:.2f}x; metric on {args.split} {fp['metric']:.4f} -> {dep['metric']:.4f}; "
+        f"cosine to FP32 {dep['cosine_to_fp32']:.4f}, top-1 agreement {dep['top1_agreement']:.4f}"
+    )
+    for note in df.attrs["notes"]:
+        print(f"note: {note}")
+    return {
+        "model": args.model,
+        "plan_source": str(args.plan),
+        "synthetic_inputs": False,
+        "kernels": kernels,
+        "kernels_reason": reason,
+        "deployed_variant": deployed,
+        "fp32_latency_ms": float(fp["median_ms"]),
+        "deployed_latency_ms": float(dep["median_ms"]),
+        "speedup": float(dep["speedup_vs_fp32"]),
+        "fp32_accuracy": float(fp["metric"]),
+        "accuracy": float(dep["metric"]),
+        "cosine_to_fp32": float(dep["cosine_to_fp32"]),
+        "top1_agreement": float(dep["top1_agreement"]),
+        "split": args.split,
+        **{k: df.attrs[k] for k in ("batch_size", "repeats", "threads", "engine", "cpu", "device", "notes")},
+        "rows": df.to_dict(orient="records"),
         "plan": plan.to_dict(),
     }
 
@@ -654,7 +777,7 @@ def cmd_replicate_hawq(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_bench(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.benchsuite import run_suite
 
-    result = run_suite(args.suite, only=args.only)
+    result = run_suite(args.suite, only=args.only, resume=args.resume)
     print(f"\n{result.command}: {result.seconds / 60:.1f} min")
     for s in result.stages:
         print(f"  {s.status:<12.12} {s.seconds:7.0f} s  {s.name}  ({s.command})")
@@ -788,6 +911,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", help="fit the best model on all plans and save it here")
+    p.add_argument(
+        "--w-bits", type=_csv_list(int), default=(2, 3, 4, 6, 8), help="weight bits of the measured plans"
+    )
+    p.add_argument(
+        "--a-bits", type=_csv_list(int), default=(8,), help="activation bits of the plans (32: weight-only)"
+    )
+    p.add_argument(
+        "--sens-metrics",
+        nargs="+",
+        help="sensitivity metrics behind the stratified plans and the features (default: the sensitivity "
+        "command's; 'output_mse' alone is much faster on large models)",
+    )
+    p.add_argument("--sens-w-bits", type=int, nargs="+", help="sensitivity probes' weight bits")
+    p.add_argument(
+        "--sens-a-bits", type=int, nargs="*", help="sensitivity probes' activation bits (none: skip them)"
+    )
     p.set_defaults(func=cmd_predictor)
 
     from workbench.search.objectives import ACCURACY_MODES, OBJECTIVES
@@ -822,6 +961,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", type=_csv_list(str), default=("quantize",), help="quantize,prune,lowrank,none"
     )
     p.add_argument("--skip", nargs="*", default=[], help="layers left in float32")
+    p.add_argument(
+        "--include",
+        type=_csv_list(str),
+        help="glob patterns on layer names, comma-separated: only these layers are searched (the others stay "
+        "float32), e.g. 'encoder.*,*.intermediate.dense'",
+    )
+    p.add_argument(
+        "--exclude",
+        type=_csv_list(str),
+        help="glob patterns on layer names, comma-separated: layers left in float32, e.g. 'pooler*,classifier'",
+    )
     p.add_argument("--fix8", nargs="*", default=[], help="layers fixed at w8a8 (e.g. the first and last)")
     p.add_argument(
         "--group",
@@ -832,6 +982,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--residual-groups", action="store_true", help="residual partners share one choice")
     p.add_argument("--max-weight-fraction", type=float, help="constraint: weight bytes / FP32 weight bytes")
+    p.add_argument(
+        "--max-avg-weight-bits",
+        type=float,
+        help="constraint: weight bits averaged over the quantizable layers' elements (float layers count 32)",
+    )
     p.add_argument("--max-size-bytes", type=int, help="constraint: whole-model bytes")
     p.add_argument("--max-accuracy-drop", type=float, help="constraint: accuracy drop in pp")
     p.add_argument("--complexity-penalty", type=float, default=0.0)
@@ -866,6 +1021,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--worker-threads",
         type=int,
         help="torch threads per worker (default: torch's; 1 with --workers = cores)",
+    )
+    p.add_argument(
+        "--save-best",
+        metavar="PLAN.json",
+        help="write the front plan scoring highest on --split as a plan file (for quantize / qat / deploy --plan)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_search)
@@ -925,6 +1085,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=7, help="timed runs of each model, interleaved (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--engine", choices=["x86", "onednn", "fbgemm"], default="x86")
+    p.add_argument(
+        "--kernels",
+        choices=["auto", "static", "dynamic", "bf16"],
+        default="auto",
+        help="static: int8 through torch.ao FX (calibrated activations; float-input models); dynamic: FP32, "
+        "dynamic int8 Linear kernels and bf16 side by side (token ids, dict inputs); bf16: FP32 vs bf16; "
+        "auto (default): static for a single float input, dynamic otherwise",
+    )
+    p.add_argument(
+        "--split", choices=["val", "test"], default="test", help="split the task's metric is measured on"
+    )
     p.add_argument("--strict", action="store_true", help="error instead of falling back on missing kernels")
     p.add_argument("--input-size", type=int, default=224, help="torchvision models without data: image side")
     p.add_argument("--num-classes", type=int, default=1000, help="torchvision models without data: classes")
@@ -967,6 +1138,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--suite", choices=["quick", "full"], default="quick")
     p.add_argument("--only", nargs="+", metavar="SCRIPT", help="stage scripts to run, e.g. fronts_bench")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep stages finished by an earlier (interrupted) run whose command, inputs and results still match",
+    )
     p.add_argument("--json", metavar="PATH", help="write every stage's results as one JSON to PATH")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=cmd_bench)
@@ -984,11 +1160,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Refuse to replace an existing output file unless --overwrite was given."""
-    for opt in ("json", "csv", "out", "save"):
+    """Refuse, before any work, output paths that cannot be written: an existing file without --overwrite, a
+    directory, or a path below an existing file."""
+    for opt in ("json", "csv", "out", "save", "save_best"):
         path = getattr(args, opt, None)
-        if path and Path(path).exists() and not args.overwrite:
-            raise FileExistsError(f"--{opt} {path} exists; pass --overwrite to replace it")
+        if not path:
+            continue
+        flag = f"--{opt.replace('_', '-')}"
+        p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"{flag} {path} is a directory; give a file path")
+        blocking = next((a for a in p.parents if a.exists() and not a.is_dir()), None)
+        if blocking is not None:
+            raise ValueError(f"{flag} {path}: {blocking} is a file, not a directory")
+        if p.exists() and not args.overwrite:
+            raise FileExistsError(f"{flag} {path} exists; pass --overwrite to replace it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1001,8 +1187,8 @@ def main(argv: list[str] | None = None) -> int:
             if tracking.tracking_enabled():
                 tracking.check_reachable()  # a dead tracking server fails here, before any expensive work
         result = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        _write_json(args.json, {"command": args.command, **result})
+    except (ValueError, OSError) as e:  # FileNotFoundError, FileExistsError, PermissionError are OSErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _write_json(args.json, {"command": args.command, **result})
     return 0

@@ -235,16 +235,17 @@ def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return batch[0], batch[1]
 
 
-def evaluate_accuracy(model: nn.Module, loader: Iterable) -> float:
+def evaluate_accuracy(model: nn.Module, loader: Iterable, *, output_key: str | int | None = None) -> float:
     """Top-1 accuracy (fraction in [0, 1]) of ``model`` over ``loader``'s ``(x, y)`` batches.
 
     ``x`` may be a tensor, a tuple or a dict of tensors (passed as ``model(x)``, ``model(*x)``,
     ``model(**x)``); a structured output is scored on its :func:`~workbench.quant.inputs.primary_output`
-    (``logits`` or the first tensor). Runs in eval mode under ``torch.no_grad``; the model's training flag is
-    restored afterwards. Batches without targets raise ValueError.
+    (``logits`` or the first tensor; ``output_key`` picks a key, attribute or tuple index). Runs in eval mode
+    under ``torch.no_grad``; every module's training flag is restored afterwards. Batches without targets raise
+    ValueError.
     """
     device = _model_device(model)
-    was_training = model.training
+    flags = {m: m.training for m in model.modules()}
     model.eval()
     correct = total = 0
     try:
@@ -256,11 +257,13 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable) -> float:
                         f"evaluate_accuracy needs (x, y) batches with targets, got {type(batch).__name__} "
                         "batches without them; for data without labels use workbench.tasks.fidelity_metric"
                     )
-                pred = primary_output(call_model(model, move_inputs(x, device))).argmax(dim=1)
+                out = primary_output(call_model(model, move_inputs(x, device)), key=output_key)
+                pred = out.argmax(dim=1)
                 correct += int((pred.cpu() == y.cpu()).sum())
                 total += int(y.numel())
     finally:
-        model.train(was_training)
+        for m, flag in flags.items():
+            m.training = flag
     if total == 0:
         raise ValueError("evaluate_accuracy got an empty loader (no samples)")
     return correct / total
@@ -408,7 +411,20 @@ def _load_cached(name: str, path: Path, sidecar: Path) -> tuple[nn.Module, dict[
         state = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(name)
         model.load_state_dict(state)
-    except Exception:  # unreadable, truncated or stale entry (any unpickling error): retrain, overwrite it
+    except (
+        Exception
+    ) as err:  # unreadable, truncated or stale entry (any unpickling error): retrain, overwrite it
+        import warnings
+
+        from workbench.paths import StaleCacheWarning
+
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        warnings.warn(
+            f"cached model {path} (with {sidecar.name}) cannot be used ({reason}); retraining {name!r} and "
+            "replacing it",
+            StaleCacheWarning,
+            stacklevel=3,
+        )
         return None
     info["source"] = "cache"
     return model.eval(), info

@@ -30,3 +30,33 @@ def data_dir() -> Path:
 def mlruns_dir() -> Path:
     """``<root>/mlruns``: the MLflow sqlite store and its artifacts."""
     return project_root() / "mlruns"
+
+
+class StaleCacheWarning(UserWarning):
+    """A cached file (trained model, cached result) could not be used: damaged, truncated, from another
+    configuration or in a format that could run code. It is rebuilt and replaced; the message names the file."""
+
+
+def signing_key() -> bytes:
+    """This installation's secret key (``data/.signing-key``, created on first use, mode 0600): files that can
+    only be stored as pickles (fitted predictors) are signed with it (HMAC-SHA256) and loaded only when the
+    signature matches, so a file written elsewhere or edited is refused before anything in it is unpickled."""
+    import os
+    import secrets
+
+    path = data_dir() / ".signing-key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process created it a moment ago
+            pass
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(secrets.token_bytes(32))
+    key = path.read_bytes()
+    if len(key) != 32:
+        raise ValueError(
+            f"signing key {path} is damaged ({len(key)} bytes, expected 32); delete it to make a new one"
+        )
+    return key

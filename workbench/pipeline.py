@@ -48,19 +48,34 @@ def make_task(
 
 
 def resolve_plan(plan: str | Path | QuantPlan, model: nn.Module) -> QuantPlan:
-    """A QuantPlan from a plan object, a JSON file path, or a shorthand such as ``uniform:w4a8:per_channel``."""
+    """A QuantPlan from a plan object, a JSON file path, or a shorthand such as ``uniform:w4a8:per_channel``.
+
+    Text that is neither a shorthand nor a file, a file that is no plan, and a plan file that does not fit
+    ``model`` (unknown or unquantizable layer names, ``channel_bits`` of the wrong length) raise
+    :class:`PlanError` naming the text or the file.
+    """
     if isinstance(plan, QuantPlan):
         return plan
     text = str(plan)
     if text.startswith("uniform:"):
         return QuantPlan.from_shorthand(text, model)
     path = Path(text)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # e.g. a shorthand typo longer than the file system's name limit
+        is_file = False
+    if not is_file:
         raise PlanError(
             f"plan {text!r} is neither a JSON file nor a shorthand; use a path to a plan JSON or e.g. "
             "'uniform:w8a8', 'uniform:w4a8:per_channel', 'uniform:w4a8:per_group:g32'"
         )
-    return QuantPlan.load(path)
+    loaded = QuantPlan.load(path)
+    if len(loaded):  # layers the model lacks would otherwise be skipped without a word by some stages
+        try:
+            loaded.validate(model)
+        except PlanError as e:
+            raise PlanError(f"plan file {path} does not fit the model: {e}") from e
+    return loaded
 
 
 @dataclass(frozen=True)

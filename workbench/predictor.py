@@ -5,8 +5,9 @@ Three parts, each usable alone:
 1. **Plan dataset** (:func:`build_plan_dataset`): random plans (each layer's bits drawn uniformly) and
    sensitivity-stratified plans (a greedy walk that lowers the least sensitive layers first, stopped at a
    random sensitivity budget, so the set spans near-lossless to heavily degraded plans) are quantized and
-   measured on a split: accuracy, accuracy drop (percentage points vs FP32), KL divergence and logit MSE vs
-   FP32, size, average bits, BOPs. Every measured plan is appended to ``data_dir()/predictor/<key>.jsonl`` at
+   measured on a split: the task metric (column ``accuracy``), the metric loss (column ``acc_drop``: FP32
+   metric minus metric, x 100; accuracy drop in percentage points for labelled accuracy), KL divergence and
+   logit MSE vs FP32 (of the output ``task.output_key`` chooses), size, average bits, BOPs. Every measured plan is appended to ``data_dir()/predictor/<key>.jsonl`` at
    once, so an interrupted build resumes where it stopped.
 2. **Features** (:class:`PlanFeaturizer`): plans are encoded as ``[n_plans, n_layers]`` arrays of bit indices
    and features are gathered from per-layer lookup tables (bits, sensitivity x quantization noise such as
@@ -23,8 +24,10 @@ import copy
 import hashlib
 import json
 import math
+import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,7 +91,8 @@ FRAME_METRICS: tuple[str, ...] = (
     "eval_seconds",
 )  # fmt: skip
 _FORMAT = "workbench.predictor"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+_SIGNED_MAGIC = b"WBPRED2\n"  # then 32 bytes of HMAC-SHA256, then the pickle
 CACHE_VERSION = 1  # bump when measure_plan changes what it records
 
 
@@ -103,7 +107,8 @@ class PlanDatasetConfig:
     ``a_bits``). ``n_stratified`` plans follow a sensitivity-guided greedy path (lower the layer with the
     least sensitivity increase per byte saved) to a random budget, random plans when no sensitivity result
     is given; the first ``stratify_anchors`` of them are anchors evenly spaced along the path, whose measured
-    accuracy drops set the budgets of the rest so that they spread evenly over log accuracy drop (see
+    metric losses (FP32 metric minus metric; accuracy drop for labelled accuracy) set the budgets of the rest so
+    that they spread evenly over log metric loss (see
     :func:`generate_plans`). ``stratify_metric`` picks the sensitivity metric ("auto": the first of omega,
     output_mse, output_kl, acc_drop that the result has per weight bit width); ``stratify_noise`` is the
     standard deviation of the per-layer log-normal jitter of sensitivities that makes stratified plans
@@ -165,9 +170,11 @@ class PlanDataset:
     """Measured plans.
 
     ``frame`` has one row per plan: ``plan_id``, ``source`` (random / anchor / stratified), ``w:<layer>`` and
-    ``a:<layer>`` bit columns, then ``accuracy``, ``acc_drop`` (pp vs FP32), ``kl``, ``logit_mse``,
-    ``size_bytes``, ``avg_weight_bits``, ``avg_act_bits``, ``bops``, ``eval_seconds``. ``plans``: the matching
-    QuantPlans; ``info``: cache key and path, FP32 accuracy, counts and timings of the build."""
+    ``a:<layer>`` bit columns, then ``accuracy`` (the task metric), ``acc_drop`` (the metric loss: FP32 metric
+    minus metric, x 100; accuracy drop in pp for labelled accuracy), ``kl``, ``logit_mse``, ``size_bytes``,
+    ``avg_weight_bits``, ``avg_act_bits``, ``bops``, ``eval_seconds``. ``plans``: the matching QuantPlans;
+    ``info``: cache key and path, FP32 metric (``fp32_accuracy``), ``metric_name`` (what the metric is:
+    "accuracy", "cosine", an eval_fn's name, ...), ``output_key``, counts and timings of the build."""
 
     frame: pd.DataFrame
     plans: list[QuantPlan]
@@ -206,9 +213,17 @@ class PlanDataset:
     @classmethod
     def load(cls, path: str | Path) -> PlanDataset:
         """Every plan recorded in a cache file written by :func:`build_plan_dataset` (source "cached")."""
-        header, records = _read_cache(Path(path))
+        contents = _read_cache(Path(path))
+        header, records = contents.header, contents.records
         if header is None:
-            raise ValueError(f"{path} has no header line; not a plan dataset file")
+            why = f" ({contents.bad_header})" if contents.bad_header else ""
+            raise ValueError(f"{path} has no valid header line{why}; not a plan dataset file")
+        if contents.problems:
+            warnings.warn(
+                f"plan dataset {path}: left out {len(contents.problems)} bad line(s) "
+                f"({contents.describe_problems()})",
+                stacklevel=2,
+            )
         names = list(header["layer_names"])
         rows = [{**r, "source": "cached"} for r in records.values()]
         plans = [_plan_from_bits(names, r["w_bits"], r["a_bits"], r["granularity"]) for r in rows]
@@ -389,8 +404,9 @@ def _stratified_bits(
     """One stratified plan: per-layer log-normal jitter of the sensitivities, a budget, the greedy walk to it.
 
     The budget (a fraction of the path's log range of summed sensitivity) is uniform without ``drop_map``;
-    with it a target ``log1p(accuracy drop)`` is drawn uniformly and mapped to a fraction through the anchors
-    (see :func:`_drop_map`), so the plans spread evenly over log accuracy drop. Activation bits: each layer
+    with it a target ``log1p(metric loss)`` is drawn uniformly and mapped to a fraction through the anchors
+    (see :func:`_drop_map`), so the plans spread evenly over log metric loss (FP32 metric minus metric;
+    accuracy drop for labelled accuracy). Activation bits: each layer
     drops to a random narrower choice with probability equal to the budget's fraction."""
     n_layers = sens.shape[0]
     jitter = np.exp(rng.normal(0.0, noise, size=(n_layers, 1))) if noise > 0 else np.ones((n_layers, 1))
@@ -406,7 +422,7 @@ def _stratified_bits(
 
 
 def _drop_map(fracs: Sequence[float], drops: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(xp, fp) for ``np.interp``: ``log1p`` of the anchors' accuracy drop (running maximum along the path,
+    """(xp, fp) for ``np.interp``: ``log1p`` of the anchors' metric loss (running maximum along the path,
     clipped at 0; of a run of equal values only the last anchor kept, of the final run the first) -> the
     anchors' budget fractions.
     None when there are fewer than 3 anchors, a drop is not finite or no anchor loses more than 0.5 pp."""
@@ -437,8 +453,9 @@ def generate_plans(
     ``n_stratified`` sensitivity-stratified plans (random ones when ``sensitivity`` is None or has no usable
     metric): ``stratify_anchors`` "anchor" plans evenly spaced (in log summed sensitivity) along the greedy
     path from the all-widest to the all-narrowest plan, then "stratified" plans with jittered sensitivities
-    and random budgets along that path. ``measure`` (plans -> accuracy drops in pp) measures the anchors so
-    that the budgets spread the plans evenly over log accuracy drop (see :func:`_drop_map`); without it
+    and random budgets along that path. ``measure`` (plans -> metric losses, FP32 metric minus metric x 100;
+    accuracy drops in pp for labelled accuracy) measures the anchors so that the budgets spread the plans evenly
+    over log metric loss (see :func:`_drop_map`); without it
     budgets are uniform along the path. ``weight_params`` (per layer) turns bits into bytes for the greedy
     walk (default: all layers equal). With a deterministic measure (as a quantized model's accuracy is) so is
     the list.
@@ -510,12 +527,14 @@ class _Reference:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """Concatenated outputs of ``model`` over ``loader`` (eval mode), targets if batches have them, and a hash
-    of the inputs and targets."""
+def _logits(
+    model: nn.Module, loader: Iterable, output_key: str | int | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """Concatenated outputs of ``model`` over ``loader`` (eval mode; the output ``output_key`` chooses, else the
+    primary one), targets if batches have them, and a hash of the inputs and targets."""
     h = hashlib.sha256()
     device = model_device(model)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     outs, ys = [], []
     try:
@@ -528,13 +547,14 @@ def _logits(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Ten
                 for path, t in input_tensors(x):
                     h.update(path.encode())
                     h.update(t.detach().cpu().contiguous().numpy().tobytes())
-            out = primary_output(call_model(model, move_inputs(x, device)))
+            out = primary_output(call_model(model, move_inputs(x, device)), key=output_key)
             outs.append(out.detach().float().cpu())
             if y is not None:
                 h.update(y.detach().cpu().contiguous().numpy().tobytes())
                 ys.append(y.detach().cpu())
     finally:
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     if not outs:
         raise ValueError("the evaluation loader is empty")
     return torch.cat(outs), (torch.cat(ys) if ys else None), h.hexdigest()
@@ -542,7 +562,7 @@ def _logits(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Ten
 
 def _reference(task: Task, split: str) -> _Reference:
     loader = task.loader(split)
-    logits, targets, fingerprint = _logits(task.model, loader)
+    logits, targets, fingerprint = _logits(task.model, loader, getattr(task, "output_key", None))
     default = task.metric is evaluate_accuracy and targets is not None and logits.dim() == 2
     acc = _top1(logits, targets) if default else task.evaluate(task.model, split)
     return _Reference(split, logits, targets, acc, default, fingerprint)
@@ -556,11 +576,13 @@ def measure_plan(
     task: Task, plan: QuantPlan, reference: _Reference, *, costs: Mapping[str, LayerCost]
 ) -> dict[str, float]:
     """Quantize ``task.model`` with ``plan`` (calibrated on ``task.calib_loader``) and measure it on the
-    reference split: accuracy (the task metric), acc_drop (pp vs FP32), kl (mean KL(FP32 || quantized) of the
-    softmax outputs), logit_mse, size_bytes, avg_weight_bits, avg_act_bits, bops, eval_seconds."""
+    reference split: accuracy (the task metric), acc_drop (the metric loss: FP32 metric minus metric, x 100;
+    accuracy drop in pp for labelled accuracy), kl (mean KL(FP32 || quantized) of the softmax outputs),
+    logit_mse, size_bytes, avg_weight_bits, avg_act_bits, bops, eval_seconds. Outputs are those
+    ``task.output_key`` chooses (None: the primary output)."""
     t0 = time.perf_counter()
     qmodel = quantize_model(task.model, plan, task.calib_loader)
-    logits, _, _ = _logits(qmodel, task.loader(reference.split))
+    logits, _, _ = _logits(qmodel, task.loader(reference.split), getattr(task, "output_key", None))
     if reference.default_metric:
         acc = _top1(logits, reference.targets)
     else:
@@ -609,49 +631,127 @@ def _code_fingerprint() -> str:
 
 def dataset_key(task: Task, config: PlanDatasetConfig, *, fingerprint: str | None = None) -> str:
     """Cache key of a plan dataset: a hash of the model state, the task name, the calibration data, the
-    split's data, the measurement settings (split, granularity) and the quantization code (see
-    :func:`_code_fingerprint`). Plan counts and the seed are left out on purpose: a cache file holds measured
-    plans by plan id, so a bigger or differently seeded build reuses them."""
+    split's data, the measurement settings (split, granularity, the task's ``output_key`` when set) and the
+    quantization code (see :func:`_code_fingerprint`). Plan counts and the seed are left out on purpose: a cache
+    file holds measured plans by plan id, so a bigger or differently seeded build reuses them."""
     if fingerprint is None:
         fingerprint = _logits_free_fingerprint(task.loader(config.split))
     calib = _logits_free_fingerprint(task.calib_loader)
     h = hashlib.sha256()
     parts = (_code_fingerprint(), _model_hash(task.model), task.name, calib, fingerprint, config.split)
-    for part in (*parts, config.granularity):
+    output_key = getattr(task, "output_key", None)
+    extra = () if output_key is None else (f"output_key={output_key!r}",)  # None keeps earlier keys
+    for part in (*parts, config.granularity, *extra):
         h.update(str(part).encode())
         h.update(b"\0")
     return f"{task.name}-{h.hexdigest()[:16]}"
 
 
 def _logits_free_fingerprint(loader: Iterable) -> str:
+    """Hash of every tensor of every batch (dicts and nested tuples included; a tensor or an ``(x, y)`` batch of
+    tensors hashes as it always did)."""
     h = hashlib.sha256()
     for batch in loader:
-        for t in batch if isinstance(batch, (tuple, list)) else (batch,):
-            if isinstance(t, torch.Tensor):
-                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for _, t in input_tensors(batch):
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def _read_cache(path: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """(header, plan_id -> record) of a cache file; unreadable lines (a write cut short) are skipped and a
-    later record of the same plan wins."""
+def _line_sha(record: Mapping[str, Any], key: Any) -> str:
+    """Checksum of one cache line: its fields (``sha`` left out) and the cache key of the file it belongs to, so
+    an edited line, or one copied from another model's or config's file, no longer matches."""
+    body = {k: v for k, v in record.items() if k != "sha"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{key}\0{text}".encode()).hexdigest()[:16]
+
+
+def _signed(record: Mapping[str, Any], key: Any) -> dict[str, Any]:
+    return {**record, "sha": _line_sha(record, key)}
+
+
+@dataclass
+class _CacheContents:
+    """What :func:`_read_cache` found: the header, plan_id -> record (a later record of a plan wins), the raw
+    lines worth keeping, and ``problems``: (line number, why) of every line left out."""
+
     header: dict[str, Any] | None = None
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    good_lines: list[str] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)
+    bad_header: str | None = None
+
+    def describe_problems(self, limit: int = 5) -> str:
+        shown = "; ".join(f"line {n}: {why}" for n, why in self.problems[:limit])
+        more = len(self.problems) - limit
+        return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def _read_cache(path: Path) -> _CacheContents:
+    """Every line of a cache file, checked. A line that is not JSON (a write cut short), not a record, or whose
+    checksum (``sha``, see :func:`_line_sha`) does not match is left out and named in ``problems``. Files written
+    before checksums (a header without ``checksums``) keep their unsigned records; a signed record is always
+    checked."""
+    out = _CacheContents()
     if not path.is_file():
-        return header, records
-    with path.open() as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
+        return out
+    with path.open(encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            out.problems.append((number, "cut short or not JSON"))
+            continue
+        if not isinstance(rec, dict) or rec.get("type") not in ("header", "plan"):
+            out.problems.append((number, "not a header or plan record"))
+            continue
+        if rec["type"] == "header":
+            if out.header is not None or out.bad_header is not None:
+                out.problems.append((number, "a second header"))
+            elif "sha" in rec and rec["sha"] != _line_sha(rec, rec.get("key")):
+                out.bad_header = f"line {number} fails its checksum (edited)"
+            elif rec.get("checksums") and "sha" not in rec:
+                out.bad_header = f"line {number} has lost its checksum (edited)"
+            else:
+                out.header = rec
+                out.good_lines.append(line)
+            continue
+        if out.header is None:
+            out.problems.append((number, "a plan record before the header"))
+            continue
+        if (
+            "plan_id" not in rec
+            or not isinstance(rec.get("w_bits"), list)
+            or not isinstance(rec.get("a_bits"), list)
+        ):
+            out.problems.append((number, "a plan record without plan_id / w_bits / a_bits"))
+            continue
+        if "sha" in rec:
+            if rec["sha"] != _line_sha(rec, out.header.get("key")):
+                out.problems.append(
+                    (number, f"plan {rec['plan_id']} fails its checksum (edited, or from another file)")
+                )
                 continue
-            if not isinstance(rec, dict):
-                continue
-            if rec.get("type") == "header" and header is None:
-                header = rec
-            elif rec.get("type") == "plan" and "plan_id" in rec:
-                records[rec["plan_id"]] = rec
-    return header, records
+        elif out.header.get("checksums"):
+            out.problems.append((number, f"plan {rec['plan_id']} has no checksum (edited)"))
+            continue
+        out.records[rec["plan_id"]] = rec
+        out.good_lines.append(line)
+    return out
+
+
+def _rewrite_cache(path: Path, lines: Sequence[str]) -> None:
+    """Replace ``path`` with ``lines`` atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class _CacheWriter:
@@ -660,7 +760,7 @@ class _CacheWriter:
     def __init__(self, path: Path, header: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not path.is_file() or path.stat().st_size == 0
-        self._f = path.open("a")
+        self._f = path.open("a", encoding="utf-8")
         if not fresh:
             with path.open("rb") as r:
                 r.seek(-1, 2)
@@ -672,6 +772,7 @@ class _CacheWriter:
     def write(self, record: Mapping[str, Any]) -> None:
         self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._f.flush()
+        os.fsync(self._f.fileno())
 
     def close(self) -> None:
         self._f.close()
@@ -686,6 +787,16 @@ def _dataset_frame(names: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataF
     for m in FRAME_METRICS:
         cols[m] = [r.get(m, math.nan) for r in rows]
     return pd.DataFrame(cols)
+
+
+def _task_metric_info(task: Task) -> dict[str, Any]:
+    """``metric_name`` (see :attr:`workbench.tasks.Task.metric_name`) and ``output_key`` of ``task``."""
+    name = getattr(task, "metric_name", None)
+    if not isinstance(name, str):
+        from workbench.tasks import metric_name
+
+        name = metric_name(task.metric)
+    return {"metric_name": name, "output_key": getattr(task, "output_key", None)}
 
 
 def build_plan_dataset(
@@ -705,7 +816,11 @@ def build_plan_dataset(
     Each measured plan is appended as one JSON line to ``path`` (default ``data_dir()/predictor/<key>.jsonl``,
     key from :func:`dataset_key`) and flushed at once, so an interrupted build loses nothing it measured. With
     ``resume`` plans already in that file (matched by :func:`plan_id`) are read back instead of measured; with
-    ``resume=False`` every plan is measured again and appended (the file is never truncated). ``num_threads``
+    ``resume=False`` every plan is measured again and appended (the file is never truncated). Every line carries a
+    checksum over its fields and the cache key (see :func:`_line_sha`): lines cut short by a kill or edited by
+    hand are named in a warning, dropped from the file and their plans measured again; a file whose header is
+    missing, edited or of another key (model, data, split, granularity, quantization code) is refused with a
+    ValueError naming it, never read. ``num_threads``
     sets torch's intra-op threads during the build and restores them afterwards (1 is often fastest for small
     models on a busy machine). ``track`` logs the config, counts and the frame to MLflow.
 
@@ -730,7 +845,22 @@ def build_plan_dataset(
         reference = _reference(task, config.split)
         key = dataset_key(task, config, fingerprint=reference.fingerprint)
         file = Path(path) if path is not None else data_dir() / "predictor" / f"{key}.jsonl"
-        header, cached = _read_cache(file)
+        contents = _read_cache(file)
+        header, cached = contents.header, contents.records
+        if header is None and (contents.bad_header or contents.problems):
+            if contents.bad_header or contents.problems != [(1, "cut short or not JSON")]:
+                why = contents.bad_header or contents.describe_problems()
+                raise ValueError(
+                    f"cache file {file} has no valid header line ({why}), so its measurements cannot be tied to "
+                    "a model and config; delete the file or pass another path"
+                )
+            # a lone first line cut short: the header of a build interrupted before it measured anything
+            warnings.warn(
+                f"cache file {file}: its only line, the header, was cut short; starting the file again",
+                stacklevel=2,
+            )
+            file.unlink()
+            contents = _CacheContents()
         if header is not None and list(header.get("layer_names", [])) != names:
             raise ValueError(
                 f"cache file {file} belongs to a model with layers {header.get('layer_names')}, not {names}; "
@@ -738,15 +868,27 @@ def build_plan_dataset(
             )
         if header is not None and header.get("key") != key:
             raise ValueError(
-                f"cache file {file} holds measurements of another model, data or quantization code (key "
+                f"cache file {file} holds measurements of another model, data or quantization code, or of "
+                f"another split or granularity (key "
                 f"{header.get('key')!r}, expected {key!r}); pass another path or delete the file"
             )
+        if contents.problems:  # lines cut short or edited: named, dropped, their plans measured again
+            warnings.warn(
+                f"cache file {file}: dropped {len(contents.problems)} bad line(s) "
+                f"({contents.describe_problems()}); their plans are measured again",
+                stacklevel=2,
+            )
+            _rewrite_cache(file, contents.good_lines)
         if not resume:
             cached = {}
-        header_now = {
-            "type": "header", "key": key, "task": task.name, "layer_names": names, "split": config.split,
-            "granularity": config.granularity, "fp32_accuracy": reference.accuracy,
-        }  # fmt: skip
+        header_now = _signed(
+            {
+                "type": "header", "key": key, "task": task.name, "layer_names": names, "split": config.split,
+                "granularity": config.granularity, "fp32_accuracy": reference.accuracy,
+                **_task_metric_info(task), "checksums": 1,
+            },
+            key,
+        )  # fmt: skip
         writer = _CacheWriter(file, header_now)
         counts = {"measured": 0, "cached": 0, "seconds": 0.0}
         records: dict[str, dict[str, Any]] = {}
@@ -764,10 +906,13 @@ def build_plan_dataset(
                 result = measure_plan(task, plan, reference, costs=costs)
                 counts["seconds"] += time.perf_counter() - t0
                 counts["measured"] += 1
-                records[pid] = {
-                    "type": "plan", "plan_id": pid, "w_bits": [plan[n].w_bits for n in names],
-                    "a_bits": [plan[n].a_bits for n in names], "granularity": config.granularity, **result,
-                }  # fmt: skip
+                records[pid] = _signed(
+                    {
+                        "type": "plan", "plan_id": pid, "w_bits": [plan[n].w_bits for n in names],
+                        "a_bits": [plan[n].a_bits for n in names], "granularity": config.granularity, **result,
+                    },
+                    key,
+                )  # fmt: skip
                 writer.write(records[pid])
             bar.update(1)
             return records[pid]
@@ -792,6 +937,7 @@ def build_plan_dataset(
         "task": task.name,
         "config": asdict(config),
         "fp32_accuracy": reference.accuracy,
+        **_task_metric_info(task),
         "n_plans": len(frame),
         "n_measured": counts["measured"],
         "n_cached": counts["cached"],
@@ -1415,7 +1561,9 @@ def _check_transform(transform: str) -> None:
 
 @dataclass(eq=False)
 class AccuracyPredictor:
-    """A featurizer and a fitted model: predicts ``target`` (default the accuracy drop in pp) of plans."""
+    """A featurizer and a fitted model: predicts ``target`` of plans (default ``acc_drop``, the metric loss:
+    FP32 metric minus metric x 100; accuracy drop in pp for labelled accuracy). ``info`` holds the training
+    count, fit time and seed, and (from the dataset) ``metric_name`` and ``output_key`` of the measured task."""
 
     featurizer: PlanFeaturizer
     model: Any
@@ -1456,6 +1604,9 @@ class AccuracyPredictor:
         t0 = time.perf_counter()
         est.fit(X[:, columns], _forward(y[keep], transform))
         info = {"n_train": int(keep.sum()), "fit_seconds": time.perf_counter() - t0, "seed": seed}
+        for key in ("metric_name", "output_key"):
+            if key in dataset.info:
+                info[key] = dataset.info[key]
         return cls(featurizer, est, model, target, transform, columns, info)
 
     def features(self, plans: Any) -> np.ndarray:
@@ -1495,24 +1646,56 @@ class AccuracyPredictor:
         return n / statistics.median(times)
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
-        """Write the predictor with joblib; refuses to replace an existing file unless ``overwrite``."""
-        import joblib
+        """Write the predictor (a pickle, signed with this installation's key: see :meth:`load`); refuses to
+        replace an existing file unless ``overwrite``."""
+        import hashlib
+        import hmac
+        import pickle
+
+        from workbench.paths import signing_key
 
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump({"format": _FORMAT, "version": _FORMAT_VERSION, "predictor": self}, path)
+        payload = pickle.dumps({"format": _FORMAT, "version": _FORMAT_VERSION, "predictor": self})
+        digest = hmac.new(signing_key(), payload, hashlib.sha256).digest()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(_SIGNED_MAGIC + digest + payload)
+        tmp.replace(path)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> AccuracyPredictor:
-        import joblib
+        """Read a predictor written by :meth:`save` on this installation. A fitted predictor (scikit-learn
+        trees, a torch MLP) is stored as a pickle, which could run code; so the file carries an HMAC-SHA256 of
+        its content under this installation's secret key (:func:`workbench.paths.signing_key`) and is
+        unpickled only when it matches. A file written elsewhere, edited, truncated, or in the old unsigned
+        joblib format is refused before any of it is unpickled: rebuild it here (``python -m workbench
+        predictor --save``)."""
+        import hashlib
+        import hmac
+        import pickle
+
+        from workbench.paths import data_dir, signing_key
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"predictor file {path} does not exist")
-        data = joblib.load(path)
+        blob = path.read_bytes()
+        head = len(_SIGNED_MAGIC)
+        if not blob.startswith(_SIGNED_MAGIC) or len(blob) < head + 32:
+            raise ValueError(
+                f"{path} is not a signed workbench predictor file (unsigned or old joblib files are pickles and "
+                "are never loaded); rebuild it with `python -m workbench predictor --save ...`"
+            )
+        digest, payload = blob[head : head + 32], blob[head + 32 :]
+        if not hmac.compare_digest(digest, hmac.new(signing_key(), payload, hashlib.sha256).digest()):
+            raise ValueError(
+                f"predictor file {path} fails its signature check: it was edited, truncated, or written by "
+                f"another installation (key {data_dir() / '.signing-key'}); it is not unpickled. Rebuild it here"
+            )
+        data = pickle.loads(payload)  # signed by this installation's key just above  # noqa: S301
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a workbench predictor file")
         return data["predictor"]

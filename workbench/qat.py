@@ -21,9 +21,11 @@ calibrated on the task's calibration data) and fine-tunes it through the fake-qu
   :meth:`QuantPlan.validate` accepts and every other stage can use.
 
 Checkpoints (``checkpoint=PATH``) are written atomically every epoch (and when ``max_steps`` stops a run): model,
-optimizer, phase, history, best state, RNG and a hash of the config, plan and model. ``resume=True`` continues
-from one and gives the same result as an uninterrupted run; a checkpoint of another config or model is refused
-with the mismatch named, and never overwritten unless ``overwrite=True``. The caller's model is never modified.
+optimizer, phase, history, best state, RNG, a hash of the config, plan and model, and a SHA-256 of the whole
+content. ``resume=True`` continues from one and gives the same result as an uninterrupted run; a checkpoint of
+another config or model, or one truncated, edited or corrupted (its content hash no longer matches), is refused
+with the file and the mismatch named, and never overwritten unless ``overwrite=True``. The caller's model is
+never modified.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -87,7 +90,7 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 SCHEDULES: tuple[str, ...] = ("cosine", "constant")
 MAX_EPOCHS = 1000
 CHECKPOINT_FORMAT = "workbench-qat-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2 adds ``content_sha256``; version 1 checkpoints (no content hash) still resume
 _SCALE_EPS = 1e-8
 # Fields that do not change what a run computes: a checkpoint written with other values still resumes.
 _RUN_FIELDS = ("checkpoint", "resume", "overwrite", "max_steps")
@@ -577,8 +580,10 @@ class _Trainer:
         counts: Mapping[str, int],
         example: Tensor,
         relaxed: bool,
+        output_key: str | int | None = None,
     ) -> None:
         self.model = model
+        self.output_key = output_key  # the output tensor the losses use (None: the primary output)
         self.config = config
         self.plan = plan
         self.teacher = teacher
@@ -646,13 +651,13 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.bit_optimizer is not None:
             self.bit_optimizer.zero_grad(set_to_none=True)
-        out = primary_output(call_model(self.forward_model, x))
+        out = primary_output(call_model(self.forward_model, x), key=self.output_key)
         ce = self._share(F.cross_entropy(out, y) if n_local else out.sum(), out, n_local, n_global)
         loss = ce
         parts = {"ce_loss": ce}
         if cfg.distill_weight > 0 and self.teacher is not None:
             with torch.no_grad():
-                t_out = primary_output(call_model(self.teacher, x))
+                t_out = primary_output(call_model(self.teacher, x), key=self.output_key)
             kd = distillation_loss(out, t_out, cfg.temperature) if n_local else out.sum()
             kd = self._share(kd, out, n_local, n_global)
             loss = (1.0 - cfg.distill_weight) * ce + cfg.distill_weight * kd
@@ -734,9 +739,14 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _run_key(config: QATConfig, plan: QuantPlan, steps_per_epoch: int) -> dict[str, Any]:
+def _run_key(
+    config: QATConfig, plan: QuantPlan, steps_per_epoch: int, output_key: str | int | None = None
+) -> dict[str, Any]:
     cfg = {k: v for k, v in config.to_dict().items() if k not in _RUN_FIELDS}
-    return {"config": cfg, "plan": plan.to_dict(), "steps_per_epoch": steps_per_epoch}
+    key = {"config": cfg, "plan": plan.to_dict(), "steps_per_epoch": steps_per_epoch}
+    if output_key is not None:  # the losses use another output (None keeps earlier checkpoints' keys)
+        key["output_key"] = output_key
+    return key
 
 
 def _hash(obj: Any) -> str:
@@ -755,17 +765,58 @@ def _atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def _content_hash(obj: Any) -> str:
+    """SHA-256 over a checkpoint's content: tensors by dtype, shape and raw bytes, everything else by type and
+    value (mapping keys sorted). ``torch.load`` reads a checkpoint whose tensor bytes were flipped or edited
+    without complaint; this hash does not match it any more."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T:{t.dtype}:{tuple(o.shape)}:".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, Mapping):
+            h.update(f"D{len(o)}:".encode())
+            for k in sorted(o, key=repr):
+                walk(k)
+                walk(o[k])
+        elif isinstance(o, (list, tuple)):
+            h.update(f"{type(o).__name__}{len(o)}:".encode())
+            for v in o:
+                walk(v)
+        else:
+            h.update(f"{type(o).__name__}:{o!r};".encode())
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise QATError(f"checkpoint {path} is not a readable QAT checkpoint ({type(e).__name__}: {e})") from e
+        raise QATError(
+            f"checkpoint {path} is not a readable QAT checkpoint (truncated or corrupted? {type(e).__name__}: {e})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise QATError(f"checkpoint {path} is not a QAT checkpoint (written by workbench.qat.train_qat)")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise QATError(
-            f"checkpoint {path} has version {ckpt.get('version')!r}; this code reads {CHECKPOINT_VERSION}"
+    version = ckpt.get("version")
+    if version == 1:  # written before checkpoints carried a content hash: key and model are still checked
+        warnings.warn(
+            f"checkpoint {path} predates content hashes (version 1): its contents cannot be verified",
+            stacklevel=3,
         )
+    elif version != CHECKPOINT_VERSION:
+        raise QATError(f"checkpoint {path} has version {version!r}; this code reads {CHECKPOINT_VERSION}")
+    else:
+        stored = ckpt.pop("content_sha256", None)
+        if stored is None or stored != _content_hash(ckpt):
+            what = "has no content hash" if stored is None else "does not match its content hash"
+            raise QATError(
+                f"checkpoint {path} {what}: it was edited or corrupted after it was written; pass a new "
+                "checkpoint path or overwrite=True to start over"
+            )
     return ckpt
 
 
@@ -819,7 +870,10 @@ def _open_checkpoint(config: QATConfig, key: dict[str, Any], fingerprint: str) -
 
 @dataclass(frozen=True)
 class QATResult:
-    """Outcome of :func:`train_qat`. Accuracies are on the test split (``val_*`` on validation).
+    """Outcome of :func:`train_qat`. Accuracies are the task metric (``metric_name``: "accuracy" for labelled
+    top-1, a fidelity kind, an eval_fn's name) on the test split (``val_*`` on validation); ``drop_*_pp`` are the
+    metric loss x 100 (FP32 metric minus metric; accuracy drop in pp for labelled accuracy). ``output_key``: the
+    output tensor the losses and the default metric used (None: the primary output).
 
     ``history``: one row per epoch (``epoch``, ``phase``, ``steps``, ``loss``, ``ce_loss``, ``distill_loss``,
     ``quant_loss``, ``expected_bits``, ``val_accuracy``, ``lr``, ``seconds``); an epoch cut short by
@@ -854,6 +908,8 @@ class QATResult:
     history: pd.DataFrame = field(repr=False)
     run_id: str | None = None
     world_size: int = 1
+    metric_name: str = "accuracy"
+    output_key: str | int | None = None
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -956,6 +1012,19 @@ def _check_task(task: Any) -> None:
         )
 
 
+def _metric_name(task: Any) -> str:
+    """The task's :attr:`~workbench.tasks.Task.metric_name` ("accuracy" for a task-like object without one)."""
+    name = getattr(task, "metric_name", None)
+    if isinstance(name, str):
+        return name
+    metric = getattr(task, "metric", None)
+    if metric is None:
+        return "accuracy"
+    from workbench.tasks import metric_name
+
+    return metric_name(metric)
+
+
 def _resolve_plan(plan: Any, model: nn.Module) -> QuantPlan:
     from workbench.pipeline import resolve_plan
 
@@ -1003,41 +1072,40 @@ def _save_checkpoint(
     trainer: _Trainer,
     prog: _Progress,
 ) -> None:
-    _atomic_save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "key": json.loads(json.dumps(key, default=str)),
-            "key_hash": _hash(key),
-            "model_fingerprint": fingerprint,
-            "model_class": type(model).__name__,
-            "model_state": model.state_dict(),
-            "optimizer_state": trainer.optimizer.state_dict(),
-            "bit_optimizer_state": (
-                trainer.bit_optimizer.state_dict() if trainer.bit_optimizer is not None else None
-            ),
-            "progress": {
-                "epoch": prog.epoch,
-                "step_in_epoch": prog.step_in_epoch,
-                "global_step": prog.global_step,
-                "phase": prog.phase,
-                "learned_bits": prog.learned_bits,
-                "sums": dict(prog.sums),
-                "seen": prog.seen,
-                "epoch_seconds": prog.epoch_seconds,
-                "best_val": prog.best_val,
-                "best_epoch": prog.best_epoch,
-                "since_best": prog.since_best,
-                "history": list(prog.history),
-                "done": prog.done,
-                "stopped_early": prog.stopped_early,
-            },
-            "best_state": prog.best_state,
-            "rng": torch.get_rng_state(),
-            "torch_version": str(torch.__version__),
+    content = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "key": json.loads(json.dumps(key, default=str)),
+        "key_hash": _hash(key),
+        "model_fingerprint": fingerprint,
+        "model_class": type(model).__name__,
+        "model_state": model.state_dict(),
+        "optimizer_state": trainer.optimizer.state_dict(),
+        "bit_optimizer_state": (
+            trainer.bit_optimizer.state_dict() if trainer.bit_optimizer is not None else None
+        ),
+        "progress": {
+            "epoch": prog.epoch,
+            "step_in_epoch": prog.step_in_epoch,
+            "global_step": prog.global_step,
+            "phase": prog.phase,
+            "learned_bits": prog.learned_bits,
+            "sums": dict(prog.sums),
+            "seen": prog.seen,
+            "epoch_seconds": prog.epoch_seconds,
+            "best_val": prog.best_val,
+            "best_epoch": prog.best_epoch,
+            "since_best": prog.since_best,
+            "history": list(prog.history),
+            "done": prog.done,
+            "stopped_early": prog.stopped_early,
         },
-        path,
-    )
+        "best_state": prog.best_state,
+        "rng": torch.get_rng_state(),
+        "torch_version": str(torch.__version__),
+    }
+    content["content_sha256"] = _content_hash(content)
+    _atomic_save(content, path)
 
 
 def _history_row(prog: _Progress, *, val: float, lr: float, partial: bool, steps: int) -> dict[str, Any]:
@@ -1066,7 +1134,9 @@ def train_qat(
     written (refused if it exists, unless ``config.overwrite``); a temporary file otherwise, removed once its
     size is read (and logged). ``track``: one MLflow run of stage ``"qat"`` with per-epoch metrics (step =
     epoch), the input and final plans, the history table and the packed model as artifacts. ``device``:
-    where to train (``cpu``, ``cuda``, ``cuda:N``; None: where the task's model is).
+    where to train (``cpu``, ``cuda``, ``cuda:N``; None: where the task's model is). The cross-entropy and
+    distillation losses take the output ``task.output_key`` chooses (a key, attribute or tuple index; None: the
+    primary output, see :func:`~workbench.quant.inputs.primary_output`).
 
     Data parallel: inside a torch.distributed process group (``torchrun``, see :mod:`workbench.distributed`)
     every process trains a DistributedDataParallel replica on its slice of each global batch, so the run
@@ -1086,7 +1156,8 @@ def train_qat(
         if packed_path.exists() and not config.overwrite:
             raise FileExistsError(f"packed model {packed_path} exists; pass overwrite=True to replace it")
     steps_per_epoch = _steps_per_epoch(task.train_loader, config)
-    key = _run_key(config, plan, steps_per_epoch)
+    output_key = getattr(task, "output_key", None)
+    key = _run_key(config, plan, steps_per_epoch, output_key)
     fingerprint = model_fingerprint(task.model)
     ckpt = _open_checkpoint(config, key, fingerprint)
     total_steps = config.epochs * steps_per_epoch
@@ -1129,7 +1200,7 @@ def train_qat(
             resumed_at = prog.global_step
         trainer = _Trainer(
             qmodel, config, plan=plan, teacher=teacher, counts=counts, example=example,
-            relaxed=prog.phase == "relaxed",
+            relaxed=prog.phase == "relaxed", output_key=output_key,
         )  # fmt: skip
         if ckpt is not None:
             trainer.optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -1179,7 +1250,7 @@ def train_qat(
                         prog.phase = "discrete"
                         trainer = _Trainer(
                             qmodel, config, plan=qmodel.quant_plan, teacher=teacher, counts=counts,
-                            example=example, relaxed=False,
+                            example=example, relaxed=False, output_key=output_key,
                         )  # fmt: skip
                     trainer.train_mode()
                     batches = iter(_train_batches(task.train_loader, epoch=prog.epoch, config=config))
@@ -1279,6 +1350,8 @@ def train_qat(
                 history=history,
                 run_id=getattr(run, "run_id", None),
                 world_size=dist_info.world_size,
+                metric_name=_metric_name(task),
+                output_key=output_key,
                 model=qmodel,
             )
             run.log_metrics(
@@ -1380,9 +1453,10 @@ def compare_step_times(
             _relax(qmodel, config.bit_candidates, config.bit_init)
         teacher = copy.deepcopy(task.model).eval() if config.distill_weight > 0 else None
         example = task.example_input(1)
+        output_key = getattr(task, "output_key", None)
         trainer = _Trainer(
             qmodel, config, plan=plan, teacher=teacher, counts=_layer_weight_counts(task.model),
-            example=example, relaxed=relaxed,
+            example=example, relaxed=relaxed, output_key=output_key,
         )  # fmt: skip
         fp32 = copy.deepcopy(task.model).train()
         opt = torch.optim.AdamW(fp32.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -1390,7 +1464,7 @@ def compare_step_times(
 
         def fp32_step(x: Tensor, y: Tensor) -> None:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(primary_output(call_model(fp32, x)), y).backward()
+            F.cross_entropy(primary_output(call_model(fp32, x), key=output_key), y).backward()
             opt.step()
 
         batches = _cycle(_train_batches(task.train_loader, epoch=0, config=config))

@@ -5,7 +5,8 @@ precision, how much quantizing *only that layer* hurts, with a set of registered
 
 * ``output_mse`` / ``output_kl``: MSE and KL(FP32 softmax || quantized softmax) of the final logits against
   the FP32 logits on the calibration batches (a *probe*: one forward pass per layer and precision);
-* ``acc_drop``: accuracy drop in percentage points on the validation split (also a probe);
+* ``acc_drop``: top-1 accuracy drop in percentage points on the validation split (also a probe): the metric
+  loss (FP32 metric minus metric) of labelled accuracy, whatever the task's own metric;
 * ``hessian``: the Hessian trace of each layer's weight by Hutchinson's estimator and the HAWQ-V2
   sensitivity ``omega = (trace / numel) * ||W - Q(W)||^2`` per weight bit width and granularity;
 * ``fisher``: the mean over calibration samples of ``||dL/dy||^2`` of each layer's output ``y``.
@@ -24,8 +25,10 @@ subclass of :class:`OutputMetric` with a ``score`` method, any other one a :clas
 
 Batches pass to the model as they come: ``(inputs, targets)`` tuples or inputs alone, the inputs a tensor, a
 tuple or a dict of tensors (see :mod:`workbench.quant.inputs`); "logits" are the model output's
-:func:`~workbench.quant.inputs.primary_output`. ``acc_drop``, ``hessian`` and ``fisher`` need targets
-(``needs_labels``); on data without labels use ``output_mse`` / ``output_kl``.
+:func:`~workbench.quant.inputs.primary_output`, or the output the task's ``output_key`` chooses (a dict key,
+an attribute or a tuple index; probes, losses and references all use it). ``acc_drop``, ``hessian`` and
+``fisher`` need targets (``needs_labels``); on data without labels use ``output_mse`` / ``output_kl``.
+``SensitivityResult.info`` records the task's ``metric_name`` and ``output_key``.
 
 Tidy schema of ``SensitivityResult.table`` (one row per measurement)::
 
@@ -52,7 +55,6 @@ import json
 import math
 import operator
 import os
-import pickle
 import tempfile
 import time
 import warnings
@@ -95,6 +97,7 @@ __all__ = [
     "OutputMetric",
     "Probe",
     "SensitivityConfig",
+    "SensitivityCacheWarning",
     "SensitivityContext",
     "SensitivityMetric",
     "SensitivityResult",
@@ -126,7 +129,7 @@ PROBE_GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel")
 SPLITS: tuple[str, ...] = ("calib", "val")
 FLOAT_BITS = 32
 CACHE_VERSION = 2  # bump whenever a built-in metric or the probe engine changes its numbers
-_RESULT_FORMAT = "workbench.sensitivity/1"
+_RESULT_FORMAT = "workbench.sensitivity/2"  # /1 was a pickle: never read
 
 
 # --------------------------------------------------------------------------------------------- result
@@ -239,48 +242,209 @@ class SensitivityResult:
 
     # -- persistence ------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the result to ``path`` (a pickle of the tables and info); refuses to replace an existing file
-        unless ``overwrite``."""
+        """Write the result to ``path``: one JSON file (the tables column by column with their dtypes, ``info``,
+        the cache key, and the sha256 of that payload, checked by :meth:`load`); never a pickle. Refuses to
+        replace an existing file unless ``overwrite``. Raises TypeError naming the entry when ``info`` holds a
+        value JSON cannot represent."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "format": _RESULT_FORMAT,
-            "table": self.table,
-            "layers": self.layers,
-            "channels": self.channels,
-            "cost_benefit": self.cost_benefit,
-            "info": self.info,
+            "key": self.info.get("cache_key"),
+            "tables": {name: _encode_frame(getattr(self, name), name) for name in _RESULT_TABLES},
+            "info": _to_json_value(self.info, "info"),
         }
+        body = _canonical_json(payload)
+        head = json.dumps({"format": _RESULT_FORMAT, "sha256": hashlib.sha256(body.encode()).hexdigest()})
+        text = head[:-1] + ', "payload": ' + body + "}\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as fh:
-                pickle.dump(payload, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
             os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # readers see the old file or the whole new one, never a half-written one
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> SensitivityResult:
-        """Read a result written by :meth:`save` (only load files you wrote: the format is pickle)."""
+    def load(cls, path: str | os.PathLike[str], *, key: str | None = None) -> SensitivityResult:
+        """Read a result written by :meth:`save`. Plain JSON is parsed; nothing in the file is executed.
+
+        Raises ValueError naming ``path`` and the reason when the file is not such a result (a pickle of the old
+        format is refused unread: unpickling can run code), is truncated or damaged, was edited (its sha256 does
+        not match), or, with ``key``, holds another cache key (another model, config or calibration data).
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"sensitivity result file {path} does not exist")
-        with path.open("rb") as fh:
-            payload = pickle.load(fh)  # noqa: S301 - files written by save()
-        if not isinstance(payload, dict) or payload.get("format") != _RESULT_FORMAT:
-            raise ValueError(f"{path} is not a sensitivity result written by SensitivityResult.save")
-        return cls(
-            table=payload["table"],
-            layers=payload["layers"],
-            channels=payload["channels"],
-            cost_benefit=payload["cost_benefit"],
-            info=dict(payload["info"]),
-        )
+        raw = path.read_bytes()
+        if raw[:1] == b"\x80" or (path.suffix == ".pkl" and not raw.lstrip().startswith(b"{")):
+            raise ValueError(
+                f"{path} is not a sensitivity result written by SensitivityResult.save: it looks like a pickle "
+                "(the format before workbench.sensitivity/2), and pickles are never loaded because unpickling "
+                "can run code; recompute the result (analyze_sensitivity) and save it again"
+            )
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ValueError(
+                f"{path} is not a sensitivity result written by SensitivityResult.save (truncated or damaged: "
+                f"not valid JSON, {e})"
+            ) from None
+        if not isinstance(doc, dict) or doc.get("format") != _RESULT_FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise ValueError(
+                f"{path} is not a sensitivity result written by SensitivityResult.save (format {found!r}, "
+                f"expected {_RESULT_FORMAT!r})"
+            )
+        payload = doc.get("payload")
+        try:
+            digest = hashlib.sha256(_canonical_json(payload).encode()).hexdigest()
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"{path} is a damaged sensitivity result ({type(e).__name__}: {e})") from None
+        if digest != doc.get("sha256"):
+            raise ValueError(
+                f"sensitivity result {path} failed its content check: the sha256 of its tables and info is "
+                f"{digest[:16]}..., the file records {str(doc.get('sha256'))[:16]}... (edited or damaged); it is "
+                "not used"
+            )
+        if not isinstance(payload, dict):
+            raise ValueError(f"{path} is a damaged sensitivity result (its payload is not a JSON object)")
+        if key is not None and payload.get("key") != key:
+            raise ValueError(
+                f"sensitivity result {path} holds the sensitivity of another model, config or calibration data "
+                f"(cache key {payload.get('key')!r}, expected {key!r}); it is not used"
+            )
+        try:
+            tables = {name: _decode_frame(payload["tables"][name]) for name in _RESULT_TABLES}
+            info = _from_json_value(payload["info"])
+            if not isinstance(info, dict):
+                raise TypeError(f"info is a {type(info).__name__}, not a dict")
+        except (KeyError, TypeError, ValueError, IndexError, RecursionError) as e:
+            raise ValueError(f"{path} is a damaged sensitivity result ({type(e).__name__}: {e})") from None
+        return cls(info=info, **tables)
+
+
+_RESULT_TABLES = ("table", "layers", "channels", "cost_benefit")
+_TAGS = ("__tuple__", "__items__", "__ndarray__")
+_JSON_SCALARS = (bool, int, float, str)
+
+
+class SensitivityCacheWarning(UserWarning):
+    """A sensitivity cache file was not used (damaged, edited, from another key, or an old pickle); it is
+    recomputed and replaced."""
+
+
+def _canonical_json(obj: Any) -> str:
+    """The one JSON text of ``obj`` that the content hash covers (sorted keys, no spaces; floats round-trip)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True, ensure_ascii=True)
+
+
+def _to_json_value(value: Any, where: str) -> Any:
+    """``value`` as JSON data, tuples / non-string-keyed dicts / arrays tagged so that they come back as they
+    were. Raises TypeError naming ``where`` for anything else (it could only be stored as a pickle)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if value is pd.NA or value is pd.NaT:  # a missing value of a nullable column: null, its dtype restores it
+        return None
+    if isinstance(value, np.generic):
+        return _to_json_value(value.item(), where)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{where} is an array of dtype {value.dtype}, which cannot be stored")
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        if all(v is None or type(v) in _JSON_SCALARS for v in value):  # a table column: nothing to convert
+            return value
+        return [_to_json_value(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not any(t in value for t in _TAGS):
+            return {k: _to_json_value(v, f"{where}[{k!r}]") for k, v in value.items()}
+        return {
+            "__items__": [
+                [_to_json_value(k, f"{where} key"), _to_json_value(v, f"{where}[{k!r}]")]
+                for k, v in value.items()
+            ]
+        }
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a sensitivity result cannot store (JSON only, never pickle)"
+    )
+
+
+def _from_json_value(value: Any) -> Any:
+    if isinstance(value, list):
+        if all(v is None or type(v) in _JSON_SCALARS for v in value):
+            return value
+        return [_from_json_value(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tuple__" in value:
+        return tuple(_from_json_value(v) for v in value["__tuple__"])
+    if "__items__" in value:
+        return {_hashable(_from_json_value(k)): _from_json_value(v) for k, v in value["__items__"]}
+    if "__ndarray__" in value:
+        return np.asarray(value["__ndarray__"], dtype=np.dtype(value["dtype"]))
+    return {k: _from_json_value(v) for k, v in value.items()}
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, list):
+        return tuple(_hashable(k) for k in key)
+    return key
+
+
+def _encode_index(index: pd.Index, where: str) -> dict[str, Any]:
+    if isinstance(index, pd.MultiIndex):
+        raise TypeError(f"{where} is a MultiIndex, which a sensitivity result cannot store")
+    name = _to_json_value(index.name, f"{where}.name")
+    if isinstance(index, pd.RangeIndex):
+        return {"range": [index.start, index.stop, index.step], "name": name}
+    return {"values": _to_json_value(index.tolist(), where), "dtype": str(index.dtype), "name": name}
+
+
+def _decode_index(obj: dict[str, Any]) -> pd.Index:
+    name = _from_json_value(obj["name"])
+    if "range" in obj:
+        start, stop, step = (int(v) for v in obj["range"])
+        return pd.RangeIndex(start, stop, step, name=name)
+    return pd.Index(_from_json_value(obj["values"]), dtype=obj["dtype"], name=name)
+
+
+def _encode_frame(df: pd.DataFrame, where: str) -> dict[str, Any]:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"SensitivityResult.{where} is a {type(df).__name__}, not a DataFrame")
+    return {
+        "index": _encode_index(df.index, f"{where}.index"),
+        "columns": _encode_index(df.columns, f"{where}.columns"),
+        "dtypes": [str(t) for t in df.dtypes],
+        "data": [
+            _to_json_value(df.iloc[:, i].tolist(), f"{where}[{df.columns[i]!r}]") for i in range(df.shape[1])
+        ],
+    }
+
+
+def _decode_frame(obj: dict[str, Any]) -> pd.DataFrame:
+    index = _decode_index(obj["index"])
+    columns = _decode_index(obj["columns"])
+    data, dtypes = obj["data"], obj["dtypes"]
+    if not (len(data) == len(dtypes) == len(columns)):
+        raise ValueError(f"{len(columns)} columns, {len(dtypes)} dtypes and {len(data)} data columns")
+    series = {}
+    for i, (values, dtype) in enumerate(zip(data, dtypes, strict=True)):
+        values = _from_json_value(values)
+        if len(values) != len(index):
+            raise ValueError(f"column {columns[i]!r} has {len(values)} values for {len(index)} rows")
+        series[i] = pd.Series(values, dtype=dtype, index=index)
+    df = pd.DataFrame(series, index=index)
+    df.columns = columns
+    return df
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -605,7 +769,8 @@ class OutputKL(OutputMetric):
 
 @register_metric
 class AccuracyDrop(OutputMetric):
-    """Top-1 accuracy drop (percentage points) on the validation split against the FP32 model."""
+    """Top-1 accuracy drop (percentage points) on the validation split against the FP32 model: the metric loss
+    (FP32 metric minus metric) of labelled top-1 accuracy on the chosen output."""
 
     name = "acc_drop"
     split = "val"
@@ -680,7 +845,9 @@ class FisherMetric(SensitivityMetric):
 
     def compute(self, ctx: SensitivityContext) -> MetricOutput:
         layer_names = [info.name for info in ctx.layers]
-        total, per_channel = fisher_scores(ctx.float_model, layer_names, ctx.batches("calib"))
+        total, per_channel = fisher_scores(
+            ctx.float_model, layer_names, ctx.batches("calib"), output_key=ctx.output_key
+        )
         out = MetricOutput()
         for name in layer_names:
             out.add(name, total[name], metric="fisher")
@@ -771,6 +938,7 @@ def hutchinson_trace(
     seed: int = 0,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     progress: bool = False,
+    output_key: str | int | None = None,
 ) -> HutchinsonResult:
     """Trace of the Hessian of the mean loss over ``batches`` w.r.t. each layer's weight (Hutchinson, HAWQ-V2).
 
@@ -778,8 +946,9 @@ def hutchinson_trace(
     by double backward; ``v_l . (Hv)_l`` is an unbiased sample of layer ``l``'s block trace (the cross-layer
     terms have zero mean; converged layers get ``v_l = 0`` so they stop adding to the others' variance). A layer
     stops once ``min_iter`` samples are in and the relative change of its running mean stayed below ``tol`` for
-    ``window`` consecutive iterations; all stop at ``max_iter``. The model runs in
-    eval mode; its parameters, gradients and training flag are left as they were.
+    ``window`` consecutive iterations; all stop at ``max_iter``. The loss is taken on the output ``output_key``
+    chooses (see :func:`~workbench.quant.inputs.primary_output`). The model runs in eval mode; its parameters,
+    gradients and training flags are left as they were.
     """
     if not layers:
         raise ValueError("hutchinson_trace needs at least one layer")
@@ -789,7 +958,7 @@ def hutchinson_trace(
     params = _weights(model, layers)
     device = _device(model)
     n_total = sum(int(y.shape[0]) for _, y in data)
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     flags = [p.requires_grad for p in params]
     model.eval()
     try:
@@ -797,7 +966,7 @@ def hutchinson_trace(
             p.requires_grad_(True)
         grads = []
         for x, y in data:
-            out = primary_output(call_model(model, move_inputs(x, device)))
+            out = primary_output(call_model(model, move_inputs(x, device)), key=output_key)
             loss = loss_fn(out, y.to(device)) * (y.shape[0] / n_total)
             grads.append(torch.autograd.grad(loss, params, create_graph=True))
         return _hutchinson_loop(
@@ -807,7 +976,8 @@ def hutchinson_trace(
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def _hessian_vector(
@@ -895,13 +1065,15 @@ def fisher_scores(
     batches: Sequence[Any],
     *,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    output_key: str | int | None = None,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Mean over samples of ``||dL_i/dy_i||^2`` for each layer output ``y`` (per-sample cross-entropy ``L_i``),
     and the same per output channel (dim 1 of ``y``; the channels sum to the layer's value).
 
     ``loss_fn(logits, targets)`` must return the *sum* of per-sample losses (default cross-entropy with
-    ``reduction="sum"``) so that each sample's output gradient is its own loss's gradient. The model runs in
-    eval mode; nothing of it is changed.
+    ``reduction="sum"``) so that each sample's output gradient is its own loss's gradient; it gets the output
+    ``output_key`` chooses (see :func:`~workbench.quant.inputs.primary_output`). The model runs in eval mode;
+    nothing of it is changed.
     """
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits, y, reduction="sum"))
     data = _labelled(batches, "the Fisher score")
@@ -919,7 +1091,7 @@ def fisher_scores(
 
         return record
 
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()
     handles = [mod.register_forward_hook(hook(name)) for name, mod in modules]
     try:
@@ -927,7 +1099,7 @@ def fisher_scores(
             outputs.clear()
             with torch.enable_grad():
                 x = _grad_inputs(x, device)
-                loss = loss_fn(primary_output(call_model(model, x)), y.to(device))
+                loss = loss_fn(primary_output(call_model(model, x), key=output_key), y.to(device))
                 grads = torch.autograd.grad(loss, [o for _, o in outputs], allow_unused=True)
             for (name, out), g in zip(outputs, grads):
                 sq = (torch.zeros_like(out) if g is None else g).detach().double().pow(2).cpu()
@@ -940,7 +1112,8 @@ def fisher_scores(
         for h in handles:
             h.remove()
         outputs.clear()
-        model.train(was_training)
+        for m, mode in modes.items():
+            m.training = mode
     unused = [name for name in layers if channels[name] is None]
     if unused:
         raise ValueError(f"layers {unused} were not called in the forward pass")
@@ -1112,7 +1285,9 @@ class SensitivityContext:
     estimators (the Hutchinson estimate is computed once and shared). Built by :func:`analyze_sensitivity`.
 
     ``float_model``: unfolded float copy (Hessian, Fisher, weights); ``probe_model``: copy with BatchNorm folded
-    (probes). Both are in eval mode; the task's model is never touched.
+    (probes). Both are in eval mode; the task's model is never touched. ``output_key``: the task's choice of
+    output tensor (None: :func:`~workbench.quant.inputs.primary_output`'s default); every logits, reference and
+    loss of the analysis uses it.
     """
 
     def __init__(
@@ -1120,6 +1295,7 @@ class SensitivityContext:
     ) -> None:
         self.task = task
         self.config = config
+        self.output_key: str | int | None = getattr(task, "output_key", None)
         self.float_model = copy.deepcopy(task.model).eval()
         self.device = _device(self.float_model)
         self._batches: dict[str, list[tuple[Any, Tensor | None]]] = {"calib": calib}
@@ -1196,10 +1372,14 @@ class SensitivityContext:
         of ``split`` (CPU float32)."""
         return torch.cat(
             [
-                primary_output(call_model(model, move_inputs(x, self.device))).float().cpu()
+                self.output(call_model(model, move_inputs(x, self.device))).float().cpu()
                 for x, _ in self.batches(split)
             ]
         )
+
+    def output(self, out: Any) -> Tensor:
+        """The tensor of a model output that the analysis scores (``output_key``'s, else the primary one)."""
+        return primary_output(out, key=self.output_key)
 
     def reference(self, split: str) -> Tensor:
         """FP32 logits of the (folded) probe model on ``split``."""
@@ -1220,7 +1400,7 @@ class SensitivityContext:
         caches: list[dict[torch.fx.Node, Any]] | None = []
         for x, _ in batches:
             out, cache = runner.record(move_inputs(x, self.device))
-            out = primary_output(out)
+            out = self.output(out)
             outs.append(out)
             if caches is not None:
                 caches.append(cache)
@@ -1240,7 +1420,7 @@ class SensitivityContext:
             return self.logits(self.probe_model, split)
         refs = self._batch_refs[split]
         return torch.cat(
-            [primary_output(self._runner.run(layer, c, r)).float().cpu() for c, r in zip(caches, refs)]
+            [self.output(self._runner.run(layer, c, r)).float().cpu() for c, r in zip(caches, refs)]
         )
 
     # -- probes -----------------------------------------------------------------------------------------
@@ -1346,6 +1526,7 @@ class SensitivityContext:
                 window=cfg.hutchinson_window,
                 seed=cfg.seed,
                 progress=cfg.progress,
+                output_key=self.output_key,
             )
         return self._hutchinson
 
@@ -1504,6 +1685,9 @@ def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tens
     # the quantization core and this module measure the values: a change to either gets a fresh key
     h.update(code_fingerprint("code", workbench.quant, sys.modules[__name__]).encode())
     h.update(f"{getattr(task, 'name', '')}\n{type(task.model).__qualname__}\n".encode())
+    output_key = getattr(task, "output_key", None)
+    if output_key is not None:  # another output gives other values (None keeps the keys cached so far)
+        h.update(f"output_key={output_key!r}\n".encode())
     for key, value in task.model.state_dict().items():
         h.update(key.encode())
         h.update(str((tuple(value.shape), str(value.dtype))).encode())
@@ -1539,7 +1723,32 @@ def _cache_path(key: str, cache_dir: str | os.PathLike[str] | None) -> Path:
     from workbench.paths import data_dir
 
     root = Path(cache_dir) if cache_dir is not None else data_dir() / "cache" / "sensitivity"
-    return root / f"{key}.pkl"
+    return root / f"{key}.json"
+
+
+def _load_cache(path: Path, key: str) -> SensitivityResult | None:
+    """The cached result at ``path`` if it is whole, unedited and holds ``key``; else None, with a
+    :class:`SensitivityCacheWarning` naming the file and the reason (the caller recomputes and replaces it).
+    An old pickle cache file of the same key (``<key>.pkl``) is never unpickled: it is named and ignored."""
+    legacy = path.with_suffix(".pkl")
+    if not path.is_file():
+        if legacy.is_file():
+            warnings.warn(
+                f"ignoring the old pickle sensitivity cache file {legacy} (pickles are never loaded: unpickling can "
+                f"run code); recomputing into {path.name}. Delete {legacy.name} once it is no longer needed.",
+                SensitivityCacheWarning,
+                stacklevel=3,
+            )
+        return None
+    try:
+        return SensitivityResult.load(path, key=key)
+    except (ValueError, OSError) as e:
+        warnings.warn(
+            f"sensitivity cache file {path} is not used, recomputing and replacing it: {e}",
+            SensitivityCacheWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def _assemble(ctx: SensitivityContext, out: MetricOutput) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -1621,6 +1830,7 @@ def _compute(
         "n_probes": len(ctx.probes()) if output_metrics else 0,
         "folded_bn": [list(p) for p in ctx.folded_bn],
         "timings_s": timings,
+        **_task_metric_info(task),
     }
     if "val" in ctx._batches:
         info["val_samples"] = _n_samples(ctx.batches("val"))
@@ -1632,6 +1842,18 @@ def _compute(
     if ctx._hutchinson is not None:
         info["hutchinson_converged"] = dict(ctx._hutchinson.converged)
     return replace(result, cost_benefit=cost, info=info)
+
+
+def _task_metric_info(task: Any) -> dict[str, Any]:
+    """What the task scores: ``metric_name`` (its :attr:`~workbench.tasks.Task.metric_name`: "accuracy",
+    "cosine", an eval_fn's name, ...) and ``output_key`` (the chosen output tensor; None: the primary one)."""
+    name = getattr(task, "metric_name", None)
+    if not isinstance(name, str):
+        from workbench.tasks import metric_name
+
+        metric = getattr(task, "metric", None)
+        name = metric_name(metric) if metric is not None else "accuracy"
+    return {"metric_name": name, "output_key": getattr(task, "output_key", None)}
 
 
 def _track(result: SensitivityResult, task: Any, config: SensitivityConfig) -> str | None:
@@ -1677,10 +1899,13 @@ def analyze_sensitivity(
     """Sensitivity tables of ``task.model`` (a :class:`workbench.tasks.Task`) under ``config``.
 
     Deterministic for a given seed. With ``cache`` the result is stored under
-    ``data/cache/sensitivity/<key>.pkl`` (or ``cache_dir``), the key hashing the model's state_dict, the config,
-    the metric classes and the calibration data; a second call loads it (``info["source"] == "cache"``).
+    ``data/cache/sensitivity/<key>.json`` (or ``cache_dir``), the key hashing the model's state_dict, the config,
+    the metric classes and the calibration data; a second call loads it (``info["source"] == "cache"``). The
+    file is plain JSON with its key and the sha256 of its content: a truncated, edited or foreign file (or an old
+    ``<key>.pkl`` pickle, never unpickled) is named in a :class:`SensitivityCacheWarning`, recomputed and replaced.
     ``track`` logs the tables (and timings, rank agreement) to an MLflow run of stage "sensitivity".
-    The task's model is never modified.
+    The task's model is never modified. Every output-based measurement uses ``task.output_key``'s output (None:
+    the primary output); ``info["metric_name"]`` and ``info["output_key"]`` record the task's metric and output.
 
     ``device``: where the analysis runs (``cpu``, ``cuda``, ``cuda:N``; None: where ``task.model`` is); the
     model is copied there, batches follow it. The Hutchinson probe vectors are drawn on the CPU from the seed
@@ -1702,7 +1927,10 @@ def analyze_sensitivity(
     if any(y is None for _, y in calib):
         needy = [name for name in config.metrics if METRICS[name].needs_labels]
         if needy:
-            free = tuple(n for n in config.metrics if not METRICS[n].needs_labels) or ("output_mse", "output_kl")
+            free = tuple(n for n in config.metrics if not METRICS[n].needs_labels) or (
+                "output_mse",
+                "output_kl",
+            )
             raise ValueError(
                 f"the calibration batches come without targets, but metric(s) {needy} need labels (a loss or an "
                 f"accuracy); use label-free metrics only, e.g. SensitivityConfig(metrics={free!r}) (CLI: "
@@ -1711,13 +1939,11 @@ def analyze_sensitivity(
     key = _cache_key(task, config, calib)
     path = _cache_path(key, cache_dir)
     result: SensitivityResult | None = None
-    if cache and path.is_file():
-        try:
-            result = SensitivityResult.load(path)
-        except (ValueError, pickle.UnpicklingError, EOFError, AttributeError):
-            result = None  # stale or damaged cache file: recompute and replace it
+    if cache:
+        result = _load_cache(path, key)  # a damaged, edited or foreign file is named in a warning, never used
         if result is not None:
-            result = replace(result, info={**result.info, "source": "cache", "cache_path": str(path)})
+            info = {**result.info, **_task_metric_info(task), "source": "cache", "cache_path": str(path)}
+            result = replace(result, info=info)
     if result is None:
         with _torch_threads(config.num_threads):
             result = _compute(task, config, calib)

@@ -17,6 +17,7 @@ tensors (see :mod:`workbench.quant.inputs`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable
@@ -70,6 +71,7 @@ __all__ = [
     "fidelity_metric",
     "load_task",
     "load_task_file",
+    "metric_name",
     "task_from_model",
     "torchvision_task",
 ]
@@ -264,6 +266,16 @@ class Task:
     structured inputs). ``train_loader`` may be None (then QAT and
     ``evaluate(split="train")`` are unavailable). ``info`` holds provenance: configs, cache path, accuracy
     measured at training time, dataset sizes.
+
+    ``output_key`` chooses the output tensor every stage looks at when the model's output is structured (a key
+    of a dict output, an attribute of an output object, or an index into a tuple output); None takes
+    :func:`~workbench.quant.inputs.primary_output`'s default (``logits``, ``last_hidden_state`` or the first
+    tensor). It reaches the default accuracy metric, sensitivity probes and losses, the predictor's logits, the
+    QAT loss and distillation, and the fidelity of deployments. A metric of your own reads the output itself.
+
+    Stages report *metric loss*: the FP32 metric minus the quantized model's metric (accuracy drop for
+    labelled accuracy; columns and fields keep their historical ``acc_drop`` / ``accuracy`` names).
+    :attr:`metric_name` says which metric that is.
     """
 
     name: str
@@ -276,6 +288,13 @@ class Task:
     train_loader: DataLoader | None = field(default=None, repr=False)
     metric: Metric = field(default=evaluate_accuracy, repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
+    output_key: str | int | None = None
+
+    @property
+    def metric_name(self) -> str:
+        """What :attr:`metric` measures: ``"accuracy"`` (the default labelled top-1), the kind of a
+        :func:`fidelity_metric` (``"cosine"``, ...), the name of an ``eval_fn``, else the metric callable's name."""
+        return metric_name(self.metric)
 
     def loader(self, split: str) -> DataLoader:
         """The loader of ``split``: ``calib``, ``val``, ``test`` or ``train``."""
@@ -289,8 +308,12 @@ class Task:
     def evaluate(self, model: nn.Module | None = None, split: str = "test") -> float:
         """``metric`` of ``model`` (default the task's own model) on ``split``; a metric returning NaN or
         something that is not a number raises ValueError naming the value."""
-        value = self.metric(self.model if model is None else model, self.loader(split))
-        return _check_score(value, f"the metric of task {self.name!r}")
+        model = self.model if model is None else model
+        if self.metric is evaluate_accuracy and self.output_key is not None:
+            value = evaluate_accuracy(model, self.loader(split), output_key=self.output_key)
+        else:
+            value = self.metric(model, self.loader(split))
+        return _check_score(value, f"the metric {self.metric_name!r} of task {self.name!r}")
 
     def example_input(self, batch: int = 1) -> Any:
         """The first ``batch`` real inputs of the calibration loader (concatenating batches if needed), in the
@@ -442,7 +465,14 @@ def _load_weights(model: nn.Module, weights_path: str | Path) -> None:
         raise FileNotFoundError(
             f"weights_path {path} does not exist (expected a state_dict saved by torch.save)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: a file that would run code (a pickled object) is refused, never executed
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, a truncated zip, not a torch file at all ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"weights {path} cannot be loaded as a plain state_dict (tensors only; files that would run code "
+            f"are refused): {first}"
+        ) from err
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):
@@ -714,6 +744,22 @@ class FidelityMetric:
         return agree / rows
 
 
+def metric_name(metric: Any) -> str:
+    """The name of what ``metric`` measures: ``"accuracy"`` for the default labelled top-1
+    (:func:`~workbench.models.evaluate_accuracy`), the kind of a :class:`FidelityMetric` (``"cosine"``, ...), the
+    ``__name__`` of an :class:`EvalFnMetric`'s ``eval_fn``, else the callable's ``__name__`` (through
+    ``functools.partial``), else its type's name."""
+    if isinstance(metric, FidelityMetric):
+        return metric.kind
+    fn = metric.eval_fn if isinstance(metric, EvalFnMetric) else metric
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if fn is evaluate_accuracy:
+        return "accuracy"
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) and name else type(fn).__name__
+
+
 def fidelity_metric(
     reference_model: nn.Module, kind: str = "cosine", *, output_key: str | int | None = None, k: int = 5
 ) -> FidelityMetric:
@@ -779,11 +825,12 @@ def task_from_model(
     calib_loader: DataLoader,
     val_loader: DataLoader | None = None,
     test_loader: DataLoader | None = None,
-    metric: Metric | None = None,
+    metric: Metric | str | None = None,
     eval_fn: Callable[[nn.Module], float] | None = None,
     name: str = "custom",
     train_loader: DataLoader | None = None,
     num_classes: int | None = None,
+    output_key: str | int | None = None,
 ) -> Task:
     """Wrap your own model and loaders as a :class:`Task`.
 
@@ -795,19 +842,41 @@ def task_from_model(
     The score (higher is better) is one of:
 
     * ``metric(model, loader) -> float``, e.g. :func:`fidelity_metric` against the FP32 model (no labels needed);
+    * ``metric="cosine"`` (any of :data:`FIDELITY_KINDS`): that :func:`fidelity_metric` against ``model`` itself,
+      comparing the ``output_key`` output; ``metric="accuracy"`` is the default;
     * ``eval_fn(model) -> float`` scoring the model on data of its own (``val_loader`` / ``test_loader`` then
       default to ``calib_loader``; stages that need data beyond the score use them);
     * neither: top-1 accuracy, which needs ``(x, y)`` batches.
 
+    ``output_key`` (a dict key, an attribute name or a tuple index) chooses the output tensor that every stage
+    scores, for models whose output holds several (see :attr:`Task.output_key`); a key the output lacks raises
+    ValueError naming the keys / fields it has. A metric callable you pass reads the output itself (give a
+    :func:`fidelity_metric` you build its own ``output_key``, or pass ``metric="cosine"``).
+
     Every loader must be non-empty. The model must run on the first calibration sample and give an output with a
     tensor in it; otherwise ValueError names the exception and the input structure (keys, shapes, dtypes).
     ``input_shape`` is the per-sample shape of the first input tensor; ``num_classes`` (if not given) the last
-    dimension of the primary output on one calibration sample. The model is not modified.
+    dimension of the chosen output on one calibration sample. The model is not modified.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if output_key is not None and (isinstance(output_key, bool) or not isinstance(output_key, (str, int))):
+        raise TypeError(
+            f"output_key must be a str (a key or attribute of the output), an int (an index into a tuple "
+            f"output) or None, got {output_key!r}"
+        )
     if metric is not None and eval_fn is not None:
         raise ValueError("pass metric=(model, loader) -> float or eval_fn=(model) -> float, not both")
+    if isinstance(metric, str):
+        if metric == "accuracy":
+            metric = None
+        elif metric in FIDELITY_KINDS:
+            metric = fidelity_metric(model, metric, output_key=output_key)
+        else:
+            raise ValueError(
+                f"unknown metric {metric!r}; pass a callable (model, loader) -> float, 'accuracy' or a fidelity "
+                f"kind {list(FIDELITY_KINDS)}"
+            )
     if metric is not None and not callable(metric):
         raise TypeError(f"metric must be callable (model, loader) -> float, got {type(metric).__name__}")
     if eval_fn is not None:
@@ -820,7 +889,7 @@ def task_from_model(
     _first_batch(test_loader, "test_loader", need_targets=need_targets)  # type: ignore[arg-type]
     if train_loader is not None:
         _first_batch(train_loader, "train_loader")
-    out = _check_forward(model, take_inputs(x, 1))
+    out = _check_forward(model, take_inputs(x, 1), output_key)
     if num_classes is None:
         num_classes = int(out.shape[-1]) if out.dim() >= 2 else None
     return Task(
@@ -833,6 +902,7 @@ def task_from_model(
         metric=metric if metric is not None else evaluate_accuracy,
         input_shape=tuple(first_tensor(x).shape[1:]),  # type: ignore[union-attr]
         num_classes=num_classes,
+        output_key=output_key,
         info={
             "dataset": "custom",
             "inputs": describe_inputs(take_inputs(x, 1)),
@@ -842,9 +912,10 @@ def task_from_model(
     )
 
 
-def _check_forward(model: nn.Module, x: Any) -> torch.Tensor:
-    """The primary output of ``model`` on calibration sample ``x``; ValueError naming the input structure and
-    the exception when the forward fails, or naming the output when it holds no usable tensor."""
+def _check_forward(model: nn.Module, x: Any, output_key: str | int | None = None) -> torch.Tensor:
+    """The chosen (``output_key``) or primary output of ``model`` on calibration sample ``x``; ValueError naming
+    the input structure and the exception when the forward fails, or naming the output when it holds no usable
+    tensor (or lacks ``output_key``)."""
     from workbench.devices import model_device
 
     flags = {m: m.training for m in model.modules()}
@@ -860,7 +931,7 @@ def _check_forward(model: nn.Module, x: Any) -> torch.Tensor:
         for m, flag in flags.items():
             m.training = flag
     try:
-        return primary_output(out)
+        return primary_output(out, key=output_key)
     except OutputError as err:
         raise ValueError(f"model output on the first calibration sample is unusable: {err}") from err
 

@@ -291,10 +291,22 @@ def get_digits_bert(
     train = train if train is not None else BertTrainConfig()
     path = _cache_path(config, train)
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = DigitsBert(config)
-        model.load_state_dict(saved["state_dict"])
-        return model.eval(), {**saved["info"], "source": "cache", "path": str(path)}
+        try:  # weights only: a file that would run code is refused; a damaged one is retrained and replaced
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            model = DigitsBert(config)
+            model.load_state_dict(saved["state_dict"])
+            return model.eval(), {**saved["info"], "source": "cache", "path": str(path)}
+        except Exception as err:
+            import warnings
+
+            from workbench.paths import StaleCacheWarning
+
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            warnings.warn(
+                f"cached DigitsBert {path} cannot be used ({reason}); retraining and replacing it",
+                StaleCacheWarning,
+                stacklevel=2,
+            )
     model, info = train_digits_bert(config, train, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

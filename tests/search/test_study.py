@@ -70,6 +70,28 @@ def test_uniform_and_constraints(digits_cnn_task, one_torch_thread):
         run_search(digits_cnn_task, _cfg(max_weight_fraction=0.01))
 
 
+def test_avg_weight_bits_budget(digits_cnn_task, one_torch_thread):
+    """An element-weighted average-bits budget: plans above it are skipped, the front stays within it, 5-bit
+    choices are open to the space, and a budget below the space's smallest plan is refused."""
+    space = SpaceConfig(w_bits=(3, 5, 8), a_bits=(32,))
+    r = run_search(
+        digits_cnn_task, _cfg(strategy="tpe", budget=6, space=space, max_avg_weight_bits=5.0, seed=1)
+    )
+    over = r.trials[r.trials["avg_weight_bits"] > 5.0 + 1e-9]
+    assert (~over["feasible"]).all() and (over["accuracy_source"] == "skipped_over_budget").all()
+    assert (r.front["avg_weight_bits"] <= 5.0 + 1e-9).all() and not r.front.empty
+    assert (r.trials["avg_act_bits"] == 32).all()  # weight-only: activations stay float
+    best = r.best(max_avg_weight_bits=4.0) if (r.front["avg_weight_bits"] <= 4.0).any() else r.best()
+    assert best["avg_weight_bits"] <= 5.0 + 1e-9
+    uniform = run_search(digits_cnn_task, _cfg(strategy="uniform", space=space, max_avg_weight_bits=5.0))
+    feasible = uniform.trials[uniform.trials["feasible"]]
+    assert sorted(feasible["avg_weight_bits"].round(6)) == [3.0, 5.0]  # uniform w8 is over the budget
+    with pytest.raises(SearchError, match="smallest plan averages 3.000"):
+        run_search(digits_cnn_task, _cfg(space=space, max_avg_weight_bits=2.5))
+    with pytest.raises(SearchError, match="max_avg_weight_bits"):
+        _cfg(max_avg_weight_bits=0.5)
+
+
 def test_predicted_and_multifidelity(digits_cnn_task, one_torch_thread):
     pred = LookupPredictor()
     r = run_search(digits_cnn_task, _cfg(strategy="nsga2", accuracy="predicted", budget=12), predictor=pred)

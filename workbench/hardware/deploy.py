@@ -17,6 +17,12 @@ Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_p
 Non-layer ops (residual adds, ReLUs, pooling) run in the integer domain when every layer of the module that owns
 them does (the same rule as the cost estimator). The caller's model is never modified.
 
+Inputs: static int8 quantizes the model's float input (the root observer calibrates its range), so it needs a
+model fed float tensors. Models fed integer tensors (token ids, attention masks), as transformers are, run on the
+dynamic path instead (:func:`workbench.hardware.dynamic.compare_linear_deployments`: dynamic int8 Linear kernels
+and bf16, no tracing): :func:`choose_kernels` picks between the two, :func:`compare_kernels` measures the
+dynamic path, and :func:`deploy` refuses integer inputs with :class:`DeployInputError` naming them.
+
 Devices: the torch.ao integer kernels are CPU kernels, so a plan with integer layers deploys only on the CPU
 (``device=`` anything else raises :class:`workbench.devices.DeviceError`); a plan whose layers all run in bf16 /
 fp32 deploys on any device torch has (CUDA included).
@@ -50,6 +56,7 @@ from workbench.quant.inputs import (
     call_model,
     concat_inputs,
     first_tensor,
+    input_tensors,
     move_inputs,
     primary_output,
     split_batch,
@@ -63,6 +70,57 @@ from workbench.quant.swap import get_module, quant_modules, quantize_model, set_
 EXECUTABLE: tuple[str, ...] = ("fp32", "bf16", "int8")  # what this CPU runs through torch
 ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm")
 DEFAULT_PROFILE = "cpu_measured"
+KERNELS: tuple[str, ...] = ("auto", "static", "dynamic", "bf16")
+"""Deployment paths: ``static`` int8 through torch.ao FX (float-input models, :func:`measure_deployment`),
+``dynamic`` int8 Linear kernels with bf16 and FP32 side by side, ``bf16`` alone against FP32
+(:func:`compare_kernels`), ``auto`` = :func:`choose_kernels`."""
+
+
+class DeployInputError(ValueError):
+    """The model's inputs do not suit the requested deployment path (e.g. token ids under static int8)."""
+
+
+def integer_inputs(inputs: Any) -> list[tuple[str, str]]:
+    """``(name, dtype)`` of every non-float tensor in one batch of inputs (a tensor, a tuple or a dict of
+    tensors), e.g. ``[("input_ids", "int64"), ("attention_mask", "int64")]``; a bare tensor is ``"input"``."""
+    return [
+        (path or "input", str(t.dtype).removeprefix("torch."))
+        for path, t in input_tensors(inputs)
+        if not (t.is_floating_point() or t.is_complex())
+    ]
+
+
+def static_input_problem(inputs: Any) -> str | None:
+    """Why static int8 (FX) cannot deploy a model fed ``inputs`` (one batch), or None when it can: static int8
+    observes and quantizes the model's float input, so integer tensors (token ids, masks) have no place in it."""
+    if not input_tensors(inputs):
+        return f"the inputs hold no tensor ({type(inputs).__name__})"
+    ints = integer_inputs(inputs)
+    if not ints:
+        return None
+    (name, dtype), rest = ints[0], ints[1:]
+    also = f" (also {', '.join(f'{n!r}: {d}' for n, d in rest)})" if rest else ""
+    return (
+        f"input {name!r} is {dtype}{also}: static int8 quantizes float inputs; use --kernels dynamic or bf16 "
+        "(in Python workbench.hardware.deploy.compare_kernels: dynamic int8 Linear kernels or bf16, no tracing)"
+    )
+
+
+def choose_kernels(inputs: Any) -> tuple[str, str]:
+    """``(kernels, reason)`` for ``kernels="auto"``, from one batch of the model's inputs: ``"static"`` (int8
+    through FX, as for CNNs) when the model is fed a single float tensor, ``"dynamic"`` otherwise (integer
+    inputs such as token ids, or several inputs): dynamic int8 and bf16 side by side with FP32."""
+    ints = integer_inputs(inputs)
+    if ints:
+        named = ", ".join(f"{n!r} ({d})" for n, d in ints)
+        return (
+            "dynamic",
+            f"integer input(s) {named}: dynamic int8 / bf16 (static int8 quantizes float inputs)",
+        )
+    if not isinstance(inputs, torch.Tensor):
+        n = len(input_tensors(inputs))
+        return "dynamic", f"{n} input tensors: dynamic int8 / bf16 (static int8 is for a single float input)"
+    return "static", "a single float input: static int8 through torch.ao FX"
 
 
 def cpu_has_vnni() -> bool:
@@ -286,6 +344,10 @@ def deploy(
     if not isinstance(plan, QuantPlan):
         raise PlanError(f"plan must be a QuantPlan, got {type(plan).__name__}")
     plan.validate(model)
+    raw_batches = _calib_batches(calib, max_calib_batches)
+    problem = static_input_problem(raw_batches[0])
+    if problem is not None:  # before FX traces the model and fails on integer tensors obscurely
+        raise DeployInputError(problem)
     prof = load_profile(profile)
     layers = quantizable_layers(model)
     executable = [p for p in EXECUTABLE]
@@ -294,7 +356,7 @@ def deploy(
     if model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
     notes: list[str] = []
-    batches = [move_inputs(x, dev) for x in _calib_batches(calib, max_calib_batches)]
+    batches = [move_inputs(x, dev) for x in raw_batches]
     reduce_range = not cpu_has_vnni() and engine in ("x86", "fbgemm")
     if reduce_range:
         notes.append(
@@ -614,3 +676,142 @@ def _batch(example_input: Any, batch_size: int) -> Any:
         return example_input[:batch_size].contiguous()
     reps = math.ceil(batch_size / n)
     return example_input.repeat(reps, *([1] * (example_input.dim() - 1)))[:batch_size].contiguous()
+
+
+# ============================================================================================ dynamic path
+
+
+def _output_fidelity(
+    reference: nn.Module,
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    output_key: str | int | None = None,
+) -> dict[str, float]:
+    """Mean cosine of the outputs (the primary one, or ``output_key``'s) to the reference's and top-1
+    agreement, over ``loader``."""
+    cos, agree, n = 0.0, 0, 0
+    with torch.inference_mode():
+        for batch in loader:
+            x = move_inputs(split_batch(batch)[0], device)
+            a = primary_output(call_model(reference, x), key=output_key).float().flatten(1)
+            b = primary_output(call_model(model, x), key=output_key).float().flatten(1)
+            cos += float(torch.nn.functional.cosine_similarity(a, b, dim=1).sum())
+            agree += int((a.argmax(1) == b.argmax(1)).sum())
+            n += a.shape[0]
+    return {"cosine_to_fp32": cos / max(n, 1), "top1_agreement": agree / max(n, 1)}
+
+
+def _dynamic_linear_layers(model: nn.Module, plan: QuantPlan | None) -> tuple[list[str], list[str]]:
+    """The nn.Linear layers dynamic int8 converts (every one without a plan; with one, those at <= 8 weight
+    bits), and those of them whose plan asks for fewer than 8 bits."""
+    converted, lower = [], []
+    for name, m in model.named_modules():
+        if type(m) is not nn.Linear:
+            continue
+        spec = plan.get(name) if plan is not None else None
+        if plan is None or (spec is not None and spec.w_bits is not None and spec.w_bits <= 8):
+            converted.append(name)
+            if spec is not None and spec.w_bits < 8:
+                lower.append(name)
+    return converted, lower
+
+
+def compare_kernels(
+    task: Any,
+    plan: QuantPlan | None = None,
+    *,
+    kernels: str = "dynamic",
+    config: DeployConfig | None = None,
+    split: str = "test",
+) -> pd.DataFrame:
+    """The dynamic deployment path, for models that static int8 cannot take (token ids, several inputs, dict
+    inputs, output objects): one row per variant, side by side with FP32 on the same batch.
+
+    ``kernels="dynamic"``: FP32, torch.ao dynamic int8 (with ``plan``, its Linear layers at <= 8 weight bits;
+    every Linear without one) and bf16, by :func:`workbench.hardware.dynamic.compare_linear_deployments`.
+    ``kernels="bf16"``: FP32 and the whole model in bfloat16 (the plan's bits do not apply). Columns:
+    ``variant``, ``median_ms`` / ``min_ms`` / ``max_ms`` (one batch of ``config.batch_size`` inputs, runs
+    interleaved), ``speedup_vs_fp32``, ``metric`` (the task's metric on ``split``), ``cosine_to_fp32`` and
+    ``top1_agreement`` (fidelity of the primary outputs to FP32 on ``split``). ``attrs`` hold the batch size,
+    repeats, threads, split, engine, kernels and notes."""
+    if kernels not in ("dynamic", "bf16"):
+        raise ValueError(
+            f"kernels={kernels!r}: compare_kernels runs 'dynamic' or 'bf16' (static: measure_deployment)"
+        )
+    cfg = config or DeployConfig()
+    if plan is not None:
+        plan.validate(task.model)
+    threads = cfg.threads or torch.get_num_threads()
+    notes: list[str] = []
+    previous_engine = torch.backends.quantized.engine
+    if cfg.engine not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(
+            f"quantized engine {cfg.engine!r} is not in this torch build ({torch.backends.quantized.supported_engines})"
+        )
+    flags = {m: m.training for m in task.model.modules()}  # run in eval mode, flags given back afterwards
+    torch.backends.quantized.engine = cfg.engine
+    try:
+        if kernels == "dynamic":
+            from workbench.hardware.dynamic import compare_linear_deployments
+
+            converted, lower = _dynamic_linear_layers(task.model, plan)
+            df = compare_linear_deployments(
+                task, plan, batch_size=cfg.batch_size, repeats=cfg.repeats, warmup=cfg.warmup, threads=threads,
+                split=split,
+            )  # fmt: skip
+            notes.append(
+                f"dynamic int8: {len(converted)} nn.Linear layer(s) run torch.ao dynamic int8 kernels (int8 "
+                "weights per output channel, activations quantized per batch at run time); every other layer "
+                "(embeddings, norms, attention matmuls) runs in float32"
+            )
+            if lower:
+                notes.append(
+                    f"dynamic int8: {len(lower)} layer(s) planned below 8 bits run at int8 (no lower-bit "
+                    "dynamic kernels); quantize / qat measure the planned bits"
+                )
+            notes.append("bf16: the whole model in bfloat16 (integer inputs stay integers)")
+        else:
+            from workbench.hardware.dynamic import bf16
+
+            dev = model_device(task.model)
+            models = {"fp32": task.model.eval(), "bf16": bf16(task.model)}
+            x = move_inputs(take_inputs(task.example_input(cfg.batch_size), cfg.batch_size), dev)
+            stats = time_side_by_side(models, x, repeats=cfg.repeats, warmup=cfg.warmup, threads=threads)
+            loader = task.loader(split)
+            rows = []
+            for name, model in models.items():
+                s = stats[name]
+                rows.append(
+                    {
+                        "variant": name,
+                        "median_ms": s.median_ms,
+                        "min_ms": s.min_ms,
+                        "max_ms": s.max_ms,
+                        "speedup_vs_fp32": stats["fp32"].median_ms / s.median_ms,
+                        "metric": task.evaluate(model, split),
+                        **_output_fidelity(task.model, model, loader, dev, getattr(task, "output_key", None)),
+                    }
+                )
+            df = pd.DataFrame(rows)
+            notes.append(
+                "bf16: the whole model in bfloat16 (integer inputs stay integers); the plan's bits do not apply"
+            )
+    finally:
+        torch.backends.quantized.engine = previous_engine
+        for m, flag in flags.items():
+            m.training = flag
+    df.attrs.update(
+        {
+            "batch_size": cfg.batch_size,
+            "repeats": cfg.repeats,
+            "threads": threads,
+            "split": split,
+            "engine": cfg.engine,
+            "kernels": kernels,
+            "cpu": cpu_name(),
+            "device": str(model_device(task.model)),
+            "notes": notes,
+        }
+    )
+    return df

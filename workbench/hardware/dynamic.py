@@ -7,7 +7,8 @@ layers have dynamic int8 kernels; with a plan, only the plan's Linear layers wit
 bits are converted. ``bf16``: a copy of the model in bfloat16 (integer inputs such as token ids stay integers).
 
 :func:`compare_linear_deployments` times FP32, dynamic int8 and bf16 on the same batch, interleaved run by run,
-and measures their fidelity to FP32 (cosine of the primary outputs, top-1 agreement, the task metric).
+and measures their fidelity to FP32 (cosine of the primary outputs, or of the outputs ``task.output_key``
+chooses; top-1 agreement; the task metric).
 """
 
 from __future__ import annotations
@@ -91,13 +92,17 @@ def bf16(model: nn.Module) -> nn.Module:
     return _Bf16(model).eval()
 
 
-def _fidelity(reference: nn.Module, model: nn.Module, loader: Any) -> dict[str, float]:
+def _fidelity(
+    reference: nn.Module, model: nn.Module, loader: Any, *, output_key: str | int | None = None
+) -> dict[str, float]:
+    """Mean cosine (outputs flattened per sample) and top-1 agreement of ``model``'s outputs with
+    ``reference``'s over ``loader``, on the output ``output_key`` chooses (None: the primary output)."""
     cos, agree, n = 0.0, 0, 0
     with torch.inference_mode():
         for batch in loader:
             x, _ = split_batch(batch)
-            a = primary_output(call_model(reference, x)).float().flatten(1)
-            b = primary_output(call_model(model, x)).float().flatten(1)
+            a = primary_output(call_model(reference, x), key=output_key).float().flatten(1)
+            b = primary_output(call_model(model, x), key=output_key).float().flatten(1)
             cos += float(torch.nn.functional.cosine_similarity(a, b, dim=1).sum())
             agree += int((a.argmax(1) == b.argmax(1)).sum())
             n += a.shape[0]
@@ -116,31 +121,46 @@ def compare_linear_deployments(
 ) -> pd.DataFrame:
     """FP32, dynamic int8 and bf16 of ``task.model`` side by side: median / min / max latency of one batch of
     ``batch_size`` inputs (interleaved runs, ``threads`` torch threads), speed-up over FP32, the task metric on
-    ``split``, and fidelity to FP32 (mean cosine of the primary outputs, top-1 agreement) on ``split``."""
+    ``split``, and fidelity to FP32 (mean cosine of the primary outputs, top-1 agreement) on ``split``.
+
+    The fidelity compares the output ``task.output_key`` chooses (None: the primary output). The task's model
+    runs in eval mode and gets its training flags back afterwards; it is not otherwise changed.
+    ``df.attrs`` records the settings, ``metric_name`` (what the ``metric`` column is) and ``output_key``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    models = {
-        "fp32": task.model.eval(),
-        "dynamic_int8": dynamic_int8(task.model, plan),
-        "bf16": bf16(task.model),
-    }
-    x = take_inputs(task.example_input(batch_size), batch_size)
-    stats = time_side_by_side(models, x, repeats=repeats, warmup=warmup, threads=threads)
-    loader = task.loader(split)
-    rows = []
-    for name, model in models.items():
-        s = stats[name]
-        rows.append(
-            {
-                "variant": name,
-                "median_ms": s.median_ms,
-                "min_ms": s.min_ms,
-                "max_ms": s.max_ms,
-                "speedup_vs_fp32": stats["fp32"].median_ms / s.median_ms,
-                "metric": task.evaluate(model, split),
-                **_fidelity(task.model, model, loader),
-            }
-        )
+    output_key = getattr(task, "output_key", None)
+    modes = {m: m.training for m in task.model.modules()}
+    try:
+        models = {
+            "fp32": task.model.eval(),
+            "dynamic_int8": dynamic_int8(task.model, plan),
+            "bf16": bf16(task.model),
+        }
+        x = take_inputs(task.example_input(batch_size), batch_size)
+        stats = time_side_by_side(models, x, repeats=repeats, warmup=warmup, threads=threads)
+        loader = task.loader(split)
+        rows = []
+        for name, model in models.items():
+            s = stats[name]
+            rows.append(
+                {
+                    "variant": name,
+                    "median_ms": s.median_ms,
+                    "min_ms": s.min_ms,
+                    "max_ms": s.max_ms,
+                    "speedup_vs_fp32": stats["fp32"].median_ms / s.median_ms,
+                    "metric": task.evaluate(model, split),
+                    **_fidelity(task.model, model, loader, output_key=output_key),
+                }
+            )
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
     df = pd.DataFrame(rows)
-    df.attrs.update({"batch_size": batch_size, "repeats": repeats, "threads": threads, "split": split})
+    df.attrs.update(
+        {
+            "batch_size": batch_size, "repeats": repeats, "threads": threads, "split": split,
+            "metric_name": getattr(task, "metric_name", "accuracy"), "output_key": output_key,
+        }
+    )  # fmt: skip
     return df

@@ -240,8 +240,8 @@ class CostEstimator:
         # the workbench's own CPU deployment casts around every bf16 layer; a compiler for a reference target
         # keeps 16-bit tensors between consecutive 16-bit layers
         self.per_layer_casts = self.profile.kind == "measured" if per_layer_casts is None else per_layer_casts
-        self.batch_size = int(batch_size or self.profile.batch_size)
-        if self.batch_size < 1:
+        self.batch_size = int(self.profile.batch_size if batch_size is None else batch_size)
+        if isinstance(batch_size, bool) or self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.model = model
         self.layers = quantizable_layers(model)

@@ -260,20 +260,37 @@ class PrecisionProfile:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "profile") -> PrecisionProfile:
-        return _parse(d, where)
+        try:
+            return _parse(d, where)
+        except RecursionError:  # a deeply nested value where a field was expected: its repr overflows
+            raise ProfileError(f"{where} is nested too deeply to be a precision profile") from None
 
     @classmethod
     def load(cls, path: str | Path) -> PrecisionProfile:
+        """A profile from a JSON file; any file that is missing, unreadable, not UTF-8 JSON or not a valid
+        profile raises :class:`ProfileError` naming the file (and the field)."""
         path = Path(path)
         try:
-            text = path.read_text()
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise ProfileError(f"profile file {path} does not exist") from None
+        except IsADirectoryError:
+            raise ProfileError(f"profile file {path} is a directory, not a JSON file") from None
+        except (OSError, ValueError) as e:  # permissions, a name too long, a NUL byte in the name ...
+            raise ProfileError(
+                f"profile file {path} cannot be read: {getattr(e, 'strerror', None) or e}"
+            ) from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise ProfileError(f"{path} is not a UTF-8 text file: {e}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ProfileError(f"{path} is not valid JSON: {e}") from None
-        prof = _parse(data, str(path))
+        except RecursionError:
+            raise ProfileError(f"{path} is not valid JSON: nested too deeply") from None
+        prof = cls.from_dict(data, where=str(path))
         object.__setattr__(prof, "path", str(path))
         return prof
 
@@ -284,13 +301,20 @@ class PrecisionProfile:
 def _num(value: Any, where: str, *, positive: bool = False, nullable: bool = False) -> float | None:
     if value is None and nullable:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
         raise ProfileError(f"{where} must be a finite number, got {value!r}")
     if positive and value <= 0:
         raise ProfileError(f"{where} must be > 0, got {value!r}")
     if value < 0:
         raise ProfileError(f"{where} must be >= 0, got {value!r}")
     return float(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (a JSON number with hundreds of digits)
+        return False
 
 
 def _curve(value: Any, where: str) -> tuple[tuple[float, float], ...] | None:
@@ -344,7 +368,7 @@ def _source(d: Mapping[str, Any], where: str, sources: Mapping[str, str]) -> str
 def _parse(d: Any, where: str) -> PrecisionProfile:
     d = _obj(d, where)
     version = d.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise ProfileError(
             f"{where}: schema_version={version!r} is not supported (this workbench reads {SCHEMA_VERSION})"
         )
@@ -429,7 +453,9 @@ def _parse(d: Any, where: str) -> PrecisionProfile:
                 raise ProfileError(f"{where}.bit_serial.{key}={value!r} must be one of 2, 4, 8")
         bit_serial = BitSerialSpec(brick, max_bits, _source(b, f"{where}.bit_serial", sources))
         if f"int{brick}" not in ops["conv"]:
-            raise ProfileError(f"{where}: a bit_serial profile needs ops.conv.int{brick} (the brick rate)")
+            raise ProfileError(
+                f"{where}.bit_serial.brick_bits={brick!r} needs ops.conv.int{brick} (the brick rate)"
+            )
     elif d.get("bit_serial") is not None:
         raise ProfileError(
             f"{where}.bit_serial is only used with cost_model 'bit_serial' (got {cost_model!r})"
@@ -462,6 +488,14 @@ def user_profile_dir() -> Path:
     return data_dir() / "profiles"
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name the file system refuses (too long, ...) instead of an OSError."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def available_profiles() -> list[str]:
     """Names of the profiles :func:`load_profile` finds: measured ones in ``data/profiles`` first, then the ones
     shipped with the package."""
@@ -481,11 +515,11 @@ def load_profile(name_or_path: str | Path | PrecisionProfile) -> PrecisionProfil
         )
     text = str(name_or_path)
     path = Path(text)
-    if path.suffix == ".json" or path.exists():
+    if path.suffix == ".json" or (text and _exists(path)):
         return PrecisionProfile.load(path)
     for folder in (user_profile_dir(), PROFILE_DIR):
         candidate = folder / f"{text}.json"
-        if candidate.exists():
+        if _exists(candidate):
             return PrecisionProfile.load(candidate)
     raise ProfileError(
         f"unknown profile {text!r}: give a path to a profile JSON file or one of {_choices(available_profiles())}"

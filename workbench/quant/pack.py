@@ -17,11 +17,17 @@ Compressed layers: an unstructured-pruned weight stores a one-bit occupancy mask
 codes (or 16/32-bit floats) of its kept weights only; a channel-pruned weight stores one bit per output channel
 followed by the kept rows, and the scales / zero points of kept rows only; a low-rank layer stores its two factors
 ``lowrank_a`` / ``lowrank_b`` like weights (its ``weight`` is rebuilt as ``A @ B`` when loading).
+
+Nothing in a packed file is executed when it is read (no pickle: a JSON header and raw bytes). The header records
+the payload's length and sha256 and the float model's class: a truncated, damaged or edited file, or one packed
+from another model, is refused with a :class:`PlanError` naming the file and what does not match (files written
+before the hash was recorded are checked by length and shapes).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -299,10 +305,13 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False)
         if meta["kind"] == "packed":
             packed_bits += bits
     header = {
-        "version": 1,
+        "version": 1,  # the extra keys below are optional for readers: files without them still load
         "plan": plan.to_dict(),
         "folded_bn": [list(p) for p in getattr(qmodel, "folded_bn", [])],
         "entries": header_entries,
+        "model_class": type(qmodel).__qualname__,
+        "payload_bytes": sum(len(b) for b in payload),
+        "payload_sha256": _sha256(payload),
     }
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,29 +335,160 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False)
     )
 
 
+def _sha256(blobs: list[bytes] | bytes) -> str:
+    h = hashlib.sha256()
+    for blob in [blobs] if isinstance(blobs, bytes) else blobs:
+        h.update(blob)
+    return h.hexdigest()
+
+
 def read_header(path: str | Path) -> tuple[dict, int]:
-    """The JSON header of a packed file and the byte offset where its payload starts."""
+    """The JSON header of a packed file and the byte offset where its payload starts.
+
+    Raises :class:`PlanError` naming the file when it is not a packed model, or its header is truncated or damaged
+    (the header is zlib-compressed JSON with a checksum; it is parsed, never executed)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"packed model {path} does not exist")
     with open(path, "rb") as f:
         if f.read(len(MAGIC)) != MAGIC:
             raise PlanError(f"{path} is not a workbench packed model (bad magic bytes)")
-        (n,) = struct.unpack("<I", f.read(4))
-        header = json.loads(zlib.decompress(f.read(n)))
+        size = f.read(4)
+        if len(size) < 4:
+            raise PlanError(f"packed model {path} is truncated: it ends inside its header")
+        (n,) = struct.unpack("<I", size)
+        blob = f.read(n)
+    if len(blob) < n:
+        raise PlanError(
+            f"packed model {path} is truncated: its header is {n} bytes, the file holds {len(blob)}"
+        )
+    try:
+        header = json.loads(zlib.decompress(blob))
+    except (zlib.error, ValueError) as e:
+        raise PlanError(f"packed model {path} has a damaged header ({e})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("entries"), list) or "plan" not in header:
+        raise PlanError(f"packed model {path} has a damaged header (no plan or entry list)")
     return header, len(MAGIC) + 4 + n
 
 
+def _check_payload(path: Path, header: dict, data: bytes) -> None:
+    """The payload is as long as the header's entries say and, when recorded, has the recorded sha256."""
+    try:
+        expected = sum(int(e["nbytes"]) for e in header["entries"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"packed model {path} has a damaged header (entry sizes: {e})") from None
+    if len(data) < expected:
+        raise PlanError(
+            f"packed model {path} is truncated: its header lists {expected} payload bytes, the file holds "
+            f"{len(data)}"
+        )
+    if len(data) > expected:
+        raise PlanError(
+            f"packed model {path} has {len(data) - expected} unexpected bytes after its payload (damaged or "
+            "appended to)"
+        )
+    recorded = header.get("payload_sha256")
+    if recorded is not None and _sha256(data) != recorded:
+        raise PlanError(
+            f"packed model {path} failed its content check: the payload's sha256 does not match the one in its "
+            "header (damaged or edited); it is not used"
+        )
+
+
+def _check_fits(path: Path, header: dict, model: nn.Module, qmodel: nn.Module) -> None:
+    """Every stored tensor has a place of the same shape in the rebuilt model, and every place is filled."""
+    expected = {k: list(v.shape) for k, v in qmodel.state_dict().items()}
+    stored: dict[str, list[int]] = {}
+    for e in header["entries"]:
+        if "rows_of" in e:  # qparams of kept channels only: their full shape is recorded aside
+            stored[e["key"]] = list(e["full_shape"])
+        else:
+            stored[e["key"]] = list(e["shape"])
+    modules = quant_modules(qmodel)
+    for key in list(stored):  # unused activation fills of weight-only layers (files written before they went)
+        layer, _, attr = key.rpartition(".a_quant.")
+        if (
+            attr
+            and key not in expected
+            and layer in modules
+            and not isinstance(modules[layer].a_quant, ActQuantizer)
+        ):
+            del stored[key]
+    # quantizer state (scales, zero points, ranges) takes its shape at calibration: only the layers' own tensors
+    # (weights, biases, low-rank factors, masks, BatchNorm statistics) have their final shapes here
+    quantizers = tuple(f"{name}.{q}." for name in modules for q in ("w_quant", "w_quant_b", "a_quant"))
+    wrong = [
+        f"{k}: {stored[k]} in the file, {expected[k]} in the model"
+        for k in stored
+        if k in expected and not k.startswith(quantizers) and stored[k] != expected[k]
+    ]
+    missing = [k for k in expected if k not in stored]
+    extra = [k for k in stored if k not in expected]
+    if not (wrong or missing or extra):
+        return
+    packed_from = header.get("model_class")
+    details = []
+    if packed_from is not None and packed_from != type(model).__qualname__:
+        details.append(f"packed from a {packed_from}, this model is a {type(model).__qualname__}")
+    if wrong:
+        details.append(
+            f"{len(wrong)} shape(s) differ ({'; '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''})"
+        )
+    if missing:
+        details.append(f"missing from the file: {missing[:6]}{' ...' if len(missing) > 6 else ''}")
+    if extra:
+        details.append(f"not in the model: {extra[:6]}{' ...' if len(extra) > 6 else ''}")
+    raise PlanError(f"packed model {path} does not fit this model: {'; '.join(details)}")
+
+
 def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
-    """Rebuild the quantized model saved by :func:`save_packed` on top of (a copy of) its float ``model``."""
+    """Rebuild the quantized model saved by :func:`save_packed` on top of (a copy of) its float ``model``.
+
+    Raises :class:`PlanError` naming the file when it is truncated, damaged or edited (length and sha256 of the
+    payload), or was packed from another model (its layers, or the shapes of its tensors, differ)."""
+    path = Path(path)
     header, offset = read_header(path)
-    plan = QuantPlan.from_dict(header["plan"])
-    plan.validate(model)
+    data = path.read_bytes()[offset:]
+    _check_payload(path, header, data)
+    packed_from = header.get("model_class")
+    other = (
+        f" (packed from a {packed_from}, this model is a {type(model).__qualname__})"
+        if packed_from is not None and packed_from != type(model).__qualname__
+        else ""
+    )
+    try:
+        plan = QuantPlan.from_dict(header["plan"])
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        RecursionError,
+    ) as e:  # PlanError is a ValueError
+        raise PlanError(f"packed model {path} has a damaged plan in its header: {e}") from None
+    try:
+        plan.validate(model)
+    except PlanError as e:
+        raise PlanError(f"packed model {path} does not fit this model{other}: {e}") from None
     qmodel = copy.deepcopy(model).eval()
-    pairs = [tuple(p) for p in header["folded_bn"]]
-    fold_batchnorm(qmodel, pairs)
-    swap_modules(qmodel, plan)
-    data = Path(path).read_bytes()[offset:]
+    try:
+        pairs = [tuple(p) for p in header["folded_bn"]]
+        fold_batchnorm(qmodel, pairs)
+        swap_modules(qmodel, plan)
+    except (KeyError, TypeError, ValueError, AttributeError, PlanError) as e:
+        raise PlanError(f"packed model {path} does not fit this model{other}: {e}") from None
+    try:
+        _check_fits(path, header, model, qmodel)
+        return _rebuild(path, header, data, qmodel, plan, pairs)
+    except PlanError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:  # a file without a recorded hash
+        raise PlanError(f"packed model {path} is damaged ({type(e).__name__}: {e})") from None
+
+
+def _rebuild(
+    path: Path, header: dict, data: bytes, qmodel: nn.Module, plan: QuantPlan, pairs: list
+) -> nn.Module:
     state: dict[str, torch.Tensor] = {}
     weights: dict[str, tuple[dict, bytes]] = {}
     partial: dict[str, dict] = {}  # qparams of kept channels only, completed once the channel mask is read

@@ -19,6 +19,7 @@ import difflib
 import fnmatch
 import json
 import math
+import operator
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -57,6 +58,24 @@ class PlanError(ValueError):
 
 def _choices(values) -> str:
     return ", ".join(repr(v) for v in values)
+
+
+def _channel_bits_tuple(value: Any) -> tuple[int, ...]:
+    """``channel_bits`` as a tuple of Python ints: a list / tuple (or other sequence) of integers, numpy and
+    0-d torch integers included; anything else (a bare number, a string, a mapping, floats, bools, None
+    entries) raises :class:`PlanError` naming the field."""
+    bad = PlanError(f"channel_bits must be a list of integers (one per output channel), got {value!r}")
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise bad
+    out = []
+    for b in value:
+        if isinstance(b, bool):
+            raise bad
+        try:
+            out.append(operator.index(b))
+        except TypeError:
+            raise bad from None
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -98,8 +117,8 @@ class QuantSpec:
     rank_ratio: float | None = None
 
     def __post_init__(self) -> None:
-        if self.channel_bits is not None and not isinstance(self.channel_bits, tuple):
-            object.__setattr__(self, "channel_bits", tuple(int(b) for b in self.channel_bits))
+        if self.channel_bits is not None:
+            object.__setattr__(self, "channel_bits", _channel_bits_tuple(self.channel_bits))
         self.validate()
 
     # -- validation ---------------------------------------------------------------------------------------
@@ -142,7 +161,7 @@ class QuantSpec:
             value = getattr(self, name)
             if value not in OBSERVERS:
                 raise PlanError(f"{name}={value!r} is not valid; choose one of {_choices(OBSERVERS)}")
-        if not (50.0 < float(self.percentile) <= 100.0):
+        if not (50.0 < self.percentile <= 100.0):  # no float(): a huge JSON integer would overflow
             raise PlanError(f"percentile={self.percentile!r} must lie in (50, 100]")
         if self.float16_format not in FLOAT16_FORMATS:
             raise PlanError(
@@ -243,7 +262,7 @@ class QuantSpec:
         if not isinstance(d, Mapping):
             raise PlanError(f"a spec must be a mapping of fields, got {type(d).__name__}: {d!r}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted((k for k in d if k not in known), key=repr)  # keys of mixed types sort too
         if unknown:
             raise PlanError(f"unknown spec field(s) {unknown}; valid fields: {sorted(known)}")
         kw = dict(d)
@@ -259,7 +278,11 @@ class QuantSpec:
         return cls(**kw)
 
     def with_(self, **changes: Any) -> QuantSpec:
-        """A copy with some fields changed (validated)."""
+        """A copy with some fields changed (validated); an unknown field name raises :class:`PlanError`."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(k for k in changes if k not in known)
+        if unknown:
+            raise PlanError(f"unknown spec field(s) {unknown}; valid fields: {sorted(known)}")
         return replace(self, **changes)
 
 
@@ -311,7 +334,13 @@ class QuantPlan:
 
     def __post_init__(self) -> None:
         clean: dict[str, QuantSpec] = {}
-        for name, spec in dict(self.layers).items():
+        try:
+            layers = dict(self.layers)
+        except (TypeError, ValueError):
+            raise PlanError(
+                f"a plan's layers must be a mapping of layer name -> spec, got {type(self.layers).__name__}"
+            ) from None
+        for name, spec in layers.items():
             if not isinstance(name, str) or not name:
                 raise PlanError(f"layer names must be non-empty module paths, got {name!r}")
             if isinstance(spec, Mapping):
@@ -434,12 +463,21 @@ class QuantPlan:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_json(cls, text: str) -> QuantPlan:
+    def from_json(cls, text: str | bytes) -> QuantPlan:
+        if not isinstance(text, (str, bytes, bytearray)):
+            raise PlanError(f"a plan's JSON must be text, got {type(text).__name__}")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise PlanError(f"plan is not valid JSON: {e}") from e
-        return cls.from_dict(data)
+        except UnicodeDecodeError as e:
+            raise PlanError(f"plan is not valid JSON: not UTF-8 text ({e})") from e
+        except RecursionError:
+            raise PlanError("plan is not valid JSON: nested too deeply") from None
+        try:
+            return cls.from_dict(data)
+        except RecursionError:  # a deeply nested (valid) JSON value in a spec field: its repr overflows
+            raise PlanError("plan JSON is nested too deeply to be a plan (layer -> spec fields)") from None
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the plan as JSON; refuses to replace an existing file unless ``overwrite``."""
@@ -452,10 +490,23 @@ class QuantPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> QuantPlan:
+        """A plan from a JSON file; a file that cannot be read or is no plan raises :class:`PlanError` naming
+        the file (a missing one FileNotFoundError)."""
         path = Path(path)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, ...
+            is_file = False
+        if not is_file:
             raise FileNotFoundError(f"plan file {path} does not exist")
-        return cls.from_json(path.read_text())
+        try:
+            text = path.read_bytes()
+        except OSError as e:
+            raise PlanError(f"plan file {path} cannot be read: {e.strerror or e}") from e
+        try:
+            return cls.from_json(text)
+        except PlanError as e:
+            raise PlanError(f"plan file {path}: {e}") from e
 
     # -- validation and summaries -------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> None:
@@ -734,7 +785,7 @@ def _quantizable_or_raise(model: nn.Module) -> list[str]:
 
 
 # -- shorthand ------------------------------------------------------------------------------------------------
-_SHORTHAND = re.compile(r"^w(?P<w>\d+)(?:a(?P<a>\d+))?$")
+_SHORTHAND = re.compile(r"^w(?P<w>[0-9]+)(?:a(?P<a>[0-9]+))?$")
 _SELECTION_KEYS = ("include", "exclude")
 
 
@@ -789,11 +840,13 @@ def parse_shorthand(text: str) -> QuantSpec:
     m = _SHORTHAND.match(parts[1])
     if not m:
         raise PlanError(f"bits part {parts[1]!r} of {text!r} not understood; {help_text}")
+    if max(len(m["w"]), len(m["a"] or "")) > 6:  # int() refuses > 4300 digits; no valid width has 7
+        raise PlanError(f"bits part {parts[1]!r} of {text!r}: bits must be one of {_choices(VALID_BITS)}")
     kw: dict[str, Any] = {"w_bits": int(m["w"]), "a_bits": int(m["a"]) if m["a"] is not None else 32}
     for opt in parts[2:]:
         if opt in GRANULARITIES:
             kw["granularity"] = opt
-        elif re.fullmatch(r"g\d+", opt):
+        elif re.fullmatch(r"g[0-9]{1,18}", opt):
             kw["group_size"] = int(opt[1:])
         elif opt in ("asym", "sym"):
             kw["w_symmetric"] = opt == "sym"
@@ -804,7 +857,7 @@ def parse_shorthand(text: str) -> QuantSpec:
             kw["a_dynamic"] = True
         elif opt in ("fp16", "bf16"):
             kw["float16_format"] = "float16" if opt == "fp16" else "bfloat16"
-        elif m_c := re.fullmatch(r"(?P<kind>cs|s|r)(?P<v>\d*\.?\d+)", opt):
+        elif m_c := re.fullmatch(r"(?P<kind>cs|s|r)(?P<v>[0-9]*\.?[0-9]+)", opt):
             value = float(m_c["v"])
             if m_c["kind"] == "r":
                 kw["rank_ratio"] = value

@@ -185,7 +185,7 @@ def _data_digest(loader: Any) -> str:
 
 def evaluation_prefix(task: Any, split: str, seed: int) -> str:
     """What a measured accuracy depends on besides the plan: the quantization code, the model's weights, the
-    task (name, metric), the calibration data and the evaluated split's data, and the observer seed."""
+    task (name, metric, the output it scores), the calibration data and the evaluated split's data, and the observer seed."""
     import workbench.quant
     from workbench.fingerprint import code_fingerprint
 
@@ -193,6 +193,9 @@ def evaluation_prefix(task: Any, split: str, seed: int) -> str:
     metric = getattr(task.metric, "__qualname__", type(task.metric).__name__)
     parts = (code, _model_digest(task.model), task.name, metric, _data_digest(task.calib_loader),
              _data_digest(task.loader(split)), split, seed)  # fmt: skip
+    output_key = getattr(task, "output_key", None)
+    if output_key is not None:  # keys of tasks without one are unchanged (caches stay valid)
+        parts = (*parts, f"output_key={output_key!r}")
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
 
 

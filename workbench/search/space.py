@@ -26,7 +26,7 @@ import numpy as np
 from torch import nn
 
 from workbench.quant.introspect import quantizable_layers
-from workbench.quant.spec import FP32, PlanError, QuantPlan, QuantSpec, match_layers
+from workbench.quant.spec import FP32, VALID_BITS, PlanError, QuantPlan, QuantSpec, match_layers
 
 W_BITS: tuple[int, ...] = (2, 3, 4, 6, 8, 16)
 A_BITS: tuple[int, ...] = (4, 6, 8, 16)
@@ -69,8 +69,8 @@ class UnitChoices:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "w_bits", _check_subset(_tuple(self.w_bits, "w_bits"), W_BITS + (32,), "w_bits"))
-        set_(self, "a_bits", _check_subset(_tuple(self.a_bits, "a_bits"), A_BITS + (32,), "a_bits"))
+        set_(self, "w_bits", _check_subset(_tuple(self.w_bits, "w_bits"), VALID_BITS, "w_bits"))
+        set_(self, "a_bits", _check_subset(_tuple(self.a_bits, "a_bits"), VALID_BITS, "a_bits"))
         set_(
             self,
             "granularities",

@@ -14,7 +14,9 @@ so identical plans are measured once across trials and workers.
 Storage: ``sqlite:///mlruns/search.db`` by default (created before any worker starts), any SQLAlchemy URL
 Optuna accepts (``postgresql://...`` for several machines), or ``":memory:"``. A study killed mid-run resumes with
 ``resume=True``: every completed trial is kept, trials left running are marked failed, and the search goes on
-until the budget is met.
+until the budget is met. Spawned workers die with the process that started them (so a killed search leaves none
+writing to its study), a study is only resumed or joined by the task (model, data, metric, seed) that created it,
+and two workers never measure past the budget together (a trial that would is pruned before it measures).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -59,6 +65,7 @@ STRATEGIES: tuple[str, ...] = SAMPLER_STRATEGIES + BASELINE_STRATEGIES
 WARM_STARTS: tuple[str, ...] = ("uniform", "greedy", "ilp", "aimet")
 MEMORY = ":memory:"
 CONFIG_ATTR = "workbench_config"
+TASK_ATTR = "workbench_task"  # the task's name and evaluation fingerprint: resume / join must match it
 
 
 class SearchError(ValueError):
@@ -73,9 +80,12 @@ class SearchConfig:
     Conv / Linear weights with their scales), ``bops``, ``latency`` (ms per sample: estimated on ``profile``, a
     hardware precision profile name or path, at ``latency_batch_size``; a BOPs proxy without a profile),
     ``energy`` (mJ per sample on ``profile``). Constraints:
-    ``max_weight_fraction`` (weight bytes over FP32 weight bytes), ``max_size_bytes``, ``max_accuracy_drop``
-    (percentage points against FP32 on ``split``); infeasible plans are reported to the sampler through
-    Optuna's constraint support, and plans over a size budget are not measured (they cost no evaluation).
+    ``max_weight_fraction`` (weight bytes over FP32 weight bytes), ``max_size_bytes``, ``max_avg_weight_bits``
+    (weight bits of the quantizable layers averaged with their element counts as weights, float layers at 32:
+    :attr:`~workbench.quant.spec.PlanSummary.avg_weight_bits`), ``max_accuracy_drop`` (the metric loss in
+    percentage points against FP32 on ``split``: accuracy drop for labelled accuracy); infeasible plans are
+    reported to the sampler through Optuna's constraint support, and plans over a size budget (weight fraction,
+    bytes or average bits) are not measured (they cost no evaluation).
     ``complexity_penalty`` / ``diversity_penalty``: reward shaping (seed 001) subtracted from the accuracy the
     sampler sees: weight x (distinct specs - 1) / layers, and weight x similarity to the closest earlier plan.
     ``final_split``: the front's plans are measured again on this split (None: skip).
@@ -99,6 +109,7 @@ class SearchConfig:
     seed: int = 0
     max_weight_fraction: float | None = None
     max_size_bytes: int | None = None
+    max_avg_weight_bits: float | None = None
     max_accuracy_drop: float | None = None
     complexity_penalty: float = 0.0
     diversity_penalty: float = 0.0
@@ -147,6 +158,12 @@ class SearchConfig:
             raise SearchError(f"max_weight_fraction={self.max_weight_fraction!r} must lie in (0, 1]")
         if self.max_size_bytes is not None and self.max_size_bytes <= 0:
             raise SearchError(f"max_size_bytes={self.max_size_bytes!r} must be > 0")
+        if self.max_avg_weight_bits is not None and (
+            isinstance(self.max_avg_weight_bits, bool)
+            or not isinstance(self.max_avg_weight_bits, (int, float))
+            or not 1 <= self.max_avg_weight_bits <= 32
+        ):
+            raise SearchError(f"max_avg_weight_bits={self.max_avg_weight_bits!r} must be a number in [1, 32]")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise SearchError(f"max_accuracy_drop={self.max_accuracy_drop!r} must be >= 0 (pp)")
         for name in ("complexity_penalty", "diversity_penalty"):
@@ -332,13 +349,25 @@ class SearchResult:
     def plans(self) -> list[QuantPlan]:
         return [QuantPlan.from_dict(json.loads(p)) for p in self.front["plan"]]
 
-    def best(self, *, max_weight_fraction: float | None = None, column: str = "accuracy") -> pd.Series:
-        """The front plan with the highest ``column`` within a weight-size fraction."""
+    def best(
+        self,
+        *,
+        max_weight_fraction: float | None = None,
+        max_avg_weight_bits: float | None = None,
+        column: str = "accuracy",
+    ) -> pd.Series:
+        """The front plan with the highest ``column`` within a weight-size fraction and an element-weighted
+        average of weight bits."""
         df = self.front
         if max_weight_fraction is not None:
             df = df[df["weight_bytes"] <= max_weight_fraction * self.fp32_weight_bytes]
+        if max_avg_weight_bits is not None:
+            df = df[df["avg_weight_bits"] <= max_avg_weight_bits + 1e-9]
         if df.empty:
-            raise ValueError(f"no front plan within max_weight_fraction={max_weight_fraction}")
+            raise ValueError(
+                f"no front plan within max_weight_fraction={max_weight_fraction}, "
+                f"max_avg_weight_bits={max_avg_weight_bits}"
+            )
         return df.sort_values([column, "weight_bytes"], ascending=[False, True]).iloc[0]
 
     def to_dict(self) -> dict[str, Any]:
@@ -413,6 +442,8 @@ class SearchContext:
             c.append(cost.weight_bytes / self.fp32_weight_bytes - cfg.max_weight_fraction)
         if cfg.max_size_bytes is not None:
             c.append(float(cost.size_bytes - cfg.max_size_bytes))
+        if cfg.max_avg_weight_bits is not None:
+            c.append(float(cost.avg_weight_bits - cfg.max_avg_weight_bits))
         if cfg.max_accuracy_drop is not None:
             drop = math.inf if accuracy is None else 100.0 * (self.evaluator.fp32_accuracy - accuracy)
             c.append(drop - cfg.max_accuracy_drop)
@@ -468,15 +499,16 @@ def _calib_size(task: Any) -> int:
 # ============================================================================================ trial
 
 
-def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None) -> tuple[float, ...]:
+def _evaluate_trial(
+    ctx: SearchContext, trial: Any, *, parent_run_id: str | None, budget: int | None = None
+) -> tuple[float, ...]:
     from workbench import tracking
 
     cfg = ctx.config
     plan = ctx.space.suggest(trial)
     params = dict(trial.params)
     cost = ctx.cost_model(plan)
-    size_constraints = (cfg.max_weight_fraction is not None) + (cfg.max_size_bytes is not None)
-    over_size = any(v > 0 for v in ctx.constraints(cost, None)[:size_constraints])
+    over_size = any(v > 0 for v in ctx.constraints(cost, None)[: _n_size(cfg)])
     source = cfg.accuracy if cfg.accuracy != "multifidelity" else "measured"
     key = SearchSpace.plan_key(plan)
     hit = False
@@ -488,6 +520,8 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
         assert ctx.predicted is not None
         accuracy = ctx.predicted(plan)
     else:
+        if budget is not None and not _measured_in_study(trial.study, key):
+            _reserve_evaluation(trial, budget)
         accuracy, hit = ctx.evaluator(plan)
         # the budget counts distinct plans measured by this study; a plan another study (or worker) already
         # measured is read from the shared cache (cache_hit) but still costs this study one evaluation
@@ -543,6 +577,21 @@ def _evaluate_trial(ctx: SearchContext, trial: Any, *, parent_run_id: str | None
             )
             run.log_plan(plan)
     return tuple(values)
+
+
+def _reserve_evaluation(trial: Any, budget: int) -> None:
+    """Before a trial measures a new plan: prune it when the study's measurements plus the trials that started
+    earlier and are still running already fill ``budget``. Two workers that both saw one evaluation left would
+    otherwise both measure; trial numbers order them, so exactly one goes ahead (a running trial may yet end
+    without a measurement: its worker then starts another trial)."""
+    import optuna
+
+    running, complete = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE
+    trials = trial.study.get_trials(deepcopy=False, states=(running, complete))  # one consistent snapshot
+    have = sum(int(t.user_attrs.get("real_eval", 0)) for t in trials if t.state == complete)
+    ahead = sum(1 for t in trials if t.state == running and t.number < trial.number)
+    if have + ahead >= budget:
+        raise optuna.TrialPruned(f"the budget of {budget} evaluations is taken by earlier trials")
 
 
 def _measured_in_study(study: Any, key: str) -> bool:
@@ -601,7 +650,9 @@ def _run_worker(ctx: SearchContext, study: Any, *, target: int, counts_real: boo
                 )
                 break
             study.optimize(
-                lambda t: _evaluate_trial(ctx, t, parent_run_id=parent_run_id),
+                lambda t: _evaluate_trial(
+                    ctx, t, parent_run_id=parent_run_id, budget=target if counts_real else None
+                ),
                 n_trials=1,
                 catch=(),
                 gc_after_trial=False,
@@ -684,6 +735,7 @@ def _check_feasible(ctx: SearchContext) -> None:
     base_cost = ctx.cost_model(base)
     min_weight = base_cost.weight_bytes
     min_size = base_cost.size_bytes
+    min_bits = base_cost.avg_weight_bits  # element-weighted: a unit's choice moves it additively
     for unit in space.units:
         try:
             specs = _unit_specs(space, unit, all_a_bits=cfg.max_size_bytes is not None)
@@ -692,6 +744,7 @@ def _check_feasible(ctx: SearchContext) -> None:
         costs = [ctx.cost_model(space.with_unit(base, unit.name, spec)) for spec in specs]
         min_weight += min(c.weight_bytes for c in costs) - base_cost.weight_bytes
         min_size += min(c.size_bytes for c in costs) - base_cost.size_bytes
+        min_bits += min(c.avg_weight_bits for c in costs) - base_cost.avg_weight_bits
     if cfg.max_weight_fraction is not None:
         frac = min_weight / ctx.fp32_weight_bytes
         if frac > cfg.max_weight_fraction:
@@ -704,19 +757,33 @@ def _check_feasible(ctx: SearchContext) -> None:
             f"max_size_bytes={cfg.max_size_bytes} is below what any plan of this space reaches: the smallest "
             f"plan takes {min_size} bytes"
         )
+    if cfg.max_avg_weight_bits is not None and min_bits > cfg.max_avg_weight_bits + 1e-9:
+        raise SearchError(
+            f"max_avg_weight_bits={cfg.max_avg_weight_bits} is below what any plan of this space reaches: the "
+            f"smallest plan averages {min_bits:.3f} weight bits (float layers count 32)"
+        )
 
 
 def default_predictor(task: Any, sensitivity: Any = None, *, n_plans: int = 300, seed: int = 0,
-                      model: str = "gbt", progress: bool = False) -> Any:  # fmt: skip
-    """The accuracy predictor of :mod:`workbench.predictor` on ``task`` (plan dataset cached under data/)."""
+                      model: str = "gbt", progress: bool = False, w_bits: Sequence[int] = (2, 3, 4, 6, 8),
+                      a_bits: Sequence[int] = (8,)) -> Any:  # fmt: skip
+    """The accuracy predictor of :mod:`workbench.predictor` on ``task`` (plan dataset cached under data/), trained
+    on plans drawing each layer's bits from ``w_bits`` / ``a_bits`` (``a_bits=(32,)``: weight-only plans, as a
+    weight-only search space needs)."""
     from workbench.predictor import AccuracyPredictor, PlanDatasetConfig, PlanFeaturizer, build_plan_dataset
     from workbench.sensitivity import analyze_sensitivity
 
     sens = sensitivity if sensitivity is not None else analyze_sensitivity(task, track=False)
     n_random = n_plans // 2
-    ds_config = PlanDatasetConfig(n_random=n_random, n_stratified=n_plans - n_random, seed=seed)
+    ds_config = PlanDatasetConfig(
+        n_random=n_random,
+        n_stratified=n_plans - n_random,
+        seed=seed,
+        w_bits=tuple(w_bits),
+        a_bits=tuple(a_bits),
+    )
     dataset = build_plan_dataset(task, sens, ds_config, track=False)
-    featurizer = PlanFeaturizer.fit(task, sens)
+    featurizer = PlanFeaturizer.fit(task, sens, w_bits=tuple(w_bits), a_bits=tuple(a_bits))
     predictor = AccuracyPredictor.fit(dataset, featurizer, model=model, seed=seed)
     predictor.info["dataset_plans"] = len(dataset)
     return predictor
@@ -751,7 +818,9 @@ def _warm_candidates(ctx: SearchContext, sensitivity: Any) -> list[tuple[str, di
 
 
 def _n_size(cfg: SearchConfig) -> int:
-    return (cfg.max_weight_fraction is not None) + (cfg.max_size_bytes is not None)
+    """How many of :meth:`SearchContext.constraints` (the first ones) are size budgets."""
+    budgets = (cfg.max_weight_fraction, cfg.max_size_bytes, cfg.max_avg_weight_bits)
+    return sum(v is not None for v in budgets)
 
 
 def _baseline_candidates(
@@ -917,10 +986,33 @@ def _read_payload(payload_path: str) -> dict[str, Any]:
     return payload
 
 
-def _spawn_worker(payload_path: str, worker: int) -> None:  # runs in a spawned process
+def _die_with_parent(parent_pid: int | None) -> None:
+    """A spawned worker must not outlive the search that started it: a parent killed with SIGKILL (or OOM)
+    would otherwise leave its workers running trials on the study, racing a later ``resume=True``. On Linux
+    the kernel kills the worker with its parent (``PR_SET_PDEATHSIG``); everywhere a watchdog thread ends the
+    worker once the pipe to its parent closes."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc / prctl: the watchdog below still works
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if parent_pid is not None and os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    parent = mp.parent_process()
+    if parent is not None:
+
+        def watch() -> None:
+            parent.join()  # returns when the parent's end of the pipe closes: it has exited
+            os._exit(1)
+
+        threading.Thread(target=watch, name="workbench-parent-watch", daemon=True).start()
+
+
+def _spawn_worker(payload_path: str, worker: int, parent_pid: int | None = None) -> None:  # a spawned process
     import optuna
     import torch
 
+    _die_with_parent(parent_pid)
     payload = _read_payload(payload_path)
     task = payload["task"]
     config: SearchConfig = payload["config"]
@@ -944,6 +1036,8 @@ def _constraint_names(config: SearchConfig) -> list[str]:
         names.append("weight_fraction")
     if config.max_size_bytes is not None:
         names.append("size_bytes")
+    if config.max_avg_weight_bits is not None:
+        names.append("avg_weight_bits")
     if config.max_accuracy_drop is not None:
         names.append("accuracy_drop_pp")
     return names
@@ -951,7 +1045,13 @@ def _constraint_names(config: SearchConfig) -> list[str]:
 
 def _has_constraints(config: SearchConfig) -> bool:
     return any(
-        v is not None for v in (config.max_weight_fraction, config.max_size_bytes, config.max_accuracy_drop)
+        v is not None
+        for v in (
+            config.max_weight_fraction,
+            config.max_size_bytes,
+            config.max_avg_weight_bits,
+            config.max_accuracy_drop,
+        )
     )
 
 
@@ -1051,13 +1151,18 @@ def run_search(
             f"methods {sorted(compress)}. Use accuracy='measured' with prune / lowrank"
         )
     ctx = _prepare(task, config, None, storage_url, space=space, fp32_latency_ms=fp32_latency)
+    if join or config.resume:
+        _check_same_task(attrs, ctx, name, storage_url)
     needs_pred, needs_sens = _needs(config)
     if needs_sens and sensitivity is None:
         from workbench.sensitivity import analyze_sensitivity
 
         sensitivity = analyze_sensitivity(task, track=False)
     if needs_pred and predictor is None:
-        predictor = default_predictor(task, sensitivity, seed=0)
+        bits: dict[str, Any] = {}
+        if tuple(config.space.a_bits) == (32,):  # a weight-only space: learn from weight-only plans
+            bits = {"a_bits": (32,), "w_bits": tuple(b for b in config.space.w_bits if b <= 8) or (8,)}
+        predictor = default_predictor(task, sensitivity, seed=0, **bits)
     if predictor is not None:
         ctx.predicted = PredictedAccuracy(predictor, ctx.evaluator.fp32_accuracy)
     candidates: list[tuple[str, dict[str, Any]]] = []
@@ -1084,6 +1189,7 @@ def run_search(
         )
         study.set_user_attr(CONFIG_ATTR, json.dumps(config.to_dict(), default=str))
         study.set_user_attr("fp32_latency_ms", ctx.cost_model.fp32_latency_ms)
+        study.set_user_attr(TASK_ATTR, {"task": task.name, "evaluation_prefix": ctx.evaluator._prefix})
         for label, params in candidates:
             study.enqueue_trial(params, user_attrs={"label": label}, skip_if_exists=False)
         study.set_user_attr("enqueued", len(candidates))
@@ -1150,6 +1256,21 @@ def _requeue_unfinished(study: Any) -> None:
             again.add(label)
 
 
+def _check_same_task(attrs: Mapping[str, Any], ctx: SearchContext, name: str, storage_url: str) -> None:
+    """Refuse to resume or join a study with another model, data, metric or seed than the one that created it
+    (its trials would silently mix with this task's on one front). Studies created before the check was
+    recorded carry no fingerprint and are accepted."""
+    stored = attrs.get(TASK_ATTR)
+    if not isinstance(stored, dict) or "evaluation_prefix" not in stored:
+        return
+    if stored["evaluation_prefix"] != ctx.evaluator._prefix:
+        raise SearchError(
+            f"study {name!r} in {storage_url.split('@')[-1]} was created for task {stored.get('task')!r} with "
+            f"another model, data, metric or seed (evaluation fingerprint {stored['evaluation_prefix']}, this "
+            f"task {ctx.task.name!r} has {ctx.evaluator._prefix}); pass another study name or storage"
+        )
+
+
 def _flat(config: SearchConfig) -> dict[str, Any]:
     d = config.to_dict()
     d.pop("space")
@@ -1187,12 +1308,23 @@ def _run_parallel(task: Any, config: SearchConfig, predictor: Any, storage_url: 
                    "parent_run_id": parent_id, "fp32_latency_ms": fp32_latency_ms,
                    "device": str(model_device(task.model))}  # fmt: skip
         torch.save(payload, payload_path)  # a file, not shared memory: workers may sit on a small /dev/shm
-        for w in range(config.workers):
-            p = ctxm.Process(target=_spawn_worker, args=(payload_path, w), daemon=False)
-            p.start()
-            procs.append(p)
-        for p in procs:
-            p.join()
+        try:
+            for w in range(config.workers):
+                p = ctxm.Process(target=_spawn_worker, args=(payload_path, w, os.getpid()), daemon=False)
+                p.start()
+                procs.append(p)
+            for p in procs:
+                p.join()
+        except BaseException:  # interrupted (Ctrl-C, an error): stop the workers, never leave them running
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+            raise
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
         raise RuntimeError(
@@ -1225,6 +1357,8 @@ def _finish(ctx: SearchContext, study: Any, name: str, storage_url: str, t0: flo
         "latency_source": ctx.cost_model.latency_source,
         "fp32_latency_ms": ctx.cost_model.fp32_latency_ms,
         "space_units": len(ctx.space.units),
+        # what the "accuracy" columns hold: the task's metric (accuracy, cosine, an eval_fn's name, ...)
+        "metric_name": str(getattr(ctx.task, "metric_name", "accuracy")),
         "space_log10_plans": round(math.log10(ctx.space.cardinality()), 3)
         if math.isfinite(ctx.space.cardinality())
         else None,

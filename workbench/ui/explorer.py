@@ -45,7 +45,9 @@ CURRENT = "current plan"
 CURRENT_SIZE = "current plan size"
 
 
-def _label(value: Any) -> str:
+def _label(value: Any, knob: str | None = None) -> str:
+    if knob in ("w_bits", "a_bits") and value in (16, 32):
+        return f"{value} (float)"  # 32: left in float32 (a_bits 32: weight-only), 16: a 16-bit float format
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
@@ -122,7 +124,7 @@ class BitWidthExplorer:
         self.controls: dict[tuple[str, str], W.Dropdown] = {}
         for unit, knob, choices in space.knob_table():
             dd = W.Dropdown(
-                options=[(_label(c), c) for c in choices],
+                options=[(_label(c, knob), c) for c in choices],
                 value=choices[0],
                 layout=W.Layout(width="auto"),
                 disabled=len(choices) == 1,
@@ -183,7 +185,8 @@ class BitWidthExplorer:
     # ------------------------------------------------------------------------------------------ building
     def _default_plan(self) -> QuantPlan:
         if all(8 in u.choices.w_bits and "quantize" in u.choices.methods for u in self.space.units):
-            a = 8 if all(8 in u.choices.a_bits for u in self.space.units) else None
+            # 8-bit activations, or activations left in float when every unit offers that (weight-only spaces)
+            a = next((b for b in (8, 32) if all(b in u.choices.a_bits for u in self.space.units)), None)
             gran = (
                 "per_channel"
                 if all("per_channel" in u.choices.granularities for u in self.space.units)
@@ -252,28 +255,46 @@ class BitWidthExplorer:
         for k in columns:
             values = list(dict.fromkeys(v for u in units for v in u.choices.knob_choices().get(k, ())))
             dd = W.Dropdown(
-                options=[("-", None)] + [(_label(v), v) for v in values],
+                options=[("-", None)] + [(_label(v, k), v) for v in values],
                 value=None,
                 layout=W.Layout(width="auto"),
             )
             dd.observe(lambda ch, knob=k: self._on_all(knob, ch), names="value")
             self.all_controls[k] = dd
             cells.append(dd)
+        kinds = self._layer_kinds()
         for u in units:
-            tip = ", ".join(u.layers)
-            cells.append(W.HTML(f'<span title="{tip}">{u.name}</span>'))
+            tip = ", ".join(f"{n} ({kinds[n]})" if n in kinds else n for n in u.layers)
+            tag = {kinds.get(n) for n in u.layers} - {None, "Conv2d", "Linear"}
+            extra = f" <small>({', '.join(sorted(tag))})</small>" if tag else ""
+            cells.append(W.HTML(f'<span title="{tip}">{u.name}</span>{extra}'))
             for k in columns:
                 cells.append(self.controls.get((u.name, k)) or W.HTML(""))
         grid = W.GridBox(
             cells,
             layout=W.Layout(
-                grid_template_columns=f"minmax(120px, 190px) repeat({len(columns)}, minmax(80px, 125px))",
+                grid_template_columns=f"minmax(120px, max-content) repeat({len(columns)}, minmax(80px, 125px))",
                 grid_gap="2px 6px",
                 align_items="center",
             ),
         )
-        note = ", ".join(f"{KNOB_LABELS[k]} = {_label(next(iter(v)))}" for k, v in fixed.items())
+        note = ", ".join(f"{KNOB_LABELS[k]} = {_label(next(iter(v)), k)}" for k, v in fixed.items())
         return grid, W.HTML(f"<small>same for every unit: {note}</small>" if note else "")
+
+    def _layer_kinds(self) -> dict[str, str]:
+        """Layer -> type (``Linear``, ``Conv2d``, ``Embedding, weight-only``, ...) when the cost model holds the
+        model (a :class:`~workbench.search.objectives.CostModel` does); empty otherwise."""
+        from workbench.quant.introspect import is_weight_only, layer_type
+
+        model = getattr(self.cost_model, "model", None)
+        if model is None or not hasattr(model, "named_modules"):
+            return {}
+        wanted = {n for u in self.space.units for n in u.layers}
+        return {
+            n: layer_type(m) + (", weight-only" if is_weight_only(m) else "")
+            for n, m in model.named_modules()
+            if n in wanted
+        }
 
     def _build_figure(self) -> go.Figure:
         trials = self.trials
@@ -424,6 +445,7 @@ class BitWidthExplorer:
             "latency_source": getattr(self.cost_model, "latency_source", "unknown"),
             "avg_weight_bits": float(cost.avg_weight_bits),
             "avg_act_bits": float(cost.avg_act_bits),
+            "covered_fraction": self._covered_fraction(plan),
             "plan_key": key,
             "source": self.source,
         }
@@ -431,6 +453,18 @@ class BitWidthExplorer:
         self.summary.value = self._summary_html(v)
         self._update_figure(v)
         return v
+
+    def _covered_fraction(self, plan: QuantPlan) -> float | None:
+        """Share of the model's parameters that ``plan`` quantizes (None when the cost model cannot tell)."""
+        model, costs = getattr(self.cost_model, "model", None), getattr(self.cost_model, "costs", None)
+        if model is None or costs is None:
+            return None
+        from workbench.quant.spec import summarize
+
+        try:
+            return float(summarize(plan, model, costs, bn_pairs=[]).covered_fraction)  # coverage: no folding
+        except Exception:  # noqa: BLE001 - an optional figure of the summary
+            return None
 
     def evaluate(self) -> float:
         """Measure the current plan's accuracy with ``evaluator`` (shown, and kept for this plan)."""
@@ -478,6 +512,7 @@ class BitWidthExplorer:
         else:
             pred = f"n/a <small>({v['predicted_note']})</small>"
         meas = _pct(v["measured_accuracy"]) if v["measured_accuracy"] is not None else "not measured"
+        acts = f"{v['avg_act_bits']:.2f}" if v["avg_act_bits"] < 32 else "float32 (none quantized)"
         rows = [
             ("predicted accuracy", pred),
             ("measured accuracy", meas),
@@ -485,9 +520,11 @@ class BitWidthExplorer:
             ("weight size", f"{v['weight_bytes']:,} bytes ({_pct(v['weight_fraction'])} of FP32)"),
             ("BOPs / sample", f"{v['bops']:,} ({_pct(v['bops_fraction'])} of FP32)"),
             ("latency", f"{v['latency_ms']:.4f} ms / sample ({v['latency_source'].replace('_', ' ')})"),
-            ("avg bits", f"weights {v['avg_weight_bits']:.2f}, activations {v['avg_act_bits']:.2f}"),
+            ("avg bits", f"weights {v['avg_weight_bits']:.2f}, activations {acts}"),
             ("plan", self.source),
         ]
+        if v.get("covered_fraction") is not None:
+            rows.insert(-1, ("covered", f"{_pct(v['covered_fraction'])} of the model's parameters quantized"))
         body = "".join(f"<tr><td style='padding-right:12px'>{k}</td><td>{x}</td></tr>" for k, x in rows)
         return f"<table>{body}</table>"
 

@@ -141,15 +141,14 @@ def ranking_figure(ranking: pd.DataFrame, *, title: str = "") -> go.Figure:
     fig.update_layout(
         title=title,
         xaxis_title="sensitivity",
+        yaxis_title="layer",
         xaxis_type="log" if positive else "linear",
         height=max(300, 22 * len(r)),
     )
     return fig
 
 
-def predicted_vs_measured_figure(
-    predictions: pd.DataFrame, *, target: str = "accuracy drop (pp)"
-) -> go.Figure:
+def predicted_vs_measured_figure(predictions: pd.DataFrame, *, target: str = "metric loss (pp)") -> go.Figure:
     """Out-of-fold predictions against measurements, one colour per model (columns model, y_true, y_pred)."""
     _need(predictions, ["model", "y_true", "y_pred"])
     fig = go.Figure()
@@ -166,4 +165,65 @@ def predicted_vs_measured_figure(
         yaxis_title=f"predicted {target}",
         height=480,
     )
+    return fig
+
+
+def linear_deployments_figure(table: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+    """FP32, dynamic int8 and bf16 side by side (the table of
+    :func:`workbench.hardware.dynamic.compare_linear_deployments`): median latency of one batch with its min-max
+    range, and the distance of each variant's outputs from FP32 (1 - mean cosine), FP32 itself at 0."""
+    _need(table, ["variant", "median_ms", "min_ms", "max_ms", "cosine_to_fp32", "top1_agreement"])
+    variants = [str(v) for v in table["variant"]]
+    med = table["median_ms"].to_numpy(dtype=np.float64)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("latency of one batch (median, min-max)", "distance from FP32 outputs"),
+    )
+    fig.add_trace(
+        go.Bar(
+            x=variants,
+            y=med,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": table["max_ms"].to_numpy(dtype=np.float64) - med,
+                "arrayminus": med - table["min_ms"].to_numpy(dtype=np.float64),
+            },
+            text=[f"{s:.2f}x" for s in table.get("speedup_vs_fp32", pd.Series([1.0] * len(table)))],
+            textposition="outside",
+            name="latency",
+            showlegend=False,
+            hovertemplate="%{x}<br>median %{y:.3g} ms<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    cos = table["cosine_to_fp32"].to_numpy(dtype=np.float64)
+    fig.add_trace(
+        go.Bar(
+            x=variants,
+            y=1.0 - cos,
+            text=[f"cos {c:.5f}<br>top-1 {100 * a:.1f} %" for c, a in zip(cos, table["top1_agreement"])],
+            textposition="outside",
+            name="fidelity",
+            showlegend=False,
+            hovertemplate="%{x}<br>1 - cosine %{y:.3g}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.update_xaxes(title_text="variant", row=1, col=1)
+    fig.update_xaxes(title_text="variant", row=1, col=2)
+    fig.update_yaxes(title_text="latency per batch (ms)", row=1, col=1)
+    fig.update_yaxes(title_text="1 - cosine to FP32 outputs", row=1, col=2)
+    attrs = table.attrs
+    if title is None:
+        title = "Real kernels: FP32, dynamic int8 and bf16"
+        if attrs:
+            title += (
+                f"<br><sup>batch of {attrs.get('batch_size')}, {attrs.get('repeats')} interleaved runs, "
+                f"{attrs.get('threads')} thread(s); fidelity on the {attrs.get('split')} split</sup>"
+            )
+    fig.update_layout(title=title, height=440, margin={"t": 90})
     return fig

@@ -88,6 +88,7 @@ def pareto_figure(
     fp32_accuracy: float | None = None,
     current: Mapping[str, Any] | None = None,
     title: str | None = None,
+    metric: str | None = None,
 ) -> go.Figure:
     """Accuracy (%) against weight size of every trial, the Pareto front as a line, FP32 accuracy as a dashed
     line, and an optional ``current`` plan (a dict with ``accuracy`` and ``weight_bytes``) highlighted.
@@ -96,8 +97,12 @@ def pareto_figure(
     are used) or a trials DataFrame with columns ``accuracy`` and ``weight_bytes`` (``label``,
     ``avg_weight_bits``, ``accuracy_source``, ``feasible`` are used when present). ``front`` defaults to the
     result's front, or the non-dominated rows of the trials. Trial accuracies are on the search split
-    (validation); the front's ``test_accuracy`` is not drawn here.
+    (validation); the front's ``test_accuracy`` is not drawn here. ``metric``: what the accuracy column holds
+    (axis label and title; default the result's ``info["metric_name"]``, else "accuracy").
     """
+    if metric is None:
+        info = getattr(result_or_trials, "info", None)  # a SearchResult's dict (a DataFrame's is a method)
+        metric = str(info.get("metric_name", "accuracy")) if isinstance(info, dict) else "accuracy"
     name = None
     if _is_result(result_or_trials):
         r = result_or_trials
@@ -179,13 +184,13 @@ def pareto_figure(
     if current is not None:
         fig.add_trace(current_trace(current, div))
     if title is None:
-        title = "Pareto front: accuracy against weight size" + (f", {name}" if name else "")
+        title = f"Pareto front: {metric} against weight size" + (f", {name}" if name else "")
         if skipped:
             title += f" ({skipped} over-budget plans not drawn)"
     fig.update_layout(
         title=title,
         xaxis_title=x_title,
-        yaxis_title="accuracy (%)",
+        yaxis_title=f"{metric} (%)",
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
         margin={"t": 90},
         height=480,
