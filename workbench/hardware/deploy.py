@@ -681,27 +681,6 @@ def _batch(example_input: Any, batch_size: int) -> Any:
 # ============================================================================================ dynamic path
 
 
-def _output_fidelity(
-    reference: nn.Module,
-    model: nn.Module,
-    loader: Any,
-    device: torch.device,
-    output_key: str | int | None = None,
-) -> dict[str, float]:
-    """Mean cosine of the outputs (the primary one, or ``output_key``'s) to the reference's and top-1
-    agreement, over ``loader``."""
-    cos, agree, n = 0.0, 0, 0
-    with torch.inference_mode():
-        for batch in loader:
-            x = move_inputs(split_batch(batch)[0], device)
-            a = primary_output(call_model(reference, x), key=output_key).float().flatten(1)
-            b = primary_output(call_model(model, x), key=output_key).float().flatten(1)
-            cos += float(torch.nn.functional.cosine_similarity(a, b, dim=1).sum())
-            agree += int((a.argmax(1) == b.argmax(1)).sum())
-            n += a.shape[0]
-    return {"cosine_to_fp32": cos / max(n, 1), "top1_agreement": agree / max(n, 1)}
-
-
 def _dynamic_linear_layers(model: nn.Module, plan: QuantPlan | None) -> tuple[list[str], list[str]]:
     """The nn.Linear layers dynamic int8 converts (every one without a plan; with one, those at <= 8 weight
     bits), and those of them whose plan asks for fewer than 8 bits."""
@@ -772,28 +751,12 @@ def compare_kernels(
                 )
             notes.append("bf16: the whole model in bfloat16 (integer inputs stay integers)")
         else:
-            from workbench.hardware.dynamic import bf16
+            from workbench.hardware.dynamic import compare_linear_deployments
 
-            dev = model_device(task.model)
-            models = {"fp32": task.model.eval(), "bf16": bf16(task.model)}
-            x = move_inputs(take_inputs(task.example_input(cfg.batch_size), cfg.batch_size), dev)
-            stats = time_side_by_side(models, x, repeats=cfg.repeats, warmup=cfg.warmup, threads=threads)
-            loader = task.loader(split)
-            rows = []
-            for name, model in models.items():
-                s = stats[name]
-                rows.append(
-                    {
-                        "variant": name,
-                        "median_ms": s.median_ms,
-                        "min_ms": s.min_ms,
-                        "max_ms": s.max_ms,
-                        "speedup_vs_fp32": stats["fp32"].median_ms / s.median_ms,
-                        "metric": task.evaluate(model, split),
-                        **_output_fidelity(task.model, model, loader, dev, getattr(task, "output_key", None)),
-                    }
-                )
-            df = pd.DataFrame(rows)
+            df = compare_linear_deployments(
+                task, plan, batch_size=cfg.batch_size, repeats=cfg.repeats, warmup=cfg.warmup, threads=threads,
+                split=split, variants=("bf16",),
+            )  # fmt: skip
             notes.append(
                 "bf16: the whole model in bfloat16 (integer inputs stay integers); the plan's bits do not apply"
             )

@@ -25,7 +25,14 @@ from torch import nn
 from workbench.devices import model_device
 from workbench.hardware.deploy import time_side_by_side
 from workbench.quant import QuantPlan
-from workbench.quant.inputs import call_model, map_inputs, primary_output, split_batch, take_inputs
+from workbench.quant.inputs import (
+    call_model,
+    map_inputs,
+    move_inputs,
+    primary_output,
+    split_batch,
+    take_inputs,
+)
 
 VARIANTS = ("fp32", "dynamic_int8", "bf16")
 
@@ -98,9 +105,10 @@ def _fidelity(
     """Mean cosine (outputs flattened per sample) and top-1 agreement of ``model``'s outputs with
     ``reference``'s over ``loader``, on the output ``output_key`` chooses (None: the primary output)."""
     cos, agree, n = 0.0, 0, 0
+    device = model_device(reference)
     with torch.inference_mode():
         for batch in loader:
-            x, _ = split_batch(batch)
+            x = move_inputs(split_batch(batch)[0], device)
             a = primary_output(call_model(reference, x), key=output_key).float().flatten(1)
             b = primary_output(call_model(model, x), key=output_key).float().flatten(1)
             cos += float(torch.nn.functional.cosine_similarity(a, b, dim=1).sum())
@@ -118,8 +126,9 @@ def compare_linear_deployments(
     warmup: int = 3,
     threads: int = 2,
     split: str = "test",
+    variants: tuple[str, ...] = ("dynamic_int8", "bf16"),
 ) -> pd.DataFrame:
-    """FP32, dynamic int8 and bf16 of ``task.model`` side by side: median / min / max latency of one batch of
+    """FP32, dynamic int8 and bf16 (``variants``: a subset of those two) of ``task.model`` side by side: median / min / max latency of one batch of
     ``batch_size`` inputs (interleaved runs, ``threads`` torch threads), speed-up over FP32, the task metric on
     ``split``, and fidelity to FP32 (mean cosine of the primary outputs, top-1 agreement) on ``split``.
 
@@ -131,12 +140,12 @@ def compare_linear_deployments(
     output_key = getattr(task, "output_key", None)
     modes = {m: m.training for m in task.model.modules()}
     try:
-        models = {
-            "fp32": task.model.eval(),
-            "dynamic_int8": dynamic_int8(task.model, plan),
-            "bf16": bf16(task.model),
-        }
-        x = take_inputs(task.example_input(batch_size), batch_size)
+        builders = {"dynamic_int8": lambda: dynamic_int8(task.model, plan), "bf16": lambda: bf16(task.model)}
+        bad = [v for v in variants if v not in builders]
+        if bad or not variants:
+            raise ValueError(f"variants={variants!r}: choose a non-empty subset of {list(builders)}")
+        models = {"fp32": task.model.eval(), **{v: builders[v]() for v in variants}}
+        x = move_inputs(take_inputs(task.example_input(batch_size), batch_size), model_device(task.model))
         stats = time_side_by_side(models, x, repeats=repeats, warmup=warmup, threads=threads)
         loader = task.loader(split)
         rows = []
