@@ -38,6 +38,12 @@ PARAMS = {
         "MODEL = 'digits_cnn'\nBUDGETS = (0.45, 0.6)\nPOLICIES = ('rule', 'cascade')\nSHIFTS = ('clean', 'noise')\n"
         "PROBE_SAMPLES = 32\nTRACK = True\n"
     ),
+    "07_bring_your_own_model.ipynb": (
+        "METRIC = 'cosine'\nTRAIN_EPOCHS = 40\nTHREADS = 1\nPROFILE_BATCHES = 1\nLATENCY_REPEATS = 2\n"
+        "W_BITS = (3, 4, 8)\nSENS_METRICS = ('output_mse',)\nCALIB_BATCHES = 1\nPREDICTOR_PLANS = 16\nFOLDS = 3\n"
+        "BUDGET = 4\nQAT_EPOCHS = 1\nQAT_STEPS = 2\nBATCH_SIZE = 16\nREPEATS = 2\nTRACK = True\n"
+        "STORAGE = 'sqlite:///{tmp}/search07.db'\n"
+    ),
 }
 
 

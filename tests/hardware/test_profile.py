@@ -107,6 +107,14 @@ def test_measured_cpu_profile_records_how_it_was_measured():
         (lambda d: d.update({"schema_version": 9}), "schema_version=9 is not supported"),
         (lambda d: d["ops"].pop("linear"), "needs at least one precision for 'linear'"),
         (lambda d: d.update({"cost_model": "bit_serial"}), "missing the required field 'bit_serial'"),
+        (
+            lambda d: d["ops"]["conv"]["fp32"].update(
+                {"overhead_usec": 3.0}
+            ),  # a typo is not silently ignored
+            "ops.conv.fp32 has unknown field(s) 'overhead_usec'",
+        ),
+        (lambda d: d["memory"].update({"bandwidth": 10}), "memory has unknown field(s) 'bandwidth'"),
+        (lambda d: d.update({"batchsize": 8}), "unknown field(s) 'batchsize'"),
     ],
 )
 def test_bad_profiles_name_the_problem(edit, message):

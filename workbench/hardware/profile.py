@@ -365,8 +365,26 @@ def _source(d: Mapping[str, Any], where: str, sources: Mapping[str, str]) -> str
     return src
 
 
+_TOP_KEYS = ("schema_version", "name", "kind", "device", "description", "sources", "cost_model", "batch_size",
+             "memory", "ops", "conversion", "bit_serial", "meta")  # fmt: skip
+_MEMORY_KEYS = ("bandwidth_gbps", "energy_pj_per_byte", "source", "note")
+_ENTRY_KEYS = ("macs_per_s", "overhead_us", "energy_pj_per_mac", "source", "note", "curve")
+_CONVERSION_KEYS = ("elements_per_s", "overhead_us", "source", "note")
+_BIT_SERIAL_KEYS = ("brick_bits", "max_bits", "source")
+
+
+def _known_keys(d: Mapping[str, Any], valid: tuple[str, ...], where: str) -> None:
+    """A key the format does not know (a typo such as ``overhead_usec``) is an error, never silently ignored."""
+    unknown = [k for k in d if k not in valid]
+    if unknown:
+        raise ProfileError(
+            f"{where} has unknown field(s) {_choices(unknown)}; valid fields: {_choices(valid)}"
+        )
+
+
 def _parse(d: Any, where: str) -> PrecisionProfile:
     d = _obj(d, where)
+    _known_keys(d, _TOP_KEYS, where)
     version = d.get("schema_version", SCHEMA_VERSION)
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise ProfileError(
@@ -389,6 +407,7 @@ def _parse(d: Any, where: str) -> PrecisionProfile:
         raise ProfileError(f"{where}.batch_size must be a positive integer, got {batch!r}")
 
     mem = _obj(_req(d, "memory", where), f"{where}.memory")
+    _known_keys(mem, _MEMORY_KEYS, f"{where}.memory")
     memory = MemorySpec(
         bandwidth_gbps=_num(
             _req(mem, "bandwidth_gbps", f"{where}.memory"), f"{where}.memory.bandwidth_gbps", positive=True
@@ -414,6 +433,7 @@ def _parse(d: Any, where: str) -> PrecisionProfile:
                     f"{w}: unknown precision {prec!r}; valid precisions: {_choices(PRECISIONS)}"
                 )
             entry = _obj(entry, w)
+            _known_keys(entry, _ENTRY_KEYS, w)
             ops[op][prec] = OpCost(
                 macs_per_s=_num(_req(entry, "macs_per_s", w), f"{w}.macs_per_s", positive=True),
                 overhead_us=_num(entry.get("overhead_us", 0.0), f"{w}.overhead_us"),
@@ -433,6 +453,7 @@ def _parse(d: Any, where: str) -> PrecisionProfile:
     conversion = None
     if d.get("conversion") is not None:
         c = _obj(d["conversion"], f"{where}.conversion")
+        _known_keys(c, _CONVERSION_KEYS, f"{where}.conversion")
         conversion = ConversionSpec(
             elements_per_s=_num(
                 _req(c, "elements_per_s", f"{where}.conversion"),
@@ -446,6 +467,7 @@ def _parse(d: Any, where: str) -> PrecisionProfile:
     bit_serial = None
     if cost_model == "bit_serial":
         b = _obj(_req(d, "bit_serial", where), f"{where}.bit_serial")
+        _known_keys(b, _BIT_SERIAL_KEYS, f"{where}.bit_serial")
         brick = b.get("brick_bits", 2)
         max_bits = b.get("max_bits", 8)
         for key, value in (("brick_bits", brick), ("max_bits", max_bits)):
