@@ -96,7 +96,10 @@ def test_two_workers_share_a_postgresql_study(postgres, tmp_path, monkeypatch):
     trials = study.get_trials()
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))  # none lost, none duplicated
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    done, pruned = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+    # a trial that would measure past the budget while earlier trials still run is pruned before it measures
+    assert all(t.state in (done, pruned) for t in trials), [t.state for t in trials]
+    trials = [t for t in trials if t.state == done]
     assert {t.user_attrs["worker"] for t in trials} == {0, 1}  # both workers did work
     measured = [t.user_attrs["plan_key"] for t in trials if t.user_attrs["real_eval"]]
     assert len(measured) == len(set(measured))  # no plan measured twice, across workers

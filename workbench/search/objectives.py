@@ -207,6 +207,7 @@ class EvalCache:
     """
 
     TABLE = "workbench_eval_cache"
+    CLAIMS = "workbench_eval_claims"
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url
@@ -226,6 +227,13 @@ class EvalCache:
                 self._meta,
                 sa.Column("key", sa.String(96), primary_key=True),
                 sa.Column("value", sa.Text, nullable=False),
+                sa.Column("created", sa.Float, nullable=False),
+            )
+            self._claims = sa.Table(
+                self.CLAIMS,
+                self._meta,
+                sa.Column("key", sa.String(200), primary_key=True),
+                sa.Column("owner", sa.String(200), nullable=False),
                 sa.Column("created", sa.Float, nullable=False),
             )
             self._meta.create_all(self._engine, checkfirst=True)
@@ -260,6 +268,23 @@ class EvalCache:
                 )
         except sa.exc.IntegrityError:  # another worker measured the same plan first: keep theirs
             pass
+
+    def claim(self, key: str, owner: str) -> str:
+        """Atomically claim ``key`` for ``owner`` (a unique row in the shared database) and return who holds it:
+        ``owner`` when this call won, else the earlier claimant. Without a database every claim is won (one
+        process). Search workers claim a plan before measuring it, so two workers never measure one plan."""
+        if self._engine is None:
+            return owner
+        import sqlalchemy as sa
+
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(self._claims).values(key=key, owner=owner, created=time.time()))
+            return owner
+        except sa.exc.IntegrityError:
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.select(self._claims.c.owner).where(self._claims.c.key == key)).first()
+            return owner if row is None else str(row[0])
 
     def __len__(self) -> int:
         if self._engine is None:

@@ -520,6 +520,8 @@ def _evaluate_trial(
         assert ctx.predicted is not None
         accuracy = ctx.predicted(plan)
     else:
+        if not _measured_in_study(trial.study, key):
+            _wait_for_twin(ctx, trial, key)
         if budget is not None and not _measured_in_study(trial.study, key):
             _reserve_evaluation(trial, budget)
         accuracy, hit = ctx.evaluator(plan)
@@ -577,6 +579,22 @@ def _evaluate_trial(
             )
             run.log_plan(plan)
     return tuple(values)
+
+
+def _wait_for_twin(ctx: SearchContext, trial: Any, key: str, *, poll_s: float = 0.2) -> None:
+    """Claim the plan for this trial in the shared cache database; when an earlier trial of the study holds the
+    claim and is still running (another worker measuring the very same plan), wait until it ends, so that this
+    trial reads its measurement from the cache and costs no evaluation. A holder that is no longer running
+    (finished, failed, or killed and marked failed on resume) is not waited for."""
+    import optuna
+
+    holder = ctx.evaluator.cache.claim(f"{trial.study.study_name}|{key}", str(trial.number))
+    if holder == str(trial.number) or not holder.isdigit():
+        return
+    number = int(holder)
+    running = (optuna.trial.TrialState.RUNNING,)
+    while any(t.number == number for t in trial.study.get_trials(deepcopy=False, states=running)):
+        time.sleep(poll_s)
 
 
 def _reserve_evaluation(trial: Any, budget: int) -> None:
