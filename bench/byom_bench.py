@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from workbench.benchsuite import splice_section
+from workbench.benchsuite import markdown_table, splice_section
 from workbench.quant import QuantPlan, QuantSpec
 from workbench.quant.inputs import call_model, primary_output, split_batch
 from workbench.quant.swap import quantize_model
@@ -83,12 +83,6 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3g}"
     return str(v)
-
-
-def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    out += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
-    return out
 
 
 def main() -> None:
@@ -230,16 +224,16 @@ def main() -> None:
         "",
         "Uniform plans:",
         "",
-        *_table(uniform, ucols),
+        *markdown_table(uniform, ucols, _fmt),
         "",
         'Searched mixed plans against uniform at the same budget ("uniform within budget": the best uniform plan',
         'whose average bits fit; "uniform line": straight line between the neighbouring uniform plans):',
         "",
-        *_table(summary, list(summary[0])),
+        *markdown_table(summary, list(summary[0]), _fmt),
         "",
         "Every search:",
         "",
-        *_table(mixed, mcols),
+        *markdown_table(mixed, mcols, _fmt),
         "",
     ]
     splice_section(Path(args.doc), HEADING, lines)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from workbench.benchsuite import splice_section
+from workbench.benchsuite import markdown_table, splice_section
 from workbench.hardware.dynamic import compare_linear_deployments
 from workbench.transformer_task import transformer_task
 
@@ -41,11 +41,9 @@ def main() -> None:
     Path(args.json).write_text(json.dumps({"args": vars(args), "rows": df.to_dict("records")}, indent=1))
     cols = ["variant", "median_ms", "min_ms", "max_ms", "speedup_vs_fp32", "metric", "cosine_to_fp32",
             "top1_agreement"]  # fmt: skip
-    table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in df[cols].to_dict("records"):
-        table.append(
-            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
-        )
+    table = markdown_table(
+        df[cols].to_dict("records"), cols, lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    )
     n_params = sum(p.numel() for p in task.model.parameters())
     lines = [
         HEADING,

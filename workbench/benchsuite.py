@@ -461,6 +461,12 @@ def suite_section(result: SuiteResult) -> list[str]:
     return lines
 
 
+def markdown_table(rows: list[dict[str, Any]], cols: list[str], fmt: Callable[[Any], str] = str) -> list[str]:
+    """A Markdown table (header, rule, one line per row) of ``cols`` of ``rows``, each value through ``fmt``."""
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return out + ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+
+
 def splice_section(doc: Path, heading: str, lines: list[str]) -> None:
     """Replace the section of ``doc`` starting at the line ``heading`` (up to the next ``## ``) with ``lines``,
     or append them; every other section is kept. The one way every benchmark script edits BENCHMARKS.md."""
