@@ -161,3 +161,13 @@ def layer_costs(model: nn.Module, example_input: torch.Tensor) -> dict[str, Laye
         for m, mode in modes.items():
             m.training = mode
     return costs
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path)
+
+
+def set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attr, new)
