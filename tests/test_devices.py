@@ -219,6 +219,7 @@ def test_deploy_on_cpu_equals_deploy_without_device(digits_cnn_task):
 def test_every_stage_refuses_a_missing_device_before_any_work(digits_cnn_task, monkeypatch, tmp_path):
     from workbench import pipeline, predictor, runtime, sensitivity
     from workbench.hardware import deploy as deploy_mod
+    from workbench.hardware.deploy import convert as deploy_convert
     from workbench.qat import train_qat
     from workbench.search import study
 
@@ -228,7 +229,7 @@ def test_every_stage_refuses_a_missing_device_before_any_work(digits_cnn_task, m
         (sensitivity, "_take"), (sensitivity, "_compute"), (predictor, "layer_costs"), (predictor, "_reference"),
         (study, "default_storage"), (study, "open_storage"), (pipeline, "quantize_model"),
         (pipeline, "make_task"), (runtime, "_inputs"), (runtime, "SwitchableModel"),
-        (deploy_mod, "load_profile"), (deploy_mod, "_baked_float_model"),
+        (deploy_convert, "load_profile"), (deploy_convert, "_baked_float_model"),
     ):  # fmt: skip
         monkeypatch.setattr(module, name, _boom)
     with _bad_device():
@@ -258,6 +259,7 @@ def test_every_stage_refuses_a_missing_device_before_any_work(digits_cnn_task, m
 
 def test_int8_deployment_off_the_cpu_is_refused_before_conversion(digits_cnn_task, monkeypatch):
     from workbench.hardware import deploy as deploy_mod
+    from workbench.hardware.deploy import convert as deploy_convert
     from workbench.hardware.dispatch import dispatch_plan
     from workbench.hardware.profile import load_profile
 
@@ -272,8 +274,8 @@ def test_int8_deployment_off_the_cpu_is_refused_before_conversion(digits_cnn_tas
     deploy_mod._check_device(cuda, dispatch_plan(task.model, bf16, prof, executable=run))  # may leave the CPU
     deploy_mod._check_device(torch.device("cpu"), dispatch_plan(task.model, int8, prof, executable=run))
     # through deploy(): the device resolves (as on a CUDA machine), then the int8 plan is refused unconverted
-    monkeypatch.setattr(deploy_mod, "resolve_device", lambda d: cuda)
-    monkeypatch.setattr(deploy_mod, "_baked_float_model", _boom)
+    monkeypatch.setattr(deploy_convert, "resolve_device", lambda d: cuda)
+    monkeypatch.setattr(deploy_convert, "_baked_float_model", _boom)
     with pytest.raises(DeviceError, match="int8 deployment is CPU-only"):
         deploy_mod.deploy(task.model, int8, task.calib_loader, device="cuda")
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from workbench.devices import model_device
-from workbench.hardware.deploy import time_side_by_side
+from workbench.hardware.timing import time_side_by_side
 from workbench.quant import QuantPlan
 from workbench.quant.inputs import (
     call_model,

@@ -19,9 +19,7 @@ rule, so the estimate describes the model that is actually deployed.
 
 from __future__ import annotations
 
-import inspect
 import math
-import operator
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -30,148 +28,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from workbench.devices import model_device
 from workbench.hardware.dispatch import LayerDispatch, dispatch_plan, int_containers, int_followers
+from workbench.hardware.graph import _Node, trace_graph
 from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
-from workbench.quant.inputs import move_inputs, take_inputs
-from workbench.quant.introspect import is_quantizable, quantizable_layers
+from workbench.quant.introspect import quantizable_layers
 from workbench.quant.spec import QuantPlan, macs_factor
-
-_FREE_FUNCS = {
-    torch.flatten,
-    torch.reshape,
-    torch.squeeze,
-    torch.unsqueeze,
-    torch.transpose,
-    torch.permute,
-    operator.getitem,
-    getattr,
-}
-_FREE_METHODS = {
-    "view",
-    "reshape",
-    "flatten",
-    "size",
-    "squeeze",
-    "unsqueeze",
-    "permute",
-    "transpose",
-    "contiguous",
-    "dim",
-}
-_FREE_MODULES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
-_RELUS = (nn.ReLU, nn.ReLU6)
-_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-
-
-@dataclass
-class _Node:
-    name: str
-    kind: str  # "input", "layer", "elementwise", "relu", "bn", "free", "output"
-    owner: str
-    elements: int  # output elements per sample
-    in_elements: int
-    inputs: list[str]
-    layer: str | None = None
-    target: str = ""  # module path of call_module nodes
-
-
-def _numel(meta: Any) -> int:
-    tm = meta.get("tensor_meta") if isinstance(meta, dict) else None
-    if tm is None:
-        return 0
-    if hasattr(tm, "shape"):
-        shape = tuple(tm.shape)
-        return int(math.prod(shape[1:])) if len(shape) > 1 else int(math.prod(shape))
-    if isinstance(tm, (tuple, list)):
-        return sum(int(math.prod(t.shape[1:])) for t in tm if hasattr(t, "shape"))
-    return 0
-
-
-def _positional(gm: torch.fx.GraphModule, x: Any) -> tuple[Any, ...]:
-    """``x`` (a tensor, tuple or dict of inputs) as the positional arguments of the traced forward."""
-    if isinstance(x, dict):
-        bound = inspect.signature(gm.forward).bind(**x)
-        bound.apply_defaults()
-        return tuple(bound.args)
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
-
-
-def trace_graph(model: nn.Module, example_input: Any) -> list[_Node] | None:
-    """The model's dataflow at the granularity the estimator needs, or None when torch.fx cannot trace it.
-
-    ``example_input``: a tensor, a tuple or a dict of tensors (keyword arguments of the forward)."""
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    modes = {m: m.training for m in model.modules()}  # each module's own flag, restored exactly
-    try:
-        gm = torch.fx.symbolic_trace(model)
-        gm.eval()
-        with torch.no_grad():
-            # on the model's device: a mismatch would fail here and silently drop the graph
-            x = move_inputs(take_inputs(example_input, 1), model_device(model))
-            ShapeProp(gm).propagate(*_positional(gm, x))
-    except Exception as e:  # noqa: BLE001 - any tracing failure falls back to a layer-only estimate
-        warnings.warn(
-            f"cost estimate without elementwise ops and conversions: torch.fx cannot trace the model ({e})",
-            stacklevel=3,
-        )
-        return None
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    modules = dict(model.named_modules())
-    nodes: list[_Node] = []
-    for n in gm.graph.nodes:
-        inputs = [a.name for a in n.all_input_nodes]
-        elements = _numel(n.meta)
-        in_el = sum(_numel(a.meta) for a in n.all_input_nodes)
-        stack = list(n.meta.get("nn_module_stack", {}).keys())
-        if n.op == "placeholder":
-            nodes.append(_Node(n.name, "input", "", elements, 0, []))
-            continue
-        if n.op == "output":
-            nodes.append(_Node(n.name, "output", "", 0, in_el, inputs))
-            continue
-        if n.op == "get_attr":
-            nodes.append(_Node(n.name, "free", "", 0, 0, []))
-            continue
-        if n.op == "call_module":
-            target = str(n.target)
-            mod = modules[target]
-            owner = target.rsplit(".", 1)[0] if "." in target else ""
-            if is_quantizable(mod):
-                kind = "layer"
-            elif isinstance(mod, _FREE_MODULES):
-                kind = "free"
-            elif isinstance(mod, _RELUS):
-                kind = "relu"
-            elif isinstance(mod, nn.BatchNorm2d):
-                kind = "bn"
-            elif isinstance(mod, _POOLS):
-                kind = "elementwise"
-            else:
-                kind = "elementwise"
-            nodes.append(
-                _Node(
-                    n.name, kind, owner, elements, in_el, inputs, target if kind == "layer" else None, target
-                )
-            )
-            continue
-        owner = stack[-1] if stack else ""
-        if (
-            n.op == "call_function"
-            and (n.target in _FREE_FUNCS)
-            or n.op == "call_method"
-            and n.target in _FREE_METHODS
-        ):
-            kind = "free"
-        elif n.target in (torch.relu, nn.functional.relu) or n.target == "relu":
-            kind = "relu"
-        else:
-            kind = "elementwise"
-        nodes.append(_Node(n.name, kind, owner, elements, in_el, inputs))
-    return nodes
 
 
 @dataclass(frozen=True)
@@ -268,35 +129,38 @@ class CostEstimator:
         rows: list[dict[str, Any]] = []
 
         def add_row(name: str, kind: str, op: str, prec: str, work: float, nbytes: float, cost) -> None:
-            total = cost.seconds(
-                work
-            )  # measured curve where the profile has one, else overhead + work / rate
-            compute = total - cost.overhead_us * 1e-6
-            memory = nbytes / bw
-            seconds = max(total, cost.overhead_us * 1e-6 + memory)
-            energy = 0.0
-            if cost.energy_pj_per_mac is not None:
-                energy += work * cost.energy_pj_per_mac * 1e-12
-            if e_byte is not None:
-                energy += nbytes * e_byte * 1e-12
             rows.append(
-                {
-                    "node": name,
-                    "kind": kind,
-                    "op": op,
-                    "precision": prec,
-                    "work": work,
-                    "bytes": nbytes,
-                    "compute_ms": compute * 1e3,
-                    "memory_ms": memory * 1e3,
-                    "latency_ms": seconds * 1e3,
-                    "bound": "memory" if memory > compute else "compute",
-                    "energy_mj": energy * 1e3,
-                    "energy_known": cost.energy_pj_per_mac is not None and e_byte is not None,
-                }
+                _cost_row(name, kind, op, prec, work, nbytes, cost, bandwidth=bw, energy_per_byte=e_byte)
             )
 
-        # layers
+        self._layer_rows(plan, disp, add_row)
+        if self.graph is not None:
+            self._graph_rows(disp, add_row)
+        df = pd.DataFrame(rows)
+        by = df.groupby("kind")["latency_ms"].sum() if len(df) else pd.Series(dtype=float)
+        has_energy = e_byte is not None or any(
+            c.energy_pj_per_mac is not None for t in prof.ops.values() for c in t.values()
+        )
+        energy = float(df["energy_mj"].sum()) if len(df) and has_energy else math.nan
+        macs = int(df.loc[df["kind"] == "layer", "work"].sum())
+        return PlanEstimate(
+            profile=prof.name,
+            batch_size=B,
+            latency_ms=float(df["latency_ms"].sum()),
+            layer_ms=float(by.get("layer", 0.0)),
+            elementwise_ms=float(by.get("elementwise", 0.0)),
+            conversion_ms=float(by.get("conversion", 0.0)),
+            energy_mj=energy,
+            energy_complete=bool(has_energy and len(df) and df["energy_known"].all()),
+            bytes_moved=int(df["bytes"].sum()),
+            macs=macs,
+            fallback_layers=tuple(n for n, d in disp.items() if d.fallback),
+            layers=df,
+        )
+
+    def _layer_rows(self, plan: QuantPlan, disp: dict[str, LayerDispatch], add_row) -> None:
+        """A row per quantizable layer (and its bf16 / fp16 casts when the profile charges them per layer)."""
+        prof, B = self.profile, self.batch_size
         for name in self.layers:
             d = disp[name]
             c = self.costs[name]
@@ -327,30 +191,6 @@ class CostEstimator:
                     0.0,
                     _conv_cost(prof),
                 )
-
-        if self.graph is not None:
-            self._graph_rows(disp, add_row)
-        df = pd.DataFrame(rows)
-        by = df.groupby("kind")["latency_ms"].sum() if len(df) else pd.Series(dtype=float)
-        has_energy = e_byte is not None or any(
-            c.energy_pj_per_mac is not None for t in prof.ops.values() for c in t.values()
-        )
-        energy = float(df["energy_mj"].sum()) if len(df) and has_energy else math.nan
-        macs = int(df.loc[df["kind"] == "layer", "work"].sum())
-        return PlanEstimate(
-            profile=prof.name,
-            batch_size=B,
-            latency_ms=float(df["latency_ms"].sum()),
-            layer_ms=float(by.get("layer", 0.0)),
-            elementwise_ms=float(by.get("elementwise", 0.0)),
-            conversion_ms=float(by.get("conversion", 0.0)),
-            energy_mj=energy,
-            energy_complete=bool(has_energy and len(df) and df["energy_known"].all()),
-            bytes_moved=int(df["bytes"].sum()),
-            macs=macs,
-            fallback_layers=tuple(n for n, d in disp.items() if d.fallback),
-            layers=df,
-        )
 
     def _graph_rows(self, disp: dict[str, LayerDispatch], add_row) -> None:
         prof = self.profile
@@ -385,15 +225,6 @@ class CostEstimator:
                 return "half" if ins and all(x == "half" for x in ins) else "float"
             return ""
 
-        def elementwise_precision(want: str) -> str:
-            if want == "int" and "int8" in ew:
-                return "int8"
-            if want == "half":
-                for p in sorted(half_prec) + ["bf16", "fp16"]:
-                    if p in ew:
-                        return p
-            return "fp32" if "fp32" in ew else max(ew, key=lambda p: 0 if p.startswith("int") else 1)
-
         for node in self.graph:
             want = need(node)
             if node.kind == "input":
@@ -427,13 +258,63 @@ class CostEstimator:
                 continue  # fused into the integer conv / linear / add
             if not ew:
                 continue
-            prec = elementwise_precision(want)
+            prec = _elementwise_precision(want, ew, half_prec)
             el_bytes = {"int8": 1, "int4": 0.5, "int2": 0.25, "bf16": 2, "fp16": 2, "fp8": 1}.get(prec, 4)
             work = max(node.elements, node.in_elements) * B
             nbytes = (node.elements + node.in_elements) * B * el_bytes
             add_row(
                 node.name, "elementwise", "elementwise", prec, work, nbytes, prof.op_cost("elementwise", prec)
             )
+
+
+def _elementwise_precision(want: str, ew: tuple[str, ...], half_prec: set[str]) -> str:
+    """The elementwise precision the profile offers for a node that wants the ``want`` domain."""
+    if want == "int" and "int8" in ew:
+        return "int8"
+    if want == "half":
+        for p in sorted(half_prec) + ["bf16", "fp16"]:
+            if p in ew:
+                return p
+    return "fp32" if "fp32" in ew else max(ew, key=lambda p: 0 if p.startswith("int") else 1)
+
+
+def _cost_row(
+    name: str,
+    kind: str,
+    op: str,
+    prec: str,
+    work: float,
+    nbytes: float,
+    cost,
+    *,
+    bandwidth: float,
+    energy_per_byte: float | None,
+) -> dict[str, Any]:
+    """One row of an estimate: compute time (measured curve where the profile has one, else overhead + work /
+    rate), memory time, the larger of the two with the overhead, and energy where the profile knows it."""
+    total = cost.seconds(work)  # measured curve where the profile has one, else overhead + work / rate
+    compute = total - cost.overhead_us * 1e-6
+    memory = nbytes / bandwidth
+    seconds = max(total, cost.overhead_us * 1e-6 + memory)
+    energy = 0.0
+    if cost.energy_pj_per_mac is not None:
+        energy += work * cost.energy_pj_per_mac * 1e-12
+    if energy_per_byte is not None:
+        energy += nbytes * energy_per_byte * 1e-12
+    return {
+        "node": name,
+        "kind": kind,
+        "op": op,
+        "precision": prec,
+        "work": work,
+        "bytes": nbytes,
+        "compute_ms": compute * 1e3,
+        "memory_ms": memory * 1e3,
+        "latency_ms": seconds * 1e3,
+        "bound": "memory" if memory > compute else "compute",
+        "energy_mj": energy * 1e3,
+        "energy_known": cost.energy_pj_per_mac is not None and energy_per_byte is not None,
+    }
 
 
 def _conv_cost(prof: PrecisionProfile):

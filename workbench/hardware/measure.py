@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.hardware.deploy import cpu_has_vnni, cpu_name
 from workbench.hardware.profile import (
     ConversionSpec,
     MemorySpec,
     OpCost,
     PrecisionProfile,
 )
+from workbench.hardware.timing import cpu_has_vnni, cpu_name
 
 # (in_channels, out_channels, spatial side, kernel, stride)
 CONV_GRID_QUICK: tuple[tuple[int, int, int, int, int], ...] = (
@@ -267,77 +267,79 @@ def _entry(points: list[tuple[float, float]], *, note: str) -> tuple[OpCost, dic
     return cost, {"r2": r2, "points": [[float(w), float(s)] for w, s in points]}
 
 
-def measure_profile(config: MeasureConfig | None = None, *, progress: bool = False) -> PrecisionProfile:
-    """Benchmark the real kernels of this CPU and return a measured :class:`PrecisionProfile`."""
+def _step_points(
+    step: str, B: int, cfg: MeasureConfig
+) -> tuple[dict, dict[str, str], list[dict] | None, Any]:
+    """(points per precision, a note per precision, int4 extra points, conversion points) of one op type."""
+    if step in ("conv", "depthwise_conv"):
+        depthwise = step == "depthwise_conv"
+        grid = (
+            (DW_GRID_QUICK if cfg.quick else DW_GRID_FULL)
+            if depthwise
+            else (CONV_GRID_QUICK if cfg.quick else CONV_GRID_FULL)
+        )
+        notes = {
+            "fp32": "nn.Conv2d fp32, channels-last (as deployed)",
+            "bf16": "nn.Conv2d bf16 weights and input, channels-last (casts excluded)",
+            "int8": f"torch.ao quantized Conv2d, quint8 input, {cfg.engine} engine",
+        }
+        return _conv_points(grid, B, cfg, depthwise=depthwise), notes, None, None
+    if step == "linear":
+        pts, extra = _linear_points(LINEAR_GRID_QUICK if cfg.quick else LINEAR_GRID_FULL, B, cfg)
+        notes = {
+            "fp32": "nn.Linear fp32",
+            "bf16": "nn.Linear bf16 weights and input",
+            "int8": f"torch.ao quantized Linear, quint8 input, {cfg.engine} engine",
+        }
+        return pts, notes, extra, None
+    pts, conv_pts = _elementwise_points(
+        ELEMENTWISE_SIZES_QUICK if cfg.quick else ELEMENTWISE_SIZES_FULL, B, cfg
+    )
+    notes = {"fp32": "residual add fp32", "bf16": "residual add bf16", "int8": "quantized::add quint8"}
+    return pts, notes, None, conv_pts
+
+
+def _measure_ops(cfg: MeasureConfig, B: int, progress: bool) -> tuple[dict, dict, list[dict], Any, float]:
+    """Every op type's fitted costs, the fits, the int4 extra points, the conversion points and the bandwidth;
+    torch's threads and quantized engine are restored afterwards."""
     from tqdm.auto import tqdm
 
-    cfg = config or MeasureConfig()
     previous_threads = torch.get_num_threads()
     previous_engine = torch.backends.quantized.engine
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    threads = torch.get_num_threads()
-    B = cfg.batch_size
-    conv_grid = CONV_GRID_QUICK if cfg.quick else CONV_GRID_FULL
-    dw_grid = DW_GRID_QUICK if cfg.quick else DW_GRID_FULL
-    lin_grid = LINEAR_GRID_QUICK if cfg.quick else LINEAR_GRID_FULL
-    sizes = ELEMENTWISE_SIZES_QUICK if cfg.quick else ELEMENTWISE_SIZES_FULL
-    steps = ["conv", "depthwise_conv", "linear", "elementwise", "memory"]
-    bar = tqdm(steps, desc="measuring kernels", disable=not progress)
+    bar = tqdm(["conv", "depthwise_conv", "linear", "elementwise", "memory"], desc="measuring kernels",
+               disable=not progress)  # fmt: skip
     ops: dict[str, dict[str, OpCost]] = {}
     fits: dict[str, Any] = {}
     extra: list[dict] = []
+    conv_pts = None
+    bandwidth = 0.0
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="torch.ao")
             torch.manual_seed(0)
             for step in bar:
                 bar.set_postfix_str(step)
-                if step in ("conv", "depthwise_conv"):
-                    pts = _conv_points(
-                        dw_grid if step == "depthwise_conv" else conv_grid,
-                        B,
-                        cfg,
-                        depthwise=step == "depthwise_conv",
-                    )
-                    notes = {
-                        "fp32": "nn.Conv2d fp32, channels-last (as deployed)",
-                        "bf16": "nn.Conv2d bf16 weights and input, channels-last (casts excluded)",
-                        "int8": f"torch.ao quantized Conv2d, quint8 input, {cfg.engine} engine",
-                    }
-                elif step == "linear":
-                    pts, extra = _linear_points(lin_grid, B, cfg)
-                    notes = {
-                        "fp32": "nn.Linear fp32",
-                        "bf16": "nn.Linear bf16 weights and input",
-                        "int8": f"torch.ao quantized Linear, quint8 input, {cfg.engine} engine",
-                    }
-                elif step == "elementwise":
-                    pts, conv_pts = _elementwise_points(sizes, B, cfg)
-                    notes = {
-                        "fp32": "residual add fp32",
-                        "bf16": "residual add bf16",
-                        "int8": "quantized::add quint8",
-                    }
-                else:
+                if step == "memory":
                     bandwidth = measure_bandwidth_gbps(cfg.bandwidth_mb)
                     continue
+                pts, notes, step_extra, step_conv = _step_points(step, B, cfg)
+                extra = step_extra if step_extra is not None else extra
+                conv_pts = step_conv if step_conv is not None else conv_pts
                 ops[step] = {}
                 for prec, p in pts.items():
                     ops[step][prec], fits[f"{step}.{prec}"] = _entry(p, note=notes[prec])
     finally:
         torch.set_num_threads(previous_threads)
         torch.backends.quantized.engine = previous_engine
-    conv_cost, conv_fit = _entry(conv_pts, note="mean of quantize_per_tensor and dequantize")
-    fits["conversion"] = conv_fit
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cpu = cpu_name()
-    source = (
-        f"measured by `python -m workbench hardware --measure{' --quick' if cfg.quick else ''}` on {cpu} "
-        f"({platform.machine()}, {threads} threads, {cfg.engine} engine, VNNI: {cpu_has_vnni()}), torch "
-        f"{torch.__version__}, batch {B}, medians of {cfg.repeats} runs after {cfg.warmup} warm-up, {now}"
-    )
-    meta = {
+    return ops, fits, extra, conv_pts, bandwidth
+
+
+def _measured_meta(
+    cfg: MeasureConfig, threads: int, now: str, fits: dict, extra: list[dict]
+) -> dict[str, Any]:
+    return {
         "torch": torch.__version__,
         "threads": threads,
         "engine": cfg.engine,
@@ -357,6 +359,27 @@ def measure_profile(config: MeasureConfig | None = None, *, progress: bool = Fal
             }
         },
     }
+
+
+def measure_profile(config: MeasureConfig | None = None, *, progress: bool = False) -> PrecisionProfile:
+    """Benchmark the real kernels of this CPU and return a measured :class:`PrecisionProfile`."""
+    cfg = config or MeasureConfig()
+    previous_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(previous_threads)
+    B = cfg.batch_size
+    ops, fits, extra, conv_pts, bandwidth = _measure_ops(cfg, B, progress)
+    conv_cost, conv_fit = _entry(conv_pts, note="mean of quantize_per_tensor and dequantize")
+    fits["conversion"] = conv_fit
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cpu = cpu_name()
+    source = (
+        f"measured by `python -m workbench hardware --measure{' --quick' if cfg.quick else ''}` on {cpu} "
+        f"({platform.machine()}, {threads} threads, {cfg.engine} engine, VNNI: {cpu_has_vnni()}), torch "
+        f"{torch.__version__}, batch {B}, medians of {cfg.repeats} runs after {cfg.warmup} warm-up, {now}"
+    )
     return PrecisionProfile(
         name=cfg.name,
         kind="measured",
@@ -381,5 +404,5 @@ def measure_profile(config: MeasureConfig | None = None, *, progress: bool = Fal
             source="measured",
             note=conv_cost.note,
         ),
-        meta=meta,
+        meta=_measured_meta(cfg, threads, now, fits, extra),
     )

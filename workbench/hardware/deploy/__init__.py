@@ -1,0 +1,53 @@
+"""Deployment: a plan on real kernels of this CPU, measured against FP32 side by side.
+
+Parts: :mod:`.inputs` (which path suits the model's inputs), :mod:`.fx_int8` (the torch.ao FX int8 handler),
+:mod:`.convert` (:func:`deploy`, the verb), :mod:`.compare` (:func:`measure_deployment`,
+:func:`compare_kernels`); CPU facts and side-by-side timing live in :mod:`workbench.hardware.timing`.
+"""
+
+from workbench.hardware.deploy.compare import DeployConfig, DeployResult, compare_kernels, measure_deployment
+from workbench.hardware.deploy.convert import (
+    DEFAULT_PROFILE,
+    ENGINES,
+    EXECUTABLE,
+    DeployedModel,
+    _baked_float_model,
+    _check_device,
+    deploy,
+    load_profile,
+)
+from workbench.hardware.deploy.fx_int8 import Bf16Layer, channels_last
+from workbench.hardware.deploy.inputs import (
+    KERNELS,
+    DeployInputError,
+    choose_kernels,
+    integer_inputs,
+    static_input_problem,
+)
+from workbench.hardware.timing import LatencyStats, cpu_has_vnni, cpu_name, time_side_by_side
+
+__all__ = [
+    "DEFAULT_PROFILE",
+    "ENGINES",
+    "EXECUTABLE",
+    "KERNELS",
+    "Bf16Layer",
+    "DeployConfig",
+    "DeployInputError",
+    "DeployResult",
+    "DeployedModel",
+    "LatencyStats",
+    "_baked_float_model",
+    "_check_device",
+    "channels_last",
+    "choose_kernels",
+    "compare_kernels",
+    "cpu_has_vnni",
+    "cpu_name",
+    "deploy",
+    "integer_inputs",
+    "load_profile",
+    "measure_deployment",
+    "static_input_problem",
+    "time_side_by_side",
+]

@@ -1,0 +1,200 @@
+"""Deployment: a plan converted to real kernels on this CPU, measured against FP32 side by side.
+
+Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_plan` on a profile:
+
+- integer layers run torch.ao quantized kernels (FX graph mode, x86 / onednn engine: ``quantized::conv2d``,
+  ``quantized::linear``, fused conv-bn-relu, int8 residual adds). Weights below 8 bits are stored on their own
+  grid inside the int8 container (the observer's integer range is the plan's, so a 4-bit layer uses codes
+  -7..7), activations below 8 bits likewise use the plan's range (0..15 for 4 bits): the int8 kernel computes the
+  low-bit arithmetic exactly;
+- 16-bit layers run in bfloat16 (weights and input cast, channels-last convolution, output cast back);
+- every other layer (float, weight-only integer, or a kernel the profile lacks) stays in float32, with the
+  plan's quantized / pruned / low-rank weights baked in;
+- quantize / dequantize nodes sit at every boundary between the integer and float regions (inserted by FX);
+- convolutional models run channels-last throughout (the input is converted once, float weights too), the memory
+  format of the quantized kernels, so that no residual add mixes NCHW and NHWC tensors.
+
+Non-layer ops (residual adds, ReLUs, pooling) run in the integer domain when every layer of the module that owns
+them does (the same rule as the cost estimator). The caller's model is never modified.
+
+Inputs: static int8 quantizes the model's float input (the root observer calibrates its range), so it needs a
+model fed float tensors. Models fed integer tensors (token ids, attention masks), as transformers are, run on the
+dynamic path instead (:func:`workbench.hardware.dynamic.compare_linear_deployments`: dynamic int8 Linear kernels
+and bf16, no tracing): :func:`choose_kernels` picks between the two, :func:`compare_kernels` measures the
+dynamic path, and :func:`deploy` refuses integer inputs with :class:`DeployInputError` naming them.
+
+Devices: the torch.ao integer kernels are CPU kernels, so a plan with integer layers deploys only on the CPU
+(``device=`` anything else raises :class:`workbench.devices.DeviceError`); a plan whose layers all run in bf16 /
+fp32 deploys on any device torch has (CUDA included).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from workbench.devices import DeviceError, model_device, resolve_device
+from workbench.hardware.deploy.fx_int8 import (
+    _baked_float_model,
+    _input_channels_last,
+    convert_fx_int8,
+    int8_qconfig_mapping,
+    swap_bf16_layers,
+)
+from workbench.hardware.deploy.inputs import DeployInputError, static_input_problem
+from workbench.hardware.dispatch import (
+    LayerDispatch,
+    dispatch_plan,
+    dispatch_table,
+)
+from workbench.hardware.profile import PrecisionProfile, load_profile
+from workbench.hardware.timing import cpu_has_vnni
+from workbench.quant.inputs import (
+    call_model,
+    move_inputs,
+    split_batch,
+)
+from workbench.quant.introspect import quantizable_layers
+from workbench.quant.spec import PlanError, QuantPlan
+
+EXECUTABLE: tuple[str, ...] = ("fp32", "bf16", "int8")  # what this CPU runs through torch
+ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm")
+DEFAULT_PROFILE = "cpu_measured"
+
+
+@dataclass
+class DeployedModel:
+    """A plan on real kernels: ``module`` runs it; ``dispatch`` says which kernel each layer got."""
+
+    module: nn.Module
+    plan: QuantPlan
+    profile: str
+    engine: str
+    dispatch: dict[str, LayerDispatch]
+    notes: list[str] = field(default_factory=list)
+
+    def __call__(self, x: Any) -> Any:
+        return call_model(self.module, x)
+
+    def table(self) -> pd.DataFrame:
+        """One row per layer: requested and chosen precision, and the kernel module that runs it."""
+        df = dispatch_table(self.dispatch)
+        mods = dict(self.module.named_modules())
+        df["kernel"] = [
+            type(mods[n]).__module__ + "." + type(mods[n]).__name__ if n in mods else "" for n in df["layer"]
+        ]
+        return df
+
+    def precision_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.dispatch.values():
+            out[d.precision] = out.get(d.precision, 0) + 1
+        return out
+
+
+def _calib_batches(calib: Any, max_batches: int | None) -> list[Any]:
+    if isinstance(calib, torch.Tensor):
+        return [calib]
+    out = []
+    for i, batch in enumerate(calib):
+        if max_batches is not None and i >= max_batches:
+            break
+        out.append(split_batch(batch)[0])  # a tensor, a tuple or a dict of tensors, as the loader yields it
+    if not out:
+        raise PlanError("calibration data is empty: pass a tensor or a loader with at least one batch")
+    return out
+
+
+def deploy(
+    model: nn.Module,
+    plan: QuantPlan,
+    calib: Any,
+    *,
+    profile: PrecisionProfile | str = DEFAULT_PROFILE,
+    strict: bool = False,
+    engine: str = "x86",
+    max_calib_batches: int | None = 8,
+    device: str | torch.device | None = None,
+) -> DeployedModel:
+    """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
+    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``.
+
+    ``device``: where the deployed model runs (None: where ``model`` is; the model is copied there). Integer
+    layers run torch.ao quantized kernels, which exist only for the CPU: a plan with any layer dispatched to an
+    integer kernel raises :class:`workbench.devices.DeviceError` on another device (before any conversion). A
+    plan whose layers all run in bf16 / fp32 deploys on any device (``cuda``: bf16 layers use its kernels).
+    """
+    dev = model_device(model) if device is None else resolve_device(device)
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not valid; choose one of {ENGINES}")
+    if engine not in torch.backends.quantized.supported_engines:
+        raise RuntimeError(
+            f"quantized engine {engine!r} is not in this torch build ({torch.backends.quantized.supported_engines})"
+        )
+    if not isinstance(plan, QuantPlan):
+        raise PlanError(f"plan must be a QuantPlan, got {type(plan).__name__}")
+    plan.validate(model)
+    raw_batches = _calib_batches(calib, max_calib_batches)
+    problem = static_input_problem(raw_batches[0])
+    if problem is not None:  # before FX traces the model and fails on integer tensors obscurely
+        raise DeployInputError(problem)
+    prof = load_profile(profile)
+    layers = quantizable_layers(model)
+    executable = [p for p in EXECUTABLE]
+    disp = dispatch_plan(model, plan, prof, layers=layers, strict=strict, executable=executable)
+    _check_device(dev, disp)
+    if model_device(model) != dev:
+        model = copy.deepcopy(model).to(dev)
+    notes: list[str] = []
+    batches = [move_inputs(x, dev) for x in raw_batches]
+    reduce_range = not cpu_has_vnni() and engine in ("x86", "fbgemm")
+    if reduce_range:
+        notes.append(
+            "CPU without VNNI: 8-bit activations use 7 bits (reduce_range) to avoid int16 saturation"
+        )
+
+    baked = _baked_float_model(model, plan)
+    qmap, mapping_notes = int8_qconfig_mapping(model, plan, disp, reduce_range=reduce_range)
+    notes += mapping_notes + _float_layer_notes(plan, disp)
+    converted = convert_fx_int8(baked, qmap, batches, engine=engine)
+    notes += swap_bf16_layers(converted, disp)
+    if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
+        _input_channels_last(converted)
+    converted.eval()
+    return DeployedModel(converted, plan, prof.name, engine, disp, notes)
+
+
+def _float_layer_notes(plan: QuantPlan, disp: dict[str, LayerDispatch]) -> list[str]:
+    """What the float32 layers of a deployment carry: baked weight-only grids, dense pruned / low-rank weights."""
+    notes = []
+    for name, d in disp.items():
+        if d.weight_only:
+            notes.append(
+                f"{name}: weight-only {plan[name].w_bits}-bit runs in float with the quantized weights baked in"
+            )
+        if plan.get(name) is not None and plan[name].method in ("prune", "lowrank"):
+            notes.append(
+                f"{name}: {plan[name].method} baked into a dense weight (no sparse / factorised kernel)"
+            )
+    return notes
+
+
+def _check_device(dev: torch.device, disp: dict[str, LayerDispatch]) -> None:
+    """Refuse a deployment with integer kernels anywhere but the CPU (torch.ao has no other kernels)."""
+    if dev.type == "cpu":
+        return
+    int_layers = [n for n, d in disp.items() if d.is_int]
+    if int_layers:
+        raise DeviceError(
+            f"cannot deploy on {dev}: int8 deployment is CPU-only (torch.ao quantized kernels run only on the "
+            f"CPU) and layer(s) {int_layers} dispatch to integer kernels. Deploy with device='cpu' (a model on "
+            f"{dev} is copied there), or use a plan whose layers all run in bf16 / fp32 to deploy on {dev}"
+        )
+
+
+# ============================================================================================ measurement
