@@ -18,325 +18,50 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from workbench.quant.introspect import quantizable_layers
-from workbench.quant.spec import FP32, VALID_BITS, PlanError, QuantPlan, QuantSpec, match_layers
-
-W_BITS: tuple[int, ...] = (2, 3, 4, 6, 8, 16)
-A_BITS: tuple[int, ...] = (4, 6, 8, 16)
-GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
-METHODS: tuple[str, ...] = ("quantize", "prune", "lowrank", "none")
-SPARSITIES: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7)
-STRUCTURES: tuple[str, ...] = ("unstructured", "channel")
-RANK_RATIOS: tuple[float, ...] = (0.25, 0.5, 0.75)
-
-KNOBS: tuple[str, ...] = ("method", "w_bits", "a_bits", "granularity", "sparsity", "structure", "rank_ratio")
-
-
-def _tuple(value: Any, name: str) -> tuple:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-        value = (value,)
-    out = tuple(dict.fromkeys(value))
-    if not out:
-        raise PlanError(f"{name} must not be empty")
-    return out
-
-
-def _check_subset(values: tuple, valid: tuple, name: str) -> tuple:
-    bad = [v for v in values if v not in valid]
-    if bad:
-        raise PlanError(f"{name} {bad} not supported; valid {name}: {list(valid)}")
-    return values
-
-
-@dataclass(frozen=True)
-class UnitChoices:
-    """The choices open to one unit (layer or group). Every tuple is non-empty."""
-
-    w_bits: tuple[int, ...] = W_BITS
-    a_bits: tuple[int, ...] = (8,)
-    granularities: tuple[str, ...] = ("per_channel",)
-    methods: tuple[str, ...] = ("quantize",)
-    sparsities: tuple[float, ...] = SPARSITIES
-    structures: tuple[str, ...] = STRUCTURES
-    rank_ratios: tuple[float, ...] = RANK_RATIOS
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "w_bits", _check_subset(_tuple(self.w_bits, "w_bits"), VALID_BITS, "w_bits"))
-        set_(self, "a_bits", _check_subset(_tuple(self.a_bits, "a_bits"), VALID_BITS, "a_bits"))
-        set_(
-            self,
-            "granularities",
-            _check_subset(_tuple(self.granularities, "granularities"), GRANULARITIES, "granularities"),
-        )
-        set_(self, "methods", _check_subset(_tuple(self.methods, "methods"), METHODS, "methods"))
-        set_(
-            self, "structures", _check_subset(_tuple(self.structures, "structures"), STRUCTURES, "structures")
-        )
-        sp = tuple(float(s) for s in _tuple(self.sparsities, "sparsities"))
-        if any(not (0.0 < s < 1.0) for s in sp):
-            raise PlanError(f"sparsities {list(sp)} must lie in (0, 1)")
-        set_(self, "sparsities", sp)
-        rr = tuple(float(r) for r in _tuple(self.rank_ratios, "rank_ratios"))
-        if any(not (0.0 < r <= 1.0) for r in rr):
-            raise PlanError(f"rank_ratios {list(rr)} must lie in (0, 1]")
-        set_(self, "rank_ratios", rr)
-
-    def knob_choices(self) -> dict[str, tuple]:
-        """Knob -> choices, only the knobs this unit's methods use."""
-        out: dict[str, tuple] = {
-            "method": self.methods,
-            "w_bits": self.w_bits,
-            "a_bits": self.a_bits,
-            "granularity": self.granularities,
-        }
-        if "prune" in self.methods:
-            out["sparsity"] = self.sparsities
-            out["structure"] = self.structures
-        if "lowrank" in self.methods:
-            out["rank_ratio"] = self.rank_ratios
-        return out
-
-    def with_(self, **changes: Any) -> UnitChoices:
-        from dataclasses import replace
-
-        return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class SpaceConfig:
-    """What a search may choose. Defaults: every weight width of the issue, 8-bit activations, per-channel
-    quantization only (the space the accuracy predictor was trained on).
-
-    ``groups``: name -> layers that share one choice (``"residual"`` as the whole mapping groups each
-    residual block's output convolution with its downsample partner, see :func:`residual_groups`).
-    ``skip``: layers left in float32. ``fixed``: layer -> spec (or a mapping of spec fields) kept as given.
-    ``include`` / ``exclude``: glob patterns on layer names (:func:`workbench.quant.spec.match_layers`, e.g.
-    ``("*.intermediate.dense", "*.attention.*")`` / ``("pooler*",)``): only layers matched by an ``include``
-    pattern (every layer when None) and by no ``exclude`` pattern are searched, the others stay float32 like
-    ``skip`` (``fixed`` layers are kept whatever the patterns say). A pattern matching no layer is an error.
-    ``overrides``: layer or group -> dict of :class:`UnitChoices` fields narrowing that unit's choices.
-    ``group_size``: weights per scale of ``per_group`` granularity. ``base_spec``: the observer, symmetry ...
-    of every searched spec (its bits / granularity are replaced by the search's).
-    """
-
-    w_bits: tuple[int, ...] = W_BITS
-    a_bits: tuple[int, ...] = (8,)
-    granularities: tuple[str, ...] = ("per_channel",)
-    methods: tuple[str, ...] = ("quantize",)
-    sparsities: tuple[float, ...] = SPARSITIES
-    structures: tuple[str, ...] = STRUCTURES
-    rank_ratios: tuple[float, ...] = RANK_RATIOS
-    groups: Mapping[str, Sequence[str]] | str | None = None
-    skip: tuple[str, ...] = ()
-    fixed: Mapping[str, Any] = field(default_factory=dict)
-    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    group_size: int = 16
-    base_spec: QuantSpec = field(default_factory=QuantSpec)
-    include: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("include", "exclude"):
-            value = getattr(self, name)
-            if value is None and name == "include":
-                continue
-            items = (value,) if isinstance(value, str) else tuple(value)
-            if any(not isinstance(p, str) or not p for p in items):
-                raise PlanError(f"{name}={value!r} must be glob patterns on layer names (non-empty strings)")
-            object.__setattr__(self, name, items)
-
-    def default_choices(self) -> UnitChoices:
-        return UnitChoices(
-            w_bits=self.w_bits,
-            a_bits=self.a_bits,
-            granularities=self.granularities,
-            methods=self.methods,
-            sparsities=self.sparsities,
-            structures=self.structures,
-            rank_ratios=self.rank_ratios,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "w_bits": list(self.w_bits),
-            "a_bits": list(self.a_bits),
-            "granularities": list(self.granularities),
-            "methods": list(self.methods),
-            "sparsities": list(self.sparsities),
-            "structures": list(self.structures),
-            "rank_ratios": list(self.rank_ratios),
-            "groups": self.groups
-            if isinstance(self.groups, str) or self.groups is None
-            else {k: list(v) for k, v in self.groups.items()},
-            "skip": list(self.skip),
-            "fixed": {
-                k: (v.to_dict() if isinstance(v, QuantSpec) else dict(v)) for k, v in self.fixed.items()
-            },
-            "overrides": {
-                k: {kk: (list(vv) if isinstance(vv, (list, tuple)) else vv) for kk, vv in v.items()}
-                for k, v in self.overrides.items()
-            },
-            "group_size": self.group_size,
-            "base_spec": self.base_spec.to_dict(),
-            "include": None if self.include is None else list(self.include),
-            "exclude": list(self.exclude),
-        }
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One decision of the search: a layer, or a group of layers sharing a choice."""
-
-    name: str
-    layers: tuple[str, ...]
-    choices: UnitChoices
-
-
-def residual_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """Groups of convolutions whose outputs are added together (a block's last conv and its downsample conv),
-    found with torch.fx; through BatchNorm layers. Name: ``"<first layer>+"``. Untraceable models: no groups."""
-    import torch.fx
-
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception:  # noqa: BLE001 - grouping is an optional convenience
-        return {}
-    modules = dict(model.named_modules())
-    quantizable = set(quantizable_layers(model))
-
-    def source_layer(node: Any) -> str | None:
-        seen = 0
-        while isinstance(node, torch.fx.Node) and seen < 8:
-            if node.op == "call_module":
-                if node.target in quantizable:
-                    return str(node.target)
-                if isinstance(modules.get(node.target), (nn.BatchNorm2d, nn.BatchNorm1d, nn.Identity)):
-                    node = node.args[0] if node.args else None
-                    seen += 1
-                    continue
-            return None
-        return None
-
-    import operator
-
-    groups: dict[str, tuple[str, ...]] = {}
-    for node in gm.graph.nodes:
-        is_add = (node.op == "call_function" and node.target in (operator.add, operator.iadd)) or (
-            node.op == "call_method" and node.target in ("add", "add_")
-        )
-        if not is_add:
-            continue
-        srcs = [s for s in (source_layer(a) for a in node.args) if s is not None]
-        if len(srcs) >= 2:
-            members = tuple(dict.fromkeys(srcs))
-            groups[f"{members[0]}+"] = members
-    return groups
-
-
-def _coerce_spec(value: Any, name: str) -> QuantSpec:
-    if isinstance(value, QuantSpec):
-        return value
-    if isinstance(value, Mapping):
-        return QuantSpec.from_dict(value)
-    raise PlanError(f"fixed[{name!r}] must be a QuantSpec or a mapping of spec fields, got {value!r}")
+from workbench.quant.spec import FP32, PlanError, QuantPlan, QuantSpec
+from workbench.search.space_config import (
+    A_BITS,
+    GRANULARITIES,
+    KNOBS,
+    METHODS,
+    RANK_RATIOS,
+    SPARSITIES,
+    STRUCTURES,
+    W_BITS,
+    SpaceConfig,
+    Unit,
+    UnitChoices,
+)
+from workbench.search.space_units import (
+    build_units,
+    checked_config,
+    config_groups,
+    fixed_and_taken,
+    group_members,
+    residual_groups,
+)
 
 
 class SearchSpace:
     """Units, their choices, and the mapping between Optuna parameters and QuantPlans."""
 
     def __init__(self, model: nn.Module, config: SpaceConfig | None = None) -> None:
-        config = config or SpaceConfig()
-        if not isinstance(config, SpaceConfig):
-            raise PlanError(f"config must be a SpaceConfig, got {type(config).__name__}")
-        names = quantizable_layers(model)
-        if not names:
-            raise PlanError(
-                f"{type(model).__name__} has no quantizable layers (Conv1d / Conv2d / Linear / Embedding) to search"
-            )
-        if (
-            isinstance(config.group_size, bool)
-            or not isinstance(config.group_size, int)
-            or config.group_size < 1
-        ):
-            raise PlanError(f"group_size={config.group_size!r} must be an int >= 1 (weights per scale)")
+        config, names = checked_config(model, config)
         self.config = config
         self.layers: tuple[str, ...] = tuple(names)
         modules = dict(model.named_modules())
         self.out_channels = {n: int(modules[n].weight.shape[0]) for n in names}
-        known = set(names)
-        for what, values in (("skip", config.skip), ("fixed", tuple(config.fixed))):
-            unknown = sorted(set(values) - known)
-            if unknown:
-                raise PlanError(f"{what} names unknown layer(s) {unknown}; valid layers: {names}")
-        both = sorted(set(config.skip) & set(config.fixed))
-        if both:
-            raise PlanError(f"layer(s) {both} are both skipped and fixed; choose one")
-        self.fixed: dict[str, QuantSpec] = {n: _coerce_spec(s, n) for n, s in config.fixed.items()}
-        taken = set(config.skip) | set(self.fixed)
-        if config.include is not None or config.exclude:  # unselected layers are left float32, like skip
-            taken |= known - set(match_layers(names, config.include, config.exclude)) - set(self.fixed)
-        groups = residual_groups(model) if config.groups == "residual" else (config.groups or {})
-        if isinstance(groups, str):
-            raise PlanError(f"groups={groups!r} not understood; pass 'residual' or a mapping name -> layers")
-        grouped: dict[str, str] = {}
-        units: list[Unit] = []
+        self.fixed, taken = fixed_and_taken(config, names)
+        groups = config_groups(model, config)
         default = config.default_choices()
-        group_units: dict[str, tuple[str, ...]] = {}
-        for gname, members in groups.items():
-            members = tuple(members)
-            if len(members) < 2:
-                raise PlanError(f"group {gname!r} needs at least two layers, got {list(members)}")
-            unknown = sorted(set(members) - known)
-            if unknown:
-                raise PlanError(f"group {gname!r} names unknown layer(s) {unknown}; valid layers: {names}")
-            clash = sorted(set(members) & taken)
-            if clash:
-                raise PlanError(f"group {gname!r} contains skipped / fixed layer(s) {clash}")
-            again = sorted(m for m in members if m in grouped)
-            if again:
-                raise PlanError(f"layer(s) {again} belong to more than one group")
-            if gname in known and gname not in members:
-                raise PlanError(f"group name {gname!r} is also a layer name; rename the group")
-            for m in members:
-                grouped[m] = gname
-            group_units[gname] = members
-        unit_names = set(group_units)
-        bad_over = sorted(set(config.overrides) - unit_names - (known - set(grouped) - taken))
-        if bad_over:
-            valid = sorted(unit_names | (known - set(grouped) - taken))
-            raise PlanError(f"overrides name unknown unit(s) {bad_over}; valid units: {valid}")
-        done: set[str] = set()
-        for n in names:  # units in forward (definition) order of their first layer
-            if n in taken:
-                continue
-            uname = grouped.get(n, n)
-            if uname in done:
-                continue
-            done.add(uname)
-            choices = default
-            if uname in config.overrides:
-                try:
-                    choices = default.with_(**dict(config.overrides[uname]))
-                except TypeError as e:
-                    raise PlanError(
-                        f"overrides[{uname!r}] has an unknown field ({e}); valid fields: "
-                        f"{list(UnitChoices.__dataclass_fields__)}"
-                    ) from e
-            members = group_units.get(uname, (n,))
-            units.append(Unit(uname, members, choices))
-        if not units:
-            raise PlanError(
-                "the search space is empty: every layer is skipped or fixed; leave at least one layer free"
-            )
-        self.units: tuple[Unit, ...] = tuple(units)
+        group_units, grouped = group_members(groups, names, taken)
+        self.units: tuple[Unit, ...] = build_units(config, default, names, taken, group_units, grouped)
         self._unit_index = {u.name: i for i, u in enumerate(self.units)}
 
     # -- parameters --------------------------------------------------------------------------------------
@@ -520,3 +245,21 @@ def mean_bits_of(plan: QuantPlan, weight_params: Mapping[str, int]) -> float:
     if total == 0:
         return math.nan
     return sum(plan.get(n, FP32).mean_weight_bits() * p for n, p in weight_params.items()) / total
+
+
+__all__ = [
+    "A_BITS",
+    "GRANULARITIES",
+    "KNOBS",
+    "METHODS",
+    "RANK_RATIOS",
+    "SPARSITIES",
+    "STRUCTURES",
+    "W_BITS",
+    "SearchSpace",
+    "SpaceConfig",
+    "Unit",
+    "UnitChoices",
+    "mean_bits_of",
+    "residual_groups",
+]

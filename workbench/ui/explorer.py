@@ -9,10 +9,7 @@ only wires controls to those and holds the latest values (``explorer.values``).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ipywidgets as W
@@ -22,44 +19,29 @@ import plotly.graph_objects as go
 from IPython.display import display
 
 from workbench.quant.spec import PlanError, QuantPlan
-from workbench.search.space import KNOBS, SearchSpace
-from workbench.ui.search import _is_result, current_trace, pareto_figure, size_axis
-
-KNOB_LABELS = {
-    "method": "method",
-    "w_bits": "w bits",
-    "a_bits": "a bits",
-    "granularity": "granularity",
-    "sparsity": "sparsity",
-    "structure": "structure",
-    "rank_ratio": "rank ratio",
-}
-# knobs a method uses (the others are ignored when the plan is built, and greyed out in the grid)
-METHOD_KNOBS = {
-    "none": (),
-    "quantize": ("w_bits", "a_bits", "granularity"),
-    "prune": ("w_bits", "a_bits", "granularity", "sparsity", "structure"),
-    "lowrank": ("w_bits", "a_bits", "granularity", "rank_ratio"),
-}
-CURRENT = "current plan"
-CURRENT_SIZE = "current plan size"
-
-
-def _label(value: Any, knob: str | None = None) -> str:
-    if knob in ("w_bits", "a_bits") and value in (16, 32):
-        return f"{value} (float)"  # 32: left in float32 (a_bits 32: weight-only), 16: a 16-bit float format
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.2f} %" if x is not None and math.isfinite(x) else "n/a"
-
-
-def figure_widget_available() -> bool:
-    """plotly's ``go.FigureWidget`` needs the ``anywidget`` package; without it the plot is redrawn instead."""
-    return importlib.util.find_spec("anywidget") is not None
+from workbench.search.space import SearchSpace
+from workbench.ui.explorer_values import default_plan, plan_values
+from workbench.ui.explorer_view import (
+    CURRENT,
+    CURRENT_SIZE,
+    KNOB_LABELS,
+    METHOD_KNOBS,
+    _in_kernel,  # noqa: F401 - used by workbench.ui.runtime
+    _label,
+    _pct,
+    explorer_figure,
+    figure_widget_available,
+    fixed_note,
+    front_table,
+    grey_out,
+    grid_box,
+    grid_knobs,
+    layer_kinds,
+    move_current,
+    summary_html,
+    unit_cell,
+)
+from workbench.ui.search import _is_result
 
 
 class BitWidthExplorer:
@@ -112,17 +94,25 @@ class BitWidthExplorer:
         if fp32_accuracy is None:
             fp32_accuracy = getattr(predicted, "fp32_accuracy", None)
         self.fp32_accuracy = None if fp32_accuracy is None else float(fp32_accuracy)
-        self.front, self.front_plans = self._front_table(front)
+        self.front, self.front_plans = front_table(front, self.cost_model, self.predicted)
         self.trials = trials
         self.values: dict[str, Any] = {}
         self.measured: dict[str, float] = {}  # plan key -> accuracy measured here
         self.source = "start"
         self.last_run_id: str | None = None
         self._holding = False
+        self._build_controls()
+        self.figure = self._build_figure()
+        self.out = W.Output()
+        self.widget = self._build_widget()
+        start = plan if plan is not None else default_plan(self.space)
+        self.set_plan(start, source="start")
 
-        # -- controls -------------------------------------------------------------------------------------
+    # ------------------------------------------------------------------------------------------ building
+    def _build_controls(self) -> None:
+        """One dropdown per parameter, the grid, the summary and status lines, the buttons and the front picker."""
         self.controls: dict[tuple[str, str], W.Dropdown] = {}
-        for unit, knob, choices in space.knob_table():
+        for unit, knob, choices in self.space.knob_table():
             dd = W.Dropdown(
                 options=[(_label(c, knob), c) for c in choices],
                 value=choices[0],
@@ -135,17 +125,21 @@ class BitWidthExplorer:
         self.all_controls: dict[str, W.Dropdown] = {}
         self.summary = W.HTML()
         self.status = W.HTML()
+        self._build_buttons()
+
+    def _build_buttons(self) -> None:
+        """The Evaluate and Log buttons, the front plan picker and its Load button."""
         self.evaluate_button = W.Button(
             description="Evaluate",
             icon="play",
             tooltip="measure the real accuracy of the current plan (quantize, calibrate, evaluate)",
-            disabled=evaluator is None,
+            disabled=self.evaluator is None,
         )
         self.log_button = W.Button(
             description="Log to MLflow",
             icon="save",
             tooltip="log the plan and its values",
-            disabled=not track,
+            disabled=not self.track,
         )
         self.evaluate_button.on_click(lambda _b: self._guard(self.evaluate))
         self.log_button.on_click(lambda _b: self._guard(self.log))
@@ -158,17 +152,15 @@ class BitWidthExplorer:
         self.load_button = W.Button(description="Load", icon="upload", disabled=not self.front_plans)
         self.load_button.on_click(lambda _b: self._guard(lambda: self.load_front(self.front_select.value)))
 
-        # -- plot --------------------------------------------------------------------------------------------
-        self.figure = self._build_figure()
-        self.out = W.Output()
+    def _build_widget(self) -> W.VBox:
+        """The box to display: title, the grid in an accordion, summary, buttons, front picker, status, plot."""
         plot = self.figure if isinstance(self.figure, W.DOMWidget) else self.out
-
-        n = len(space.units)
-        layers = sum(len(u.layers) for u in space.units)
+        n = len(self.space.units)
+        layers = sum(len(u.layers) for u in self.space.units)
         accordion = W.Accordion(children=[W.VBox([self.grid, self.fixed_note])])
         accordion.set_title(0, f"bit-width map: {n} units ({layers} layers)")
         accordion.selected_index = 0
-        self.widget = W.VBox(
+        return W.VBox(
             [
                 W.HTML(f"<b>{self.title}</b>"),
                 accordion,
@@ -178,53 +170,6 @@ class BitWidthExplorer:
                 self.status,
                 plot,
             ]
-        )
-        start = plan if plan is not None else self._default_plan()
-        self.set_plan(start, source="start")
-
-    # ------------------------------------------------------------------------------------------ building
-    def _default_plan(self) -> QuantPlan:
-        if all(8 in u.choices.w_bits and "quantize" in u.choices.methods for u in self.space.units):
-            # 8-bit activations, or activations left in float when every unit offers that (weight-only spaces)
-            a = next((b for b in (8, 32) if all(b in u.choices.a_bits for u in self.space.units)), None)
-            gran = (
-                "per_channel"
-                if all("per_channel" in u.choices.granularities for u in self.space.units)
-                else None
-            )
-            if a is not None and gran is not None:
-                return self.space.uniform_plan(8, a, gran)
-        return self.space.plan_from_params({})
-
-    def _front_table(self, front: Any) -> tuple[pd.DataFrame | None, list[QuantPlan]]:
-        if front is None:
-            return None, []
-        if isinstance(front, pd.DataFrame):
-            if front.empty:
-                return front, []
-            if "plan" not in front.columns:
-                raise ValueError(
-                    f"front DataFrame needs a 'plan' column (plan JSON); it has {list(front.columns)}"
-                )
-            plans = [
-                p if isinstance(p, QuantPlan) else QuantPlan.from_dict(json.loads(p)) for p in front["plan"]
-            ]
-            return front.reset_index(drop=True), plans
-        if isinstance(front, Sequence) and all(isinstance(p, QuantPlan) for p in front):
-            plans = list(front)
-            rows = []
-            for i, p in enumerate(plans):
-                cost = self.cost_model(p)
-                acc = math.nan
-                if self.predicted is not None and not _compressed(p):
-                    with contextlib.suppress(Exception):
-                        acc = float(self.predicted(p))
-                rows.append(
-                    {"label": f"plan {i}", "accuracy": acc, "plan": p.to_json(indent=None), **cost.to_dict()}
-                )
-            return pd.DataFrame(rows), plans
-        raise TypeError(
-            f"front must be a SearchResult, a front DataFrame or a list of QuantPlans, got {type(front).__name__}"
         )
 
     def _front_option(self, i: int) -> str:
@@ -236,15 +181,7 @@ class BitWidthExplorer:
 
     def _build_grid(self) -> tuple[W.GridBox, W.HTML]:
         units = self.space.units
-        knobs = [k for k in KNOBS if any(k in u.choices.knob_choices() for u in units)]
-        # knobs with one choice everywhere are listed once instead of taking a column
-        fixed = {
-            k: {u.choices.knob_choices()[k][0] for u in units if k in u.choices.knob_choices()}
-            for k in knobs
-            if all(len(u.choices.knob_choices().get(k, ())) <= 1 for u in units)
-        }
-        fixed = {k: v for k, v in fixed.items() if len(v) == 1}
-        columns = [k for k in knobs if k not in fixed]
+        columns, fixed = grid_knobs(units)
         self.columns = columns
         cells: list[W.Widget] = [W.HTML("<b>unit</b>")] + [
             W.HTML(f"<b>{KNOB_LABELS[k]}</b>") for k in columns
@@ -262,78 +199,17 @@ class BitWidthExplorer:
             dd.observe(lambda ch, knob=k: self._on_all(knob, ch), names="value")
             self.all_controls[k] = dd
             cells.append(dd)
-        kinds = self._layer_kinds()
+        kinds = layer_kinds(self.cost_model, self.space)
         for u in units:
-            tip = ", ".join(f"{n} ({kinds[n]})" if n in kinds else n for n in u.layers)
-            tag = {kinds.get(n) for n in u.layers} - {None, "Conv2d", "Linear"}
-            extra = f" <small>({', '.join(sorted(tag))})</small>" if tag else ""
-            cells.append(W.HTML(f'<span title="{tip}">{u.name}</span>{extra}'))
+            cells.append(unit_cell(u, kinds))
             for k in columns:
                 cells.append(self.controls.get((u.name, k)) or W.HTML(""))
-        grid = W.GridBox(
-            cells,
-            layout=W.Layout(
-                grid_template_columns=f"minmax(120px, max-content) repeat({len(columns)}, minmax(80px, 125px))",
-                grid_gap="2px 6px",
-                align_items="center",
-            ),
-        )
-        note = ", ".join(f"{KNOB_LABELS[k]} = {_label(next(iter(v)), k)}" for k, v in fixed.items())
-        return grid, W.HTML(f"<small>same for every unit: {note}</small>" if note else "")
-
-    def _layer_kinds(self) -> dict[str, str]:
-        """Layer -> type (``Linear``, ``Conv2d``, ``Embedding, weight-only``, ...) when the cost model holds the
-        model (a :class:`~workbench.search.objectives.CostModel` does); empty otherwise."""
-        from workbench.quant.introspect import is_weight_only, layer_type
-
-        model = getattr(self.cost_model, "model", None)
-        if model is None or not hasattr(model, "named_modules"):
-            return {}
-        wanted = {n for u in self.space.units for n in u.layers}
-        return {
-            n: layer_type(m) + (", weight-only" if is_weight_only(m) else "")
-            for n, m in model.named_modules()
-            if n in wanted
-        }
+        return grid_box(cells, len(columns)), fixed_note(fixed)
 
     def _build_figure(self) -> go.Figure:
-        trials = self.trials
-        front = self.front if self.front is not None else None
-        if front is None and trials is None:
-            base = pareto_figure(
-                pd.DataFrame(columns=["accuracy", "weight_bytes"]),
-                fp32_weight_bytes=self.fp32_cost.weight_bytes,
-                fp32_accuracy=self.fp32_accuracy,
-                title="Current plan: accuracy against weight size",
-            )
-        else:
-            base = pareto_figure(
-                trials if trials is not None else pd.DataFrame(columns=["accuracy", "weight_bytes"]),
-                front=front,
-                fp32_weight_bytes=self.fp32_cost.weight_bytes,
-                fp32_accuracy=self.fp32_accuracy,
-                title="Pareto front and the current plan",
-            )
-        _, self._div = size_axis(self.fp32_cost.weight_bytes)
-        accs = []
-        for df in (front, trials):
-            if df is not None and not df.empty:
-                accs.extend(df["accuracy"].to_numpy(dtype=np.float64).tolist())
-        if self.fp32_accuracy is not None:
-            accs.append(self.fp32_accuracy)
-        accs = [a for a in accs if math.isfinite(a)]
-        self._y_span = (100 * min(accs) - 1, 100 * max(accs) + 1) if accs else (0.0, 100.0)
-        base.add_trace(
-            go.Scatter(
-                x=[None, None],
-                y=list(self._y_span),
-                mode="lines",
-                name=CURRENT_SIZE,
-                line={"dash": "dash", "color": "rgba(255,127,14,0.8)", "width": 1},
-                hoverinfo="skip",
-            )
+        base, self._div, self._y_span = explorer_figure(
+            self.trials, self.front, self.fp32_cost.weight_bytes, self.fp32_accuracy
         )
-        base.add_trace(current_trace({"accuracy": None, "weight_bytes": 0, "label": CURRENT}, self._div))
         if figure_widget_available():
             fig = go.FigureWidget(base)
             for trace in fig.data:
@@ -412,59 +288,20 @@ class BitWidthExplorer:
     def update(self) -> dict[str, Any]:
         """Recompute ``values`` for the current plan, refresh the summary, the greyed-out knobs and the plot."""
         plan = self.plan
-        self._grey_out()
-        cost = self.cost_model(plan)
-        fp32 = self.fp32_cost
-        pred, note = None, ""
-        if self.predicted is None:
-            note = "no predictor given"
-        elif _compressed(plan):
-            note = f"the predictor only knows quantization; {', '.join(_compressed(plan))} prune / factorise"
-        else:
-            try:
-                pred = float(self.predicted(plan))
-            except Exception as e:  # noqa: BLE001 - shown to the user instead of a traceback in a callback
-                note = f"predictor failed: {e}"
-        key = SearchSpace.plan_key(plan)
-        measured = self.measured.get(key)
-        v: dict[str, Any] = {
-            "predicted_accuracy": pred,
-            "predicted_note": note,
-            "predicted_drop_pp": None
-            if pred is None or self.fp32_accuracy is None
-            else 100.0 * (self.fp32_accuracy - pred),
-            "measured_accuracy": measured,
-            "fp32_accuracy": self.fp32_accuracy,
-            "size_bytes": int(cost.size_bytes),
-            "size_fraction": cost.size_bytes / fp32.size_bytes if fp32.size_bytes else math.nan,
-            "weight_bytes": int(cost.weight_bytes),
-            "weight_fraction": cost.weight_bytes / fp32.weight_bytes if fp32.weight_bytes else math.nan,
-            "bops": int(cost.bops),
-            "bops_fraction": cost.bops / fp32.bops if fp32.bops else math.nan,
-            "latency_ms": float(cost.latency_ms),
-            "latency_source": getattr(self.cost_model, "latency_source", "unknown"),
-            "avg_weight_bits": float(cost.avg_weight_bits),
-            "avg_act_bits": float(cost.avg_act_bits),
-            "covered_fraction": self._covered_fraction(plan),
-            "plan_key": key,
-            "source": self.source,
-        }
+        grey_out(self.controls, self.space.units)
+        v = plan_values(
+            plan,
+            self.cost_model,
+            self.fp32_cost,
+            self.predicted,
+            self.fp32_accuracy,
+            self.measured,
+            self.source,
+        )
         self.values = v
-        self.summary.value = self._summary_html(v)
-        self._update_figure(v)
+        self.summary.value = summary_html(v)
+        move_current(self.figure, v, self._div, self.out)
         return v
-
-    def _covered_fraction(self, plan: QuantPlan) -> float | None:
-        """Share of the model's parameters that ``plan`` quantizes (None when the cost model cannot tell)."""
-        model, costs = getattr(self.cost_model, "model", None), getattr(self.cost_model, "costs", None)
-        if model is None or costs is None:
-            return None
-        from workbench.quant.spec import summarize
-
-        try:
-            return float(summarize(plan, model, costs, bn_pairs=[]).covered_fraction)  # coverage: no folding
-        except Exception:  # noqa: BLE001 - an optional figure of the summary
-            return None
 
     def evaluate(self) -> float:
         """Measure the current plan's accuracy with ``evaluator`` (shown, and kept for this plan)."""
@@ -503,63 +340,7 @@ class BitWidthExplorer:
         self.status.value = f"logged to MLflow run {run.run_id}" if run.run_id else "tracking is disabled"
         return run.run_id
 
-    # ------------------------------------------------------------------------------------------ display
-    def _summary_html(self, v: dict[str, Any]) -> str:
-        if v["predicted_accuracy"] is not None:
-            pred = f"<b>{_pct(v['predicted_accuracy'])}</b>"
-            if v["predicted_drop_pp"] is not None:
-                pred += f" ({v['predicted_drop_pp']:+.2f} pp drop vs FP32)"
-        else:
-            pred = f"n/a <small>({v['predicted_note']})</small>"
-        meas = _pct(v["measured_accuracy"]) if v["measured_accuracy"] is not None else "not measured"
-        acts = f"{v['avg_act_bits']:.2f}" if v["avg_act_bits"] < 32 else "float32 (none quantized)"
-        rows = [
-            ("predicted accuracy", pred),
-            ("measured accuracy", meas),
-            ("model size", f"{v['size_bytes']:,} bytes ({_pct(v['size_fraction'])} of FP32)"),
-            ("weight size", f"{v['weight_bytes']:,} bytes ({_pct(v['weight_fraction'])} of FP32)"),
-            ("BOPs / sample", f"{v['bops']:,} ({_pct(v['bops_fraction'])} of FP32)"),
-            ("latency", f"{v['latency_ms']:.4f} ms / sample ({v['latency_source'].replace('_', ' ')})"),
-            ("avg bits", f"weights {v['avg_weight_bits']:.2f}, activations {acts}"),
-            ("plan", self.source),
-        ]
-        if v.get("covered_fraction") is not None:
-            rows.insert(-1, ("covered", f"{_pct(v['covered_fraction'])} of the model's parameters quantized"))
-        body = "".join(f"<tr><td style='padding-right:12px'>{k}</td><td>{x}</td></tr>" for k, x in rows)
-        return f"<table>{body}</table>"
-
-    def _update_figure(self, v: dict[str, Any]) -> None:
-        acc = v["measured_accuracy"] if v["measured_accuracy"] is not None else v["predicted_accuracy"]
-        x = v["weight_bytes"] / self._div
-        fig = self.figure
-        names = [t.name for t in fig.data]
-        cur = fig.data[names.index(CURRENT)]
-        line = fig.data[names.index(CURRENT_SIZE)]
-        what = "measured" if v["measured_accuracy"] is not None else "predicted"
-        ctx = fig.batch_update() if isinstance(fig, go.FigureWidget) else contextlib.nullcontext()
-        with ctx:
-            cur.x = [x]
-            cur.y = [100.0 * acc if acc is not None else None]
-            cur.hovertemplate = (
-                f"<b>{CURRENT}</b> ({what})<br>accuracy: %{{y:.2f}} %<br>weight: %{{x:.2f}}<extra></extra>"
-            )
-            line.x = [x, x]
-        if not isinstance(fig, go.FigureWidget) and _in_kernel():
-            self.out.clear_output(wait=True)
-            with self.out:
-                display(fig)
-
-    def _grey_out(self) -> None:
-        for u in self.space.units:
-            method_dd = self.controls.get((u.name, "method"))
-            method = method_dd.value if method_dd is not None else u.choices.methods[0]
-            used = METHOD_KNOBS.get(method, ())
-            for k in KNOBS:
-                dd = self.controls.get((u.name, k))
-                if dd is None or k == "method":
-                    continue
-                dd.disabled = len(dd.options) == 1 or k not in used
-
+    # ------------------------------------------------------------------------------------------ callbacks
     def _on_change(self, _change: Any) -> None:
         if self._holding:
             return
@@ -599,21 +380,16 @@ class BitWidthExplorer:
         display(self.widget)
 
 
-def _in_kernel() -> bool:
-    """True inside a Jupyter kernel (outside one, display() into an Output widget would print the figure)."""
-    from IPython import get_ipython
-
-    return getattr(get_ipython(), "kernel", None) is not None
-
-
-def _compressed(plan: QuantPlan) -> list[str]:
-    """Layers of ``plan`` that prune or factorise (the predictor cannot score them)."""
-    return [n for n, s in plan.items() if s.method in ("prune", "lowrank")]
-
-
 def bit_width_explorer(space: SearchSpace, cost_model: Any, **kwargs: Any) -> BitWidthExplorer:
     """Build a :class:`BitWidthExplorer` (see there for the arguments)."""
     return BitWidthExplorer(space, cost_model, **kwargs)
 
 
-__all__ = ["BitWidthExplorer", "bit_width_explorer", "figure_widget_available"]
+__all__ = [
+    "CURRENT",
+    "CURRENT_SIZE",
+    "METHOD_KNOBS",
+    "BitWidthExplorer",
+    "bit_width_explorer",
+    "figure_widget_available",
+]

@@ -80,29 +80,13 @@ def _hover(df: pd.DataFrame, acc_col: str = "accuracy") -> tuple[list[list[Any]]
     return custom, template
 
 
-def pareto_figure(
+def _pareto_inputs(
     result_or_trials: Any,
-    *,
-    front: pd.DataFrame | None = None,
-    fp32_weight_bytes: float | None = None,
-    fp32_accuracy: float | None = None,
-    current: Mapping[str, Any] | None = None,
-    title: str | None = None,
-    metric: str | None = None,
-) -> go.Figure:
-    """Accuracy (%) against weight size of every trial, the Pareto front as a line, FP32 accuracy as a dashed
-    line, and an optional ``current`` plan (a dict with ``accuracy`` and ``weight_bytes``) highlighted.
-
-    ``result_or_trials``: a :class:`~workbench.search.study.SearchResult` (its trials, front and FP32 reference
-    are used) or a trials DataFrame with columns ``accuracy`` and ``weight_bytes`` (``label``,
-    ``avg_weight_bits``, ``accuracy_source``, ``feasible`` are used when present). ``front`` defaults to the
-    result's front, or the non-dominated rows of the trials. Trial accuracies are on the search split
-    (validation); the front's ``test_accuracy`` is not drawn here. ``metric``: what the accuracy column holds
-    (axis label and title; default the result's ``info["metric_name"]``, else "accuracy").
-    """
-    if metric is None:
-        info = getattr(result_or_trials, "info", None)  # a SearchResult's dict (a DataFrame's is a method)
-        metric = str(info.get("metric_name", "accuracy")) if isinstance(info, dict) else "accuracy"
+    front: pd.DataFrame | None,
+    fp32_weight_bytes: float | None,
+    fp32_accuracy: float | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, float | None, float | None, str | None]:
+    """(trials, front, FP32 weight bytes, FP32 accuracy, strategy name) of :func:`pareto_figure`'s input."""
     name = None
     if _is_result(result_or_trials):
         r = result_or_trials
@@ -123,8 +107,11 @@ def pareto_figure(
         front = front_of(trials) if not trials.empty else pd.DataFrame(columns=TRIAL_COLUMNS)
     elif not front.empty:
         _need(front, TRIAL_COLUMNS)
-    x_title, div = size_axis(fp32_weight_bytes)
-    fig = go.Figure()
+    return trials, front, fp32_weight_bytes, fp32_accuracy, name
+
+
+def _add_trial_traces(fig: go.Figure, trials: pd.DataFrame, div: float) -> int:
+    """One grey marker trace per accuracy source (over-budget plans left out); returns how many were left out."""
     shown = trials
     skipped = 0
     if "accuracy_source" in trials.columns:
@@ -159,21 +146,31 @@ def pareto_figure(
                 hovertemplate=template,
             )
         )
-    if not front.empty:
-        f = front.sort_values("weight_bytes")
-        custom, template = _hover(f)
-        fig.add_trace(
-            go.Scatter(
-                x=f["weight_bytes"].to_numpy(dtype=np.float64) / div,
-                y=100.0 * f["accuracy"].to_numpy(dtype=np.float64),
-                mode="lines+markers",
-                line={"shape": "hv", "color": PALETTE[0], "width": 2},
-                marker={"size": 9, "color": PALETTE[0]},
-                name=f"Pareto front ({len(f)})",
-                customdata=custom,
-                hovertemplate=template,
-            )
+    return skipped
+
+
+def _add_front_trace(fig: go.Figure, front: pd.DataFrame, div: float) -> None:
+    """The Pareto front as a step line with markers (nothing when it is empty)."""
+    if front.empty:
+        return
+    f = front.sort_values("weight_bytes")
+    custom, template = _hover(f)
+    fig.add_trace(
+        go.Scatter(
+            x=f["weight_bytes"].to_numpy(dtype=np.float64) / div,
+            y=100.0 * f["accuracy"].to_numpy(dtype=np.float64),
+            mode="lines+markers",
+            line={"shape": "hv", "color": PALETTE[0], "width": 2},
+            marker={"size": 9, "color": PALETTE[0]},
+            name=f"Pareto front ({len(f)})",
+            customdata=custom,
+            hovertemplate=template,
         )
+    )
+
+
+def _add_fp32_line(fig: go.Figure, fp32_accuracy: float | None) -> None:
+    """The FP32 accuracy as a dotted horizontal line (nothing when it is unknown)."""
     if fp32_accuracy is not None:
         fig.add_hline(
             y=100.0 * fp32_accuracy,
@@ -181,6 +178,39 @@ def pareto_figure(
             annotation_text=f"FP32 {100.0 * fp32_accuracy:.2f} %",
             annotation_position="bottom right",
         )
+
+
+def pareto_figure(
+    result_or_trials: Any,
+    *,
+    front: pd.DataFrame | None = None,
+    fp32_weight_bytes: float | None = None,
+    fp32_accuracy: float | None = None,
+    current: Mapping[str, Any] | None = None,
+    title: str | None = None,
+    metric: str | None = None,
+) -> go.Figure:
+    """Accuracy (%) against weight size of every trial, the Pareto front as a line, FP32 accuracy as a dashed
+    line, and an optional ``current`` plan (a dict with ``accuracy`` and ``weight_bytes``) highlighted.
+
+    ``result_or_trials``: a :class:`~workbench.search.study.SearchResult` (its trials, front and FP32 reference
+    are used) or a trials DataFrame with columns ``accuracy`` and ``weight_bytes`` (``label``,
+    ``avg_weight_bits``, ``accuracy_source``, ``feasible`` are used when present). ``front`` defaults to the
+    result's front, or the non-dominated rows of the trials. Trial accuracies are on the search split
+    (validation); the front's ``test_accuracy`` is not drawn here. ``metric``: what the accuracy column holds
+    (axis label and title; default the result's ``info["metric_name"]``, else "accuracy").
+    """
+    if metric is None:
+        info = getattr(result_or_trials, "info", None)  # a SearchResult's dict (a DataFrame's is a method)
+        metric = str(info.get("metric_name", "accuracy")) if isinstance(info, dict) else "accuracy"
+    trials, front, fp32_weight_bytes, fp32_accuracy, name = _pareto_inputs(
+        result_or_trials, front, fp32_weight_bytes, fp32_accuracy
+    )
+    x_title, div = size_axis(fp32_weight_bytes)
+    fig = go.Figure()
+    skipped = _add_trial_traces(fig, trials, div)
+    _add_front_trace(fig, front, div)
+    _add_fp32_line(fig, fp32_accuracy)
     if current is not None:
         fig.add_trace(current_trace(current, div))
     if title is None:
@@ -253,13 +283,7 @@ def strategy_comparison_figure(
                 hovertemplate=f"{strategy}<br>" + template,
             )
         )
-    if fp32_accuracy is not None:
-        fig.add_hline(
-            y=100.0 * fp32_accuracy,
-            line={"dash": "dot", "color": "black", "width": 1},
-            annotation_text=f"FP32 {100.0 * fp32_accuracy:.2f} %",
-            annotation_position="bottom right",
-        )
+    _add_fp32_line(fig, fp32_accuracy)
     split = "test" if column == "test_accuracy" else "validation"
     fig.update_layout(
         title=title or f"Pareto fronts by search strategy ({split} accuracy)",

@@ -1,0 +1,144 @@
+"""Hardware cost of a plan: size, BOPs, latency and energy (:class:`CostModel`, one :class:`PlanCost` per plan).
+
+Latency (and energy) come from a hardware precision profile when one is given (:mod:`workbench.hardware`: the
+measured profile of this CPU, or a reference profile); without one, latency is a BOPs proxy: the FP32 model's
+measured latency per sample on this machine, scaled by the plan's BOPs over FP32 BOPs. ``CostModel.latency_source``
+says which.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.devices import model_device
+from workbench.quant.inputs import call_model, expand_inputs, move_inputs
+from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
+from workbench.quant.spec import QuantPlan, summarize
+from workbench.quant.swap import conv_bn_pairs
+
+
+@dataclass(frozen=True)
+class PlanCost:
+    """Hardware cost of one plan (per input sample where it matters)."""
+
+    size_bytes: int
+    weight_bytes: int
+    bops: int
+    latency_ms: float
+    avg_weight_bits: float
+    avg_act_bits: float
+    energy_mj: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "energy_mj": None if math.isnan(self.energy_mj) else self.energy_mj,
+            "size_bytes": self.size_bytes,
+            "weight_bytes": self.weight_bytes,
+            "bops": self.bops,
+            "latency_ms": self.latency_ms,
+            "avg_weight_bits": self.avg_weight_bits,
+            "avg_act_bits": self.avg_act_bits,
+        }
+
+
+def measure_fp32_latency_ms(
+    model: nn.Module, example_input: Any, *, batch: int = 32, repeats: int = 7
+) -> float:
+    """Median wall time per sample (ms) of the FP32 model on this machine, on the model's device (warm-up
+    first; a CUDA device is synchronised around each timed run). ``example_input``: a tensor, a tuple or a dict
+    of tensors; its first sample is repeated ``batch`` times."""
+    device = model_device(model)
+    x = move_inputs(expand_inputs(example_input, batch), device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    model = model.eval()
+    times = []
+    with torch.inference_mode():
+        call_model(model, x)
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            call_model(model, x)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times) / batch
+
+
+class CostModel:
+    """Size, BOPs, latency and energy of plans for one model, from per-layer costs computed once.
+
+    With ``profile`` (a :class:`~workbench.hardware.PrecisionProfile` or its name / path) a plan's latency and
+    energy per sample come from the hardware cost estimator at ``batch_size`` (default: the profile's). Without
+    one, latency is ``fp32_latency_ms * bops / fp32_bops`` with ``fp32_latency_ms`` the FP32 model's per-sample
+    latency (measured on this machine when omitted) and energy is NaN.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_input: torch.Tensor,
+        *,
+        fp32_latency_ms: float | None = None,
+        profile: Any = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.model = model
+        self.costs: dict[str, LayerCost] = layer_costs(model, example_input)
+        self.layers = quantizable_layers(model)
+        self._pairs = conv_bn_pairs(model)
+        self.fp32 = summarize(QuantPlan({}), model, self.costs, bn_pairs=[])
+        self.estimator = None
+        if profile is not None:
+            from workbench.hardware.estimate import CostEstimator
+
+            self.estimator = CostEstimator(model, example_input, profile, batch_size=batch_size)
+        if fp32_latency_ms is not None:
+            self.fp32_latency_ms = float(fp32_latency_ms)
+        elif self.estimator is not None:
+            self.fp32_latency_ms = self.estimator(QuantPlan({})).latency_per_sample_ms
+        else:
+            self.fp32_latency_ms = measure_fp32_latency_ms(model, example_input)
+        self.weight_params = {n: c.weight_params for n, c in self.costs.items()}
+
+    @property
+    def latency_source(self) -> str:
+        """``profile:<name>`` when latency comes from a hardware profile, else ``bops_proxy``."""
+        return f"profile:{self.estimator.profile.name}" if self.estimator is not None else "bops_proxy"
+
+    def __call__(self, plan: QuantPlan) -> PlanCost:
+        changed = {
+            n
+            for n, sp in plan.items()
+            if sp.w_bits < 32 or sp.channel_bits is not None or sp.method in ("prune", "lowrank")
+        }
+        pairs = [p for p in self._pairs if p[0] in changed]
+        s = summarize(plan, self.model, self.costs, bn_pairs=pairs)
+        if self.estimator is not None:
+            est = self.estimator(plan)
+            latency = est.latency_per_sample_ms
+            energy = est.energy_mj / est.batch_size
+        else:
+            latency = self.fp32_latency_ms * s.bops / s.fp32_bops if s.fp32_bops else math.nan
+            energy = math.nan
+        return PlanCost(
+            size_bytes=s.size_bytes,
+            weight_bytes=s.weight_bytes,
+            bops=s.bops,
+            latency_ms=latency,
+            avg_weight_bits=s.avg_weight_bits,
+            avg_act_bits=s.avg_act_bits,
+            energy_mj=energy,
+        )
+
+    @property
+    def fp32_cost(self) -> PlanCost:
+        return self(QuantPlan({}))
+
+
+__all__ = ["CostModel", "PlanCost", "measure_fp32_latency_ms"]

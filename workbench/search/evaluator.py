@@ -1,0 +1,231 @@
+"""Accuracy of a plan: measured (:class:`PlanEvaluator`, through the :class:`EvalCache` shared by every trial and
+worker, keyed by :func:`evaluation_prefix` and the plan) or predicted (:class:`PredictedAccuracy`)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from workbench.quant.inputs import input_tensors
+from workbench.quant.spec import QuantPlan
+from workbench.quant.swap import quantize_model
+
+
+def _model_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        buf = io.BytesIO()
+        torch.save(v.detach().cpu(), buf)
+        h.update(buf.getvalue())
+    return h.hexdigest()[:16]
+
+
+def _data_digest(loader: Any) -> str:
+    h = hashlib.sha256()
+    for batch in loader:
+        for _, t in input_tensors(batch):  # (x, y) tuples, dicts of tensors, nested structures
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def evaluation_prefix(task: Any, split: str, seed: int) -> str:
+    """What a measured accuracy depends on besides the plan: the quantization code, the model's weights, the
+    task (name, metric, the output it scores), the calibration data and the evaluated split's data, and the observer seed."""
+    import workbench.quant
+    from workbench.fingerprint import code_fingerprint
+
+    code = code_fingerprint("search-eval-v1", workbench.quant)[:12]
+    metric = getattr(task.metric, "__qualname__", type(task.metric).__name__)
+    parts = (code, _model_digest(task.model), task.name, metric, _data_digest(task.calib_loader),
+             _data_digest(task.loader(split)), split, seed)  # fmt: skip
+    output_key = getattr(task, "output_key", None)
+    if output_key is not None:  # keys of tasks without one are unchanged (caches stay valid)
+        parts = (*parts, f"output_key={output_key!r}")
+    return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
+
+
+class EvalCache:
+    """Measured accuracies keyed by (model, data split, plan): a table in a SQL database (sqlite file or the
+    PostgreSQL server of the study), so every trial and every worker shares each measurement.
+
+    ``url``: an SQLAlchemy URL, or None for an in-memory cache (this process only).
+    """
+
+    TABLE = "workbench_eval_cache"
+    CLAIMS = "workbench_eval_claims"
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url
+        self._mem: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._engine = None
+        if url is not None:
+            import sqlalchemy as sa
+
+            kwargs: dict[str, Any] = {}
+            if url.startswith("sqlite"):
+                kwargs["connect_args"] = {"timeout": 60}
+            self._engine = sa.create_engine(url, **kwargs)
+            self._meta = sa.MetaData()
+            self._table = sa.Table(
+                self.TABLE,
+                self._meta,
+                sa.Column("key", sa.String(96), primary_key=True),
+                sa.Column("value", sa.Text, nullable=False),
+                sa.Column("created", sa.Float, nullable=False),
+            )
+            self._claims = sa.Table(
+                self.CLAIMS,
+                self._meta,
+                sa.Column("key", sa.String(200), primary_key=True),
+                sa.Column("owner", sa.String(200), nullable=False),
+                sa.Column("created", sa.Float, nullable=False),
+            )
+            self._meta.create_all(self._engine, checkfirst=True)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key in self._mem:
+            return self._mem[key]
+        if self._engine is None:
+            return None
+        import sqlalchemy as sa
+
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(self._table.c.value).where(self._table.c.key == key)).first()
+        if row is None:
+            return None
+        value = json.loads(row[0])
+        self._mem[key] = value
+        return value
+
+    def put(self, key: str, value: Mapping[str, Any]) -> None:
+        value = dict(value)
+        with self._lock:
+            self._mem[key] = value
+        if self._engine is None:
+            return
+        import sqlalchemy as sa
+
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    sa.insert(self._table).values(key=key, value=json.dumps(value), created=time.time())
+                )
+        except sa.exc.IntegrityError:  # another worker measured the same plan first: keep theirs
+            pass
+
+    def claim(self, key: str, owner: str) -> str:
+        """Atomically claim ``key`` for ``owner`` (a unique row in the shared database) and return who holds it:
+        ``owner`` when this call won, else the earlier claimant. Without a database every claim is won (one
+        process). Search workers claim a plan before measuring it, so two workers never measure one plan."""
+        if self._engine is None:
+            return owner
+        import sqlalchemy as sa
+
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(self._claims).values(key=key, owner=owner, created=time.time()))
+            return owner
+        except sa.exc.IntegrityError:
+            with self._engine.connect() as conn:
+                row = conn.execute(sa.select(self._claims.c.owner).where(self._claims.c.key == key)).first()
+            return owner if row is None else str(row[0])
+
+    def __len__(self) -> int:
+        if self._engine is None:
+            return len(self._mem)
+        import sqlalchemy as sa
+
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(self._table)).scalar_one())
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+class PlanEvaluator:
+    """Measures plans' accuracy on a task split (quantize with calibration, evaluate), through a cache.
+
+    ``real_evaluations`` counts measurements this evaluator actually ran (cache hits excluded).
+    """
+
+    def __init__(
+        self, task: Any, *, split: str = "val", cache: EvalCache | None = None, seed: int = 0
+    ) -> None:
+        self.task = task
+        self.split = split
+        self.cache = cache if cache is not None else EvalCache()
+        self.seed = seed
+        self.real_evaluations = 0
+        self._prefix = evaluation_prefix(task, split, seed)
+        self._fp32: float | None = None
+
+    @property
+    def fp32_accuracy(self) -> float:
+        if self._fp32 is None:
+            key = f"{self._prefix}:fp32"
+            hit = self.cache.get(key)
+            if hit is None:
+                hit = {"accuracy": float(self.task.evaluate(self.task.model, self.split))}
+                self.cache.put(key, hit)
+            self._fp32 = float(hit["accuracy"])
+        return self._fp32
+
+    def key(self, plan: QuantPlan) -> str:
+        text = json.dumps(plan.to_dict(), sort_keys=True, separators=(",", ":"))
+        return f"{self._prefix}:{hashlib.sha256(text.encode()).hexdigest()[:40]}"
+
+    def cached(self, plan: QuantPlan) -> float | None:
+        hit = self.cache.get(self.key(plan))
+        return None if hit is None else float(hit["accuracy"])
+
+    def __call__(self, plan: QuantPlan) -> tuple[float, bool]:
+        """(accuracy, cache_hit)."""
+        key = self.key(plan)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return float(hit["accuracy"]), True
+        qmodel = quantize_model(self.task.model, plan, self.task.calib_loader, seed=self.seed)
+        acc = float(self.task.evaluate(qmodel, self.split))
+        self.real_evaluations += 1
+        self.cache.put(key, {"accuracy": acc})
+        return acc, False
+
+
+class PredictedAccuracy:
+    """Accuracy from an :class:`~workbench.predictor.AccuracyPredictor`: ``fp32_accuracy - drop_pp / 100``.
+
+    The predictor was trained on quantization-only plans; plans that prune or factorise are refused.
+    """
+
+    def __init__(self, predictor: Any, fp32_accuracy: float) -> None:
+        self.predictor = predictor
+        self.fp32_accuracy = float(fp32_accuracy)
+
+    def __call__(self, plan: QuantPlan) -> float:
+        return float(self.batch([plan])[0])
+
+    def batch(self, plans: Sequence[QuantPlan]) -> np.ndarray:
+        for plan in plans:
+            bad = [n for n, s in plan.items() if s.method in ("prune", "lowrank")]
+            if bad:
+                raise ValueError(
+                    f"the accuracy predictor only knows quantization; layer(s) {bad} prune or factorise. "
+                    "Use accuracy='measured' for spaces with methods prune / lowrank"
+                )
+        drops = np.asarray(self.predictor.predict(list(plans)), dtype=np.float64)
+        return self.fp32_accuracy - drops / 100.0
+
+
+__all__ = ["EvalCache", "PlanEvaluator", "PredictedAccuracy", "evaluation_prefix"]

@@ -1,0 +1,186 @@
+"""HAWQ-V3's integer linear program as a baseline: :func:`ilp_solve` is the exact array core (one choice per
+row minimising the summed sensitivity under a cost budget, ``scipy.optimize.milp``), :func:`ilp_candidates` runs
+it per budget on a :class:`~workbench.search.space.SearchSpace`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from workbench.search.candidates import (
+    COST_UNITS,
+    Candidate,
+    _cost_info,
+    _cost_of,
+    _fmt,
+    _plan,
+    unit_tables,
+)
+from workbench.search.space import SearchSpace
+
+
+def _ilp(
+    sensitivity: np.ndarray, cost: np.ndarray, budget: float, allowed: np.ndarray | None
+) -> tuple[np.ndarray | None, str, float]:
+    """(chosen column per row or None, solver status, objective) of the one-choice-per-row knapsack."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
+    s = np.asarray(sensitivity, dtype=np.float64)
+    c = np.asarray(cost, dtype=np.float64)
+    if s.ndim != 2 or c.shape != s.shape or s.size == 0:
+        raise ValueError(
+            f"sensitivity and cost must be non-empty 2-D arrays of one shape, got {s.shape} and {c.shape}"
+        )
+    mask = np.isfinite(s) & np.isfinite(c)
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != s.shape:
+            raise ValueError(f"allowed must have the shape {s.shape} of sensitivity, got {allowed.shape}")
+        mask &= allowed
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise ValueError(f"row(s) {empty.tolist()} have no allowed, finite choice")
+    budget = float(budget)
+    if not math.isfinite(budget):
+        raise ValueError(f"budget must be a finite number, got {budget!r}")
+    n, _ = s.shape
+    c_min = np.where(mask, c, np.inf).min(axis=1)
+    if c_min.sum() > budget:
+        return None, "infeasible", math.nan
+    rows, cols = np.nonzero(mask)
+    nv = rows.size
+    s_scale = float(np.abs(s[mask]).max()) or 1.0
+    c_scale = float(np.abs(c[mask]).max()) or 1.0
+    obj = s[rows, cols] / s_scale
+    one_hot = coo_array((np.ones(nv), (rows, np.arange(nv))), shape=(n, nv)).tocsr()
+    cost_row = (c[rows, cols] / c_scale)[None, :]
+    limit = budget / c_scale
+    best = None
+    for _ in range(8):  # tighten if the solver's feasibility tolerance let a choice exceed the exact budget
+        res = milp(
+            obj,
+            constraints=[LinearConstraint(one_hot, 1.0, 1.0), LinearConstraint(cost_row, -np.inf, limit)],
+            integrality=np.ones(nv),
+            bounds=Bounds(0.0, 1.0),
+            options={"mip_rel_gap": 0.0, "presolve": True},
+        )
+        if res.status == 2:
+            return None, "infeasible", math.nan
+        if res.x is None:
+            raise RuntimeError(f"the ILP solver failed (status {res.status}): {res.message}")
+        status = "optimal" if res.status == 0 else f"stopped early: {res.message}"
+        x = np.asarray(res.x).reshape(-1)
+        choice = np.full(n, -1, dtype=np.int64)
+        val = np.full(n, -np.inf)
+        for v, r, col in zip(x, rows, cols):
+            if v > val[r]:
+                val[r], choice[r] = v, col
+        total = float(c[np.arange(n), choice].sum())
+        if total <= budget:
+            best = choice
+            break
+        limit -= (total - budget) / c_scale + 1e-9 * max(1.0, abs(limit))
+    if best is None:
+        return None, "infeasible (after tightening)", math.nan
+    return best, status, float(s[np.arange(n), best].sum())
+
+
+def ilp_solve(
+    sensitivity: np.ndarray, cost: np.ndarray, budget: float, *, allowed: np.ndarray | None = None
+) -> np.ndarray | None:
+    """HAWQ-V3's integer linear program on arrays: pick one column per row of ``sensitivity`` / ``cost``
+    ``[n, k]`` minimising the summed sensitivity with the summed cost <= ``budget``. ``allowed`` ``[n, k]`` bool
+    masks choices out (non-finite entries are masked too). Returns the chosen column index per row, or None when
+    no choice fits the budget. Solved exactly (``scipy.optimize.milp``, HiGHS, zero relative gap); the returned
+    choice's summed cost is checked against ``budget`` in exact float arithmetic."""
+    choice, _, _ = _ilp(sensitivity, cost, budget, allowed)
+    return choice
+
+
+def _check_budgets(values: Any, name: str) -> list[float]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence | np.ndarray) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty sequence of numbers > 0, got {values!r}")
+    bad = [
+        v for v in values
+        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not (math.isfinite(v) and v > 0)
+    ]  # fmt: skip
+    if bad:
+        raise ValueError(f"{name} must be numbers > 0; bad value(s): {bad}")
+    return [float(v) for v in values]
+
+
+def ilp_candidates(
+    space: SearchSpace,
+    cost_model: Any,
+    sensitivity: Any,
+    *,
+    budgets: Sequence[float] = (0.10, 0.125, 0.15, 0.2, 0.25),
+    budget_values: Sequence[float] | None = None,
+    cost: str = "weight_size",
+    metric: str = "omega",
+) -> list[Candidate]:
+    """HAWQ-V3's ILP per budget: binary ``x[u, b]``, one bit width per unit, minimise ``sum sens[u,b] x[u,b]``
+    subject to the whole plan's cost (fixed and float layers included) <= the budget. ``budgets``: fractions of
+    the FP32 model's total cost (``cost_model.fp32_cost``); ``budget_values``: absolute budgets in the cost's units
+    (bytes, bit operations, ms), used instead of ``budgets`` when given. The chosen plan's real cost (from the
+    cost model) is checked against the budget and the ILP re-solved tighter when byte rounding pushed it over.
+    Infeasible budgets are left out (largest budget first); if none is feasible, ValueError names the smallest
+    achievable cost. info: budget, budget_fraction, objective, status, bits, cost."""
+    sens, cost_df = unit_tables(space, cost_model, sensitivity, metric=metric, cost=cost)
+    fp32_total = float(cost_df.attrs["fp32_total"])
+    rest = float(cost_df.attrs["rest"])
+    if budget_values is not None:
+        targets = [(v, v / fp32_total if fp32_total else math.nan, f"{_fmt(v)}") for v in
+                   _check_budgets(budget_values, "budget_values")]  # fmt: skip
+    else:
+        targets = [(f * fp32_total, f, f"{100 * f:g}%") for f in _check_budgets(budgets, "budgets")]
+    targets.sort(key=lambda t: -t[0])
+    s_arr = sens.to_numpy(dtype=np.float64)
+    c_arr = cost_df.to_numpy(dtype=np.float64)
+    allowed = np.isfinite(s_arr) & np.isfinite(c_arr)
+    columns = list(sens.columns)
+    units = [u.name for u in space.units]
+    out: list[Candidate] = []
+    for budget, fraction, text in targets:
+        limit = budget - rest
+        for _ in range(25):
+            choice, status, objective = _ilp(s_arr, c_arr, limit, allowed)
+            if choice is None:
+                break
+            bits = {units[i]: int(columns[j]) for i, j in enumerate(choice)}
+            plan = _plan(space, bits)
+            actual = _cost_of(cost_model(plan), cost)
+            if actual <= budget:
+                info = {
+                    "method": "ilp",
+                    "budget": budget,
+                    "budget_fraction": fraction,
+                    "cost_kind": cost,
+                    "metric": metric,
+                    "objective": objective,
+                    "status": status,
+                    "bits": bits,
+                    "predicted_cost": rest + float(c_arr[np.arange(len(units)), choice].sum()),
+                    "actual_cost": actual,
+                    **_cost_info(cost_model, plan),
+                }
+                out.append(Candidate(f"ilp {cost}<={text}", plan, info))
+                break
+            limit -= actual - budget  # byte rounding: the real plan is a little larger than the table sum
+    if not out:
+        cheapest = {units[i]: int(columns[int(np.nanargmin(np.where(allowed[i], c_arr[i], np.nan)))])
+                    for i in range(len(units))}  # fmt: skip
+        smallest = _cost_of(cost_model(_plan(space, cheapest)), cost)
+        asked = [_fmt(t[0]) for t in targets]
+        raise ValueError(
+            f"no budget is feasible: the smallest achievable {cost} is {_fmt(smallest)} {COST_UNITS[cost]} "
+            f"({100 * smallest / fp32_total:.3g}% of FP32 {_fmt(fp32_total)}); budgets asked: {asked}"
+        )
+    return out
+
+
+__all__ = ["ilp_candidates", "ilp_solve"]
