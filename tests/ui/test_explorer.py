@@ -273,3 +273,13 @@ def test_strategy_table(setup):
     small = front[front["weight_bytes"] <= fp32_wb / 8]
     assert table.loc[0, "best_test_accuracy"] == pytest.approx(small["test_accuracy"].max())
     assert pd.isna(table.loc[1, "best_test_accuracy"])  # its only plan is 8-bit: 1/4 of FP32
+
+
+def test_all_units_dropdown_sets_every_unit_and_resets_itself(setup):
+    """The "all units" row of the grid: choosing 4 bits sets every unit to 4 and the dropdown returns to "-"."""
+    _, space, cost_model = setup
+    ex = BitWidthExplorer(space, cost_model, predicted=LookupPredictor(), track=False)
+    assert set(ex.all_controls) == set(ex.columns)
+    ex.all_controls["w_bits"].value = 4
+    assert ex.plan == space.uniform_plan(4)
+    assert ex.all_controls["w_bits"].value is None

@@ -122,7 +122,6 @@ class BitWidthExplorer:
             dd.observe(self._on_change, names="value")
             self.controls[(unit, knob)] = dd
         self.grid, self.fixed_note = self._build_grid()
-        self.all_controls: dict[str, W.Dropdown] = {}
         self.summary = W.HTML()
         self.status = W.HTML()
         self._build_buttons()
