@@ -358,16 +358,18 @@ def test_packed_file_without_recorded_hash_still_loads_and_is_checked(packed) ->
     model, q, path = packed
     header, offset = read_header(path)
     payload = path.read_bytes()[offset:]
-    for k in ("payload_sha256", "payload_bytes", "model_class"):
+    for k in ("payload_sha256", "payload_bytes", "model_class", "signature"):
         header.pop(k)
     blob = zlib.compress(json.dumps(header).encode())
     old = path.with_name("old.wbq")
     old.write_bytes(MAGIC + struct.pack("<I", len(blob)) + blob + payload)
     x = _batches()[0][0]
+    with pytest.raises(PlanError, match="older, unsigned format.*trust_old_files=True"):
+        load_packed(old, model)  # unsigned: refused unless the user trusts old files
     with torch.no_grad():
-        assert torch.equal(load_packed(old, model)(x), q(x))
+        assert torch.equal(load_packed(old, model, trust_old_files=True)(x), q(x))
     old.write_bytes(MAGIC + struct.pack("<I", len(blob)) + blob + payload[:-3])
     with pytest.raises(PlanError, match="truncated"):
-        load_packed(old, model)
+        load_packed(old, model, trust_old_files=True)
     with pytest.raises(PlanError, match="does not fit"):
         load_packed(path, _net(width=8))

@@ -1,4 +1,6 @@
-"""The packed file's frame: magic bytes, zlib JSON header, payload checks (length, sha256)."""
+"""The packed file's frame: magic bytes, zlib JSON header, payload checks (length, sha256) and the header's
+signature (HMAC under this installation's key, :mod:`workbench._common.signed`): the header records the
+payload's sha256, so the signature covers the whole file."""
 
 from __future__ import annotations
 
@@ -8,9 +10,45 @@ import struct
 import zlib
 from pathlib import Path
 
+from workbench._common.signed import (
+    UntrustedFileError,
+    check_signature,
+    old_format_error,
+    sign_bytes,
+    trusting_old_files,
+)
 from workbench.quant.spec import PlanError
 
 MAGIC = b"WBPACK1\n"
+SIGNATURE_KIND = "packed-model"
+MAX_HEADER_BYTES = 64 << 20  # a header is a plan and an entry list: far below this even for large models
+
+
+class PackSignatureError(PlanError, UntrustedFileError):
+    """A packed file whose header is not signed by this installation (edited, or an older format)."""
+
+
+def _header_bytes(header: dict) -> bytes:
+    """The canonical bytes of a header without its signature (what the signature covers)."""
+    return json.dumps({k: v for k, v in header.items() if k != "signature"}, separators=(",", ":")).encode()
+
+
+def sign_header(header: dict) -> dict:
+    """``header`` with its ``signature``."""
+    return {**header, "signature": sign_bytes(_header_bytes(header), kind=SIGNATURE_KIND)}
+
+
+def check_header_signature(path: Path, header: dict, *, trust_old_files: bool | None = None) -> None:
+    """Refuse a header that is not signed by this installation (an unsigned one unless old files are trusted)."""
+    what = "packed model"
+    try:
+        if "signature" not in header:
+            if not trusting_old_files(trust_old_files):
+                raise old_format_error(path, what)
+            return
+        check_signature(_header_bytes(header), header["signature"], kind=SIGNATURE_KIND, path=path, what=what)
+    except UntrustedFileError as e:
+        raise PackSignatureError(str(e)) from None
 
 
 def _sha256(blobs: list[bytes] | bytes) -> str:
@@ -41,8 +79,17 @@ def read_header(path: str | Path) -> tuple[dict, int]:
             f"packed model {path} is truncated: its header is {n} bytes, the file holds {len(blob)}"
         )
     try:
-        header = json.loads(zlib.decompress(blob))
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(blob, MAX_HEADER_BYTES)
+        if inflater.unconsumed_tail:
+            raise PlanError(
+                f"packed model {path} has a header that inflates beyond {MAX_HEADER_BYTES >> 20} MiB "
+                "(a compression bomb or a damaged file); it is not read"
+            )
+        header = json.loads(text)
     except (zlib.error, ValueError) as e:
+        if isinstance(e, PlanError):
+            raise
         raise PlanError(f"packed model {path} has a damaged header ({e})") from None
     if not isinstance(header, dict) or not isinstance(header.get("entries"), list) or "plan" not in header:
         raise PlanError(f"packed model {path} has a damaged header (no plan or entry list)")

@@ -12,7 +12,7 @@ from torch import nn
 
 from workbench.quant.modules import ActQuantizer
 from workbench.quant.pack.codes import _DTYPES, _bytes_tensor, unpack_rows
-from workbench.quant.pack.fileformat import _check_payload, read_header
+from workbench.quant.pack.fileformat import _check_payload, check_header_signature, read_header
 from workbench.quant.pack.write import _grid_rows
 from workbench.quant.spec import PlanError, QuantPlan
 from workbench.quant.swap import fold_batchnorm, quant_modules, swap_modules
@@ -64,15 +64,18 @@ def _check_fits(path: Path, header: dict, model: nn.Module, qmodel: nn.Module) -
     raise PlanError(f"packed model {path} does not fit this model: {'; '.join(details)}")
 
 
-def load_packed(path: str | Path, model: nn.Module) -> nn.Module:
+def load_packed(path: str | Path, model: nn.Module, *, trust_old_files: bool | None = None) -> nn.Module:
     """Rebuild the quantized model saved by :func:`save_packed` on top of (a copy of) its float ``model``.
 
     Raises :class:`PlanError` naming the file when it is truncated, damaged or edited (length and sha256 of the
-    payload), or was packed from another model (its layers, or the shapes of its tensors, differ)."""
+    payload, then the header's signature under this installation's key: an edit with a recomputed hash is
+    refused too), or was packed from another model (its layers, or the shapes of its tensors, differ). Files
+    from before signatures are refused unless ``trust_old_files`` (or ``WORKBENCH_TRUST_OLD_FILES=1``)."""
     path = Path(path)
     header, offset = read_header(path)
     data = path.read_bytes()[offset:]
     _check_payload(path, header, data)
+    check_header_signature(path, header, trust_old_files=trust_old_files)
     packed_from = header.get("model_class")
     other = (
         f" (packed from a {packed_from}, this model is a {type(model).__qualname__})"

@@ -17,7 +17,7 @@ from torch import nn
 
 from workbench.quant.modules import ActQuantizer
 from workbench.quant.pack.codes import _DTYPES, _dtype_name, _Entry, _tensor_bytes, pack_rows
-from workbench.quant.pack.fileformat import MAGIC, _sha256
+from workbench.quant.pack.fileformat import MAGIC, _sha256, sign_header
 from workbench.quant.spec import PlanError, QuantPlan
 from workbench.quant.swap import quant_modules
 
@@ -221,6 +221,7 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False)
         "payload_bytes": sum(len(b) for b in payload),
         "payload_sha256": _sha256(payload),
     }
+    header = sign_header(header)
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
