@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from workbench.qat import QATConfig
 from workbench.quant import load_packed
 
 pytestmark = pytest.mark.slow
+QAT_LR = QATConfig().lr  # the runs use the default learning rate
 
 QAT = ["qat", "--model", "digits_cnn", "--plan", "uniform:w3a8:per_channel", "--epochs", "2", "--seed", "0",
        "--quiet"]  # fmt: skip
@@ -62,7 +64,10 @@ def test_two_process_run_matches_one_process(runs, digits_cnn_task):
     for k in s1:
         layer = k.rsplit(".", 1)[0]
         if k.endswith("w_quant.scale") or k.endswith(".bias"):
-            assert torch.allclose(s1[k], s2[k], rtol=1e-2, atol=1e-4), k
+            # gloo sums the two ranks' gradients in another order than one process does (relative 1e-7), and
+            # where that flips a weight code's rounding (allowed below) the gradients differ for a step: an
+            # AdamW step moves a parameter by about its learning rate, so two such steps bound the difference
+            assert torch.allclose(s1[k], s2[k], rtol=1e-2, atol=2 * QAT_LR), k
         elif k.endswith(".weight") and f"{layer}.w_quant.scale" in s1:
             # integer codes of the quantized weights: a rounding may flip, by one step at most
             shape = (-1, *[1] * (s1[k].dim() - 1))

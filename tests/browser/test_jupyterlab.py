@@ -110,12 +110,37 @@ def _open_and_run_all(page, server, name: str, *, timeout: float = 600.0) -> Non
     assert code_cells.count() > 0
 
 
+def _read_complete_notebook(path: Path, timeout: float = 60.0) -> dict:
+    """The notebook JSON once JupyterLab has finished writing it: the server writes the file in place, so a read
+    right after its modification time changes can see it empty or half written. Wait until the file parses and
+    is unchanged (size and modification time) between two reads."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stat = path.stat()
+        text = path.read_text()
+        time.sleep(0.5)
+        again = path.stat()
+        try:
+            nb = json.loads(text)
+        except ValueError:
+            nb = None
+        stable = (
+            (stat.st_size, stat.st_mtime_ns)
+            == (again.st_size, again.st_mtime_ns)
+            == (len(text.encode()), stat.st_mtime_ns)
+        )
+        if isinstance(nb, dict) and stable:
+            return nb
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was not completely written within {timeout:.0f} s")
+
+
 def _saved_errors(page, root: Path, name: str) -> list[str]:
     """Save the notebook from the browser and list the error outputs it holds."""
     before = (root / name).stat().st_mtime
     page.keyboard.press("Control+s")
     _wait(lambda: (root / name).stat().st_mtime > before, 30, f"{name} to be saved")
-    nb = json.loads((root / name).read_text())
+    nb = _read_complete_notebook(root / name)
     errors = []
     for cell in nb["cells"]:
         for out in cell.get("outputs", []):
