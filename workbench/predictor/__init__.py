@@ -68,18 +68,8 @@ __all__ = [
 ]
 
 # A saved predictor (AccuracyPredictor.save) is a pickle, which names the class of every object in it by module
-# and name. These classes keep the module path they had in the flat module, ``workbench.predictor``, so files
-# written before the split load, and files written now are byte for byte what the flat module wrote.
-for _cls in (
-    PlanDatasetConfig,
-    PlanDataset,
-    PlanFeaturizer,
-    RidgeModel,
-    _MLP,
-    MLPModel,
-    GBTModel,
-    EnsembleModel,
-    AccuracyPredictor,
-):
+# and name. The classes it holds keep the module they had before the split, ``workbench.predictor`` (where they
+# are re-exported), so files saved earlier load, and files saved now are byte for byte what they were.
+for _cls in (PlanFeaturizer, RidgeModel, _MLP, MLPModel, GBTModel, EnsembleModel, AccuracyPredictor):
     _cls.__module__ = __name__
 del _cls
