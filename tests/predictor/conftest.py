@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.predictor.helpers import SMALL, fake_sensitivity
@@ -25,10 +27,15 @@ def sens(task: Task) -> SensitivityResult:
     return fake_sensitivity(task)
 
 
+@pytest.fixture(scope="package")
+def plans_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache file for the ``built`` dataset of every test module: the first measures, the rest read back."""
+    return tmp_path_factory.mktemp("plans") / "plans.jsonl"
+
+
 @pytest.fixture(scope="module")
-def built(task: Task, sens: SensitivityResult, tmp_path_factory: pytest.TempPathFactory) -> PlanDataset:
-    path = tmp_path_factory.mktemp("plans") / "plans.jsonl"
-    return build_plan_dataset(task, sens, SMALL, path=path, progress=False)
+def built(task: Task, sens: SensitivityResult, plans_path: Path) -> PlanDataset:
+    return build_plan_dataset(task, sens, SMALL, path=plans_path, progress=False)
 
 
 @pytest.fixture(scope="module")
