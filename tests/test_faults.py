@@ -83,9 +83,10 @@ def _task(a):
 
 def predictor(a):
     import workbench.predictor as P
+    import workbench.predictor.dataset as D  # build_plan_dataset looks measure_plan up there
 
     task = _task(a)
-    P.measure_plan = _slowed(P.measure_plan)
+    D.measure_plan = _slowed(D.measure_plan)
     cfg = P.PlanDatasetConfig(n_random=a["n_random"], n_stratified=a["n_stratified"], seed=0)
     ds = P.build_plan_dataset(task, None, cfg, resume=True, progress=False, track=False, num_threads=1)
     Path(a["out"]).write_text(json.dumps({k: v for k, v in ds.info.items() if k != "config"}, default=str))

@@ -187,8 +187,8 @@ _ALLOWED = {
         "torch.load",
     ): "the spawned search workers' payload (the task, with its model "
     "and loaders), written by the parent a moment before into a private tempfile.TemporaryDirectory (mode 0700)",
-    ("workbench/predictor.py", "pickle.loads"): "fitted predictors: unpickled only after their HMAC-SHA256 "
-    "under this installation's key matches (test_a_malicious_predictor_file_is_refused)",
+    ("workbench/predictor/predictor.py", "pickle.loads"): "fitted predictors: unpickled only after their "
+    "HMAC-SHA256 under this installation's key matches (test_a_malicious_predictor_file_is_refused)",
 }
 
 
