@@ -141,6 +141,7 @@ class CascadePolicy(Policy):
 
 
 def _policy(name: str | Policy, seed: int) -> Policy:
+    """The registry: the policy named ``name`` (seeded with ``seed`` where it learns), or ``name`` itself."""
     if isinstance(name, Policy):
         return name
     table = {"static": StaticPolicy, "rule": RulePolicy, "cascade": CascadePolicy}
