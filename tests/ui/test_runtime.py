@@ -236,3 +236,14 @@ def test_served_batch_keeps_the_good_inputs(served):
     ok = np.arange(len(xb)) != 3
     assert torch.isfinite(res.logits[torch.from_numpy(ok)]).all()
     assert res.rung[3] == -1 and (res.rung[ok] >= 0).all()
+
+
+def test_explorer_builds_runtimes_and_flat_metrics(explorer, served):
+    rt = explorer.make_runtime("cascade", 0.45)
+    shared, _, _ = served  # the same policy and budget, built by hand from the explorer's parts
+    assert rt.smodel is explorer.smodel and rt.probe is explorer.probe
+    assert rt.budget == pytest.approx(shared.budget) and rt.knob == pytest.approx(shared.knob)
+    assert (rt.probe_rung, rt.escalation_rung) == (shared.probe_rung, shared.escalation_rung)
+    metrics = explorer.to_metrics()
+    finite = {k: v for k, v in explorer.values.items() if not math.isnan(v)}
+    assert metrics == {f"explorer.{k}": v for k, v in finite.items()} and len(metrics) >= 6

@@ -1,0 +1,90 @@
+"""Runtime adaptation: per-input precision under a resource budget (seeds 002, 003, 004).
+
+The pieces, in the order an input meets them:
+
+- :class:`SwitchableModel` - the model with BatchNorm folded and every Conv2d / Linear holding its weights
+  pre-quantized at each candidate bit width (per output channel), so switching precision recomputes nothing;
+  activations are quantized with per-input (dynamic) scales at ``a_bits``. Layers are grouped (seed 003's layer
+  grouping: ``"stage"`` = top-level module, ``"layer"`` = each layer, or explicit groups) and a **precision map**
+  gives each group its weight bits.
+- :class:`ProbeEngine` - seed 003's sensitivity analysis engine: on a small calibration subset it runs forward
+  passes with one group at each candidate precision and measures the local error (the group's own output) and
+  the downstream error (KL divergence of the model's output); then it builds a **ladder** of precision maps from
+  the all-high map down to the all-low map, each step lowering the group whose step costs the least downstream
+  error per BOP saved, measured on the whole model (feedback: upstream precision is chosen by the error it causes
+  downstream, not by its local error).
+- :class:`InputAnalyzer` - statistics of each input (range, variance, entropy of its histogram) and of each
+  group's input on the first rung (seed 004's granularity controllers watch input variance).
+- Policies choose a rung of the ladder per input:
+  :class:`StaticPolicy` (one rung for all), :class:`RulePolicy` (input statistics against the calibration
+  profile: higher variance / entropy -> more bits), :class:`LearnedPolicy` (a small controller trained on
+  calibration data to predict, per input, the cheapest rung that keeps the FP32 prediction, from the statistics
+  and the cheapest rung's output), :class:`CascadePolicy` (run the cheapest rung; escalate while the output is
+  not confident: downstream error refines the choice).
+- :class:`ResourceManager` - enforces the global budget (average BOPs, average weight bits or latency on a
+  hardware profile) over the stream: it sets each policy's knob on calibration data and overrides local
+  decisions that would break the running average.
+- :class:`AdaptiveRuntime` - ties them together, serves batches, validates inputs (a bad input is rejected with
+  a reason and the others are served), and accounts the time spent analysing and selecting apart from inference.
+
+:func:`evaluate_runtime` compares dynamic precision with the best static precision map of equal average cost on
+clean and shifted data (noise, contrast, blur); :class:`RuntimeFactory` builds the parts runtimes share once.
+
+Parts (each imports only those above it): ``config`` (constants, errors, :class:`RuntimeConfig`), ``data``
+(stacking loaders, shifted inputs), ``switchable``, ``costs``, ``probe``, ``analysis`` (input statistics),
+``policies``, ``manager``, ``result``, ``engine`` (:class:`AdaptiveRuntime`), ``factory``, ``evaluate``.
+"""
+
+from workbench.runtime.analysis import InputAnalyzer
+from workbench.runtime.config import (
+    BUDGET_KINDS,
+    POLICIES,
+    SHIFTS,
+    RuntimeBudgetError,
+    RuntimeConfig,
+    RuntimeInputError,
+)
+from workbench.runtime.costs import MapCost, MapCoster
+from workbench.runtime.data import _inputs, _labels, shift_inputs, stack_inputs, stack_labels
+from workbench.runtime.engine import AdaptiveRuntime
+from workbench.runtime.evaluate import evaluate_runtime, static_candidates
+from workbench.runtime.factory import RuntimeFactory
+from workbench.runtime.manager import ResourceManager
+from workbench.runtime.policies import CascadePolicy, LearnedPolicy, Policy, RulePolicy, StaticPolicy
+from workbench.runtime.probe import ProbeEngine, ProbeResult
+from workbench.runtime.result import SUMMARY_COLUMNS, RuntimeEvaluation, ServeResult
+from workbench.runtime.switchable import SwitchableLayer, SwitchableModel
+
+__all__ = [
+    "BUDGET_KINDS",
+    "POLICIES",
+    "SHIFTS",
+    "SUMMARY_COLUMNS",
+    "AdaptiveRuntime",
+    "CascadePolicy",
+    "InputAnalyzer",
+    "LearnedPolicy",
+    "MapCost",
+    "MapCoster",
+    "Policy",
+    "ProbeEngine",
+    "ProbeResult",
+    "ResourceManager",
+    "RulePolicy",
+    "RuntimeBudgetError",
+    "RuntimeConfig",
+    "RuntimeEvaluation",
+    "RuntimeFactory",
+    "RuntimeInputError",
+    "ServeResult",
+    "StaticPolicy",
+    "SwitchableLayer",
+    "SwitchableModel",
+    "_inputs",
+    "_labels",
+    "evaluate_runtime",
+    "shift_inputs",
+    "stack_inputs",
+    "stack_labels",
+    "static_candidates",
+]
