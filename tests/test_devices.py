@@ -221,11 +221,13 @@ def test_every_stage_refuses_a_missing_device_before_any_work(digits_cnn_task, m
     from workbench.hardware import deploy as deploy_mod
     from workbench.qat import train_qat
     from workbench.search import study
+    from workbench.sensitivity import analyze as sensitivity_analyze
 
     task = digits_cnn_task
     plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", task.model)
     for module, name in (
-        (sensitivity, "_take"), (sensitivity, "_compute"), (predictor, "layer_costs"), (predictor, "_reference"),
+        (sensitivity_analyze, "_take"), (sensitivity_analyze, "_compute"),
+        (predictor, "layer_costs"), (predictor, "_reference"),
         (study, "default_storage"), (study, "open_storage"), (pipeline, "quantize_model"),
         (pipeline, "make_task"), (runtime, "_inputs"), (runtime, "SwitchableModel"),
         (deploy_mod, "load_profile"), (deploy_mod, "_baked_float_model"),
