@@ -221,15 +221,16 @@ def test_every_stage_refuses_a_missing_device_before_any_work(digits_cnn_task, m
     from workbench.hardware import deploy as deploy_mod
     from workbench.hardware.deploy import convert as deploy_convert
     from workbench.predictor import dataset as predictor_dataset  # where build_plan_dataset looks them up
-    from workbench.runtime import factory as runtime_factory
     from workbench.qat import train_qat
+    from workbench.runtime import factory as runtime_factory
     from workbench.search import study
+    from workbench.sensitivity import analyze as sensitivity_analyze
 
     task = digits_cnn_task
     plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", task.model)
     for module, name in (
-        (sensitivity, "_take"), (sensitivity, "_compute"), (predictor_dataset, "layer_costs"),
-        (predictor_dataset, "_reference"),
+        (sensitivity_analyze, "_take"), (sensitivity_analyze, "_compute"),
+        (predictor_dataset, "layer_costs"), (predictor_dataset, "_reference"),
         (study, "default_storage"), (study, "open_storage"), (pipeline, "quantize_model"),
         (pipeline, "make_task"), (runtime_factory, "_inputs"), (runtime_factory, "SwitchableModel"),
         (deploy_convert, "load_profile"), (deploy_convert, "_baked_float_model"),
