@@ -7,6 +7,8 @@ shape ``(B, 64)`` with real masks. :class:`DigitsBert` names its layers as Huggi
 ``pooler.dense``), takes keyword inputs and returns an output object with ``logits``, ``last_hidden_state`` and
 ``pooler_output``: the shape of model most people bring, built from plain torch modules so that nothing is
 downloaded. :func:`transformer_task` trains it once (cached under ``data/models``) and wraps it as a Task.
+
+Also importable as :mod:`workbench.transformer_task` (its historical name).
 """
 
 from __future__ import annotations
@@ -23,8 +25,27 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from workbench.data import DigitsConfig, digits_data
 from workbench.paths import data_dir
-from workbench.tasks import DigitsConfig, digits_data
+from workbench.tasks.byom import task_from_model
+from workbench.tasks.metrics import FIDELITY_KINDS, fidelity_metric
+from workbench.tasks.task import Task
+
+__all__ = [
+    "PAD_ID",
+    "SEQ_LEN",
+    "VOCAB",
+    "BertConfig",
+    "BertTrainConfig",
+    "DigitsBert",
+    "EncoderOutput",
+    "TokenDataset",
+    "digits_tokens",
+    "get_digits_bert",
+    "token_loaders",
+    "train_digits_bert",
+    "transformer_task",
+]
 
 PAD_ID = 0
 VOCAB = 18  # padding + 17 pixel intensities
@@ -321,12 +342,10 @@ def transformer_task(
     config: BertConfig | None = None,
     train: BertTrainConfig | None = None,
     progress: bool = False,
-) -> Any:
+) -> Task:
     """The trained :class:`DigitsBert` on digits token batches as a Task (``{"input_ids", "attention_mask"}``
     inputs, labels kept). ``metric``: ``"accuracy"`` (labelled top-1) or a fidelity kind against the FP32
     model's logits (``"cosine"``, ``"min_cosine"``, ``"neg_rel_mse"``, ``"topk_agreement"``)."""
-    from workbench.tasks import FIDELITY_KINDS, fidelity_metric, task_from_model
-
     if metric != "accuracy" and metric not in FIDELITY_KINDS:
         raise ValueError(f"metric={metric!r}; choose 'accuracy' or one of {list(FIDELITY_KINDS)}")
     model, info = get_digits_bert(config, train, progress=progress)
