@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from workbench.data import DigitsConfig, digits_data
 from workbench.models import (
     MODEL_INPUT_SIZE,
     TrainConfig,
@@ -21,13 +22,12 @@ from workbench.models import (
     model_cache_path,
     train_model,
 )
-from workbench.tasks import DigitsConfig, digits_data
 
 ZOO = ("digits_cnn", "digits_resnet")
 
 
 def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache folder per pytest session, shared with tests/test_tasks.py so each model trains once."""
+    """One cache folder per pytest session, shared with tests/tasks/test_tasks.py so each model trains once."""
     return tmp_path_factory.getbasetemp() / "workbench-models"
 
 

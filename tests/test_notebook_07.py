@@ -7,7 +7,7 @@ import pytest
 
 from tests.test_notebooks import run_notebook
 
-# the default 40 training epochs: the DigitsBert that tests/test_transformer_task.py and the example task file
+# the default 40 training epochs: the DigitsBert that tests/tasks/test_digits_bert.py and the example task file
 # use (one cached model for all)
 PARAMS = (
     "METRIC = 'cosine'\nTRAIN_EPOCHS = 40\nTHREADS = 1\nPROFILE_BATCHES = 1\nLATENCY_REPEATS = 2\n"

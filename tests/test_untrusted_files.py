@@ -99,7 +99,7 @@ class _Retrain(Exception):
 
 
 def _load_bert_cache(p: Path) -> object:
-    import workbench.transformer_task as tt
+    import workbench.tasks.digits_bert as tt
     from workbench.paths import StaleCacheWarning
 
     def no_training(*args, **kwargs):

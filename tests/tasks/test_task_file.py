@@ -13,7 +13,7 @@ import pytest
 from workbench.cli import main
 from workbench.tasks import Task, TaskFileError, load_task_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TASK_FILE = textwrap.dedent(
     '''

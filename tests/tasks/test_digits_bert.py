@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from workbench.data import DigitsConfig
 from workbench.pipeline import evaluate_plan
 from workbench.qat import QATConfig, train_qat
 from workbench.quant import QuantPlan, load_packed, quantize_model, save_packed
 from workbench.sensitivity import SensitivityConfig, analyze_sensitivity
-from workbench.tasks import DigitsConfig
-from workbench.transformer_task import BertTrainConfig, DigitsBert, digits_tokens, transformer_task
+from workbench.tasks.digits_bert import BertTrainConfig, DigitsBert, digits_tokens, transformer_task
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TRAIN = BertTrainConfig()  # the default: the one cached model every DigitsBert test and example shares
@@ -114,3 +114,12 @@ def test_dynamic_int8_and_bf16_deployments(task):
     assert all(v.equal(before[k]) for k, v in task.model.state_dict().items())
     with pytest.raises(ValueError, match="no nn.Linear"):
         dynamic_int8(task.model, QuantPlan.from_shorthand("uniform:w4;include=embeddings.*", task.model))
+
+
+def test_transformer_task_module_reexports_digits_bert() -> None:
+    import workbench.tasks.digits_bert as new
+    import workbench.transformer_task as old
+
+    for name in new.__all__:
+        assert getattr(old, name) is getattr(new, name), name
+    assert old._cache_path is new._cache_path

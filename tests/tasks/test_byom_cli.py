@@ -20,7 +20,7 @@ from workbench.cli import main
 from workbench.hardware.deploy import DeployInputError, choose_kernels, static_input_problem
 from workbench.tasks import load_task_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "byom_task.py"
 TASK = f"{EXAMPLE}:make_task"
 WEIGHT_ONLY = "uniform:w4:per_channel;exclude=pooler*"
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from workbench.transformer_task import get_digits_bert
+    from workbench.tasks.digits_bert import get_digits_bert
 
     _, info = get_digits_bert()  # the project's cache (trained once if absent)
     root = tmp_path_factory.mktemp("byom_home")

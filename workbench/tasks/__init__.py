@@ -1,0 +1,79 @@
+"""Tasks: a model together with its calibration / validation / test data and a metric.
+
+Three ways to get one:
+
+* :func:`load_task` — the embedded digits task (``sklearn.datasets.load_digits``, 1797 8x8 grey images,
+  bundled with scikit-learn, nothing downloaded) with a zoo model trained on it or loaded from the cache.
+* :func:`torchvision_task` — a torchvision classification model on CIFAR-10 or an image folder that is
+  already on disk (this module never downloads anything).
+* :func:`task_from_model` — any ``nn.Module`` with your own loaders, scored by top-1 accuracy, your own
+  ``metric(model, loader)``, ``eval_fn(model)``, or a :func:`fidelity_metric` against the FP32 model.
+* :func:`load_task_file` — the Task a function in a Python file returns (the CLI's ``--task FILE.py:FUNC``).
+
+The built-in loaders yield ``(x, y)`` tuples (the calibration loader is a deterministic subset of the training
+data). Your own may yield ``(inputs, targets)`` or the inputs alone, the inputs a tensor, a tuple or a dict of
+tensors (see :mod:`workbench.quant.inputs`).
+
+Parts: :mod:`~workbench.tasks.task` (:class:`Task`, :class:`TaskLike`, :func:`check_task`),
+:mod:`~workbench.tasks.metrics` (accuracy, ``eval_fn`` and fidelity metrics), :mod:`~workbench.tasks.load`
+(:func:`load_task`), :mod:`~workbench.tasks.vision` (:func:`torchvision_task`), :mod:`~workbench.tasks.byom`
+(:func:`task_from_model`, task files) and :mod:`~workbench.tasks.digits_bert` (the local transformer task).
+The digits data itself lives in :mod:`workbench.data` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+from workbench.data import (
+    DIGITS_IMAGE_SIZES,
+    SPLITS,
+    DigitsConfig,
+    DigitsData,
+    DigitsLoaders,
+    digits_data,
+)
+from workbench.models import MODEL_INPUT_SIZE, ZOO_MODELS, build_model, get_trained_model
+from workbench.tasks.byom import TaskFileError, load_task_file, task_from_model
+from workbench.tasks.load import load_task
+from workbench.tasks.metrics import (
+    FIDELITY_KINDS,
+    EvalFnMetric,
+    FidelityMetric,
+    Metric,
+    evaluate_accuracy,
+    fidelity_metric,
+    metric_name,
+)
+from workbench.tasks.task import Task, TaskLike, check_task
+from workbench.tasks.vision import DATASETS, _load_weights, torchvision_task
+from workbench.training import TrainConfig
+
+__all__ = [
+    "DATASETS",
+    "DIGITS_IMAGE_SIZES",
+    "FIDELITY_KINDS",
+    "MODEL_INPUT_SIZE",
+    "SPLITS",
+    "ZOO_MODELS",
+    "DigitsConfig",
+    "DigitsData",
+    "DigitsLoaders",
+    "EvalFnMetric",
+    "FidelityMetric",
+    "Metric",
+    "Task",
+    "TaskFileError",
+    "TaskLike",
+    "TrainConfig",
+    "_load_weights",
+    "build_model",
+    "check_task",
+    "digits_data",
+    "evaluate_accuracy",
+    "fidelity_metric",
+    "get_trained_model",
+    "load_task",
+    "load_task_file",
+    "metric_name",
+    "task_from_model",
+    "torchvision_task",
+]
