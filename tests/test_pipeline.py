@@ -1,0 +1,117 @@
+"""The pipeline stage functions: config and plan validation, and evaluate_plan on the cached digits_cnn task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.devices import DeviceError
+from workbench.pipeline import (
+    PipelineConfig,
+    PlanResult,
+    evaluate_plan,
+    make_task,
+    resolve_plan,
+    results_table,
+)
+from workbench.quant import PlanError, QuantPlan, QuantSpec
+
+
+# -- validation ---------------------------------------------------------------------------------------------
+def test_pipeline_config_names_a_bad_device():
+    assert PipelineConfig().device is None
+    assert PipelineConfig(device=torch.device("cpu")).device == "cpu"  # normalised to its name
+    with pytest.raises(DeviceError, match="'gpu' not understood"):
+        PipelineConfig(device="gpu")
+    with pytest.raises(DeviceError, match="got int"):
+        PipelineConfig(device=3)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="the machine has a cuda:7")
+def test_pipeline_config_names_a_missing_cuda_device():
+    with pytest.raises(DeviceError, match="'cuda:7'"):
+        PipelineConfig(device="cuda:7")
+
+
+def test_make_task_needs_a_data_root_for_a_dataset():
+    with pytest.raises(ValueError, match="dataset 'flowers' needs data_root"):
+        make_task("resnet18", dataset="flowers")
+
+
+def test_resolve_plan_accepts_plans_shorthands_and_files(digits_cnn_task, tmp_path):
+    model = digits_cnn_task.model
+    plan = QuantPlan.from_shorthand("uniform:w4a8", model)
+    assert resolve_plan(plan, model) is plan
+    short = resolve_plan("uniform:w4a8", model)
+    assert short.to_dict() == plan.to_dict() and set(short.layers) == {"conv1", "conv2", "fc1", "fc2"}
+    path = plan.save(tmp_path / "p.json")
+    assert resolve_plan(path, model).to_dict() == plan.to_dict()
+    assert resolve_plan(str(path), model).to_dict() == plan.to_dict()
+
+
+def test_resolve_plan_names_bad_text_and_unfitting_files(digits_cnn_task, tmp_path):
+    model = digits_cnn_task.model
+    with pytest.raises(PlanError, match="plan 'w4a8' is neither a JSON file nor a shorthand"):
+        resolve_plan("w4a8", model)
+    with pytest.raises(PlanError, match="neither a JSON file"):
+        resolve_plan("x" * 5000, model)  # longer than any file name: still a clean PlanError
+    bad = QuantPlan({"conv9": QuantSpec()}).save(tmp_path / "bad.json")
+    with pytest.raises(PlanError, match=f"plan file {bad} does not fit the model: .*'conv9'"):
+        resolve_plan(bad, model)
+    wrong = QuantPlan({"conv1": QuantSpec(channel_bits=(4, 8))}).save(tmp_path / "cb.json")
+    with pytest.raises(PlanError, match="channel_bits has 2 entries"):
+        resolve_plan(wrong, model)
+
+
+# -- evaluate_plan --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fp32_result(digits_cnn_task) -> PlanResult:
+    return evaluate_plan(digits_cnn_task, QuantPlan({}), name="FP32")
+
+
+def test_fp32_plan_reproduces_the_task_evaluation(digits_cnn_task, fp32_result):
+    r = fp32_result
+    own = digits_cnn_task.evaluate(digits_cnn_task.model, "test")
+    assert r.fp32_accuracy == own and r.accuracy == own
+    assert r.accuracy_drop_pp == 0.0
+    assert r.size_bytes == r.fp32_size_bytes and r.avg_weight_bits == 32.0 and r.avg_act_bits == 32.0
+    # float32 weights: 4 bytes per parameter of the quantizable layers
+    n_params = sum(p.numel() for p in digits_cnn_task.model.parameters())
+    assert r.fp32_size_bytes == 4 * n_params
+    d = r.to_dict()
+    assert d["compression"] == 1.0 and d["name"] == "FP32" and "plan" not in d and "model" not in d
+    assert r.model is None
+
+
+def test_int8_plan_is_within_two_points_and_four_times_smaller(digits_cnn_task, fp32_result, tmp_path):
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", digits_cnn_task.model)
+    packed = tmp_path / "m.wbq"
+    r = evaluate_plan(
+        digits_cnn_task,
+        plan,
+        name="INT8",
+        fp32_accuracy=fp32_result.fp32_accuracy,
+        packed_path=packed,
+        keep_model=True,
+    )
+    assert r.fp32_accuracy == fp32_result.accuracy
+    assert abs(r.accuracy_drop_pp) <= 2.0
+    assert r.accuracy_drop_pp == pytest.approx(100.0 * (r.fp32_accuracy - r.accuracy))
+    assert r.avg_weight_bits == 8.0 and r.avg_act_bits == 8.0
+    # 8-bit weights are a quarter of float32; per-channel scales and float biases add a little on top
+    assert r.fp32_size_bytes / 4 < r.size_bytes < r.fp32_size_bytes / 3.5
+    assert (
+        r.bops * 16 == fp32_result.bops
+    )  # (32 x 32) / (8 x 8) bit operations per MAC, every layer quantized
+    assert packed.stat().st_size == r.packed_bytes and r.packed_bytes >= r.size_bytes
+    assert r.model is not None and r.model is not digits_cnn_task.model
+    assert digits_cnn_task.evaluate(r.model, "test") == r.accuracy  # the kept model is the one measured
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        evaluate_plan(digits_cnn_task, plan, fp32_accuracy=r.fp32_accuracy, packed_path=packed)
+    table = results_table([fp32_result, r])
+    assert list(table.columns) == [
+        "name", "accuracy", "accuracy_drop_pp", "size_bytes", "packed_bytes", "compression",
+        "avg_weight_bits", "avg_act_bits", "bops",
+    ]  # fmt: skip
+    assert table["name"].tolist() == ["FP32", "INT8"]
+    assert table["compression"].tolist() == pytest.approx([1.0, r.fp32_size_bytes / r.size_bytes])
