@@ -1,0 +1,88 @@
+"""The inputs of a QAT run: task checks, the task's metric name, plan resolution and plans from a search."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import pandas as pd
+from torch import nn
+
+from workbench.qat.config import QATError, _is_int
+from workbench.quant import PlanError, QuantPlan
+
+
+def plans_from_search(
+    result: Any, *, k: int = 1, max_weight_fraction: float | None = None, column: str = "accuracy"
+) -> dict[str, QuantPlan]:
+    """The ``k`` best front plans of a search result (:class:`workbench.search.SearchResult`): highest
+    ``column`` first (ties: fewer weight bytes), within ``max_weight_fraction`` of the FP32 weight bytes.
+
+    Keys are labels such as ``"ilp weight_size<=9.5% #3 (2.93 bits)"``.
+    """
+    if not _is_int(k) or k < 1:
+        raise QATError(f"k={k!r} must be an int >= 1")
+    front = getattr(result, "front", None)
+    if not isinstance(front, pd.DataFrame) or "plan" not in front.columns:
+        raise QATError(f"result must be a search result with a front of plans, got {type(result).__name__}")
+    if column not in front.columns:
+        raise QATError(f"column={column!r} is not in the front; columns: {list(front.columns)}")
+    df = front
+    if max_weight_fraction is not None:
+        df = df[df["weight_bytes"] <= max_weight_fraction * result.fp32_weight_bytes]
+    if df.empty:
+        smallest = float(front["weight_bytes"].min() / result.fp32_weight_bytes) if len(front) else math.nan
+        raise QATError(
+            f"no front plan within max_weight_fraction={max_weight_fraction!r} (the smallest has {smallest:.4f}); "
+            "raise the fraction or search with a tighter budget"
+        )
+    df = df.sort_values([column, "weight_bytes"], ascending=[False, True]).head(k)
+    out = {}
+    for _, row in df.iterrows():
+        label = (
+            f"{row.get('label', 'plan')} #{row.get('trial', len(out))} ({row['avg_weight_bits']:.2f} bits)"
+        )
+        out[label] = QuantPlan.from_json(row["plan"])
+    return out
+
+
+def _check_task(task: Any) -> None:
+    for attr in ("model", "calib_loader", "val_loader", "test_loader", "evaluate"):
+        if not hasattr(task, attr):
+            raise QATError(
+                f"task must be a workbench.tasks.Task (missing {attr!r}), got {type(task).__name__}"
+            )
+    if not isinstance(task.model, nn.Module):
+        raise QATError(f"task.model must be a torch.nn.Module, got {type(task.model).__name__}")
+    if getattr(task, "train_loader", None) is None:
+        raise QATError(
+            f"task {getattr(task, 'name', '?')!r} has no train loader; QAT needs training data "
+            "(task_from_model(..., train_loader=...))"
+        )
+
+
+def _metric_name(task: Any) -> str:
+    """The task's :attr:`~workbench.tasks.Task.metric_name` ("accuracy" for a task-like object without one)."""
+    name = getattr(task, "metric_name", None)
+    if isinstance(name, str):
+        return name
+    metric = getattr(task, "metric", None)
+    if metric is None:
+        return "accuracy"
+    from workbench.tasks import metric_name
+
+    return metric_name(metric)
+
+
+def _resolve_plan(plan: Any, model: nn.Module) -> QuantPlan:
+    from workbench.pipeline import resolve_plan
+
+    if not isinstance(plan, (QuantPlan, str, os.PathLike)):
+        raise PlanError(
+            f"plan must be a QuantPlan, a plan JSON path or a shorthand such as 'uniform:w4a8', "
+            f"got {type(plan).__name__}"
+        )
+    plan = resolve_plan(plan, model)
+    plan.validate(model)
+    return plan
