@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from workbench._common.signed import TRUST_ENV, sign_bytes, trusting_old_files
 from workbench.quant.inputs import input_tensors
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 
 CACHE_VERSION = 1  # bump when measure_plan changes what it records
+_LINE_KIND = "plan-dataset-line"
 
 
 def _model_hash(model: nn.Module) -> str:
@@ -69,12 +71,33 @@ def _logits_free_fingerprint(loader: Iterable) -> str:
     return h.hexdigest()
 
 
-def _line_sha(record: Mapping[str, Any], key: Any) -> str:
-    """Checksum of one cache line: its fields (``sha`` left out) and the cache key of the file it belongs to, so
-    an edited line, or one copied from another model's or config's file, no longer matches."""
+def _line_text(record: Mapping[str, Any], key: Any) -> bytes:
     body = {k: v for k, v in record.items() if k != "sha"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(f"{key}\0{text}".encode()).hexdigest()[:16]
+    return f"{key}\0{json.dumps(body, sort_keys=True, separators=(',', ':'))}".encode()
+
+
+def _line_sha(record: Mapping[str, Any], key: Any) -> str:
+    """Signature of one cache line: an HMAC under this installation's key (:mod:`workbench._common.signed`) of
+    its fields (``sha`` left out) and the cache key of the file it belongs to, so an edited line (even with a
+    recomputed plain hash), or one copied from another model's or config's file, no longer matches."""
+    return sign_bytes(_line_text(record, key), kind=_LINE_KIND)[:16]
+
+
+def _plain_line_sha(record: Mapping[str, Any], key: Any) -> str:
+    """The unkeyed checksum lines carried before signatures (recognised to name the older format)."""
+    return hashlib.sha256(_line_text(record, key)).hexdigest()[:16]
+
+
+def _line_problem(record: Mapping[str, Any], key: Any) -> str | None:
+    """None when the line's ``sha`` is its signature (or, with old files trusted, its older plain checksum);
+    else why it is left out."""
+    if record.get("sha") == _line_sha(record, key):
+        return None
+    if record.get("sha") == _plain_line_sha(record, key):
+        if trusting_old_files():
+            return None
+        return f"in the older, unsigned format (accept it once with --trust-old-files or {TRUST_ENV}=1)"
+    return "fails its checksum (edited, or from another file)"
 
 
 def _signed(record: Mapping[str, Any], key: Any) -> dict[str, Any]:
@@ -101,8 +124,8 @@ class _CacheContents:
 def _read_cache(path: Path) -> _CacheContents:
     """Every line of a cache file, checked. A line that is not JSON (a write cut short), not a record, or whose
     checksum (``sha``, see :func:`_line_sha`) does not match is left out and named in ``problems``. Files written
-    before checksums (a header without ``checksums``) keep their unsigned records; a signed record is always
-    checked."""
+    before signatures (plain checksums, or none: a header without ``checksums``) are refused unless old files
+    are trusted (``WORKBENCH_TRUST_OLD_FILES=1``); a signed record is always checked."""
     out = _CacheContents()
     if not path.is_file():
         return out
@@ -124,10 +147,15 @@ def _read_cache(path: Path) -> _CacheContents:
         if rec["type"] == "header":
             if out.header is not None or out.bad_header is not None:
                 out.problems.append((number, "a second header"))
-            elif "sha" in rec and rec["sha"] != _line_sha(rec, rec.get("key")):
-                out.bad_header = f"line {number} fails its checksum (edited)"
+            elif "sha" in rec and (why := _line_problem(rec, rec.get("key"))):
+                out.bad_header = f"line {number} {why}"
             elif rec.get("checksums") and "sha" not in rec:
                 out.bad_header = f"line {number} has lost its checksum (edited)"
+            elif "sha" not in rec and not trusting_old_files():
+                out.bad_header = (
+                    f"line {number} is in the older, unsigned format (accept it once with --trust-old-files "
+                    f"or {TRUST_ENV}=1)"
+                )
             else:
                 out.header = rec
                 out.good_lines.append(line)
@@ -143,10 +171,8 @@ def _read_cache(path: Path) -> _CacheContents:
             out.problems.append((number, "a plan record without plan_id / w_bits / a_bits"))
             continue
         if "sha" in rec:
-            if rec["sha"] != _line_sha(rec, out.header.get("key")):
-                out.problems.append(
-                    (number, f"plan {rec['plan_id']} fails its checksum (edited, or from another file)")
-                )
+            if why := _line_problem(rec, out.header.get("key")):
+                out.problems.append((number, f"plan {rec['plan_id']} {why}"))
                 continue
         elif out.header.get("checksums"):
             out.problems.append((number, f"plan {rec['plan_id']} has no checksum (edited)"))

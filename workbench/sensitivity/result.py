@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench._common.signed import check_signature, old_format_error, sign_bytes, trusting_old_files
 from workbench.sensitivity.codec import (
     _canonical_json,
     _decode_frame,
@@ -24,6 +25,20 @@ from workbench.sensitivity.codec import (
 from workbench.sensitivity.schema import CHANNEL_COLUMNS
 
 _RESULT_FORMAT = "workbench.sensitivity/2"  # /1 was a pickle: never read
+_SIGNATURE_KIND = "sensitivity-result"
+
+
+def _check_result_signature(path: Path, doc: dict, payload: Any, trust_old_files: bool | None) -> None:
+    """The payload's signature under this installation's key (files without one: an older format)."""
+    what = "sensitivity result"
+    signature = doc.get("signature")
+    if signature is None:
+        if not trusting_old_files(trust_old_files):
+            raise old_format_error(path, what)
+        return
+    check_signature(_canonical_json(payload).encode(), signature, kind=_SIGNATURE_KIND, path=path, what=what)
+
+
 _RESULT_TABLES = ("table", "layers", "channels", "cost_benefit")
 
 
@@ -147,7 +162,13 @@ class SensitivityResult:
             "info": _to_json_value(self.info, "info"),
         }
         body = _canonical_json(payload)
-        head = json.dumps({"format": _RESULT_FORMAT, "sha256": hashlib.sha256(body.encode()).hexdigest()})
+        head = json.dumps(
+            {
+                "format": _RESULT_FORMAT,
+                "sha256": hashlib.sha256(body.encode()).hexdigest(),
+                "signature": sign_bytes(body.encode(), kind=_SIGNATURE_KIND),
+            }
+        )
         text = head[:-1] + ', "payload": ' + body + "}\n"
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -162,12 +183,17 @@ class SensitivityResult:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], *, key: str | None = None) -> SensitivityResult:
+    def load(
+        cls, path: str | os.PathLike[str], *, key: str | None = None, trust_old_files: bool | None = None
+    ) -> SensitivityResult:
         """Read a result written by :meth:`save`. Plain JSON is parsed; nothing in the file is executed.
 
         Raises ValueError naming ``path`` and the reason when the file is not such a result (a pickle of the old
         format is refused unread: unpickling can run code), is truncated or damaged, was edited (its sha256 does
-        not match), or, with ``key``, holds another cache key (another model, config or calibration data).
+        not match, or its signature under this installation's key does not: an edit with a recomputed sha256 is
+        refused too, :class:`workbench._common.signed.UntrustedFileError`), or, with ``key``, holds another cache
+        key (another model, config or calibration data). Files from before signatures are refused unless
+        ``trust_old_files`` (or ``WORKBENCH_TRUST_OLD_FILES=1``).
         """
         path = Path(path)
         if not path.is_file():
@@ -217,4 +243,5 @@ class SensitivityResult:
                 raise TypeError(f"info is a {type(info).__name__}, not a dict")
         except (KeyError, TypeError, ValueError, IndexError, RecursionError) as e:
             raise ValueError(f"{path} is a damaged sensitivity result ({type(e).__name__}: {e})") from None
+        _check_result_signature(path, doc, payload, trust_old_files)  # parsed JSON only: nothing was executed
         return cls(info=info, **tables)
