@@ -141,7 +141,7 @@ def test_search_on_cpu_equals_search_without_device(digits_cnn_task):
 
 
 def test_search_worker_payload_puts_the_model_on_the_parents_device(digits_cnn_task, tmp_path):
-    from workbench.search.study import _read_payload
+    from workbench.search.workers import _read_payload
 
     path = tmp_path / "payload.pt"
     torch.save({"task": digits_cnn_task, "device": "cpu", "study": "s"}, path)

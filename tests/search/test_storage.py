@@ -108,3 +108,89 @@ def test_two_workers_share_a_postgresql_study(postgres, tmp_path, monkeypatch):
     assert result["real_evaluations"] == len(measured)
     # a worker pointed at a missing study is refused
     assert main([*SEARCH, "--storage", postgres, "--study", "nope", "--join", "--no-track"]) == 2
+
+
+# --------------------------------------------------------------------------------------------- unit: storage parts
+
+
+def _memory_study() -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=optuna.storages.InMemoryStorage())
+
+
+def _completed(study: optuna.Study, **attrs: object) -> None:
+    trial = study.ask({"x": optuna.distributions.CategoricalDistribution([0, 1])})
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    study.tell(trial, 0.0)
+
+
+def test_storage_urls_are_checked_by_scheme():
+    from workbench.search.config import SearchError
+    from workbench.search.storage import check_storage
+
+    check_storage(":memory:")
+    check_storage("sqlite:///x.db")
+    check_storage("postgresql+psycopg2://u@h/db")
+    with pytest.raises(SearchError, match="not understood"):
+        check_storage("search.db")
+    with pytest.raises(SearchError, match="scheme 'redis' not supported"):
+        check_storage("redis://localhost/0")
+
+
+def test_reserve_evaluation_prunes_past_the_budget_counting_earlier_running_trials():
+    from workbench.search.storage import measured_in_study, real_evaluations, reserve_evaluation
+
+    study = _memory_study()
+    _completed(study, real_eval=1, plan_key="a", accuracy_source="measured")
+    _completed(study, real_eval=1, plan_key="b", accuracy_source="predicted")
+    _completed(study, real_eval=0, plan_key="a", accuracy_source="measured")
+    assert real_evaluations(study) == 2
+    assert measured_in_study(study, "a") and not measured_in_study(study, "b")
+    running = study.ask()  # an earlier trial still measuring
+    later = study.ask()
+    reserve_evaluation(later, 4)  # 2 measured + 1 running ahead < 4
+    with pytest.raises(optuna.TrialPruned, match="budget of 3"):
+        reserve_evaluation(later, 3)
+    reserve_evaluation(running, 3)  # nothing runs ahead of the earlier trial
+
+
+def test_stale_trials_fail_and_unfinished_candidates_are_queued_again():
+    from workbench.search.storage import fail_stale, requeue_unfinished
+
+    study = _memory_study()
+    dist = {"x": optuna.distributions.CategoricalDistribution([0, 1])}
+    for label, x, state in (("a", 0, "fail"), ("b", 1, "fail"), ("b", 1, "done"), ("c", 0, "run")):
+        study.enqueue_trial({"x": x}, user_attrs={"label": label})
+        trial = study.ask(dist)
+        if state == "fail":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        elif state == "done":
+            study.tell(trial, 0.0)
+    fail_stale(study, study._storage)
+    states = [t.state for t in study.get_trials()]
+    assert optuna.trial.TrialState.RUNNING not in states and states.count(optuna.trial.TrialState.FAIL) == 3
+    requeue_unfinished(study)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    queued = sorted((t.user_attrs["label"], t.system_attrs["fixed_params"]["x"]) for t in waiting)
+    assert queued == [("a", 0), ("c", 0)]
+
+
+def test_wait_for_twin_returns_unless_a_running_trial_holds_the_plan():
+    from workbench.search.storage import wait_for_twin
+
+    class Cache:
+        def __init__(self, holder: str) -> None:
+            self.holder, self.keys = holder, []
+
+        def claim(self, key: str, owner: str) -> str:
+            self.keys.append(key)
+            return self.holder
+
+    study = _memory_study()
+    _completed(study)  # trial 0, finished
+    trial = study.ask()  # trial 1
+    for holder in ("1", "0", "sqlite-less"):  # itself, a finished trial, not a trial number
+        cache = Cache(holder)
+        wait_for_twin(cache, trial, "k", poll_s=0.01)
+        assert cache.keys == [f"{study.study_name}|k"]

@@ -1,0 +1,156 @@
+"""What a worker needs to evaluate trials of one study (:class:`SearchContext`), built and checked by
+:func:`prepare` before any study exists."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from workbench.search.config import MEMORY, SearchConfig, SearchError
+from workbench.search.objectives import OBJECTIVES, CostModel, EvalCache, PlanEvaluator, PredictedAccuracy
+from workbench.search.space import SearchSpace
+
+
+@dataclass
+class SearchContext:
+    """Everything a worker needs to evaluate trials of one study."""
+
+    task: Any
+    config: SearchConfig
+    space: SearchSpace
+    cost_model: CostModel
+    evaluator: PlanEvaluator
+    predicted: PredictedAccuracy | None
+    fp32_weight_bytes: int
+    history: list[np.ndarray] = field(default_factory=list)
+    worker: int = 0
+
+    def constraints(self, cost: Any, accuracy: float | None) -> list[float]:
+        c = []
+        cfg = self.config
+        if cfg.max_weight_fraction is not None:
+            c.append(cost.weight_bytes / self.fp32_weight_bytes - cfg.max_weight_fraction)
+        if cfg.max_size_bytes is not None:
+            c.append(float(cost.size_bytes - cfg.max_size_bytes))
+        if cfg.max_avg_weight_bits is not None:
+            c.append(float(cost.avg_weight_bits - cfg.max_avg_weight_bits))
+        if cfg.max_accuracy_drop is not None:
+            drop = math.inf if accuracy is None else 100.0 * (self.evaluator.fp32_accuracy - accuracy)
+            c.append(drop - cfg.max_accuracy_drop)
+        return c
+
+    def choice_vector(self, params: dict[str, Any]) -> np.ndarray:
+        return np.array(
+            [str(params.get(SearchSpace.param_name(u, k))) for u, k, _ in self.space.knob_table()]
+        )
+
+
+def study_directions(objectives: Sequence[str]) -> list[str]:
+    return [OBJECTIVES[o] for o in objectives]
+
+
+def objective_values(objectives: Sequence[str], accuracy: float, cost: Any) -> list[float]:
+    """The values a trial reports, one per objective: ``accuracy`` for accuracy, the plan's cost otherwise."""
+    return [accuracy if o == "accuracy" else float({"size": cost.size_bytes, "weight_size": cost.weight_bytes,
+            "bops": cost.bops, "latency": cost.latency_ms, "energy": cost.energy_mj}[o])
+            for o in objectives]  # fmt: skip
+
+
+def prepare(
+    task: Any,
+    config: SearchConfig,
+    predictor: Any,
+    storage_url: str,
+    *,
+    space: SearchSpace | None = None,
+    fp32_latency_ms: float | None = None,
+) -> SearchContext:
+    """The context of one worker: the space, cost model, evaluator (its cache in the study's database) and
+    predictor; refuses a space that cannot be built and size budgets no plan of it meets."""
+    space = space if space is not None else SearchSpace(task.model, config.space)
+    cost_model = CostModel(
+        task.model,
+        task.example_input(),
+        fp32_latency_ms=fp32_latency_ms if config.profile is None else None,
+        profile=config.profile,
+        batch_size=config.latency_batch_size,
+    )
+    cache = EvalCache(None if storage_url == MEMORY else storage_url)
+    evaluator = PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed)
+    evaluator.fp32_accuracy  # noqa: B018 - a bad split or loader fails here, before any study exists
+    predicted = None
+    if predictor is not None:
+        predicted = PredictedAccuracy(predictor, evaluator.fp32_accuracy)
+    ctx = SearchContext(
+        task=task,
+        config=config,
+        space=space,
+        cost_model=cost_model,
+        evaluator=evaluator,
+        predicted=predicted,
+        fp32_weight_bytes=cost_model.fp32_cost.weight_bytes,
+    )
+    _check_feasible(ctx)
+    return ctx
+
+
+def _unit_specs(space: SearchSpace, unit: Any, *, all_a_bits: bool) -> list[Any]:
+    """Every distinct spec a unit can take (built, hence validated)."""
+    import itertools
+
+    ch = unit.choices.knob_choices()
+    knobs = [k for k in ch if all_a_bits or k != "a_bits"]
+    specs = {}
+    for combo in itertools.product(*(ch[k] for k in knobs)):
+        values = dict(zip(knobs, combo, strict=True))
+        if not all_a_bits:
+            values["a_bits"] = min(ch["a_bits"])
+        spec = space.unit_spec(unit, values)
+        specs[json.dumps(spec.to_dict(), sort_keys=True)] = spec
+    return list(specs.values())
+
+
+def _check_feasible(ctx: SearchContext) -> None:
+    """Build every spec of every unit (so a bad space fails before the study exists) and refuse size budgets
+    that no plan of the space meets: costs add up over units, so the smallest plan takes each unit's
+    smallest option."""
+    from workbench.quant.spec import PlanError
+
+    cfg = ctx.config
+    space = ctx.space
+    base = space.plan_from_params({})
+    base_cost = ctx.cost_model(base)
+    min_weight = base_cost.weight_bytes
+    min_size = base_cost.size_bytes
+    min_bits = base_cost.avg_weight_bits  # element-weighted: a unit's choice moves it additively
+    for unit in space.units:
+        try:
+            specs = _unit_specs(space, unit, all_a_bits=cfg.max_size_bytes is not None)
+        except PlanError as e:
+            raise SearchError(f"unit {unit.name!r} of the search space cannot be built: {e}") from e
+        costs = [ctx.cost_model(space.with_unit(base, unit.name, spec)) for spec in specs]
+        min_weight += min(c.weight_bytes for c in costs) - base_cost.weight_bytes
+        min_size += min(c.size_bytes for c in costs) - base_cost.size_bytes
+        min_bits += min(c.avg_weight_bits for c in costs) - base_cost.avg_weight_bits
+    if cfg.max_weight_fraction is not None:
+        frac = min_weight / ctx.fp32_weight_bytes
+        if frac > cfg.max_weight_fraction:
+            raise SearchError(
+                f"max_weight_fraction={cfg.max_weight_fraction} is below what any plan of this space reaches: "
+                f"the smallest plan keeps {frac:.4f} of the FP32 weight bytes"
+            )
+    if cfg.max_size_bytes is not None and min_size > cfg.max_size_bytes:
+        raise SearchError(
+            f"max_size_bytes={cfg.max_size_bytes} is below what any plan of this space reaches: the smallest "
+            f"plan takes {min_size} bytes"
+        )
+    if cfg.max_avg_weight_bits is not None and min_bits > cfg.max_avg_weight_bits + 1e-9:
+        raise SearchError(
+            f"max_avg_weight_bits={cfg.max_avg_weight_bits} is below what any plan of this space reaches: the "
+            f"smallest plan averages {min_bits:.3f} weight bits (float layers count 32)"
+        )

@@ -1,0 +1,185 @@
+"""What a search found: :class:`SearchResult` (its trials, front and the ways to pick plans from it) and the front
+computed from a study's trials."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench.quant.spec import QuantPlan
+from workbench.search.config import SearchConfig
+from workbench.search.objectives import pareto_mask
+
+
+@dataclass
+class SearchResult:
+    """What a search found. ``trials``: one row per completed trial; ``front``: its non-dominated feasible
+    measured plans (accuracy on ``split``, ``test_accuracy`` on ``final_split``)."""
+
+    study_name: str
+    storage: str
+    config: SearchConfig
+    trials: pd.DataFrame
+    front: pd.DataFrame
+    hypervolume: float
+    real_evaluations: int
+    final_evaluations: int
+    fp32_accuracy: float
+    fp32_final_accuracy: float | None
+    fp32_weight_bytes: int
+    fp32_size_bytes: int
+    seconds: float
+    run_id: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def plans(self) -> list[QuantPlan]:
+        return [QuantPlan.from_dict(json.loads(p)) for p in self.front["plan"]]
+
+    def top_plans(
+        self,
+        k: int | None = None,
+        *,
+        max_weight_fraction: float | None = None,
+        max_avg_weight_bits: float | None = None,
+        column: str = "accuracy",
+    ) -> pd.DataFrame:
+        """The ``k`` best front rows (None: all), best first: highest ``column``, ties broken by fewer weight bytes,
+        within a weight-size fraction (of the FP32 weight bytes) and an element-weighted average of weight bits.
+        Each row holds its plan as JSON in ``plan`` (:meth:`QuantPlan.from_json`); empty when no plan fits."""
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"k={k!r} must be None or an int >= 1")
+        df = self.front
+        if max_weight_fraction is not None:
+            df = df[df["weight_bytes"] <= max_weight_fraction * self.fp32_weight_bytes]
+        if max_avg_weight_bits is not None:
+            df = df[df["avg_weight_bits"] <= max_avg_weight_bits + 1e-9]
+        if df.empty:
+            return df
+        df = df.sort_values([column, "weight_bytes"], ascending=[False, True])
+        return df if k is None else df.head(k)
+
+    def best(
+        self,
+        *,
+        max_weight_fraction: float | None = None,
+        max_avg_weight_bits: float | None = None,
+        column: str = "accuracy",
+    ) -> pd.Series:
+        """The front plan with the highest ``column`` within a weight-size fraction and an element-weighted
+        average of weight bits (the first of :meth:`top_plans`)."""
+        top = self.top_plans(
+            1, max_weight_fraction=max_weight_fraction, max_avg_weight_bits=max_avg_weight_bits, column=column
+        )
+        if top.empty:
+            raise ValueError(
+                f"no front plan within max_weight_fraction={max_weight_fraction}, "
+                f"max_avg_weight_bits={max_avg_weight_bits}"
+            )
+        return top.iloc[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        front = []
+        for _, r in self.front.iterrows():
+            front.append(
+                {
+                    "accuracy": float(r["accuracy"]),
+                    "test_accuracy": None if pd.isna(r.get("test_accuracy")) else float(r["test_accuracy"]),
+                    "size_bytes": int(r["size_bytes"]),
+                    "weight_bytes": int(r["weight_bytes"]),
+                    "bops": int(r["bops"]),
+                    "latency_ms": float(r["latency_ms"]),
+                    "avg_weight_bits": float(r["avg_weight_bits"]),
+                    "label": r["label"],
+                    "trial": int(r["trial"]),
+                    "plan": json.loads(r["plan"]),
+                }
+            )
+        return {
+            "study": self.study_name,
+            "storage": self.storage,
+            "strategy": self.config.strategy,
+            "accuracy_mode": self.config.accuracy,
+            "objectives": list(self.config.objectives),
+            "split": self.config.split,
+            "final_split": self.config.final_split,
+            "fp32_accuracy": self.fp32_accuracy,
+            "fp32_final_accuracy": self.fp32_final_accuracy,
+            "fp32_weight_bytes": self.fp32_weight_bytes,
+            "fp32_size_bytes": self.fp32_size_bytes,
+            "front": front,
+            "hypervolume": {
+                "value": self.hypervolume,
+                "reference": {
+                    **self.config.hv_ref.to_dict(),
+                    "accuracy": self.fp32_accuracy - self.config.hv_ref.max_drop_pp / 100,
+                    "weight_bytes": self.config.hv_ref.size_fraction * self.fp32_weight_bytes,
+                },
+                "axes": ["accuracy (maximise)", "weight_bytes / fp32_weight_bytes (minimise)"],
+            },
+            "real_evaluations": self.real_evaluations,
+            "final_evaluations": self.final_evaluations,
+            "trials": len(self.trials),
+            "seconds": self.seconds,
+            "run_id": self.run_id,
+            "info": self.info,
+        }
+
+
+def study_frame(study: Any) -> pd.DataFrame:
+    """One row per completed trial of ``study`` that carries a plan (the columns of :attr:`SearchResult.trials`)."""
+    import optuna
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if "plan" not in a:
+            continue
+        rows.append(
+            {
+                "trial": t.number,
+                "label": a.get("label") or f"trial {t.number}",
+                "accuracy": a["accuracy"],
+                "shaped_accuracy": a.get("shaped_accuracy", a["accuracy"]),
+                "accuracy_source": a["accuracy_source"],
+                "cache_hit": bool(a.get("cache_hit", False)),
+                "real_eval": int(a.get("real_eval", 0)),
+                "feasible": bool(a.get("feasible", True)),
+                "size_bytes": a["size_bytes"],
+                "weight_bytes": a["weight_bytes"],
+                "bops": a["bops"],
+                "latency_ms": a["latency_ms"],
+                "energy_mj": math.nan if a.get("energy_mj") is None else float(a["energy_mj"]),
+                "avg_weight_bits": a["avg_weight_bits"],
+                "avg_act_bits": a["avg_act_bits"],
+                "plan_key": a["plan_key"],
+                "plan": a["plan"],
+                "worker": a.get("worker", 0),
+                "duration_s": t.duration.total_seconds() if t.duration else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def compute_front(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """Non-dominated feasible trials whose accuracy was measured or predicted (never skipped ones), one row per
+    distinct plan, sorted by weight bytes."""
+    if trials.empty:
+        return trials.copy()
+    ok = trials[trials["feasible"] & (trials["accuracy_source"] != "skipped_over_budget")]
+    ok = ok.drop_duplicates("plan_key")
+    if ok.empty:
+        return ok
+    col = {"accuracy": "accuracy", "size": "size_bytes", "weight_size": "weight_bytes", "bops": "bops",
+           "latency": "latency_ms", "energy": "energy_mj"}  # fmt: skip
+    cols = [col[o] for o in objectives]
+    if "weight_bytes" not in cols:
+        cols.append("weight_bytes")  # the reported front is always (accuracy, weight bytes) plus objectives
+    dirs = ["maximize" if c == "accuracy" else "minimize" for c in cols]
+    mask = pareto_mask(ok[cols].to_numpy(dtype=np.float64), dirs)
+    return ok[mask].sort_values(["weight_bytes", "accuracy"], ascending=[True, False]).reset_index(drop=True)
