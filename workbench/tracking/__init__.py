@@ -1,4 +1,4 @@
-"""MLflow helpers: the one module of the package that imports mlflow (lazily, so ``import workbench`` stays fast).
+"""MLflow helpers: the one part of the package that imports mlflow (lazily, so ``import workbench`` stays fast).
 
 Every stage records itself through :func:`start_run`, which yields a small handle with ``log_*`` methods::
 
@@ -15,6 +15,10 @@ code can always log without a store.
 
 Artifact layout inside a run: ``config/<name>.json``, ``tables/<name>.csv``, ``plans/<name>.json``,
 ``figures/<name>.html|png|svg``, ``<name>.json`` for :meth:`Run.log_json`, and the model under its own name.
+
+Parts: :mod:`.store` (URI, store, experiments, reachability), :mod:`.convert` (JSON values, flattened params),
+:mod:`.handles` (:class:`Run`, :class:`NullRun`), :mod:`.runs` (:func:`start_run`, :func:`active_run`,
+:func:`runs_frame`) and :mod:`.models` (:func:`load_model`).
 """
 
 from __future__ import annotations
