@@ -121,8 +121,8 @@ def bench(a):
 
     stages = [bs.Stage(n, f"bench/{n}.py", ("--n", str(i)), results=f"bench/out/{n}.json")
               for i, n in enumerate(a["stages"])]
-    bs.suite_stages = lambda suite: list(stages)
-    bs._workbench_fingerprint = lambda: "fixed"  # other edits of the checkout must not make stages stale here
+    bs.suite.suite_stages = lambda suite: list(stages)  # where run_suite looks them up
+    bs.suite._workbench_fingerprint = lambda: "fixed"  # other edits of the checkout must not make stages stale here
     r = bs.run_suite("quick", root=Path(a["root"]), resume=a["resume"])
     Path(a["out"]).write_text(json.dumps(r.to_dict(), default=str))
 

@@ -116,7 +116,7 @@ def test_pipeline_json(tmp_path):
 def test_example_plan_in_configs(tmp_path):
     from pathlib import Path
 
-    plan_path = Path(__file__).resolve().parents[1] / "configs" / "plans" / "digits_resnet_mixed.json"
+    plan_path = Path(__file__).resolve().parents[2] / "configs" / "plans" / "digits_resnet_mixed.json"
     out = tmp_path / "q.json"
     assert main(["quantize", "--model", "digits_resnet", "--plan", str(plan_path), "--json", str(out)]) == 0
     q = _json(out)

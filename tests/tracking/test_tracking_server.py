@@ -24,7 +24,7 @@ from workbench.cli import main
 from workbench.servers import free_port, postgres_available, postgres_bin, start_postgres
 from workbench.servers import start_tracking_server as start_server
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PLAN = "uniform:w4a8:per_channel"
 
 

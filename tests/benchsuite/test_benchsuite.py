@@ -11,7 +11,7 @@ import pytest
 from workbench import benchsuite
 from workbench.benchsuite import SUITE_HEADING, run_suite, suite_stages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("suite", ["quick", "full"])
@@ -55,7 +55,7 @@ def test_a_stage_whose_input_is_missing_is_skipped_and_said_so(tmp_path, monkeyp
     stage = bs.Stage(
         "opt", "bench/hawq_bench.py", optional_input="bench/out/x.json", skip_reason="x is missing"
     )
-    monkeypatch.setattr(bs, "suite_stages", lambda suite: [stage])
+    monkeypatch.setattr(bs.suite, "suite_stages", lambda suite: [stage])
     calls = []
     result = bs.run_suite("quick", root=root, runner=lambda argv, cwd: calls.append(argv) or (0, ""))
     assert calls == [] and result.stages[0].status == "skipped: x is missing" and result.ok
@@ -116,8 +116,8 @@ def _resume_root(tmp_path: Path, monkeypatch, args: tuple[str, ...] = ()) -> tup
     for s in stages:
         (root / s.script).parent.mkdir(parents=True, exist_ok=True)
         (root / s.script).write_text(f"# stub {s.name}\n")
-    monkeypatch.setattr(bs, "suite_stages", lambda suite: list(stages))
-    monkeypatch.setattr(bs, "_workbench_fingerprint", lambda: "pinned")
+    monkeypatch.setattr(bs.suite, "suite_stages", lambda suite: list(stages))
+    monkeypatch.setattr(bs.suite, "_workbench_fingerprint", lambda: "pinned")
     return root, stages
 
 
@@ -175,7 +175,7 @@ def test_resume_keeps_finished_stages_and_runs_the_rest(tmp_path, monkeypatch, c
     calls.clear()
     bs.run_suite("quick", root=root, runner=_writing_runner(calls), resume=True)
     assert calls == ["two"] and "results file bench/out/two.json is missing" in capsys.readouterr().err
-    monkeypatch.setattr(bs, "_workbench_fingerprint", lambda: "other code")
+    monkeypatch.setattr(bs.suite, "_workbench_fingerprint", lambda: "other code")
     calls.clear()
     bs.run_suite("quick", root=root, runner=_writing_runner(calls), resume=True)
     assert calls == ["one", "two", "three"]

@@ -1,0 +1,49 @@
+"""``workbench quantize``: quantize a model with a plan and measure its accuracy and size."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from workbench.cli.common import add_task_args, load_task, print_table, tracking_flag
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize with a plan and measure accuracy and size")
+    add_task_args(p)
+    p.add_argument("--plan", required=True, help="plan JSON file or shorthand, e.g. uniform:w4a8:per_channel")
+    p.add_argument("--out", help="write the packed low-bit model here (.wbq)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from workbench import tracking
+    from workbench.pipeline import evaluate_plan, resolve_plan, results_table
+
+    task = load_task(args)
+    plan = resolve_plan(args.plan, task.model)
+    with tracking.start_run(
+        "quantize",
+        run_name=f"quantize-{args.model}",
+        params={"model": args.model, "plan": str(args.plan)},
+        enabled=tracking_flag(args),
+    ) as run:
+        res = evaluate_plan(task, plan, name=str(args.plan), packed_path=args.out, overwrite=args.overwrite)
+        run.log_plan(plan)
+        run.log_metrics({k: v for k, v in res.to_dict().items() if isinstance(v, (int, float))})
+    print_table(results_table([res]))
+    summary = plan.summary(task.model, task.example_input())
+    coverage = {k: getattr(summary, k) for k in ("covered_fraction", "covered_params", "total_params")}
+    print(
+        f"the plan quantizes {100 * summary.covered_fraction:.1f} % of the model's parameters "
+        f"({summary.quantized_layers} of {summary.total_layers} quantizable layers)"
+    )
+    if args.out:
+        print(f"packed model written to {args.out} ({res.packed_bytes} bytes)")
+    return {
+        "model": args.model,
+        "plan_source": str(args.plan),
+        **res.to_dict(),
+        **coverage,
+        "plan": plan.to_dict(),
+    }
