@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
+from workbench._common.io import atomic_write_with
 from workbench.data import DigitsConfig, digits_data
 from workbench.paths import data_dir
 from workbench.training import TrainConfig, TrainResult, evaluate_accuracy, train_model
@@ -236,18 +235,6 @@ def model_cache_path(
     return root / f"{name}-{digest}.pt"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(name: str, path: Path, sidecar: Path) -> tuple[nn.Module, dict[str, Any]] | None:
     if not (path.is_file() and sidecar.is_file()):
         return None
@@ -324,7 +311,7 @@ def get_trained_model(
         "torch_version": torch.__version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _atomic_write(path, lambda tmp: torch.save(trained.state_dict(), tmp))
-    _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True)))
+    atomic_write_with(path, lambda tmp: torch.save(trained.state_dict(), tmp))
+    atomic_write_with(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2, sort_keys=True)))
     info["source"] = "trained"
     return trained, info

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from workbench._common.io import atomic_write_text
 from workbench._common.signed import TRUST_ENV, sign_bytes, trusting_old_files
 from workbench.quant.inputs import input_tensors
 
@@ -38,7 +39,7 @@ def _code_fingerprint() -> str:
     """Hash of the quantization core's source (``workbench/quant/*.py``) and :data:`CACHE_VERSION`: a change
     to how plans are quantized or summarized gets a fresh cache instead of stale measurements."""
     import workbench.quant
-    from workbench.fingerprint import code_fingerprint
+    from workbench._common.hashing import code_fingerprint
 
     return code_fingerprint(f"predictor-cache-v{CACHE_VERSION}", workbench.quant)
 
@@ -88,12 +89,12 @@ def _plain_line_sha(record: Mapping[str, Any], key: Any) -> str:
     return hashlib.sha256(_line_text(record, key)).hexdigest()[:16]
 
 
-def _line_problem(record: Mapping[str, Any], key: Any) -> str | None:
-    """None when the line's ``sha`` is its signature (or, with old files trusted, its older plain checksum);
-    else why it is left out."""
+def _line_problem(record: Mapping[str, Any], key: Any, *, old_file: bool) -> str | None:
+    """None when the line's ``sha`` is its signature (or, in a file of the older format that the user trusts,
+    its plain checksum); else why it is left out. A plain checksum in a signed file is an edit."""
     if record.get("sha") == _line_sha(record, key):
         return None
-    if record.get("sha") == _plain_line_sha(record, key):
+    if old_file and record.get("sha") == _plain_line_sha(record, key):
         if trusting_old_files():
             return None
         return f"in the older, unsigned format (accept it once with --trust-old-files or {TRUST_ENV}=1)"
@@ -147,7 +148,7 @@ def _read_cache(path: Path) -> _CacheContents:
         if rec["type"] == "header":
             if out.header is not None or out.bad_header is not None:
                 out.problems.append((number, "a second header"))
-            elif "sha" in rec and (why := _line_problem(rec, rec.get("key"))):
+            elif "sha" in rec and (why := _line_problem(rec, rec.get("key"), old_file=True)):
                 out.bad_header = f"line {number} {why}"
             elif rec.get("checksums") and "sha" not in rec:
                 out.bad_header = f"line {number} has lost its checksum (edited)"
@@ -171,7 +172,8 @@ def _read_cache(path: Path) -> _CacheContents:
             out.problems.append((number, "a plan record without plan_id / w_bits / a_bits"))
             continue
         if "sha" in rec:
-            if why := _line_problem(rec, out.header.get("key")):
+            old_file = out.header.get("sha") != _line_sha(out.header, out.header.get("key"))
+            if why := _line_problem(rec, out.header.get("key"), old_file=old_file):
                 out.problems.append((number, f"plan {rec['plan_id']} {why}"))
                 continue
         elif out.header.get("checksums"):
@@ -184,12 +186,7 @@ def _read_cache(path: Path) -> _CacheContents:
 
 def _rewrite_cache(path: Path, lines: Sequence[str]) -> None:
     """Replace ``path`` with ``lines`` atomically (a temporary file renamed over it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("".join(f"{line}\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
 
 
 class _CacheWriter:

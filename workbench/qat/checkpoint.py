@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,13 +13,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workbench._common.io import atomic_write_with
+from workbench._common.signed import (
+    UntrustedFileError,
+    check_signature,
+    old_format_error,
+    sign_bytes,
+    trusting_old_files,
+)
 from workbench.qat.config import QATConfig, QATError
 from workbench.qat.loop import _Progress
 from workbench.qat.trainer import _Trainer
 from workbench.quant import QuantPlan
 
 CHECKPOINT_FORMAT = "workbench-qat-checkpoint"
-CHECKPOINT_VERSION = 2  # 2 adds ``content_sha256``; version 1 checkpoints (no content hash) still resume
+CHECKPOINT_VERSION = 3  # 2 added ``content_sha256``, 3 its ``signature`` (HMAC under the installation key)
+_SIGNATURE_KIND = "qat-checkpoint"
 # Fields that do not change what a run computes: a checkpoint written with other values still resumes.
 _RUN_FIELDS = ("checkpoint", "resume", "overwrite", "max_steps")
 
@@ -48,18 +55,6 @@ def _run_key(
 
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _content_hash(obj: Any) -> str:
@@ -99,22 +94,40 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise QATError(f"checkpoint {path} is not a QAT checkpoint (written by workbench.qat.train_qat)")
     version = ckpt.get("version")
-    if version == 1:  # written before checkpoints carried a content hash: key and model are still checked
-        warnings.warn(
-            f"checkpoint {path} predates content hashes (version 1): its contents cannot be verified",
-            stacklevel=3,
-        )
+    if version in (1, 2):  # before signatures: used only when old files are trusted
+        if not trusting_old_files():
+            raise QATError(str(old_format_error(path, "QAT checkpoint")))
+        if version == 1:  # written before checkpoints carried a content hash: key and model are still checked
+            warnings.warn(
+                f"checkpoint {path} predates content hashes (version 1): its contents cannot be verified",
+                stacklevel=3,
+            )
+        else:
+            _check_content_hash(path, ckpt)
     elif version != CHECKPOINT_VERSION:
         raise QATError(f"checkpoint {path} has version {version!r}; this code reads {CHECKPOINT_VERSION}")
     else:
-        stored = ckpt.pop("content_sha256", None)
-        if stored is None or stored != _content_hash(ckpt):
-            what = "has no content hash" if stored is None else "does not match its content hash"
-            raise QATError(
-                f"checkpoint {path} {what}: it was edited or corrupted after it was written; pass a new "
-                "checkpoint path or overwrite=True to start over"
+        signature = ckpt.pop("signature", None)
+        stored = _check_content_hash(path, ckpt)
+        try:  # the hash covers the whole content; its signature cannot be recomputed without the key
+            check_signature(
+                stored.encode(), signature, kind=_SIGNATURE_KIND, path=path, what="QAT checkpoint"
             )
+        except UntrustedFileError as e:
+            raise QATError(str(e)) from None
     return ckpt
+
+
+def _check_content_hash(path: Path, ckpt: dict[str, Any]) -> str:
+    """Pop and check the checkpoint's content hash; return it."""
+    stored = ckpt.pop("content_sha256", None)
+    if stored is None or stored != _content_hash(ckpt):
+        what = "has no content hash" if stored is None else "does not match its content hash"
+        raise QATError(
+            f"checkpoint {path} {what}: it was edited or corrupted after it was written; pass a new "
+            "checkpoint path or overwrite=True to start over"
+        )
+    return stored
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -204,4 +217,5 @@ def _save_checkpoint(
         "torch_version": str(torch.__version__),
     }
     content["content_sha256"] = _content_hash(content)
-    _atomic_save(content, path)
+    content["signature"] = sign_bytes(content["content_sha256"].encode(), kind=_SIGNATURE_KIND)
+    atomic_write_with(path, lambda tmp: torch.save(content, tmp))

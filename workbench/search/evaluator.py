@@ -42,7 +42,7 @@ def evaluation_prefix(task: Any, split: str, seed: int) -> str:
     """What a measured accuracy depends on besides the plan: the quantization code, the model's weights, the
     task (name, metric, the output it scores), the calibration data and the evaluated split's data, and the observer seed."""
     import workbench.quant
-    from workbench.fingerprint import code_fingerprint
+    from workbench._common.hashing import code_fingerprint
 
     code = code_fingerprint("search-eval-v1", workbench.quant)[:12]
     metric = getattr(task.metric, "__qualname__", type(task.metric).__name__)

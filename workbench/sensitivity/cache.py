@@ -41,7 +41,7 @@ def _inputs_bytes(h: Any, x: Any) -> None:
 
 def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tensor | None]]) -> str:
     import workbench.quant
-    from workbench.fingerprint import code_fingerprint
+    from workbench._common.hashing import code_fingerprint
 
     h = hashlib.sha256()
     h.update(f"sensitivity-cache-v{CACHE_VERSION}\n".encode())
