@@ -4,6 +4,7 @@ the output paths, runs the command and writes its summary to ``--json PATH``."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import workbench.cli.search as search
 import workbench.cli.sensitivity as sensitivity
 import workbench.cli.servers as servers
 import workbench.cli.train as train
+from workbench._common.signed import TRUST_ENV
 from workbench.cli.common import write_json
 
 # in the order ``--help`` lists them
@@ -39,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():
+        command_parser.add_argument(
+            "--trust-old-files",
+            action="store_true",
+            help="accept files this workbench wrote before it signed them (caches, datasets, checkpoints, packed "
+            "models) once; edited or foreign signed files are refused all the same",
+        )
     return parser
 
 
@@ -65,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     bad value, a missing or unwritable file, or an unreachable tracking server."""
     args = build_parser().parse_args(argv)
     try:
+        if args.trust_old_files:
+            os.environ[TRUST_ENV] = "1"
         check_outputs(args)
         if hasattr(args, "no_track") and not args.no_track:
             from workbench import tracking
