@@ -11,8 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from workbench._common.hashing import code_fingerprint, file_sha256, sha256_hex
-from workbench._common.io import atomic_write_text
 from workbench._common.signed import (
     MAGIC,
     UntrustedFileError,
@@ -67,20 +65,6 @@ def test_signature_depends_on_kind_and_key(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path / "other"))
     assert sign_bytes(b"data", kind="one") != a
     assert len(a) == 64
-
-
-def test_hashing_helpers(tmp_path) -> None:
-    assert sha256_hex("a", b"b") == hashlib.sha256(b"a\0b").hexdigest()
-    p = atomic_write_text(tmp_path / "f.txt", "hello")
-    assert file_sha256(p) == hashlib.sha256(b"hello").hexdigest()
-    assert file_sha256(tmp_path / "missing") is None
-    pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "a.py").write_text("x = 1\n")
-    (pkg / "sub" / "b.py").write_text("y = 2\n")
-    before = code_fingerprint("t", pkg)
-    (pkg / "sub" / "b.py").write_text("y = 3\n")  # a subpackage's code counts too
-    assert code_fingerprint("t", pkg) != before
 
 
 def test_packed_model_with_edited_header_and_recomputed_hash_is_refused(tmp_path) -> None:
