@@ -112,7 +112,7 @@ class WeightQuantizer(nn.Module):
 
 
 class ActQuantizer(nn.Module):
-    """Fake-quantizes a layer's input activations: static range from calibration, or dynamic per batch."""
+    """Fake-quantizes a layer's input activations: static range from calibration, or dynamic per batch / input."""
 
     def __init__(self, spec: QuantSpec, *, seed: int = 0, device: torch.device | None = None) -> None:
         super().__init__()
@@ -158,7 +158,7 @@ class ActQuantizer(nn.Module):
         self._collector = None
 
     def _dynamic_qparams(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        grid = activation_grid(x.detach(), self.per_channel)
+        grid = activation_grid(x.detach(), self.spec.a_granularity)
         lo, hi = estimate_range(
             grid,
             method=self.spec.a_observer,
@@ -176,7 +176,7 @@ class ActQuantizer(nn.Module):
             return float_cast(x, self.spec.float16_format)
         if self.observing:
             assert self._collector is not None
-            self._collector.update(activation_grid(x, self.per_channel))
+            self._collector.update(activation_grid(x, self.spec.a_granularity))
             return x
         if self.spec.a_dynamic:
             scale, zp = self._dynamic_qparams(x)
@@ -186,7 +186,7 @@ class ActQuantizer(nn.Module):
                     "activation quantizer is not calibrated: build the model with quantize_model(..., calib_loader)"
                 )
             scale, zp = self.scale, self.zero_point
-        s, z = broadcast_act_qparams(scale, x), broadcast_act_qparams(zp, x)
+        s, z = (broadcast_act_qparams(p, x, self.spec.a_granularity) for p in (scale, zp))
         return fake_quantize(x, s, z, self.qmin.reshape(()), self.qmax.reshape(()))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # scales may be per channel

@@ -168,16 +168,26 @@ def from_grid(grid: Tensor, shape: torch.Size, granularity: str) -> Tensor:
     return grid.reshape(shape)
 
 
-def activation_grid(x: Tensor, per_channel: bool) -> Tensor:
-    """Activations ``[batch, channels, ...]`` as a grid: one row per channel (dim 1) or a single row."""
-    if not per_channel:
+def activation_grid(x: Tensor, granularity: str) -> Tensor:
+    """Activations ``[batch, channels, ...]`` as a grid: a single row (``per_tensor``), one row per channel (dim 1,
+    ``per_channel``) or one row per input of the batch (dim 0, ``per_sample``)."""
+    if granularity == "per_tensor":
         return x.reshape(1, -1)
-    c = x.shape[1]
-    return x.transpose(0, 1).reshape(c, -1)
+    if granularity == "per_channel":
+        c = x.shape[1]
+        return x.transpose(0, 1).reshape(c, -1)
+    if granularity == "per_sample":
+        return x.reshape(x.shape[0], -1)
+    raise ValueError(
+        f"activation granularity {granularity!r} unknown; choose per_tensor, per_channel or per_sample"
+    )
 
 
-def broadcast_act_qparams(p: Tensor, x: Tensor) -> Tensor:
-    """Per-channel activation qparams ``[C, 1]`` reshaped to broadcast over ``[B, C, ...]``."""
+def broadcast_act_qparams(p: Tensor, x: Tensor, granularity: str = "per_channel") -> Tensor:
+    """Activation qparams of the grid rows reshaped to broadcast over ``x`` ``[B, C, ...]``: one value as a
+    scalar, per-channel ``[C, 1]`` along dim 1, per-sample ``[B, 1]`` along dim 0."""
     if p.numel() == 1:
         return p.reshape(())
+    if granularity == "per_sample":
+        return p.reshape(-1, *([1] * (x.dim() - 1)))
     return p.reshape(1, -1, *([1] * (x.dim() - 2)))

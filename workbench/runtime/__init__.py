@@ -2,17 +2,21 @@
 
 The pieces, in the order an input meets them:
 
-- :class:`SwitchableModel` - the model with BatchNorm folded and every Conv2d / Linear holding its weights
-  pre-quantized at each candidate bit width (per output channel), so switching precision recomputes nothing;
-  activations are quantized with per-input (dynamic) scales at ``a_bits``. Layers are grouped (seed 003's layer
-  grouping: ``"stage"`` = top-level module, ``"layer"`` = each layer, or explicit groups) and a **precision map**
-  gives each group its weight bits.
+- :class:`SwitchableModel` - the model with BatchNorm folded and every quantizable layer (Conv1d, Conv2d, Linear,
+  Embedding) holding, per candidate bit width, the quantization core's fake-quant twin (built with
+  :func:`~workbench.quant.quantize_model`) with its weight quantized once (per output channel), so switching
+  precision recomputes nothing; activations are quantized by the core's ``ActQuantizer`` with one dynamic range
+  per input (``a_granularity='per_sample'``) at ``a_bits`` (an Embedding is weight-only). Layers are grouped (seed
+  003's layer grouping: ``"stage"`` = top-level module, ``"layer"`` = each layer, or explicit groups) and a
+  **precision map** gives each group its weight bits; :meth:`SwitchableModel.plan` is the QuantPlan a map runs
+  (:func:`runtime_spec` per layer), and :meth:`SwitchableModel.from_plans` builds the model from QuantPlans.
 - :class:`ProbeEngine` - seed 003's sensitivity analysis engine: on a small calibration subset it runs forward
   passes with one group at each candidate precision and measures the local error (the group's own output) and
   the downstream error (KL divergence of the model's output); then it builds a **ladder** of precision maps from
   the all-high map down to the all-low map, each step lowering the group whose step costs the least downstream
   error per BOP saved, measured on the whole model (feedback: upstream precision is chosen by the error it causes
-  downstream, not by its local error).
+  downstream, not by its local error). The ladder as QuantPlans, one per rung, is ``ProbeResult.ladder_plans`` and
+  :attr:`AdaptiveRuntime.ladder_plans`; ``AdaptiveRuntime(..., plans=[...])`` serves a ladder of QuantPlans.
 - :class:`InputAnalyzer` - statistics of each input (range, variance, entropy of its histogram) and of each
   group's input on the first rung (seed 004's granularity controllers watch input variance).
 - Policies choose a rung of the ladder per input:
@@ -53,7 +57,7 @@ from workbench.runtime.manager import ResourceManager
 from workbench.runtime.policies import CascadePolicy, LearnedPolicy, Policy, RulePolicy, StaticPolicy
 from workbench.runtime.probe import ProbeEngine, ProbeResult
 from workbench.runtime.result import SUMMARY_COLUMNS, RuntimeEvaluation, ServeResult
-from workbench.runtime.switchable import SwitchableLayer, SwitchableModel
+from workbench.runtime.switchable import SwitchableLayer, SwitchableModel, frozen_twin, runtime_spec
 
 __all__ = [
     "BUDGET_KINDS",
@@ -83,8 +87,10 @@ __all__ = [
     "_inputs",
     "_labels",
     "evaluate_runtime",
+    "frozen_twin",
     "shift_inputs",
     "stack_inputs",
     "stack_labels",
+    "runtime_spec",
     "static_candidates",
 ]

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from workbench.quant.introspect import layer_costs
+from workbench.quant.spec import macs_factor
 from workbench.runtime.switchable import SwitchableModel
 
 
@@ -22,7 +23,11 @@ class MapCost:
 
 
 class MapCoster:
-    """BOPs, MAC-weighted average weight bits and (with a profile) estimated latency per input of a map."""
+    """BOPs, MAC-weighted average weight bits and (with a profile) estimated latency per input of a map.
+
+    Each layer counts at the spec it runs under the map (:meth:`SwitchableModel.spec_of`): BOPs are its MACs (the
+    kept fraction for a pruned or low-rank spec) times its weight bits times its activation bits (32 for a float
+    layer)."""
 
     def __init__(
         self, model: nn.Module, smodel: SwitchableModel, example_input: torch.Tensor, profile: Any = None
@@ -30,6 +35,7 @@ class MapCoster:
         self.smodel = smodel
         costs = layer_costs(model, example_input)
         self.macs = {g: [costs[n].macs for n in names] for g, names in smodel.groups.items()}
+        self._shapes = {n: model.get_submodule(n).weight.shape for n in smodel.layers}
         self.total_macs = sum(sum(v) for v in self.macs.values())
         self.estimator = None
         if profile is not None:
@@ -42,9 +48,16 @@ class MapCoster:
         key = tuple(int(precision_map[g]) for g in self.smodel.group_names)
         if key in self._cache:
             return self._cache[key]
-        a = self.smodel.a_bits
-        bops = sum(m * int(precision_map[g]) * a for g, ms in self.macs.items() for m in ms)
-        avg = sum(m * int(precision_map[g]) for g, ms in self.macs.items() for m in ms) / self.total_macs
+        bops = avg = 0
+        for g, names in self.smodel.groups.items():
+            b = int(precision_map[g])
+            for n, m in zip(names, self.macs[g], strict=True):
+                spec = self.smodel.spec_of(n, b)
+                a = 32 if spec is None else spec.a_bits
+                factor = 1.0 if spec is None else macs_factor(spec, self._shapes[n])
+                bops += m * b * a * (1 if factor == 1.0 else factor)
+                avg += m * b
+        avg = avg / self.total_macs
         lat = math.nan
         if self.estimator is not None:
             lat = self.estimator(self.smodel.plan(precision_map)).latency_ms

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench.quant.spec import QuantPlan
 from workbench.runtime.analysis import InputAnalyzer, _output_features
 from workbench.runtime.config import RuntimeBudgetError, RuntimeConfig, RuntimeInputError
 from workbench.runtime.costs import MapCoster
@@ -40,7 +42,10 @@ class AdaptiveRuntime:
     ``model``: a float model (never modified). ``policy``: ``static``, ``rule``, ``learned``, ``cascade`` or a
     :class:`Policy`. ``budget``: average cost per input in ``config.budget_kind`` units (BOPs, bits, or ms on
     ``profile``). ``calib``: calibration inputs (tensor or loader) for the probe engine, the policy and the
-    resource manager.
+    resource manager. ``plans``: the ladder as QuantPlans, cheapest rung first (each validated against ``model``;
+    the switchable model is then built from them, one group per layer, and the probe engine only measures each
+    rung's KL divergence); by default the probe engine builds the ladder from ``config``. The ladder's plans are
+    :attr:`ladder_plans`.
     """
 
     def __init__(
@@ -55,21 +60,17 @@ class AdaptiveRuntime:
         smodel: SwitchableModel | None = None,
         probe: ProbeResult | None = None,
         calib_logits: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+        plans: Sequence[QuantPlan] | None = None,
     ) -> None:
         self.config = cfg = config or RuntimeConfig()
         if cfg.budget_kind == "latency" and profile is None:
             raise ValueError("budget_kind='latency' needs a hardware profile (profile=...)")
         x_cal = _inputs(calib)
         self.input_shape = tuple(x_cal.shape[1:])
-        self.smodel = smodel or SwitchableModel(
-            model, w_bits=cfg.w_bits, a_bits=cfg.a_bits, groups=cfg.groups
-        )
-        self.coster = MapCoster(model, self.smodel, x_cal[:1], profile)
+        self._setup_ladder(model, calib, x_cal, profile, smodel, probe, plans)
         self.analyzer = InputAnalyzer()
-        gen = torch.Generator().manual_seed(cfg.seed)
-        idx = torch.randperm(x_cal.shape[0], generator=gen)[: cfg.probe_samples]
-        self.probe = probe or ProbeEngine(self.smodel, self.coster).run(x_cal[idx], kind=cfg.budget_kind)
         self.ladder = self.probe.ladder
+        self.ladder_plans: list[QuantPlan] = [self.smodel.plan(m) for m in self.ladder]
         self.rung_costs = np.array([self.coster.value(m, cfg.budget_kind) for m in self.ladder])
         self.policy = _policy(policy, cfg.seed)
         self.budget = float(budget)
@@ -101,6 +102,37 @@ class AdaptiveRuntime:
             self.probe_rung, self.escalation_rung, self.knob = self._calibrate_cascade(logits, target)
         else:
             self.knob = self._calibrate_knob(x_cal, logits)
+
+    def _setup_ladder(
+        self,
+        model: nn.Module,
+        calib: Any,
+        x_cal: torch.Tensor,
+        profile: Any,
+        smodel: SwitchableModel | None,
+        probe: ProbeResult | None,
+        plans: Sequence[QuantPlan] | None,
+    ) -> None:
+        """Set :attr:`smodel`, :attr:`coster` and :attr:`probe`: the given ones, else built from ``plans`` or from
+        the config (the probe engine runs on ``config.probe_samples`` calibration inputs drawn with its seed)."""
+        cfg = self.config
+        if plans is not None and probe is not None:
+            raise ValueError(
+                "pass either plans (the ladder) or probe (a probe result with its ladder), not both"
+            )
+        if smodel is None and plans is not None:
+            smodel = SwitchableModel.from_plans(model, plans, calib)
+        elif smodel is None:
+            smodel = SwitchableModel(model, w_bits=cfg.w_bits, a_bits=cfg.a_bits, groups=cfg.groups)
+        self.smodel = smodel
+        self.coster = MapCoster(model, smodel, x_cal[:1], profile)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        idx = torch.randperm(x_cal.shape[0], generator=gen)[: cfg.probe_samples]
+        engine = ProbeEngine(smodel, self.coster)
+        if probe is None and plans is not None:
+            maps = [smodel.map_of(p) for p in plans]
+            probe = engine.given_ladder(x_cal[idx], maps, kind=cfg.budget_kind)
+        self.probe = probe or engine.run(x_cal[idx], kind=cfg.budget_kind)
 
     def calibration_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """FP32 logits and each rung's logits of ``x`` (shareable between runtimes with the same ladder)."""

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from workbench.quant.spec import QuantPlan
 from workbench.quant.swap import get_module
 from workbench.runtime.costs import MapCoster
 from workbench.runtime.switchable import SwitchableModel
@@ -22,13 +23,20 @@ def _kl(ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (p.exp() * (p - q)).sum(1)
 
 
+TABLE_COLUMNS: tuple[str, ...] = ("group", "w_bits", "local_rel_mse", "downstream_kl")
+"""The columns of :attr:`ProbeResult.table`."""
+
+
 @dataclass
 class ProbeResult:
-    """Per-group sensitivity (local and downstream error at each bit width) and the ladder of maps."""
+    """Per-group sensitivity (local and downstream error at each bit width) and the ladder, cheapest rung first:
+    its precision maps, each rung's KL divergence from the reference on the probe inputs, and ``ladder_plans``,
+    the QuantPlan each rung runs (:meth:`SwitchableModel.plan`; empty when the result was built by hand)."""
 
     table: pd.DataFrame
     ladder: list[dict[str, int]]
     ladder_kl: list[float]
+    ladder_plans: list[QuantPlan] = field(default_factory=list)
 
 
 class ProbeEngine:
@@ -97,4 +105,25 @@ class ProbeEngine:
             ladder.append(dict(current))
             ladder_kl.append(best[2])
         # cheapest first
-        return ProbeResult(table=table, ladder=ladder[::-1], ladder_kl=ladder_kl[::-1])
+        ladder = ladder[::-1]
+        return ProbeResult(table, ladder, ladder_kl[::-1], [sm.plan(m) for m in ladder])
+
+    def given_ladder(
+        self, x: torch.Tensor, ladder: Sequence[Mapping[str, int]], *, kind: str = "bops"
+    ) -> ProbeResult:
+        """The probe result of a ladder chosen elsewhere (e.g. from QuantPlans), cheapest rung first: each rung's
+        KL divergence from the all-32 map on ``x``; no sensitivity table (its rows are left empty). Raises
+        ``ValueError`` when a rung costs less (in ``kind`` units) than the one before it."""
+        sm = self.smodel
+        maps = [dict(m) for m in ladder]
+        costs = [self.coster.value(m, kind) for m in maps]
+        for i in range(1, len(costs)):
+            if costs[i] < costs[i - 1]:
+                raise ValueError(
+                    f"the ladder must come cheapest rung first: rung {i} costs {costs[i]:.6g} {kind}, "
+                    f"less than rung {i - 1} ({costs[i - 1]:.6g})"
+                )
+        ref = sm.run(x, {g: 32 for g in sm.group_names})
+        ladder_kl = [float(_kl(ref, sm.run(x, m)).mean()) for m in maps]
+        table = pd.DataFrame(columns=list(TABLE_COLUMNS))
+        return ProbeResult(table, maps, ladder_kl, [sm.plan(m) for m in maps])

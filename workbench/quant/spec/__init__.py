@@ -17,6 +17,7 @@ from workbench.quant.spec.bits import layer_weight_storage_bits, macs_factor, nu
 from workbench.quant.spec.layer import (
     ACT_GRANULARITIES,
     ACT_QPARAM_BITS,
+    DYNAMIC_ACT_GRANULARITIES,
     FLOAT16_FORMATS,
     FLOAT_BITS,
     FP32,
@@ -38,6 +39,7 @@ from workbench.quant.spec.summary import PlanSummary, folded_pairs, summarize
 __all__ = [
     "ACT_GRANULARITIES",
     "ACT_QPARAM_BITS",
+    "DYNAMIC_ACT_GRANULARITIES",
     "FLOAT16_FORMATS",
     "FLOAT_BITS",
     "FP32",

@@ -17,6 +17,9 @@ FLOAT_BITS: tuple[int, ...] = (16, 32)
 VALID_BITS: tuple[int, ...] = INT_BITS + FLOAT_BITS
 GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel", "per_group")
 ACT_GRANULARITIES: tuple[str, ...] = ("per_tensor", "per_channel")
+DYNAMIC_ACT_GRANULARITIES: tuple[str, ...] = ("per_sample",)
+"""Activation granularities valid only with ``a_dynamic=True``: ``per_sample`` is one range per input of the batch
+(dim 0), recomputed at every batch, so no calibrated range can stand for it."""
 OBSERVERS: tuple[str, ...] = ("minmax", "percentile", "mse")
 FLOAT16_FORMATS: tuple[str, ...] = ("bfloat16", "float16")
 METHODS: tuple[str, ...] = ("none", "quantize", "prune", "lowrank")  # values of QuantSpec.method
@@ -63,7 +66,9 @@ class QuantSpec:
     embedding dim) into groups with their own scale. ``channel_bits`` gives every output channel
     its own integer bit width (mixed precision inside a layer); it needs per_channel or per_group granularity.
     Activations (the layer's input) use ``a_granularity`` (per_tensor, or per_channel along dim 1), a static range
-    found at calibration, or a dynamic one recomputed from every batch when ``a_dynamic`` is true.
+    found at calibration, or a dynamic one recomputed from every batch when ``a_dynamic`` is true; a dynamic range
+    may also be ``per_sample`` (one range per input of the batch, dim 0: an input's quantization does not depend
+    on the other inputs it is batched with).
 
     Besides quantization a layer may use one compression method (see :mod:`workbench.compress`), applied to the
     (BatchNorm-folded) float weight before its quantization: ``sparsity`` in [0, 1) prunes by magnitude, either
@@ -112,9 +117,10 @@ class QuantSpec:
             raise PlanError(
                 f"granularity={self.granularity!r} is not valid; choose one of {_choices(GRANULARITIES)}"
             )
-        if self.a_granularity not in ACT_GRANULARITIES:
+        if self.a_granularity not in ACT_GRANULARITIES + DYNAMIC_ACT_GRANULARITIES:
             raise PlanError(
-                f"a_granularity={self.a_granularity!r} is not valid; choose one of {_choices(ACT_GRANULARITIES)}"
+                f"a_granularity={self.a_granularity!r} is not valid; choose one of {_choices(ACT_GRANULARITIES)} "
+                f"or, with a_dynamic=True, {_choices(DYNAMIC_ACT_GRANULARITIES)}"
             )
         if self.granularity == "per_group":
             if (
@@ -138,6 +144,11 @@ class QuantSpec:
                 raise PlanError(
                     f"{name}={value!r} must be true or false (a JSON boolean), not {type(value).__name__}"
                 )
+        if self.a_granularity in DYNAMIC_ACT_GRANULARITIES and not self.a_dynamic:
+            raise PlanError(
+                f"a_granularity={self.a_granularity!r} needs a_dynamic=True (its range is recomputed for every "
+                f"input); static activations use one of {_choices(ACT_GRANULARITIES)}"
+            )
         if isinstance(self.percentile, bool) or not isinstance(self.percentile, (int, float)):
             raise PlanError(f"percentile={self.percentile!r} must be a number in (50, 100]")
         for name in ("w_observer", "a_observer"):
