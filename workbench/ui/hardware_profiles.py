@@ -13,23 +13,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from workbench.hardware.profile import PRECISIONS, PrecisionProfile, load_profile
-from workbench.ui.figures import _need
+from workbench.ui.figures import PALETTE, _need
 
 if TYPE_CHECKING:
     from workbench.hardware.estimate import PlanEstimate
 
-PALETTE = (
-    "#1f77b4",
-    "#d62728",
-    "#2ca02c",
-    "#9467bd",
-    "#ff7f0e",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#7f7f7f",
-    "#bcbd22",
-)
 PRECISION_COLORS: dict[str, str] = {
     "fp32": "#7f7f7f",
     "tf32": "#8c564b",

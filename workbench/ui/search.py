@@ -11,22 +11,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from workbench.ui.figures import _need
+from workbench.ui.figures import PALETTE, _need
 
 TRIAL_COLUMNS = ["accuracy", "weight_bytes"]
 SKIPPED = "skipped_over_budget"
-PALETTE = (
-    "#1f77b4",
-    "#d62728",
-    "#2ca02c",
-    "#9467bd",
-    "#ff7f0e",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#7f7f7f",
-    "#bcbd22",
-)
 
 
 def _is_result(obj: Any) -> bool:
