@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -189,10 +188,8 @@ def test_second_call_loads_from_cache(trained, tmp_path_factory, name: str) -> N
     assert sidecar["test_accuracy"] == pytest.approx(info["test_accuracy"])
     assert sidecar["train_seconds"] > 0
 
-    start = time.perf_counter()
     again, info2 = get_trained_model(name, cache_dir=cache, progress=False)
-    assert time.perf_counter() - start < 5.0
-    assert info2["source"] == "cache"
+    assert info2["source"] == "cache"  # loaded, not retrained (no wall-clock bound: CI machines are loaded)
     assert info2["test_accuracy"] == pytest.approx(info["test_accuracy"])
     assert again is not model and not again.training
     ref = model.state_dict()

@@ -38,22 +38,26 @@ class StaleCacheWarning(UserWarning):
 
 
 def signing_key() -> bytes:
-    """This installation's secret key (``data/.signing-key``, created on first use, mode 0600): files that can
-    only be stored as pickles (fitted predictors) are signed with it (HMAC-SHA256) and loaded only when the
-    signature matches, so a file written elsewhere or edited is refused before anything in it is unpickled."""
+    """This installation's secret key (``data/.signing-key``, created on first use, mode 0600): every file the
+    workbench writes and later trusts is signed with it (HMAC-SHA256, :mod:`workbench._common.signed`) and used
+    only when the signature matches, so a file written elsewhere or edited is refused before anything in it is
+    used (a pickled predictor is never unpickled)."""
     import os
     import secrets
 
     path = data_dir() / ".signing-key"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process created it a moment ago
+        tmp = path.with_name(f".signing-key.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+        try:  # appears whole or not at all: another process never reads a half-written key
+            os.link(tmp, path)
+        except FileExistsError:  # another process created it a moment ago: theirs is the key
             pass
-        else:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(secrets.token_bytes(32))
+        finally:
+            tmp.unlink()
     key = path.read_bytes()
     if len(key) != 32:
         raise ValueError(
