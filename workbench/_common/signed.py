@@ -42,10 +42,20 @@ def trusting_old_files(trust_old_files: bool | None = None) -> bool:
     return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+def keyed_digest(data: bytes) -> bytes:
+    """HMAC-SHA256 (32 raw bytes) of ``data`` under this installation's key."""
+    return hmac.new(signing_key(), data, hashlib.sha256).digest()
+
+
+def digest_matches(digest: bytes, data: bytes) -> bool:
+    """True when ``digest`` is :func:`keyed_digest` of ``data`` (compared in constant time)."""
+    return hmac.compare_digest(digest, keyed_digest(data))
+
+
 def sign_bytes(data: bytes, *, kind: str) -> str:
     """HMAC-SHA256 (hex) of ``kind`` and ``data`` under this installation's key: a signature made for one kind
     of file does not fit another."""
-    return hmac.new(signing_key(), kind.encode() + b"\0" + data, hashlib.sha256).hexdigest()
+    return keyed_digest(kind.encode() + b"\0" + data).hex()
 
 
 def check_signature(data: bytes, signature: object, *, kind: str, path: str | Path, what: str) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from workbench._common.io import atomic_write_bytes
+from workbench._common.signed import digest_matches, keyed_digest
 from workbench.predictor.config import MIN_FIT_PLANS, TRANSFORMS
 from workbench.predictor.dataset import PlanDataset
 from workbench.predictor.features import PlanFeaturizer
@@ -126,22 +128,13 @@ class AccuracyPredictor:
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the predictor (a pickle, signed with this installation's key: see :meth:`load`); refuses to
         replace an existing file unless ``overwrite``."""
-        import hashlib
-        import hmac
         import pickle
-
-        from workbench.paths import signing_key
 
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = pickle.dumps({"format": _FORMAT, "version": _FORMAT_VERSION, "predictor": self})
-        digest = hmac.new(signing_key(), payload, hashlib.sha256).digest()
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(_SIGNED_MAGIC + digest + payload)
-        tmp.replace(path)
-        return path
+        return atomic_write_bytes(path, _SIGNED_MAGIC + keyed_digest(payload) + payload)
 
     @classmethod
     def load(cls, path: str | Path) -> AccuracyPredictor:
@@ -151,11 +144,9 @@ class AccuracyPredictor:
         unpickled only when it matches. A file written elsewhere, edited, truncated, or in the old unsigned
         joblib format is refused before any of it is unpickled: rebuild it here (``python -m workbench
         predictor --save``)."""
-        import hashlib
-        import hmac
         import pickle
 
-        from workbench.paths import data_dir, signing_key
+        from workbench.paths import data_dir
 
         path = Path(path)
         if not path.is_file():
@@ -168,7 +159,7 @@ class AccuracyPredictor:
                 "are never loaded); rebuild it with `python -m workbench predictor --save ...`"
             )
         digest, payload = blob[head : head + 32], blob[head + 32 :]
-        if not hmac.compare_digest(digest, hmac.new(signing_key(), payload, hashlib.sha256).digest()):
+        if not digest_matches(digest, payload):
             raise ValueError(
                 f"predictor file {path} fails its signature check: it was edited, truncated, or written by "
                 f"another installation (key {data_dir() / '.signing-key'}); it is not unpickled. Rebuild it here"
