@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from workbench._common.io import atomic_write_text
 from workbench._common.signed import check_signature, old_format_error, sign_bytes, trusting_old_files
 from workbench.sensitivity.codec import (
     _canonical_json,
@@ -170,16 +170,7 @@ class SensitivityResult:
             }
         )
         text = head[:-1] + ', "payload": ' + body + "}\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, path)  # readers see the old file or the whole new one, never a half-written one
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, text, mode=0o644)  # readers see the old file or the whole new one
         return path
 
     @classmethod

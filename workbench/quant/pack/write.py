@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import zlib
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workbench._common.io import atomic_write_bytes
 from workbench.quant.modules import ActQuantizer
 from workbench.quant.pack.codes import _DTYPES, _dtype_name, _Entry, _tensor_bytes, pack_rows
 from workbench.quant.pack.fileformat import MAGIC, _sha256, sign_header
@@ -223,15 +223,8 @@ def save_packed(qmodel: nn.Module, path: str | Path, *, overwrite: bool = False)
     }
     header = sign_header(header)
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":")).encode(), 9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:  # written aside, then renamed: an existing file is never left half-written
-        f.write(MAGIC)
-        f.write(struct.pack("<I", len(header_bytes)))
-        f.write(header_bytes)
-        for blob in payload:
-            f.write(blob)
-    os.replace(tmp, path)
+    frame = MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes
+    atomic_write_bytes(path, frame + b"".join(payload), mode=0o644)  # an existing file is never half-written
     fp32 = sum(4 * p.numel() for p in qmodel.parameters())
     return PackReport(
         path=str(path),
