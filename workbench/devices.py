@@ -11,9 +11,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:  # workbench.tasks reads the device of its model from here
+    from workbench.tasks.task import TaskLike
+
+T = TypeVar("T", bound="TaskLike")
 
 _PATTERN = re.compile(r"^(cpu|cuda|mps)(:\d+)?$")
 
@@ -69,7 +74,7 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def on_device(task: Any, device: str | torch.device | None) -> Any:
+def on_device(task: T, device: str | torch.device | None) -> T:
     """``task`` with its model on ``device``: the task itself when the model is there already (or ``device``
     is None), otherwise a copy of the task holding a copy of the model moved there."""
     if device is None:
@@ -79,7 +84,7 @@ def on_device(task: Any, device: str | torch.device | None) -> Any:
         return task
     model = copy.deepcopy(task.model).to(dev)
     if dataclasses.is_dataclass(task):
-        return dataclasses.replace(task, model=model, info={**getattr(task, "info", {}), "device": str(dev)})
+        return dataclasses.replace(task, model=model, info={**task.info, "device": str(dev)})
     moved = copy.copy(task)
     moved.model = model
     return moved

@@ -20,7 +20,7 @@ from workbench import tracking
 from workbench.devices import DeviceError, on_device, resolve_device
 from workbench.profiling import ProfileConfig, profile_model, profile_summary
 from workbench.quant import PlanError, QuantPlan, quantize_model, save_packed
-from workbench.tasks import Task, load_task, torchvision_task
+from workbench.tasks import Task, TaskLike, check_task, load_task, torchvision_task
 
 DEFAULT_PLANS: tuple[tuple[str, str], ...] = (
     ("INT8 per-channel", "uniform:w8a8:per_channel"),
@@ -106,7 +106,7 @@ class PlanResult:
 
 
 def evaluate_plan(
-    task: Task,
+    task: TaskLike,
     plan: QuantPlan,
     *,
     name: str = "plan",
@@ -125,7 +125,7 @@ def evaluate_plan(
     ``PlanResult.model`` (``keep_model``) stays on it. A device this machine lacks raises
     :class:`workbench.devices.DeviceError` before any work.
     """
-    task = on_device(task, device)
+    task = on_device(check_task(task, need=("model", "calib_loader", "evaluate", "example_input")), device)
     qmodel = quantize_model(task.model, plan, task.calib_loader)
     fp32 = task.evaluate(task.model, split) if fp32_accuracy is None else fp32_accuracy
     acc = task.evaluate(qmodel, split)

@@ -63,6 +63,23 @@ def test_bad_inputs(tiny_task, digits_cnn_task):
         train_steps(no_train, "uniform:w4a8")
 
 
+class _Bare:
+    """A task-like object with only what QAT reads: no name, output_key, metric_name or info."""
+
+    def __init__(self, task, *, example: bool = True) -> None:
+        self.model, self.calib_loader, self.train_loader = task.model, task.calib_loader, task.train_loader
+        self.val_loader, self.test_loader, self.evaluate = task.val_loader, task.test_loader, task.evaluate
+        if example:
+            self.example_input = task.example_input
+
+
+def test_task_like_objects_are_checked_and_completed(tiny_task):
+    r = train_steps(_Bare(tiny_task), "uniform:w4a8", max_steps=1)
+    assert (r.task, r.metric_name, r.output_key, r.steps) == ("Tiny", "accuracy", None, 1)
+    with pytest.raises(QATError, match=r"missing 'example_input'\), got _Bare"):
+        train_steps(_Bare(tiny_task, example=False), "uniform:w4a8")
+
+
 def test_bn_freeze_keeps_batchnorm_with_running_statistics(tiny_task):
     before = _state(tiny_task.model)
     r = train_steps(tiny_task, "uniform:w4a8:per_channel", QATConfig(bn="freeze", lr=1e-2), max_steps=3)

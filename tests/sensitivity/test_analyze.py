@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 from torch import nn
@@ -85,6 +86,20 @@ def test_bad_tasks_and_data():
             cfg,
             cache=False,
         )  # fmt: skip
+
+
+def test_task_like_objects_are_checked_and_completed():
+    model, batches = _tiny_mlp()
+    cfg = SensitivityConfig(metrics=("output_mse",), **QUIET)
+    r = analyze_sensitivity(SimpleNamespace(model=model, calib_loader=batches), cfg, cache=False)
+    assert (
+        r.info["task"] == "Sequential"
+        and r.info["metric_name"] == "accuracy"
+        and r.info["output_key"] is None
+    )
+    assert not r.table.empty
+    with pytest.raises(ValueError, match=r"missing 'calib_loader'\), got SimpleNamespace"):
+        analyze_sensitivity(SimpleNamespace(model=model), cfg, cache=False)
 
 
 def test_sensitivity_imports_no_ui_or_mlflow():

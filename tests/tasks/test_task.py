@@ -59,3 +59,39 @@ def test_task_satisfies_task_like() -> None:
     assert task.evaluate(split="calib") in {k / 8 for k in range(9)}
     assert task.example_input(batch=5).shape == (5, 3)
     assert len(list(task.loader("val"))) == 2
+
+
+def top5(model: nn.Module, loader: object) -> float:
+    return 1.0
+
+
+def test_check_task_fills_in_what_a_task_like_object_lacks() -> None:
+    task = _task()
+    assert check_task(task) is task  # a Task has every attribute: passed through
+    like = SimpleNamespace(model=nn.Linear(3, 2), calib_loader=_batches(), metric=top5)
+    done = check_task(like)
+    assert done is not like and done.model is like.model and done.calib_loader is like.calib_loader
+    assert (done.name, done.output_key, done.metric_name, done.info) == ("Linear", None, "top5", {})
+    assert (done.metric, done.val_loader, done.test_loader, done.train_loader) == (top5, None, None, None)
+    assert not hasattr(like, "name") and not hasattr(like, "output_key")  # the caller's object is unchanged
+    named = SimpleNamespace(**vars(like), name="mine", output_key="logits", metric_name=None, info={"a": 1})
+    done = check_task(named)
+    assert (done.name, done.output_key, done.metric_name, done.info) == ("mine", "logits", "top5", {"a": 1})
+    assert check_task(SimpleNamespace(model=nn.Linear(3, 2), calib_loader=[])).metric_name == "accuracy"
+
+
+def test_check_task_names_what_it_cannot_fill_in() -> None:
+    class Slotted:
+        __slots__ = ("calib_loader", "model", "name")
+
+        def __init__(self) -> None:
+            self.model, self.calib_loader, self.name = nn.Linear(3, 2), _batches(), "slotted"
+
+    class StageError(ValueError):
+        pass
+
+    with pytest.raises(
+        StageError, match=r"task Slotted lacks \['output_key', 'metric', 'metric_name', 'info'"
+    ) as err:
+        check_task(Slotted(), error=StageError)
+    assert "output_key: None (the primary output" in str(err.value) and "task_from_model" in str(err.value)

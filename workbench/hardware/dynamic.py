@@ -33,8 +33,12 @@ from workbench.quant.inputs import (
     split_batch,
     take_inputs,
 )
+from workbench.tasks.task import TaskLike, check_task
 
 VARIANTS = ("fp32", "dynamic_int8", "bf16")
+
+TASK_NEEDS: tuple[str, ...] = ("model", "example_input", "loader", "evaluate")
+"""What the side-by-side comparison reads from a task (checked by :func:`~workbench.tasks.check_task`)."""
 
 
 def _int8_linear_names(model: nn.Module, plan: QuantPlan | None) -> set[str]:
@@ -118,7 +122,7 @@ def _fidelity(
 
 
 def compare_linear_deployments(
-    task: Any,
+    task: TaskLike,
     plan: QuantPlan | None = None,
     *,
     batch_size: int = 32,
@@ -137,7 +141,8 @@ def compare_linear_deployments(
     ``df.attrs`` records the settings, ``metric_name`` (what the ``metric`` column is) and ``output_key``."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    output_key = getattr(task, "output_key", None)
+    task = check_task(task, need=TASK_NEEDS)
+    output_key = task.output_key
     modes = {m: m.training for m in task.model.modules()}
     try:
         builders = {"dynamic_int8": lambda: dynamic_int8(task.model, plan), "bf16": lambda: bf16(task.model)}
@@ -169,7 +174,7 @@ def compare_linear_deployments(
     df.attrs.update(
         {
             "batch_size": batch_size, "repeats": repeats, "threads": threads, "split": split,
-            "metric_name": getattr(task, "metric_name", "accuracy"), "output_key": output_key,
+            "metric_name": task.metric_name, "output_key": output_key,
         }
     )  # fmt: skip
     return df

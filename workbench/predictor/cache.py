@@ -16,10 +16,10 @@ from torch import nn
 from workbench._common.io import atomic_write_text
 from workbench._common.signed import TRUST_ENV, sign_bytes, trusting_old_files
 from workbench.quant.inputs import input_tensors
+from workbench.tasks.task import TaskLike, check_task
 
 if TYPE_CHECKING:
     from workbench.predictor.config import PlanDatasetConfig
-    from workbench.tasks import Task
 
 
 CACHE_VERSION = 1  # bump when measure_plan changes what it records
@@ -44,17 +44,18 @@ def _code_fingerprint() -> str:
     return code_fingerprint(f"predictor-cache-v{CACHE_VERSION}", workbench.quant)
 
 
-def dataset_key(task: Task, config: PlanDatasetConfig, *, fingerprint: str | None = None) -> str:
+def dataset_key(task: TaskLike, config: PlanDatasetConfig, *, fingerprint: str | None = None) -> str:
     """Cache key of a plan dataset: a hash of the model state, the task name, the calibration data, the
     split's data, the measurement settings (split, granularity, the task's ``output_key`` when set) and the
     quantization code (see :func:`_code_fingerprint`). Plan counts and the seed are left out on purpose: a cache
     file holds measured plans by plan id, so a bigger or differently seeded build reuses them."""
+    task = check_task(task, need=("model", "calib_loader", "loader"))
     if fingerprint is None:
         fingerprint = _logits_free_fingerprint(task.loader(config.split))
     calib = _logits_free_fingerprint(task.calib_loader)
     h = hashlib.sha256()
     parts = (_code_fingerprint(), _model_hash(task.model), task.name, calib, fingerprint, config.split)
-    output_key = getattr(task, "output_key", None)
+    output_key = task.output_key
     extra = () if output_key is None else (f"output_key={output_key!r}",)  # None keeps earlier keys
     for part in (*parts, config.granularity, *extra):
         h.update(str(part).encode())

@@ -31,10 +31,13 @@ from workbench.predictor.measure import _Reference, _reference, measure_plan
 from workbench.predictor.plans import _plan_from_bits, generate_plans, plan_id
 from workbench.predictor.threads import _torch_threads
 from workbench.quant import LayerCost, PlanError, QuantPlan, layer_costs, quantizable_layers
+from workbench.tasks.task import TaskLike, check_task
 
 if TYPE_CHECKING:
     from workbench.sensitivity import SensitivityResult
-    from workbench.tasks import Task
+
+TASK_NEEDS: tuple[str, ...] = ("model", "calib_loader", "loader", "evaluate", "example_input")
+"""What a plan dataset reads from a task (checked by :func:`~workbench.tasks.check_task`)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,18 +121,13 @@ def _dataset_frame(names: Sequence[str], rows: list[dict[str, Any]]) -> pd.DataF
     return pd.DataFrame(cols)
 
 
-def _task_metric_info(task: Task) -> dict[str, Any]:
+def _task_metric_info(task: TaskLike) -> dict[str, Any]:
     """``metric_name`` (see :attr:`workbench.tasks.Task.metric_name`) and ``output_key`` of ``task``."""
-    name = getattr(task, "metric_name", None)
-    if not isinstance(name, str):
-        from workbench.tasks import metric_name
-
-        name = metric_name(task.metric)
-    return {"metric_name": name, "output_key": getattr(task, "output_key", None)}
+    return {"metric_name": task.metric_name, "output_key": task.output_key}
 
 
 def build_plan_dataset(
-    task: Task,
+    task: TaskLike,
     sensitivity: SensitivityResult | None = None,
     config: PlanDatasetConfig = PlanDatasetConfig(),  # noqa: B008 - frozen default
     *,
@@ -160,7 +158,7 @@ def build_plan_dataset(
     """
     if not isinstance(config, PlanDatasetConfig):
         raise TypeError(f"config must be a PlanDatasetConfig, got {type(config).__name__}")
-    task = on_device(task, device)
+    task = on_device(check_task(task, need=TASK_NEEDS), device)
     t_start = time.perf_counter()
     names = quantizable_layers(task.model)
     if not names:
@@ -232,7 +230,7 @@ class _PlanRecorder:
     :func:`measure_plan` and appended to the cache file at once. ``counts``: plans measured and read back, and
     the seconds spent measuring."""
 
-    task: Task
+    task: TaskLike
     reference: _Reference
     costs: Mapping[str, LayerCost]
     names: list[str]
@@ -270,7 +268,7 @@ class _PlanRecorder:
 
 
 def _open_recorder(
-    task: Task,
+    task: TaskLike,
     config: PlanDatasetConfig,
     names: list[str],
     costs: Mapping[str, LayerCost],
@@ -323,7 +321,7 @@ def _measure_plans(
 
 
 def _dataset_info(
-    task: Task,
+    task: TaskLike,
     config: PlanDatasetConfig,
     reference: _Reference,
     key: str,
@@ -350,7 +348,7 @@ def _dataset_info(
 
 
 def _track_dataset(
-    task: Task, config: PlanDatasetConfig, info: Mapping[str, Any], frame: pd.DataFrame
+    task: TaskLike, config: PlanDatasetConfig, info: Mapping[str, Any], frame: pd.DataFrame
 ) -> None:
     """Log the config, the numbers of ``info`` and the frame to an MLflow run of stage "predictor_dataset"."""
     from workbench import tracking

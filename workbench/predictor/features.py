@@ -22,10 +22,10 @@ from workbench.predictor.noise import (
 )
 from workbench.predictor.sensitivity_tables import _sensitivity_tables
 from workbench.quant import VALID_BITS, PlanError, QuantPlan, layer_costs, quantizable_layers
+from workbench.tasks.task import TaskLike
 
 if TYPE_CHECKING:
     from workbench.sensitivity import SensitivityResult
-    from workbench.tasks import Task
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +53,7 @@ class PlanFeaturizer:
     @classmethod
     def fit(
         cls,
-        task_or_model: Task | nn.Module,
+        task_or_model: TaskLike | nn.Module,
         sensitivity: SensitivityResult | None = None,
         *,
         profile: pd.DataFrame | None = None,

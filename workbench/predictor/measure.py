@@ -7,7 +7,6 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,9 +16,7 @@ from workbench.models import evaluate_accuracy
 from workbench.quant import LayerCost, QuantPlan, quantize_model
 from workbench.quant.inputs import call_model, input_tensors, move_inputs, primary_output, split_batch
 from workbench.quant.spec import summarize
-
-if TYPE_CHECKING:
-    from workbench.tasks import Task
+from workbench.tasks.task import TaskLike, check_task
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,9 +65,9 @@ def _logits(
     return torch.cat(outs), (torch.cat(ys) if ys else None), h.hexdigest()
 
 
-def _reference(task: Task, split: str) -> _Reference:
+def _reference(task: TaskLike, split: str) -> _Reference:
     loader = task.loader(split)
-    logits, targets, fingerprint = _logits(task.model, loader, getattr(task, "output_key", None))
+    logits, targets, fingerprint = _logits(task.model, loader, task.output_key)
     default = task.metric is evaluate_accuracy and targets is not None and logits.dim() == 2
     acc = _top1(logits, targets) if default else task.evaluate(task.model, split)
     return _Reference(split, logits, targets, acc, default, fingerprint)
@@ -81,16 +78,17 @@ def _top1(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def measure_plan(
-    task: Task, plan: QuantPlan, reference: _Reference, *, costs: Mapping[str, LayerCost]
+    task: TaskLike, plan: QuantPlan, reference: _Reference, *, costs: Mapping[str, LayerCost]
 ) -> dict[str, float]:
     """Quantize ``task.model`` with ``plan`` (calibrated on ``task.calib_loader``) and measure it on the
     reference split: accuracy (the task metric), acc_drop (the metric loss: FP32 metric minus metric, x 100;
     accuracy drop in pp for labelled accuracy), kl (mean KL(FP32 || quantized) of the softmax outputs),
     logit_mse, size_bytes, avg_weight_bits, avg_act_bits, bops, eval_seconds. Outputs are those
     ``task.output_key`` chooses (None: the primary output)."""
+    task = check_task(task, need=("model", "calib_loader", "loader", "evaluate"))
     t0 = time.perf_counter()
     qmodel = quantize_model(task.model, plan, task.calib_loader)
-    logits, _, _ = _logits(qmodel, task.loader(reference.split), getattr(task, "output_key", None))
+    logits, _, _ = _logits(qmodel, task.loader(reference.split), task.output_key)
     if reference.default_metric:
         acc = _top1(logits, reference.targets)
     else:

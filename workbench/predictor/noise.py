@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,9 +16,7 @@ from workbench.devices import model_device
 from workbench.quant import QuantSpec, quantize_weight
 from workbench.quant.inputs import call_model, move_inputs
 from workbench.quant.swap import conv_bn_pairs, fold_batchnorm
-
-if TYPE_CHECKING:
-    from workbench.tasks import Task
+from workbench.tasks.task import TaskLike
 
 
 def _weight_noise(
@@ -87,7 +85,7 @@ def _profile_input_var(profile: pd.DataFrame, names: Sequence[str]) -> np.ndarra
     return prof.loc[list(names), "input_var"].to_numpy(dtype=np.float64)
 
 
-def _example_batch(task: Task, n: int = 64) -> torch.Tensor:
+def _example_batch(task: TaskLike, n: int = 64) -> torch.Tensor:
     try:
         return task.example_input(n)
     except ValueError:

@@ -1,4 +1,4 @@
-"""The inputs of a QAT run: task checks, the task's metric name, plan resolution and plans from a search."""
+"""The inputs of a QAT run: what it reads from the task, plan resolution and plans from a search."""
 
 from __future__ import annotations
 
@@ -47,32 +47,15 @@ def plans_from_search(
     return out
 
 
-def _check_task(task: Any) -> None:
-    for attr in ("model", "calib_loader", "val_loader", "test_loader", "evaluate"):
-        if not hasattr(task, attr):
-            raise QATError(
-                f"task must be a workbench.tasks.Task (missing {attr!r}), got {type(task).__name__}"
-            )
-    if not isinstance(task.model, nn.Module):
-        raise QATError(f"task.model must be a torch.nn.Module, got {type(task.model).__name__}")
-    if getattr(task, "train_loader", None) is None:
-        raise QATError(
-            f"task {getattr(task, 'name', '?')!r} has no train loader; QAT needs training data "
-            "(task_from_model(..., train_loader=...))"
-        )
-
-
-def _metric_name(task: Any) -> str:
-    """The task's :attr:`~workbench.tasks.Task.metric_name` ("accuracy" for a task-like object without one)."""
-    name = getattr(task, "metric_name", None)
-    if isinstance(name, str):
-        return name
-    metric = getattr(task, "metric", None)
-    if metric is None:
-        return "accuracy"
-    from workbench.tasks import metric_name
-
-    return metric_name(metric)
+TASK_NEEDS: tuple[str, ...] = (
+    "model",
+    "calib_loader",
+    "val_loader",
+    "test_loader",
+    "evaluate",
+    "example_input",
+)
+"""What QAT reads from a task besides its ``train_loader`` (checked by :func:`~workbench.tasks.check_task`)."""
 
 
 def _resolve_plan(plan: Any, model: nn.Module) -> QuantPlan:

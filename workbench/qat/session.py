@@ -17,19 +17,20 @@ from workbench import distributed
 from workbench.devices import on_device
 from workbench.qat.checkpoint import _open_checkpoint, _run_key, _save_checkpoint, model_fingerprint
 from workbench.qat.config import QATConfig, QATError
-from workbench.qat.inputs import _check_task, _resolve_plan
+from workbench.qat.inputs import TASK_NEEDS, _resolve_plan
 from workbench.qat.loop import _Progress, _steps_per_epoch
 from workbench.qat.mixed_bits import _discretize, _layer_weight_counts, _relax
 from workbench.qat.trainer import _Trainer
 from workbench.quant import QuantPlan, quantize_model
 from workbench.quant.inputs import move_inputs
+from workbench.tasks.task import TaskLike, check_task
 
 
 @dataclass
 class _Setup:
     """What :func:`train_qat` settles before training: checked inputs, the run key and the checkpoint to resume."""
 
-    task: Any
+    task: TaskLike
     plan: QuantPlan
     config: QATConfig
     packed_path: Path | None
@@ -63,7 +64,7 @@ class _Session:
 
 
 def _prepare(
-    task: Any,
+    task: TaskLike,
     plan: QuantPlan | str | os.PathLike,
     config: QATConfig,
     *,
@@ -73,7 +74,7 @@ def _prepare(
     """Check config, task, plan and packed path, move the task to ``device`` and open the checkpoint."""
     if not isinstance(config, QATConfig):
         raise QATError(f"config must be a QATConfig, got {type(config).__name__}")
-    _check_task(task)
+    task = check_task(task, need=TASK_NEEDS, need_train=True, error=QATError)
     dist_info = distributed.current()
     if device is not None:
         task = on_device(task, distributed.process_device(device))
@@ -83,7 +84,7 @@ def _prepare(
         if packed_path.exists() and not config.overwrite:
             raise FileExistsError(f"packed model {packed_path} exists; pass overwrite=True to replace it")
     steps_per_epoch = _steps_per_epoch(task.train_loader, config)
-    output_key = getattr(task, "output_key", None)
+    output_key = task.output_key
     key = _run_key(config, plan, steps_per_epoch, output_key)
     fingerprint = model_fingerprint(task.model)
     ckpt = _open_checkpoint(config, key, fingerprint)

@@ -15,12 +15,13 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from workbench.qat.config import QATConfig, QATError, _is_int
-from workbench.qat.inputs import _check_task, _resolve_plan
+from workbench.qat.inputs import TASK_NEEDS, _resolve_plan
 from workbench.qat.loop import _split, _train_batches
 from workbench.qat.mixed_bits import _layer_weight_counts, _relax
 from workbench.qat.trainer import _Trainer
 from workbench.quant import QuantPlan, quantize_model
 from workbench.quant.inputs import call_model, primary_output
+from workbench.tasks.task import TaskLike, check_task
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def _cycle(loader: Iterable) -> Iterator[Any]:
 
 
 def compare_step_times(
-    task: Any,
+    task: TaskLike,
     plan: QuantPlan | str | os.PathLike,
     config: QATConfig | None = None,
     *,
@@ -70,7 +71,7 @@ def compare_step_times(
     Both train private copies; the task's model is not modified.
     """
     config = config if config is not None else QATConfig()
-    _check_task(task)
+    task = check_task(task, need=TASK_NEEDS, need_train=True, error=QATError)
     if not _is_int(steps) or steps < 1 or not _is_int(warmup) or warmup < 0:
         raise QATError(
             f"steps must be an int >= 1 and warmup an int >= 0, got steps={steps!r}, warmup={warmup!r}"
@@ -87,7 +88,7 @@ def compare_step_times(
             _relax(qmodel, config.bit_candidates, config.bit_init)
         teacher = copy.deepcopy(task.model).eval() if config.distill_weight > 0 else None
         example = task.example_input(1)
-        output_key = getattr(task, "output_key", None)
+        output_key = task.output_key
         trainer = _Trainer(
             qmodel, config, plan=plan, teacher=teacher, counts=_layer_weight_counts(task.model),
             example=example, relaxed=relaxed, output_key=output_key,

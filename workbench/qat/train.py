@@ -22,17 +22,17 @@ import torch
 
 from workbench import tracking
 from workbench.qat.config import QATConfig
-from workbench.qat.inputs import _metric_name
 from workbench.qat.loop import _history_row, close_epoch, epoch_batches, run_steps
 from workbench.qat.mixed_bits import _discretize, _mixed
 from workbench.qat.result import HISTORY_COLUMNS, QATResult
 from workbench.qat.session import _new_trainer, _prepare, _save, _Session, _Setup, _start
 from workbench.quant import QuantPlan, save_packed
+from workbench.tasks.task import TaskLike
 
 
 def _start_tracking(s: _Setup, run: _Session, track: bool) -> AbstractContextManager[Any]:
     """The MLflow run of stage ``"qat"`` (rank 0 only; a no-op run when ``track`` is off)."""
-    name = getattr(s.task, "name", "task")
+    name = s.task.name
     run_params = {
         "task": name,
         "plan_layers": len(s.plan),
@@ -106,7 +106,7 @@ def _train_with_bar(s: _Setup, run: _Session, mlrun: Any, progress: bool) -> Non
     from tqdm.auto import tqdm
 
     bar = tqdm(
-        total=s.config.epochs, initial=run.prog.epoch, desc=f"qat {getattr(s.task, 'name', '')}".strip(),
+        total=s.config.epochs, initial=run.prog.epoch, desc=f"qat {s.task.name}".strip(),
         disable=not progress, leave=False,
     )  # fmt: skip
     try:
@@ -151,7 +151,7 @@ def _finish(s: _Setup, run: _Session, mlrun: Any) -> QATResult:
         prog.history + ([run.partial_row] if run.partial_row else []), columns=HISTORY_COLUMNS
     )
     result = QATResult(
-        task=getattr(task, "name", "task"),
+        task=task.name,
         plan=s.plan,
         final_plan=final_plan,
         config=s.config,
@@ -178,7 +178,7 @@ def _finish(s: _Setup, run: _Session, mlrun: Any) -> QATResult:
         history=history,
         run_id=getattr(mlrun, "run_id", None),
         world_size=s.dist_info.world_size,
-        metric_name=_metric_name(task),
+        metric_name=task.metric_name,
         output_key=s.output_key,
         model=run.qmodel,
     )
@@ -206,7 +206,7 @@ def _log_result(mlrun: Any, result: QATResult, *, step: int) -> None:
 
 
 def train_qat(
-    task: Any,
+    task: TaskLike,
     plan: QuantPlan | str | os.PathLike,
     config: QATConfig | None = None,
     *,
@@ -243,7 +243,7 @@ def train_qat(
 
 
 def train_steps(
-    task: Any,
+    task: TaskLike,
     plan: QuantPlan | str | os.PathLike,
     config: QATConfig | None = None,
     *,

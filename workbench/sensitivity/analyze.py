@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from workbench.devices import on_device
 from workbench.sensitivity.batches import _inputs_batches, _n_samples, _take
@@ -24,6 +24,7 @@ from workbench.sensitivity.registry import METRICS, MetricOutput, OutputMetric, 
 from workbench.sensitivity.result import SensitivityResult
 from workbench.sensitivity.schema import COST_BENEFIT_COLUMNS
 from workbench.sensitivity.tables import _assemble, cost_benefit_table, rank_agreement
+from workbench.tasks.task import TaskLike, check_task
 
 
 @contextlib.contextmanager
@@ -40,16 +41,8 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _check_task(task: Any) -> None:
-    for attr in ("model", "calib_loader"):
-        if getattr(task, attr, None) is None:
-            raise ValueError(f"task must have a {attr!r} (a workbench.tasks.Task); got {type(task).__name__}")
-    if not isinstance(task.model, nn.Module):
-        raise ValueError(f"task.model must be a torch.nn.Module, got {type(task.model).__name__}")
-
-
 def _compute(
-    task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tensor | None]]
+    task: TaskLike, config: SensitivityConfig, calib: list[tuple[Any, Tensor | None]]
 ) -> SensitivityResult:
     t0 = time.perf_counter()
     ctx = SensitivityContext(task, config, calib=calib)
@@ -80,7 +73,7 @@ def _compute(
         )
     timings["total"] = time.perf_counter() - t0
     info: dict[str, Any] = {
-        "task": getattr(task, "name", type(task.model).__name__),
+        "task": task.name,
         "device": str(ctx.device),
         "config": asdict(config),
         "calib_samples": _n_samples(calib),
@@ -102,19 +95,13 @@ def _compute(
     return replace(result, cost_benefit=cost, info=info)
 
 
-def _task_metric_info(task: Any) -> dict[str, Any]:
+def _task_metric_info(task: TaskLike) -> dict[str, Any]:
     """What the task scores: ``metric_name`` (its :attr:`~workbench.tasks.Task.metric_name`: "accuracy",
     "cosine", an eval_fn's name, ...) and ``output_key`` (the chosen output tensor; None: the primary one)."""
-    name = getattr(task, "metric_name", None)
-    if not isinstance(name, str):
-        from workbench.tasks import metric_name
-
-        metric = getattr(task, "metric", None)
-        name = metric_name(metric) if metric is not None else "accuracy"
-    return {"metric_name": name, "output_key": getattr(task, "output_key", None)}
+    return {"metric_name": task.metric_name, "output_key": task.output_key}
 
 
-def _track(result: SensitivityResult, task: Any, config: SensitivityConfig) -> str | None:
+def _track(result: SensitivityResult, task: TaskLike, config: SensitivityConfig) -> str | None:
     from workbench import tracking
 
     nested = isinstance(tracking.active_run(), tracking.Run)
@@ -146,7 +133,7 @@ def _track(result: SensitivityResult, task: Any, config: SensitivityConfig) -> s
 
 
 def analyze_sensitivity(
-    task: Any,
+    task: TaskLike,
     config: SensitivityConfig | None = None,
     *,
     cache: bool = True,
@@ -177,8 +164,7 @@ def analyze_sensitivity(
         raise ValueError(f"config must be a SensitivityConfig, got {type(config).__name__}")
     for name in config.metrics:  # a metric may have been unregistered since the config was built
         get_metric(name)
-    _check_task(task)
-    task = on_device(task, device)
+    task = on_device(check_task(task), device)
     calib = _inputs_batches(
         _take(task.calib_loader, config.calib_batches), "sensitivity analysis (calibration data)"
     )

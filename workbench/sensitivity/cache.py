@@ -20,6 +20,7 @@ from workbench.sensitivity.batches import _split_batch, _take, _tensor_bytes
 from workbench.sensitivity.config import SensitivityConfig
 from workbench.sensitivity.registry import METRICS
 from workbench.sensitivity.result import SensitivityResult
+from workbench.tasks.task import TaskLike
 
 CACHE_VERSION = 2  # bump whenever a built-in metric or the probe engine changes its numbers
 
@@ -39,7 +40,7 @@ def _inputs_bytes(h: Any, x: Any) -> None:
         h.update(_tensor_bytes(t))
 
 
-def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tensor | None]]) -> str:
+def _cache_key(task: TaskLike, config: SensitivityConfig, calib: list[tuple[Any, Tensor | None]]) -> str:
     import workbench.quant
     from workbench._common.hashing import code_fingerprint
 
@@ -47,8 +48,8 @@ def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tens
     h.update(f"sensitivity-cache-v{CACHE_VERSION}\n".encode())
     # the quantization core and this package measure the values: a change to either gets a fresh key
     h.update(code_fingerprint("code", workbench.quant, Path(__file__).parent).encode())
-    h.update(f"{getattr(task, 'name', '')}\n{type(task.model).__qualname__}\n".encode())
-    output_key = getattr(task, "output_key", None)
+    h.update(f"{task.name}\n{type(task.model).__qualname__}\n".encode())
+    output_key = task.output_key
     if output_key is not None:  # another output gives other values (None keeps the keys cached so far)
         h.update(f"output_key={output_key!r}\n".encode())
     for key, value in task.model.state_dict().items():
@@ -69,7 +70,7 @@ def _cache_key(task: Any, config: SensitivityConfig, calib: list[tuple[Any, Tens
         if y is not None:
             h.update(_tensor_bytes(y))
     if any(getattr(METRICS[m], "split", None) == "val" for m in config.metrics):
-        val = getattr(task, "val_loader", None)
+        val = task.val_loader
         dataset = getattr(val, "dataset", None)
         h.update(
             f"val:{len(dataset) if dataset is not None and hasattr(dataset, '__len__') else '?'}".encode()

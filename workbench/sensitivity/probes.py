@@ -24,6 +24,7 @@ from workbench.sensitivity.curvature import HutchinsonResult, hutchinson_trace
 from workbench.sensitivity.graph import _GraphRunner, _nbytes
 from workbench.sensitivity.registry import MetricOutput, OutputMetric
 from workbench.sensitivity.schema import FLOAT_BITS, SPLITS
+from workbench.tasks.task import TaskLike
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,11 @@ class SensitivityContext:
     """
 
     def __init__(
-        self, task: Any, config: SensitivityConfig, *, calib: list[tuple[Any, Tensor | None]]
+        self, task: TaskLike, config: SensitivityConfig, *, calib: list[tuple[Any, Tensor | None]]
     ) -> None:
         self.task = task
         self.config = config
-        self.output_key: str | int | None = getattr(task, "output_key", None)
+        self.output_key: str | int | None = task.output_key
         self.float_model = copy.deepcopy(task.model).eval()
         self.device = _device(self.float_model)
         self._batches: dict[str, list[tuple[Any, Tensor | None]]] = {"calib": calib}
@@ -103,7 +104,7 @@ class SensitivityContext:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
         if split not in self._batches:
-            loader = getattr(self.task, "val_loader", None)
+            loader = self.task.val_loader
             if loader is None:
                 raise ValueError("the task has no val_loader (needed by the acc_drop metric)")
             self._batches[split] = _labelled(_take(loader, self.config.val_batches), "the validation split")

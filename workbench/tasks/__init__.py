@@ -43,7 +43,7 @@ from workbench.tasks.metrics import (
     fidelity_metric,
     metric_name,
 )
-from workbench.tasks.task import Task, TaskLike, check_task
+from workbench.tasks.task import TASK_DEFAULTS, Task, TaskLike, check_task
 from workbench.tasks.vision import DATASETS, _load_weights, torchvision_task
 from workbench.training import TrainConfig
 
@@ -53,6 +53,7 @@ __all__ = [
     "FIDELITY_KINDS",
     "MODEL_INPUT_SIZE",
     "SPLITS",
+    "TASK_DEFAULTS",
     "ZOO_MODELS",
     "DigitsConfig",
     "DigitsData",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from workbench.devices import model_device
 from workbench.quant.inputs import (
     OutputError,
     call_model,
@@ -188,8 +189,6 @@ def _check_forward(model: nn.Module, x: Any, output_key: str | int | None = None
     """The chosen (``output_key``) or primary output of ``model`` on calibration sample ``x``; ValueError naming
     the input structure and the exception when the forward fails, or naming the output when it holds no usable
     tensor (or lacks ``output_key``)."""
-    from workbench.devices import model_device
-
     flags = {m: m.training for m in model.modules()}
     model.eval()
     try:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from workbench.devices import model_device
 from workbench.quant.inputs import (
     call_model,
     describe_inputs,
@@ -90,8 +91,6 @@ def _batch_digest(inputs: Any) -> str:
 @torch.no_grad()
 def _primary_outputs(model: nn.Module, batches: Iterable[Any], key: str | int | None) -> list[torch.Tensor]:
     """``primary_output`` of ``model`` on each inputs batch (eval mode, every module's flag restored)."""
-    from workbench.devices import model_device
-
     device = model_device(model)
     flags = {m: m.training for m in model.modules()}
     model.eval()

@@ -2,11 +2,13 @@
 
 :class:`TaskLike` describes what the stages read from a task (a :class:`Task` or any object with the same
 attributes); :func:`check_task` is the one validation of a task: :class:`Task` runs it once when it is built,
-and a stage handed some other task-like object runs it at its boundary.
+and every stage runs it at its boundary (a :class:`Task` passes through unchanged; another task-like object
+lacking an optional attribute gets a copy with the attribute's default, see :data:`TASK_DEFAULTS`).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,33 +18,67 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from workbench.data import SPLITS
+from workbench.devices import model_device, on_device
 from workbench.quant.inputs import batch_size, concat_inputs, split_batch, take_inputs
 from workbench.tasks.metrics import Metric, _check_score, metric_name
 from workbench.training import evaluate_accuracy
 
-__all__ = ["SPLITS", "Metric", "Task", "TaskLike", "check_task"]
+__all__ = ["SPLITS", "TASK_DEFAULTS", "Metric", "Task", "TaskLike", "check_task"]
 
 TASK_LOADERS: tuple[str, ...] = ("calib_loader", "val_loader", "test_loader")
 """Loaders every :class:`Task` holds (``train_loader`` is optional)."""
+
+TASK_DEFAULTS: dict[str, str] = {
+    "name": "the model's class name",
+    "output_key": "None (the primary output; else a key, attribute or index of the model's output)",
+    "metric": "None (the task scores itself through evaluate())",
+    "metric_name": "the metric's name ('accuracy' without a metric)",
+    "info": "{} (provenance)",
+    "train_loader": "None (no training data)",
+    "val_loader": "None (no validation split)",
+    "test_loader": "None (no test split)",
+}
+"""The optional :class:`TaskLike` attributes and the defaults :func:`check_task` fills in for a task-like
+object that lacks them (a ``metric_name`` that is not a str counts as lacking). Every other attribute a stage
+reads must be there (the stage names it in ``need``)."""
 
 
 class TaskLike(Protocol):
     """What the stages read from a task: a model, its loaders, the metric that scores it and its provenance.
 
-    :class:`Task` is the implementation; stages accept any object with these attributes (see :func:`check_task`).
+    :class:`Task` is the implementation; stages accept any object with these attributes, checked (and the
+    optional ones of :data:`TASK_DEFAULTS` filled in) by :func:`check_task` at the stage's boundary.
     """
 
     name: str
     model: nn.Module
-    calib_loader: Iterable[Any]
-    val_loader: Iterable[Any]
-    test_loader: Iterable[Any]
-    train_loader: Iterable[Any] | None
-    input_shape: tuple[int, ...]
-    num_classes: int | None
-    metric: Metric
     info: dict[str, Any]
     output_key: str | int | None
+
+    @property
+    def calib_loader(self) -> Iterable[Any]:
+        """Calibration batches: inputs, or ``(inputs, targets)``."""
+        ...
+
+    @property
+    def val_loader(self) -> Iterable[Any] | None:
+        """Validation batches (None: no validation split)."""
+        ...
+
+    @property
+    def test_loader(self) -> Iterable[Any] | None:
+        """Test batches (None: no test split)."""
+        ...
+
+    @property
+    def train_loader(self) -> Iterable[Any] | None:
+        """Training batches (None: no training data; QAT needs them)."""
+        ...
+
+    @property
+    def metric(self) -> Metric | None:
+        """``metric(model, loader) -> float`` (higher is better); None: :meth:`evaluate` scores by itself."""
+        ...
 
     @property
     def metric_name(self) -> str:
@@ -68,16 +104,24 @@ def check_task(
     need: Iterable[str] = ("model", "calib_loader"),
     need_train: bool = False,
     error: type[ValueError] = ValueError,
-) -> None:
-    """Validate a task (a :class:`Task` or a :class:`TaskLike` object) at a stage's boundary.
+) -> TaskLike:
+    """Validate a task (a :class:`Task` or a :class:`TaskLike` object) at a stage's boundary; return it.
 
     Every attribute in ``need`` must be present and not None, ``task.model`` must be a ``torch.nn.Module`` and,
     with ``need_train``, the task must have a ``train_loader`` (QAT trains on it). Raises ``error`` (ValueError
     or a subclass of it, e.g. a stage's own error type) naming the missing attribute or the bad type.
+
+    A task with every attribute of :data:`TASK_DEFAULTS` (every :class:`Task`) is returned as it is; for a
+    task-like object lacking some, a shallow copy with their defaults (the object itself is not changed). An
+    object that cannot be copied or take them raises ``error`` naming them and their valid values.
     """
+    need = tuple(need)
     for attr in need:
         if getattr(task, attr, None) is None:
-            raise error(f"task must be a workbench.tasks.Task (missing {attr!r}), got {type(task).__name__}")
+            raise error(
+                f"task must be a workbench.tasks.Task (missing {attr!r}), got {type(task).__name__}; "
+                f"this stage reads {list(need)} (see workbench.tasks.TaskLike)"
+            )
     if not isinstance(getattr(task, "model", None), nn.Module):
         raise error(
             f"task.model must be a torch.nn.Module, got {type(getattr(task, 'model', None)).__name__}"
@@ -87,6 +131,37 @@ def check_task(
             f"task {getattr(task, 'name', '?')!r} has no train loader; QAT needs training data "
             "(task_from_model(..., train_loader=...))"
         )
+    lacking = [a for a in TASK_DEFAULTS if not hasattr(task, a)]
+    if "metric_name" not in lacking and not isinstance(task.metric_name, str):
+        lacking.append("metric_name")
+    return _completed(task, lacking, error) if lacking else task
+
+
+def _completed(task: Any, lacking: list[str], error: type[ValueError]) -> TaskLike:
+    """A shallow copy of ``task`` holding the defaults of the ``lacking`` attributes."""
+    metric = getattr(task, "metric", None)
+    defaults: dict[str, Any] = {
+        "name": type(task.model).__name__,
+        "output_key": None,
+        "metric": None,
+        "metric_name": metric_name(metric) if metric is not None else "accuracy",
+        "info": {},
+        "train_loader": None,
+        "val_loader": None,
+        "test_loader": None,
+    }
+    try:
+        done = copy.copy(task)
+        for attr in lacking:
+            object.__setattr__(done, attr, defaults[attr])
+    except Exception as err:  # any failure of a user's object is reported as one error
+        choices = "; ".join(f"{a}: {TASK_DEFAULTS[a]}" for a in lacking)
+        raise error(
+            f"task {type(task).__name__} lacks {lacking} and they cannot be set on a copy of it "
+            f"({type(err).__name__}: {err}); give it these attributes ({choices}) or wrap the model with "
+            "workbench.tasks.task_from_model"
+        ) from err
+    return done
 
 
 @dataclass(kw_only=True)
@@ -169,12 +244,8 @@ class Task:
     @property
     def device(self) -> torch.device:
         """Where the task's model (and so every stage run on this task) lives."""
-        from workbench.devices import model_device
-
         return model_device(self.model)
 
     def to(self, device: str | torch.device) -> Task:
         """This task with its model on ``device`` (a copy; this task's model is not moved)."""
-        from workbench.devices import on_device
-
         return on_device(self, device)

@@ -15,7 +15,7 @@ from torch import nn
 
 from workbench.devices import model_device, resolve_device
 from workbench.hardware.deploy.convert import DEFAULT_PROFILE, ENGINES, deploy
-from workbench.hardware.dynamic import compare_linear_deployments
+from workbench.hardware.dynamic import TASK_NEEDS, compare_linear_deployments
 from workbench.hardware.estimate import CostEstimator
 from workbench.hardware.profile import PrecisionProfile, load_profile
 from workbench.hardware.timing import LatencyStats, cpu_name, time_side_by_side
@@ -28,6 +28,7 @@ from workbench.quant.inputs import (
     take_inputs,
 )
 from workbench.quant.spec import QuantPlan
+from workbench.tasks.task import TaskLike, check_task
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def _dynamic_notes(converted: list[str], lower: list[str]) -> list[str]:
 
 
 def compare_kernels(
-    task: Any,
+    task: TaskLike,
     plan: QuantPlan | None = None,
     *,
     kernels: str = "dynamic",
@@ -256,6 +257,7 @@ def compare_kernels(
         raise ValueError(
             f"kernels={kernels!r}: compare_kernels runs 'dynamic' or 'bf16' (static: measure_deployment)"
         )
+    task = check_task(task, need=TASK_NEEDS)
     cfg = config or DeployConfig()
     if plan is not None:
         plan.validate(task.model)
