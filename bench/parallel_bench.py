@@ -314,9 +314,11 @@ def _trial_span(storage: str, study_name: str) -> float:
 
 
 def measure(
-    task: Any, setting: Setting, *, storage: str, budget: int, strategy: str, seed: int
-) -> dict[str, Any]:
-    """One search with ``setting`` on a fresh study in ``storage``; wall seconds and what it did."""
+    task: Any, setting: Setting, *, storage: str, budget: int, strategy: str, seed: int,
+    inputs: tuple[Any, Any] = (None, None),
+) -> dict[str, Any]:  # fmt: skip
+    """One search with ``setting`` on a fresh study in ``storage``; wall seconds and what it did. ``inputs``:
+    the (sensitivity, predictor) the strategy needs (:func:`workbench.pipeline.prepare_search`)."""
     from workbench.search import SearchConfig, run_search
 
     name = "parallel"
@@ -324,7 +326,7 @@ def measure(
                           workers=setting.workers, worker_threads=setting.threads, final_split=None,
                           track=False, log_trials=False, progress=False)  # fmt: skip
     t0 = time.perf_counter()
-    result = run_search(task, config)
+    result = run_search(task, config, sensitivity=inputs[0], predictor=inputs[1])
     wall = time.perf_counter() - t0
     stats = run_stats(result.trials)
     assert stats["real_evaluations"] == result.real_evaluations
@@ -393,12 +395,16 @@ def postgres_server() -> Iterator[Any]:
 def run_benchmark(task: Any, *, budget: int, repeats: int, strategy: str, seed: int, postgres: bool = False,
                   log: Any = print) -> list[dict[str, Any]]:  # fmt: skip
     """Every setting ``repeats`` times, interleaved; one dict per run (see :func:`measure`)."""
+    from workbench.pipeline import prepare_search
     from workbench.search import SearchConfig, run_search
 
     settings = list(SETTINGS) + ([Setting(PAR_PG, 2, 1, "postgresql")] if postgres else [])
-    # one untimed warm-up in this process (first-call costs of the quantization and evaluation paths)
-    run_search(task, SearchConfig(strategy=strategy, budget=2, seed=seed, storage=":memory:", final_split=None,
-                                  track=False, progress=False))  # fmt: skip
+    # one untimed warm-up in this process (first-call costs of the quantization and evaluation paths), after
+    # the sensitivity result / predictor the strategy needs are built (untimed too)
+    warm = SearchConfig(strategy=strategy, budget=2, seed=seed, storage=":memory:", final_split=None, track=False,
+                        progress=False)  # fmt: skip
+    inputs = prepare_search(task, warm)
+    run_search(task, warm, sensitivity=inputs[0], predictor=inputs[1])
     runs: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         fresh_db = stack.enter_context(postgres_server()) if postgres else None
@@ -410,7 +416,8 @@ def run_benchmark(task: Any, *, budget: int, repeats: int, strategy: str, seed: 
                         storage = fresh_db(f"parallel_r{rep}")
                     else:
                         storage = f"sqlite:///{tmp}/study.db"
-                    row = measure(task, setting, storage=storage, budget=budget, strategy=strategy, seed=seed)
+                    row = measure(task, setting, storage=storage, budget=budget, strategy=strategy, seed=seed,
+                                  inputs=inputs)  # fmt: skip
                 row["repeat"] = rep
                 runs.append(row)
                 log(f"repeat {rep}: {setting.label}: {row['wall_s']:.1f} s, {row['real_evaluations']} real evals, "

@@ -115,3 +115,69 @@ def test_int8_plan_is_within_two_points_and_four_times_smaller(digits_cnn_task, 
     ]  # fmt: skip
     assert table["name"].tolist() == ["FP32", "INT8"]
     assert table["compression"].tolist() == pytest.approx([1.0, r.fp32_size_bytes / r.size_bytes])
+
+
+# -- prepare_search: what a search needs, built with the defaults --------------------------------------------
+def test_prepare_search_builds_only_what_the_strategy_needs(digits_cnn_task, monkeypatch):
+    import workbench.pipeline as pipeline
+    from workbench.search import SearchConfig, SearchError, SpaceConfig
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(pipeline, "analyze_sensitivity", lambda task, **kw: calls.append(("sens", kw)) or "S")
+    monkeypatch.setattr(
+        pipeline, "default_predictor", lambda task, sens, **kw: calls.append(("pred", sens, kw)) or "P"
+    )
+    cfg = {"storage": ":memory:", "track": False}
+    assert pipeline.prepare_search(digits_cnn_task, SearchConfig(strategy="tpe", **cfg)) == (None, None)
+    assert calls == []
+    assert pipeline.prepare_search(digits_cnn_task, SearchConfig(strategy="ilp", **cfg)) == ("S", None)
+    assert calls == [("sens", {"track": False})]
+    given = pipeline.prepare_search(digits_cnn_task, SearchConfig(strategy="greedy", **cfg), sensitivity="G")
+    assert given == ("G", None) and len(calls) == 1
+    calls.clear()
+    weight_only = SpaceConfig(w_bits=(3, 4, 16), a_bits=(32,))
+    out = pipeline.prepare_search(
+        digits_cnn_task, SearchConfig(strategy="control", space=weight_only, **cfg), sensitivity="G"
+    )
+    assert out == ("G", "P")
+    assert calls == [("pred", "G", {"seed": 0, "a_bits": (32,), "w_bits": (3, 4)})]
+    calls.clear()
+    assert pipeline.prepare_search(digits_cnn_task, SearchConfig(accuracy="predicted", **cfg)) == (None, "P")
+    assert calls == [("pred", None, {"seed": 0})]
+    calls.clear()
+    prune = SpaceConfig(methods=("quantize", "prune"))
+    with pytest.raises(SearchError, match="only knows quantization"):  # refused before any costly work
+        pipeline.prepare_search(digits_cnn_task, SearchConfig(accuracy="predicted", space=prune, **cfg))
+    assert calls == []
+
+
+def test_prepare_search_reads_a_joined_study_s_stored_config(
+    digits_cnn_task, monkeypatch, tmp_path, one_torch_thread
+):
+    import numpy as np
+
+    import workbench.pipeline as pipeline
+    from workbench.search import SearchConfig, SearchError, SpaceConfig, run_search
+
+    class Lookup:
+        info: dict = {}
+
+        def predict(self, plans):
+            return np.array([sum(8 - s.w_bits for _, s in p.items()) for p in plans], dtype=float)
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    out = {"track": False, "progress": False}
+    config = SearchConfig(
+        strategy="random", accuracy="predicted", budget=3, storage=url, study_name="p", final_split=None,
+        space=SpaceConfig(w_bits=(4, 8)), **out,
+    )  # fmt: skip
+    run_search(digits_cnn_task, config, predictor=Lookup())
+    built: list = []
+    monkeypatch.setattr(pipeline, "default_predictor", lambda task, sens, **kw: built.append(kw) or Lookup())
+    join = SearchConfig(storage=url, study_name="p", **out)
+    sens, pred = pipeline.prepare_search(digits_cnn_task, join, join=True)
+    assert sens is None and isinstance(pred, Lookup) and built == [{"seed": 0}]
+    result = pipeline.search_with_defaults(digits_cnn_task, join, join=True)
+    assert len(result.trials) == 3 and (result.trials["accuracy_source"] == "predicted").all()
+    with pytest.raises(SearchError, match="does not exist"):
+        pipeline.prepare_search(digits_cnn_task, SearchConfig(storage=url, study_name="nope"), join=True)

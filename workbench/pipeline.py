@@ -1,7 +1,9 @@
 """Stages as functions with result objects, shared by the CLI and the notebooks.
 
 ``evaluate_plan`` quantizes a task's model with a plan and measures it (accuracy, size, packed file size, bits);
-``run_pipeline`` runs the end-to-end pipeline on a task: profile, then FP32 vs the configured uniform plans.
+``run_pipeline`` runs the end-to-end pipeline on a task: profile, then FP32 vs the configured uniform plans;
+``prepare_search`` builds what a search needs (its sensitivity result, its accuracy predictor) and
+``search_with_defaults`` runs one with them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -20,7 +22,19 @@ from workbench import tracking
 from workbench.devices import DeviceError, on_device, resolve_device
 from workbench.profiling import ProfileConfig, profile_model, profile_summary
 from workbench.quant import PlanError, QuantPlan, quantize_model, save_packed
+from workbench.search import (
+    SearchConfig,
+    SearchResult,
+    default_predictor,
+    required_inputs,
+    resolved_config,
+    run_search,
+)
+from workbench.sensitivity import SensitivityResult, analyze_sensitivity
 from workbench.tasks import Task, TaskLike, check_task, load_task, torchvision_task
+
+if TYPE_CHECKING:
+    from workbench.predictor import AccuracyPredictor
 
 DEFAULT_PLANS: tuple[tuple[str, str], ...] = (
     ("INT8 per-channel", "uniform:w8a8:per_channel"),
@@ -261,3 +275,46 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
             run_id=run.run_id,
             seconds=seconds,
         )
+
+
+def prepare_search(
+    task: Task,
+    config: SearchConfig | None = None,
+    *,
+    sensitivity: SensitivityResult | None = None,
+    predictor: AccuracyPredictor | None = None,
+    join: bool = False,
+) -> tuple[SensitivityResult | None, AccuracyPredictor | None]:
+    """(sensitivity, predictor) that :func:`~workbench.search.run_search` ``(task, config, join=join)`` needs,
+    the given ones kept and the missing ones built with the defaults: ``analyze_sensitivity(task)`` (cached) for
+    the greedy / ILP / AIMET baselines and warm starts of a new study, :func:`~workbench.search.default_predictor`
+    (plan dataset cached under data/; a weight-only space learns from weight-only plans) for predicted or
+    multi-fidelity accuracy and the ``control`` baseline. What is not needed stays as given (None when not given).
+    When resuming or joining, what the study's stored configuration needs is built."""
+    config = resolved_config(task, config, join=join)
+    needs_pred, needs_sens = required_inputs(config, join=join)
+    if needs_sens and sensitivity is None:
+        sensitivity = analyze_sensitivity(task, track=False)
+    if needs_pred and predictor is None:
+        bits: dict[str, Any] = {}
+        if tuple(config.space.a_bits) == (32,):  # a weight-only space: learn from weight-only plans
+            bits = {"a_bits": (32,), "w_bits": tuple(b for b in config.space.w_bits if b <= 8) or (8,)}
+        predictor = default_predictor(task, sensitivity, seed=0, **bits)
+    return sensitivity, predictor
+
+
+def search_with_defaults(
+    task: Task,
+    config: SearchConfig | None = None,
+    *,
+    sensitivity: SensitivityResult | None = None,
+    predictor: AccuracyPredictor | None = None,
+    join: bool = False,
+    **kwargs: Any,
+) -> SearchResult:
+    """:func:`~workbench.search.run_search` with the sensitivity result and predictor it needs built by
+    :func:`prepare_search` when not given; ``kwargs`` (``figures``, ``device``) go to ``run_search``."""
+    sensitivity, predictor = prepare_search(
+        task, config, sensitivity=sensitivity, predictor=predictor, join=join
+    )
+    return run_search(task, config, sensitivity=sensitivity, predictor=predictor, join=join, **kwargs)

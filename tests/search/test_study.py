@@ -254,3 +254,18 @@ def test_worker_threads_set_torch_threads_while_trials_run(digits_cnn_task, one_
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(SearchError, match="worker_threads"):
             SearchConfig(worker_threads=bad)
+
+
+def test_a_missing_sensitivity_or_predictor_is_refused_by_name(digits_cnn_task):
+    """run_search builds nothing: a strategy, warm start or accuracy mode without its input is refused before
+    the FP32 accuracy is measured, naming the input and workbench.pipeline.prepare_search."""
+    with pytest.raises(SearchError, match=r"strategy 'ilp' needs a sensitivity result.*prepare_search"):
+        run_search(digits_cnn_task, _cfg(strategy="ilp"))
+    with pytest.raises(SearchError, match=r"warm_start='greedy' needs a sensitivity result"):
+        run_search(digits_cnn_task, _cfg(strategy="tpe", warm_start="greedy"))
+    with pytest.raises(
+        SearchError, match=r"accuracy='predicted' needs an accuracy predictor.*prepare_search"
+    ):
+        run_search(digits_cnn_task, _cfg(accuracy="predicted"), sensitivity=object())
+    with pytest.raises(SearchError, match=r"strategy 'control' needs an accuracy predictor"):
+        run_search(digits_cnn_task, _cfg(strategy="control"))

@@ -283,3 +283,38 @@ def test_all_units_dropdown_sets_every_unit_and_resets_itself(setup):
     ex.all_controls["w_bits"].value = 4
     assert ex.plan == space.uniform_plan(4)
     assert ex.all_controls["w_bits"].value is None
+
+
+def test_from_result_rebuilds_the_search_s_space_costs_evaluator_and_predictor(setup):
+    """BitWidthExplorer.from_result: the explorer of a search result without rebuilding the search's parts."""
+    import numpy as np
+
+    from workbench.search import SearchConfig, SearchResult
+
+    task, _, cost_model = setup
+
+    class Drops:
+        def predict(self, plans):
+            return np.array([sum(8 - s.w_bits for _, s in p.items()) for p in plans], dtype=float)
+
+    config = SearchConfig(space=SpaceConfig(), split="val", seed=3, storage=":memory:")
+    space = SearchSpace(task.model, config.space)
+    front = _front(space, cost_model)
+    result = SearchResult(
+        study_name="s", storage=":memory:", config=config, trials=front, front=front, hypervolume=0.5,
+        real_evaluations=4, final_evaluations=0, fp32_accuracy=FP32_ACC, fp32_final_accuracy=None,
+        fp32_weight_bytes=cost_model.fp32_cost.weight_bytes, fp32_size_bytes=cost_model.fp32_cost.size_bytes,
+        seconds=1.0, info={"fp32_latency_ms": 2.0},
+    )  # fmt: skip
+    ex = BitWidthExplorer.from_result(result, task, predictor=Drops(), track=False)
+    assert [u.name for u in ex.space.units] == [u.name for u in space.units]
+    assert ex.space.knob_table() == space.knob_table()
+    assert ex.cost_model.fp32_latency_ms == 2.0
+    assert ex.evaluator.split == "val" and ex.evaluator.seed == 3
+    assert len(ex.front_plans) == len(front) and ex.fp32_accuracy == FP32_ACC
+    ex.load_front(0)
+    plan = ex.plan
+    expected = FP32_ACC - sum(8 - s.w_bits for _, s in plan.items()) / 100
+    assert ex.values["predicted_accuracy"] == pytest.approx(expected)
+    assert ex.values["weight_bytes"] == cost_model(plan).weight_bytes
+    assert BitWidthExplorer.from_result(result, task).predicted is None

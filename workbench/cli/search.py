@@ -232,7 +232,7 @@ def _best(args: argparse.Namespace, result) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from workbench.search import run_search
+    from workbench.pipeline import search_with_defaults
 
     config = _search_config(args)
     task = load_task(args)
@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         predictor = AccuracyPredictor.load(args.predictor)
     from workbench.ui.search import search_figures
 
-    result = run_search(task, config, predictor=predictor, join=args.join, figures=search_figures)
+    # the sensitivity result and the predictor (unless --predictor) the strategy needs: built with the defaults
+    result = search_with_defaults(task, config, predictor=predictor, join=args.join, figures=search_figures)
     if not result.front.empty:
         print_table(result.front[[c for c in FRONT_COLUMNS if c in result.front]])
     print(

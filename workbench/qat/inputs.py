@@ -11,13 +11,15 @@ from torch import nn
 
 from workbench.qat.config import QATError, _is_int
 from workbench.quant import PlanError, QuantPlan
+from workbench.search.result import rank_front
 
 
 def plans_from_search(
     result: Any, *, k: int = 1, max_weight_fraction: float | None = None, column: str = "accuracy"
 ) -> dict[str, QuantPlan]:
-    """The ``k`` best front plans of a search result (:class:`workbench.search.SearchResult`): highest
-    ``column`` first (ties: fewer weight bytes), within ``max_weight_fraction`` of the FP32 weight bytes.
+    """The ``k`` best front plans of a search result (:class:`workbench.search.SearchResult`), as
+    :meth:`~workbench.search.SearchResult.top_plans` ranks them: highest ``column`` first (ties: fewer weight
+    bytes), within ``max_weight_fraction`` of the FP32 weight bytes.
 
     Keys are labels such as ``"ilp weight_size<=9.5% #3 (2.93 bits)"``.
     """
@@ -28,16 +30,16 @@ def plans_from_search(
         raise QATError(f"result must be a search result with a front of plans, got {type(result).__name__}")
     if column not in front.columns:
         raise QATError(f"column={column!r} is not in the front; columns: {list(front.columns)}")
-    df = front
-    if max_weight_fraction is not None:
-        df = df[df["weight_bytes"] <= max_weight_fraction * result.fp32_weight_bytes]
+    # the ranking of SearchResult.top_plans, on any object carrying a search's front
+    df = rank_front(
+        front, result.fp32_weight_bytes, k, max_weight_fraction=max_weight_fraction, column=column
+    )
     if df.empty:
         smallest = float(front["weight_bytes"].min() / result.fp32_weight_bytes) if len(front) else math.nan
         raise QATError(
             f"no front plan within max_weight_fraction={max_weight_fraction!r} (the smallest has {smallest:.4f}); "
             "raise the fraction or search with a tighter budget"
         )
-    df = df.sort_values([column, "weight_bytes"], ascending=[False, True]).head(k)
     out = {}
     for _, row in df.iterrows():
         label = (

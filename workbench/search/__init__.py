@@ -19,7 +19,7 @@ from workbench.search.objectives import (
 )
 from workbench.search.result import SearchResult, compute_front
 from workbench.search.space import SearchSpace, SpaceConfig, UnitChoices, residual_groups
-from workbench.search.study import default_predictor, run_search
+from workbench.search.study import default_predictor, required_inputs, resolved_config, run_search
 
 __all__ = [
     "STRATEGIES",
@@ -39,6 +39,8 @@ __all__ = [
     "default_predictor",
     "hypervolume_2d",
     "pareto_mask",
+    "required_inputs",
     "residual_groups",
+    "resolved_config",
     "run_search",
 ]

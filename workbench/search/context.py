@@ -7,7 +7,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,12 +15,15 @@ from workbench.search.config import MEMORY, SearchConfig, SearchError
 from workbench.search.objectives import OBJECTIVES, CostModel, EvalCache, PlanEvaluator, PredictedAccuracy
 from workbench.search.space import SearchSpace
 
+if TYPE_CHECKING:
+    from workbench.tasks.task import TaskLike
+
 
 @dataclass
 class SearchContext:
     """Everything a worker needs to evaluate trials of one study."""
 
-    task: Any
+    task: TaskLike
     config: SearchConfig
     space: SearchSpace
     cost_model: CostModel
@@ -61,8 +64,29 @@ def objective_values(objectives: Sequence[str], accuracy: float, cost: Any) -> l
             for o in objectives]  # fmt: skip
 
 
+def search_cost_model(
+    task: TaskLike, config: SearchConfig, *, fp32_latency_ms: float | None = None
+) -> CostModel:
+    """The cost model of a search with ``config`` on ``task``: its latency profile and batch size, or (no
+    profile) the BOPs proxy scaled by ``fp32_latency_ms`` (None: measured here)."""
+    return CostModel(
+        task.model,
+        task.example_input(),
+        fp32_latency_ms=fp32_latency_ms if config.profile is None else None,
+        profile=config.profile,
+        batch_size=config.latency_batch_size,
+    )
+
+
+def search_evaluator(task: TaskLike, config: SearchConfig, storage_url: str) -> PlanEvaluator:
+    """The evaluator of a search with ``config`` on ``task``: measures on ``config.split`` with the search's
+    seed, its cache in the study's database ``storage_url`` (in this process only for ``":memory:"``)."""
+    cache = EvalCache(None if storage_url == MEMORY else storage_url)
+    return PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed)
+
+
 def prepare(
-    task: Any,
+    task: TaskLike,
     config: SearchConfig,
     predictor: Any,
     storage_url: str,
@@ -73,15 +97,8 @@ def prepare(
     """The context of one worker: the space, cost model, evaluator (its cache in the study's database) and
     predictor; refuses a space that cannot be built and size budgets no plan of it meets."""
     space = space if space is not None else SearchSpace(task.model, config.space)
-    cost_model = CostModel(
-        task.model,
-        task.example_input(),
-        fp32_latency_ms=fp32_latency_ms if config.profile is None else None,
-        profile=config.profile,
-        batch_size=config.latency_batch_size,
-    )
-    cache = EvalCache(None if storage_url == MEMORY else storage_url)
-    evaluator = PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed)
+    cost_model = search_cost_model(task, config, fp32_latency_ms=fp32_latency_ms)
+    evaluator = search_evaluator(task, config, storage_url)
     evaluator.fp32_accuracy  # noqa: B018 - a bad split or loader fails here, before any study exists
     predicted = None
     if predictor is not None:

@@ -9,7 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from torch import nn
 from workbench.quant.inputs import input_tensors
 from workbench.quant.spec import QuantPlan
 from workbench.quant.swap import quantize_model
+
+if TYPE_CHECKING:
+    from workbench.tasks.task import TaskLike
 
 
 def _model_digest(model: nn.Module) -> str:
@@ -38,7 +41,7 @@ def _data_digest(loader: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def evaluation_prefix(task: Any, split: str, seed: int) -> str:
+def evaluation_prefix(task: TaskLike, split: str, seed: int) -> str:
     """What a measured accuracy depends on besides the plan: the quantization code, the model's weights, the
     task (name, metric, the output it scores), the calibration data and the evaluated split's data, and the observer seed."""
     import workbench.quant
@@ -48,7 +51,7 @@ def evaluation_prefix(task: Any, split: str, seed: int) -> str:
     metric = getattr(task.metric, "__qualname__", type(task.metric).__name__)
     parts = (code, _model_digest(task.model), task.name, metric, _data_digest(task.calib_loader),
              _data_digest(task.loader(split)), split, seed)  # fmt: skip
-    output_key = getattr(task, "output_key", None)
+    output_key = task.output_key
     if output_key is not None:  # keys of tasks without one are unchanged (caches stay valid)
         parts = (*parts, f"output_key={output_key!r}")
     return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:24]
@@ -161,7 +164,7 @@ class PlanEvaluator:
     """
 
     def __init__(
-        self, task: Any, *, split: str = "val", cache: EvalCache | None = None, seed: int = 0
+        self, task: TaskLike, *, split: str = "val", cache: EvalCache | None = None, seed: int = 0
     ) -> None:
         self.task = task
         self.split = split

@@ -66,7 +66,7 @@ def _info(ctx: SearchContext) -> dict[str, Any]:
         "fp32_latency_ms": ctx.cost_model.fp32_latency_ms,
         "space_units": len(ctx.space.units),
         # what the "accuracy" columns hold: the task's metric (accuracy, cosine, an eval_fn's name, ...)
-        "metric_name": str(getattr(ctx.task, "metric_name", "accuracy")),
+        "metric_name": str(ctx.task.metric_name),
         "space_log10_plans": round(math.log10(ctx.space.cardinality()), 3)
         if math.isfinite(ctx.space.cardinality())
         else None,

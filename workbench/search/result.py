@@ -52,17 +52,14 @@ class SearchResult:
         """The ``k`` best front rows (None: all), best first: highest ``column``, ties broken by fewer weight bytes,
         within a weight-size fraction (of the FP32 weight bytes) and an element-weighted average of weight bits.
         Each row holds its plan as JSON in ``plan`` (:meth:`QuantPlan.from_json`); empty when no plan fits."""
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"k={k!r} must be None or an int >= 1")
-        df = self.front
-        if max_weight_fraction is not None:
-            df = df[df["weight_bytes"] <= max_weight_fraction * self.fp32_weight_bytes]
-        if max_avg_weight_bits is not None:
-            df = df[df["avg_weight_bits"] <= max_avg_weight_bits + 1e-9]
-        if df.empty:
-            return df
-        df = df.sort_values([column, "weight_bytes"], ascending=[False, True])
-        return df if k is None else df.head(k)
+        return rank_front(
+            self.front,
+            self.fp32_weight_bytes,
+            k,
+            max_weight_fraction=max_weight_fraction,
+            max_avg_weight_bits=max_avg_weight_bits,
+            column=column,
+        )
 
     def best(
         self,
@@ -129,6 +126,31 @@ class SearchResult:
             "run_id": self.run_id,
             "info": self.info,
         }
+
+
+def rank_front(
+    front: pd.DataFrame,
+    fp32_weight_bytes: float,
+    k: int | None = None,
+    *,
+    max_weight_fraction: float | None = None,
+    max_avg_weight_bits: float | None = None,
+    column: str = "accuracy",
+) -> pd.DataFrame:
+    """:meth:`SearchResult.top_plans` on a front table and its FP32 weight bytes (for objects that only carry
+    a search's front): the ``k`` best rows (None: all), highest ``column`` first, ties broken by fewer weight
+    bytes, within ``max_weight_fraction`` of ``fp32_weight_bytes`` and ``max_avg_weight_bits``."""
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"k={k!r} must be None or an int >= 1")
+    df = front
+    if max_weight_fraction is not None:
+        df = df[df["weight_bytes"] <= max_weight_fraction * fp32_weight_bytes]
+    if max_avg_weight_bits is not None:
+        df = df[df["avg_weight_bits"] <= max_avg_weight_bits + 1e-9]
+    if df.empty:
+        return df
+    df = df.sort_values([column, "weight_bytes"], ascending=[False, True])
+    return df if k is None else df.head(k)
 
 
 def study_frame(study: Any) -> pd.DataFrame:

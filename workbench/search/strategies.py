@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from workbench.search.baselines import (
 )
 from workbench.search.config import SearchConfig, SearchError, n_size_constraints
 from workbench.search.context import SearchContext
+
+if TYPE_CHECKING:
+    from workbench.tasks.task import TaskLike
 
 SamplerFactory = Callable[[SearchContext, int], Any]
 """``(context, seed) -> optuna sampler``."""
@@ -94,7 +97,7 @@ def _rl(ctx: SearchContext, seed: int) -> Any:
     return RLControllerSampler(ctx.space, unit_stats, seed=seed)
 
 
-def _calib_size(task: Any) -> int:
+def _calib_size(task: TaskLike) -> int:
     try:
         return len(task.calib_loader.dataset)
     except (TypeError, AttributeError):  # an iterable without a sized dataset (e.g. a list of batches)

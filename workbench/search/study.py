@@ -45,7 +45,6 @@ from workbench.search.config import (
     SearchError,
 )
 from workbench.search.context import SearchContext, prepare, study_directions
-from workbench.search.objectives import PredictedAccuracy
 from workbench.search.report import finish, flat_params, track_result
 from workbench.search.result import SearchResult, compute_front
 from workbench.search.screening import screen
@@ -59,15 +58,23 @@ from workbench.search.storage import (
     stored_config,
     study_names,
 )
-from workbench.search.strategies import baseline_candidates, make_sampler, needs, warm_candidates
+from workbench.search.strategies import (
+    STRATEGY_REGISTRY,
+    baseline_candidates,
+    make_sampler,
+    needs,
+    warm_candidates,
+)
 from workbench.search.workers import run_parallel, run_worker, torch_threads
 
 if TYPE_CHECKING:
     import torch
 
+    from workbench.tasks.task import TaskLike
+
 
 def run_search(
-    task: Any,
+    task: TaskLike,
     config: SearchConfig | None = None,
     *,
     predictor: Any = None,
@@ -78,10 +85,11 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume, or join) a search on ``task`` and return its front.
 
-    ``predictor``: an :class:`~workbench.predictor.AccuracyPredictor` (built with :func:`default_predictor`
-    when a mode or strategy needs one and none is given). ``sensitivity``: a
-    :class:`~workbench.sensitivity.SensitivityResult` for the greedy / ILP / AIMET baselines (computed when
-    needed). ``join``: this process is one more worker of an existing study (on another machine, say).
+    ``predictor``: an :class:`~workbench.predictor.AccuracyPredictor` (for ``accuracy="predicted"`` /
+    ``"multifidelity"``, the ``control`` baseline); ``sensitivity``: a sensitivity result of
+    :mod:`workbench.sensitivity` (for the greedy / ILP / AIMET baselines, as strategy or warm start, of a new
+    study). One needed but missing raises :class:`SearchError`: :func:`workbench.pipeline.prepare_search`
+    builds them with the defaults. ``join``: this process is one more worker of an existing study (elsewhere).
     ``config.resume``: continue a study after a crash (no other worker may be running on it); trials left
     running are marked failed and the plans of unfinished baseline trials are queued again. Joining and
     resuming adopt the configuration stored with the study, except ``budget`` (resume: the new budget),
@@ -103,16 +111,18 @@ def run_search(
     check_storage(storage_url)
     t0 = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = config.study_name or f"{task.name}-{config.strategy}-{config.accuracy}-s{config.seed}"
+    name = study_name(task, config)
     storage = open_storage(storage_url, heartbeat=config.workers > 1 or join)
     config, attrs = _existing_study(storage, storage_url, name, config, join=join)
-    # validate everything before the study exists (and before costly sensitivity / predictor work)
+    # validate everything before the study exists (and before the FP32 accuracy is measured)
     space = SearchSpace(task.model, config.space)
     _check_predictor_space(config, space)
-    ctx = prepare(task, config, None, storage_url, space=space, fp32_latency_ms=attrs.get("fp32_latency_ms"))
+    _check_inputs(config, predictor, sensitivity, join=join)
+    ctx = prepare(
+        task, config, predictor, storage_url, space=space, fp32_latency_ms=attrs.get("fp32_latency_ms")
+    )
     if join or config.resume:
         _check_same_task(attrs, ctx, name, storage_url)
-    predictor, sensitivity = _predictor_and_sensitivity(ctx, predictor, sensitivity)
     candidates = [] if config.resume or join else _initial_candidates(ctx, sensitivity)
     sampler = make_sampler(config.strategy, ctx, seed=config.seed)
     study = _open_study(ctx, storage, name, sampler, candidates, join=join)
@@ -199,23 +209,64 @@ def _compress_methods(space: SearchSpace) -> set[str]:
     return used | {s.method for s in space.fixed.values() if s.method in ("prune", "lowrank")}
 
 
-def _predictor_and_sensitivity(ctx: SearchContext, predictor: Any, sensitivity: Any) -> tuple[Any, Any]:
-    """The predictor and sensitivity result the search needs, computed when missing; the context reads the
-    predictor's accuracy from then on."""
-    config, task = ctx.config, ctx.task
-    needs_pred, needs_sens = needs(config)
-    if needs_sens and sensitivity is None:
-        from workbench.sensitivity import analyze_sensitivity
+def study_name(task: TaskLike, config: SearchConfig) -> str:
+    """The study a run of ``config`` on ``task`` works on: ``config.study_name``, else
+    ``<task>-<strategy>-<accuracy>-s<seed>``."""
+    return config.study_name or f"{task.name}-{config.strategy}-{config.accuracy}-s{config.seed}"
 
-        sensitivity = analyze_sensitivity(task, track=False)
+
+def resolved_config(
+    task: TaskLike, config: SearchConfig | None = None, *, join: bool = False
+) -> SearchConfig:
+    """The configuration :func:`run_search` ``(task, config, join=join)`` runs with: ``config`` for a new study;
+    when resuming or joining, the one stored with the study (with ``config``'s budget, worker and output
+    settings), read from its storage. Raises :class:`SearchError` as :func:`run_search` would (no such study,
+    a bad storage URL, a space the accuracy mode cannot score), before any sensitivity or predictor work."""
+    config = config or SearchConfig()
+    if not isinstance(config, SearchConfig):
+        raise SearchError(f"config must be a SearchConfig, got {type(config).__name__}")
+    if join or config.resume:
+        storage_url = config.storage or default_storage()
+        check_storage(storage_url)
+        storage = open_storage(storage_url)
+        config = _existing_study(storage, storage_url, study_name(task, config), config, join=join)[0]
+    _check_predictor_space(config, SearchSpace(task.model, config.space))
+    return config
+
+
+def required_inputs(config: SearchConfig, *, join: bool = False) -> tuple[bool, bool]:
+    """(needs a predictor, needs a sensitivity result) of a run with ``config`` (as :func:`resolved_config`
+    returns it). A resumed or joined study enqueues no baseline plans: it needs no sensitivity result."""
+    needs_pred, needs_sens = needs(config)
+    return needs_pred, needs_sens and not (join or config.resume)
+
+
+def _check_inputs(config: SearchConfig, predictor: Any, sensitivity: Any, *, join: bool) -> None:
+    """Refuse a run missing the predictor or sensitivity result its strategy, warm start or accuracy mode
+    needs, naming what needs it and how to get it."""
+    needs_pred, needs_sens = required_inputs(config, join=join)
+    how = "or let workbench.pipeline.prepare_search(task, config) build it with the defaults"
     if needs_pred and predictor is None:
-        bits: dict[str, Any] = {}
-        if tuple(config.space.a_bits) == (32,):  # a weight-only space: learn from weight-only plans
-            bits = {"a_bits": (32,), "w_bits": tuple(b for b in config.space.w_bits if b <= 8) or (8,)}
-        predictor = default_predictor(task, sensitivity, seed=0, **bits)
-    if predictor is not None:
-        ctx.predicted = PredictedAccuracy(predictor, ctx.evaluator.fp32_accuracy)
-    return predictor, sensitivity
+        why = (
+            f"strategy {config.strategy!r}"
+            if config.accuracy == "measured"
+            else f"accuracy={config.accuracy!r}"
+        )
+        raise SearchError(
+            f"{why} needs an accuracy predictor and none was given: pass predictor= (e.g. "
+            f"workbench.search.default_predictor(task, sensitivity)) {how}"
+        )
+    if needs_sens and sensitivity is None:
+        strategy = STRATEGY_REGISTRY[config.strategy]
+        why = (
+            f"strategy {config.strategy!r}"
+            if strategy.needs_sensitivity
+            else f"warm_start={config.warm_start!r}"
+        )
+        raise SearchError(
+            f"{why} needs a sensitivity result and none was given: pass sensitivity= (e.g. "
+            f"workbench.sensitivity.analyze_sensitivity(task)) {how}"
+        )
 
 
 def _initial_candidates(ctx: SearchContext, sensitivity: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -290,7 +341,7 @@ def _check_same_task(attrs: Mapping[str, Any], ctx: SearchContext, name: str, st
         )
 
 
-def default_predictor(task: Any, sensitivity: Any = None, *, n_plans: int = 300, seed: int = 0,
+def default_predictor(task: TaskLike, sensitivity: Any = None, *, n_plans: int = 300, seed: int = 0,
                       model: str = "gbt", progress: bool = False, w_bits: Sequence[int] = (2, 3, 4, 6, 8),
                       a_bits: Sequence[int] = (8,)) -> Any:  # fmt: skip
     """The accuracy predictor of :mod:`workbench.predictor` on ``task`` (plan dataset cached under data/), trained
@@ -327,7 +378,10 @@ __all__ = [
     "default_predictor",
     "default_storage",
     "open_storage",
+    "required_inputs",
+    "resolved_config",
     "run_search",
     "stored_config",
+    "study_name",
     "study_names",
 ]

@@ -13,7 +13,7 @@ import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.devices import model_device, on_device
 from workbench.search.config import SearchConfig
@@ -21,6 +21,9 @@ from workbench.search.context import SearchContext, prepare
 from workbench.search.storage import open_storage, real_evaluations
 from workbench.search.strategies import make_sampler
 from workbench.search.trial import evaluate_trial
+
+if TYPE_CHECKING:
+    from workbench.tasks.task import TaskLike
 
 
 def run_worker(ctx: SearchContext, study: Any, *, target: int, counts_real: bool, parent_run_id: str | None,
@@ -92,7 +95,7 @@ def torch_threads(n: int | None):
             torch.set_num_threads(before)
 
 
-def run_parallel(task: Any, config: SearchConfig, predictor: Any, storage_url: str, name: str, target: int,
+def run_parallel(task: TaskLike, config: SearchConfig, predictor: Any, storage_url: str, name: str, target: int,
                   counts_real: bool, parent_id: str | None, fp32_latency_ms: float) -> None:  # fmt: skip
     """``config.workers`` spawned processes work on the study until the target is met."""
     import tempfile

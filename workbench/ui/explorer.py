@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as W
 import numpy as np
@@ -19,29 +19,30 @@ import plotly.graph_objects as go
 from IPython.display import display
 
 from workbench.quant.spec import PlanError, QuantPlan
+from workbench.search.context import search_cost_model, search_evaluator
+from workbench.search.objectives import PredictedAccuracy
 from workbench.search.space import SearchSpace
 from workbench.ui.explorer_values import default_plan, plan_values
 from workbench.ui.explorer_view import (
     CURRENT,
     CURRENT_SIZE,
-    KNOB_LABELS,
     METHOD_KNOBS,
     _in_kernel,  # noqa: F401 - used by workbench.ui.runtime
     _label,
     _pct,
     explorer_figure,
     figure_widget_available,
-    fixed_note,
     front_table,
     grey_out,
-    grid_box,
-    grid_knobs,
-    layer_kinds,
     move_current,
     summary_html,
-    unit_cell,
+    unit_grid,
 )
 from workbench.ui.search import _is_result
+
+if TYPE_CHECKING:
+    from workbench.search.result import SearchResult
+    from workbench.tasks.task import TaskLike
 
 
 class BitWidthExplorer:
@@ -107,6 +108,21 @@ class BitWidthExplorer:
         self.widget = self._build_widget()
         start = plan if plan is not None else default_plan(self.space)
         self.set_plan(start, source="start")
+
+    @classmethod
+    def from_result(
+        cls, result: SearchResult, task: TaskLike, *, predictor: Any = None, **kwargs: Any
+    ) -> BitWidthExplorer:
+        """An explorer on search ``result`` (run on ``task``): its space, cost model, front and trials; the
+        Evaluate button measures on its split with its seed, cached in its study's database; ``predictor`` (an
+        :class:`~workbench.predictor.AccuracyPredictor`, optional) predicts accuracy. ``kwargs``: ``plan``,
+        ``track``, ``title``."""
+        config = result.config
+        cost_model = search_cost_model(task, config, fp32_latency_ms=result.info.get("fp32_latency_ms"))
+        predicted = None if predictor is None else PredictedAccuracy(predictor, result.fp32_accuracy)
+        evaluator = search_evaluator(task, config, result.storage)
+        space = SearchSpace(task.model, config.space)
+        return cls(space, cost_model, predicted=predicted, evaluator=evaluator, front=result, **kwargs)
 
     # ------------------------------------------------------------------------------------------ building
     def _build_controls(self) -> None:
@@ -179,31 +195,10 @@ class BitWidthExplorer:
         return f"#{i} {label}: {_pct(acc)} acc, {_pct(frac)} of FP32 weights"
 
     def _build_grid(self) -> tuple[W.GridBox, W.HTML]:
-        units = self.space.units
-        columns, fixed = grid_knobs(units)
-        self.columns = columns
-        cells: list[W.Widget] = [W.HTML("<b>unit</b>")] + [
-            W.HTML(f"<b>{KNOB_LABELS[k]}</b>") for k in columns
-        ]
-        # an "all units" row: sets that knob on every unit that offers the value
-        self.all_controls = {}
-        cells.append(W.HTML("<i>all units</i>"))
-        for k in columns:
-            values = list(dict.fromkeys(v for u in units for v in u.choices.knob_choices().get(k, ())))
-            dd = W.Dropdown(
-                options=[("-", None)] + [(_label(v, k), v) for v in values],
-                value=None,
-                layout=W.Layout(width="auto"),
-            )
-            dd.observe(lambda ch, knob=k: self._on_all(knob, ch), names="value")
-            self.all_controls[k] = dd
-            cells.append(dd)
-        kinds = layer_kinds(self.cost_model, self.space)
-        for u in units:
-            cells.append(unit_cell(u, kinds))
-            for k in columns:
-                cells.append(self.controls.get((u.name, k)) or W.HTML(""))
-        return grid_box(cells, len(columns)), fixed_note(fixed)
+        grid, note, self.columns, self.all_controls = unit_grid(
+            self.space, self.cost_model, self.controls, self._on_all
+        )
+        return grid, note
 
     def _build_figure(self) -> go.Figure:
         base, self._div, self._y_span = explorer_figure(

@@ -164,6 +164,39 @@ def fixed_note(fixed: Mapping[str, set[Any]]) -> W.HTML:
     return W.HTML(f"<small>same for every unit: {note}</small>" if note else "")
 
 
+def unit_grid(
+    space: SearchSpace,
+    cost_model: Any,
+    controls: Mapping[tuple[str, str], W.Dropdown],
+    on_all: Callable[[str, Any], None],
+) -> tuple[W.GridBox, W.HTML, list[str], dict[str, W.Dropdown]]:
+    """The explorer's grid: a header, an "all units" row (its dropdown of a knob calls ``on_all(knob, change)``)
+    and one row of ``controls`` per unit; returns (grid, the note on fixed knobs, the knob columns, the "all
+    units" dropdowns by knob)."""
+    units = space.units
+    columns, fixed = grid_knobs(units)
+    cells: list[W.Widget] = [W.HTML("<b>unit</b>")] + [W.HTML(f"<b>{KNOB_LABELS[k]}</b>") for k in columns]
+    # an "all units" row: sets that knob on every unit that offers the value
+    all_controls = {}
+    cells.append(W.HTML("<i>all units</i>"))
+    for k in columns:
+        values = list(dict.fromkeys(v for u in units for v in u.choices.knob_choices().get(k, ())))
+        dd = W.Dropdown(
+            options=[("-", None)] + [(_label(v, k), v) for v in values],
+            value=None,
+            layout=W.Layout(width="auto"),
+        )
+        dd.observe(lambda ch, knob=k: on_all(knob, ch), names="value")
+        all_controls[k] = dd
+        cells.append(dd)
+    kinds = layer_kinds(cost_model, space)
+    for u in units:
+        cells.append(unit_cell(u, kinds))
+        for k in columns:
+            cells.append(controls.get((u.name, k)) or W.HTML(""))
+    return grid_box(cells, len(columns)), fixed_note(fixed), columns, all_controls
+
+
 def grey_out(controls: Mapping[tuple[str, str], W.Dropdown], units: Sequence[Unit]) -> None:
     """Disable the dropdowns of knobs the unit's method ignores (and those with one choice)."""
     for u in units:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from workbench.search.result import rank_front
 from workbench.ui.figures import PALETTE, _need
 
 TRIAL_COLUMNS = ["accuracy", "weight_bytes"]
@@ -346,10 +347,10 @@ def strategy_table(results: Mapping[str, Any], *, max_weight_fraction: float = 1
         }
         best = None
         if not r.front.empty:
-            small = r.front[r.front["weight_bytes"] <= max_weight_fraction * r.fp32_weight_bytes]
-            if not small.empty:
-                # chosen on the search (validation) split; its test accuracy is reported, never selected on
-                best = small.sort_values(["accuracy", "weight_bytes"], ascending=[False, True]).iloc[0]
+            # chosen on the search (validation) split; its test accuracy is reported, never selected on
+            top = rank_front(r.front, r.fp32_weight_bytes, 1, max_weight_fraction=max_weight_fraction)
+            if not top.empty:
+                best = top.iloc[0]
         row["best_val_accuracy"] = float(best["accuracy"]) if best is not None else np.nan
         row["best_test_accuracy"] = (
             float(best["test_accuracy"]) if best is not None and "test_accuracy" in best.index else np.nan
