@@ -54,10 +54,11 @@ assert len(search.front) >= 1 and len(search_fig.data) == 2
 # MLflow
 from workbench import tracking
 runs = tracking.runs_frame(stage='hardware')
-assert run.run_id in set(tracking.runs_frame()['run_id']) and run.run_id in set(runs['run_id']), runs
-logged = runs.set_index('run_id').loc[run.run_id]
+assert run_id in set(tracking.runs_frame()['run_id']) and run_id in set(runs['run_id']), runs
+logged = runs.set_index('run_id').loc[run_id]
 assert math.isclose(logged['metrics.deploy.speedup'], res.speedup), logged
 assert len(tracking.runs_frame(stage='search')) == 1
+assert tracking.runs_frame(stage='deploy')['tags.mlflow.runName'].tolist() == [f'deploy-{MODEL}']  # measure_deployment's
 """
 
 

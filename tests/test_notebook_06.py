@@ -58,8 +58,9 @@ assert torch.isfinite(res.logits[others]).all() and (res.rung[others.numpy()] >=
 # MLflow
 from workbench import tracking
 runs = tracking.runs_frame(stage='runtime')
-assert run.run_id in set(tracking.runs_frame()['run_id']) and run.run_id in set(runs['run_id']), runs
-logged = runs.set_index('run_id').loc[run.run_id]
+assert run_id in set(tracking.runs_frame()['run_id']) and run_id in set(runs['run_id']), runs
+logged = runs.set_index('run_id').loc[run_id]
+assert set(runs['tags.mlflow.runName']) == {f'06-runtime-{MODEL}', f'runtime-{MODEL}'}  # evaluate_runtime's too
 row = feasible[(feasible['data'] == 'clean') & (feasible['policy'] == 'rule') & (feasible['budget_fraction'] == 0.45)]
 assert math.isclose(logged['metrics.clean.rule.0.45.accuracy'], float(row['accuracy'].iloc[0])), logged
 """

@@ -89,7 +89,7 @@ assert math.isclose(explorer.values['covered_fraction'], v['covered_fraction']) 
 assert explorer.evaluate() > 0.9
 # MLflow
 from workbench import tracking
-assert run.run_id in set(tracking.runs_frame()['run_id'])
+assert run_id in set(tracking.runs_frame()['run_id'])
 assert len(tracking.runs_frame(stage='search')) == 1 and len(tracking.runs_frame(stage='qat')) == 1
 assert explorer.log() in set(tracking.runs_frame(stage='explorer')['run_id'])
 """

@@ -94,7 +94,7 @@ explorer.bits.value = 8
 assert explorer.error.mse < err4 / 50, (err4, explorer.error.mse)
 from workbench import tracking
 runs = tracking.runs_frame()
-assert run.run_id in set(runs['run_id']), runs
+assert run_id in set(runs['run_id']), runs
 """
     run_notebook("01_calibration_profiling.ipynb", params, probe, tmp_path, monkeypatch)
 
@@ -116,7 +116,7 @@ explorer.bits.value = 8
 assert (explorer.ranking['value'].sum() < r2['value'].sum()), (r2, explorer.ranking)
 assert explorer.label.value.startswith('most sensitive at 8 bits')
 from workbench import tracking
-assert run.run_id in set(tracking.runs_frame()['run_id'])
+assert run_id in set(tracking.runs_frame()['run_id'])
 """
     run_notebook("02_sensitivity_predictor.ipynb", params, probe, tmp_path, monkeypatch)
 
@@ -169,7 +169,7 @@ assert set(learned.final_plan) == {'conv1', 'conv2', 'fc1', 'fc2'}
 assert comparison_fig.layout.title.text and len(comparison_fig.data) == 2
 assert len(history_fig.data) == 3 and len(bits_fig.data) == 2
 from workbench import tracking
-assert run.run_id in set(tracking.runs_frame()['run_id'])
+assert run_id in set(tracking.runs_frame()['run_id'])
 assert len(tracking.runs_frame(stage='qat')) == 3
 """
     run_notebook("04_qat.ipynb", params, probe, tmp_path, monkeypatch)

@@ -118,6 +118,11 @@ class PlanResult:
         d["compression"] = self.fp32_size_bytes / self.size_bytes
         return d
 
+    def to_metrics(self) -> dict[str, float]:
+        """The numeric items of :meth:`to_dict` (accuracies, sizes, bits, BOPs, drop, compression): the metrics
+        of a quantize run."""
+        return {k: v for k, v in self.to_dict().items() if isinstance(v, int | float)}
+
 
 def evaluate_plan(
     task: TaskLike,
@@ -238,43 +243,52 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
     )
     task = on_device(task, config.device)
     seconds["train_or_load"] = time.perf_counter() - t0
-    with tracking.start_run(
+    profile = profile_model(
+        task.model,
+        task.calib_loader,
+        config=ProfileConfig(max_batches=config.profile_batches, progress=config.progress),
+    )
+    seconds["profile"] = time.perf_counter() - t0 - sum(seconds.values())
+    fp32_acc = task.evaluate(task.model, config.split)
+    results = [evaluate_plan(task, QuantPlan({}), name="FP32", split=config.split, fp32_accuracy=fp32_acc)]
+    plans = {}
+    for name, shorthand in config.plans:
+        plan = resolve_plan(shorthand, task.model)
+        results.append(evaluate_plan(task, plan, name=name, split=config.split, fp32_accuracy=fp32_acc))
+        plans[name.replace(" ", "_")] = plan
+    seconds["quantize_and_evaluate"] = time.perf_counter() - t0 - sum(seconds.values())
+    table = results_table(results)
+    run_id = tracking.log_stage(
         "pipeline",
-        run_name=f"pipeline-{config.model}",
         params=config,
+        metrics=_pipeline_metrics(results, fp32_acc, seconds),
+        plans=plans,
+        tables={"profile": profile, "summary": table},
+        run_name=f"pipeline-{config.model}",
         enabled=None if config.track else False,
-    ) as run:
-        profile = profile_model(
-            task.model,
-            task.calib_loader,
-            config=ProfileConfig(max_batches=config.profile_batches, progress=config.progress),
-        )
-        run.log_dataframe(profile, "profile")
-        seconds["profile"] = time.perf_counter() - t0 - sum(seconds.values())
-        fp32_acc = task.evaluate(task.model, config.split)
-        fp32_plan = QuantPlan({})
-        results = [evaluate_plan(task, fp32_plan, name="FP32", split=config.split, fp32_accuracy=fp32_acc)]
-        for name, shorthand in config.plans:
-            plan = resolve_plan(shorthand, task.model)
-            results.append(evaluate_plan(task, plan, name=name, split=config.split, fp32_accuracy=fp32_acc))
-            run.log_plan(plan, name=name.replace(" ", "_"))
-        seconds["quantize_and_evaluate"] = time.perf_counter() - t0 - sum(seconds.values())
-        table = results_table(results)
-        run.log_dataframe(table, "summary")
-        for r in results:
-            key = r.name.lower().replace(" ", "_").replace("-", "_")
-            run.log_metrics({f"{key}.accuracy": r.accuracy, f"{key}.size_bytes": r.size_bytes})
-        summary = profile_summary(profile)
-        run.log_metrics({"fp32_accuracy": fp32_acc})
-        run.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
-        return PipelineResult(
-            table=table,
-            profile=profile,
-            profile_summary=summary,
-            task_info=dict(task.info),
-            run_id=run.run_id,
-            seconds=seconds,
-        )
+    )
+    return PipelineResult(
+        table=table,
+        profile=profile,
+        profile_summary=profile_summary(profile),
+        task_info=dict(task.info),
+        run_id=run_id,
+        seconds=seconds,
+    )
+
+
+def _pipeline_metrics(
+    results: list[PlanResult], fp32_acc: float, seconds: dict[str, float]
+) -> dict[str, float]:
+    """The pipeline run's metrics: ``<plan>.accuracy`` and ``<plan>.size_bytes`` per plan (FP32 first),
+    ``fp32_accuracy`` and ``seconds.<stage>``."""
+    metrics: dict[str, float] = {}
+    for r in results:
+        key = r.name.lower().replace(" ", "_").replace("-", "_")
+        metrics.update({f"{key}.accuracy": r.accuracy, f"{key}.size_bytes": r.size_bytes})
+    metrics["fp32_accuracy"] = fp32_acc
+    metrics.update({f"seconds.{k}": v for k, v in seconds.items()})
+    return metrics
 
 
 def prepare_search(

@@ -174,3 +174,45 @@ def test_resnet18_mixed_plans_deploy_and_fuse_conv_bn_relu():
         with torch.no_grad():
             out = dep.module(x)
         assert out.shape == (4, 10) and torch.isfinite(out).all(), name
+
+
+def test_measure_deployment_and_compare_kernels_log_the_deploy_run(digits_cnn_task, tmp_path, monkeypatch):
+    """``track=True`` logs the run ``workbench deploy`` logs: same name, params, metrics and artifacts."""
+    from mlflow import MlflowClient
+
+    from workbench import tracking
+    from workbench.hardware.deploy import compare_kernels, kernel_metrics
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    task = digits_cnn_task
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", task.model)
+    cfg = DeployConfig(batch_size=16, repeats=2, warmup=1, threads=1)
+    res = measure_deployment(
+        task.model, plan, task.calib_loader, example_input=task.example_input(16), config=cfg, track=True,
+        name="digits_cnn", plan_name="uniform:w8a8:per_channel",
+    )  # fmt: skip
+    df = compare_kernels(task, plan, kernels="bf16", config=cfg, track=True, name="digits_cnn")
+    measure_deployment(
+        task.model, plan, task.calib_loader, example_input=task.example_input(16), config=cfg, track=False
+    )
+    client = MlflowClient(tracking.tracking_uri())
+    runs = tracking.runs_frame(stage="deploy")
+    assert len(runs) == 2 and set(runs["tags.mlflow.runName"]) == {"deploy-digits_cnn"}
+    static, dynamic = (client.get_run(i) for i in reversed(runs["run_id"].tolist()))  # newest first
+    assert static.data.params == {
+        "model": "digits_cnn", "plan": "uniform:w8a8:per_channel", "profile": "cpu_measured",
+        "kernels": "static", "batch_size": "16", "threads": "1", "repeats": "2", "warmup": "1", "engine": "x86",
+        "strict": "false", "max_calib_batches": "8",
+    }  # fmt: skip
+    assert set(static.data.metrics) == set(res.to_metrics()) and "estimated_latency_ms" in static.data.metrics
+    assert static.data.metrics["speedup"] == pytest.approx(res.speedup)
+    assert {f.path for f in client.list_artifacts(static.info.run_id, "tables")} == {
+        "tables/deployed_layers.csv"
+    }
+    assert [f.path for f in client.list_artifacts(static.info.run_id, "plans")] == ["plans/plan.json"]
+    assert dynamic.data.params["kernels"] == "bf16" and "plan" not in dynamic.data.params
+    assert dynamic.data.metrics == pytest.approx(kernel_metrics(df), nan_ok=True)
+    assert {"fp32_median_ms", "bf16_median_ms", "bf16_cosine_to_fp32"} <= set(dynamic.data.metrics)
+    assert [f.path for f in client.list_artifacts(dynamic.info.run_id, "tables")] == [
+        "tables/deployed_variants.csv"
+    ]

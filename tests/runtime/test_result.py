@@ -96,3 +96,12 @@ def test_summary_table_keeps_the_readable_columns_in_order():
     assert list(summary.columns) == [c for c in SUMMARY_COLUMNS if c in _evaluation().table.columns]
     assert list(summary.columns)[:4] == ["data", "budget_fraction", "policy", "accuracy"]
     assert len(summary) == 4
+
+
+def test_tables_are_what_a_runtime_run_logs():
+    ev = _evaluation()
+    tables = ev.tables()
+    assert list(tables) == ["runtime_table", "static_maps", "probe_table", "ladder"]
+    assert tables["runtime_table"] is ev.table and tables["static_maps"] is ev.static_maps
+    assert list(tables["ladder"]["map"]) == ["a:2 b:2", "a:8 b:8"]
+    assert list(tables["ladder"]["cost_fraction"]) == [0.25, 1.0]

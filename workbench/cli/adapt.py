@@ -99,17 +99,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         profile=args.profile,
         split=args.split,
         progress=not args.quiet,
+        track=False,  # the run below holds the policy's summary against the static map
     )
     result = _summary(args, cfg, ev)
-    with tracking.start_run(
+    tracking.log_stage(
         "runtime",
-        run_name=f"adapt-{args.model}-{args.policy}",
+        metrics={
+            **{f"dynamic_{k}": v for k, v in result["dynamic"].items()},
+            **{f"static_{k}": v for k, v in result["static"].items() if k != "map"},
+        },
         params={"model": args.model, "policy": args.policy, "budget": args.budget, "data": args.shift},
+        tables={"runtime_table": ev.table},
+        run_name=f"adapt-{args.model}-{args.policy}",
         enabled=tracking_flag(args),
-    ) as run:
-        run.log_metrics({f"dynamic_{k}": v for k, v in result["dynamic"].items()})
-        run.log_metrics({f"static_{k}": v for k, v in result["static"].items() if k != "map"})
-        run.log_dataframe(ev.table, "runtime_table")
+    )
     d, st = result["dynamic"], result["static"]
     print(
         f"{args.model} on {args.shift} data, budget {args.budget:.2f} of the all-{max(cfg.w_bits)}-bit {cfg.budget_kind}: "

@@ -76,7 +76,8 @@ def load_task(args: argparse.Namespace, *, retrain: bool = False):
 
 
 def tracking_flag(args: argparse.Namespace) -> bool | None:
-    """``enabled`` of :func:`workbench.tracking.start_run`: False with ``--no-track``, else None (the env's)."""
+    """``track`` of a stage (``enabled`` of :func:`workbench.tracking.log_stage`): False with ``--no-track``, else
+    None (the env's)."""
     return False if args.no_track else None
 
 

@@ -100,32 +100,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _measure_static(args: argparse.Namespace, plan, cfg, kernels: str, inputs: tuple):
     """Deploy ``plan`` on static int8 kernels (:func:`~workbench.hardware.deploy.measure_deployment`), logged."""
-    from workbench import tracking
     from workbench.hardware.deploy import measure_deployment
 
     model, x, calib, evaluate = inputs
-    with tracking.start_run(
-        "deploy",
-        run_name=f"deploy-{args.model}",
-        params={
-            "model": args.model, "plan": str(args.plan), "profile": args.profile, "kernels": kernels,
-            **cfg.__dict__,
-        },
-        enabled=tracking_flag(args),
-    ) as run:  # fmt: skip
-        res = measure_deployment(
-            model, plan, calib, example_input=x, evaluate=evaluate, profile=args.profile, config=cfg
-        )
-        run.log_plan(plan)
-        run.log_metrics(
-            {
-                k: v
-                for k, v in res.to_dict().items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-        )
-        run.log_dataframe(res.layers, "deployed_layers")
-    return res
+    return measure_deployment(
+        model, plan, calib, example_input=x, evaluate=evaluate, profile=args.profile, config=cfg,
+        track=tracking_flag(args), name=args.model, plan_name=str(args.plan),
+    )  # fmt: skip
 
 
 def _report_static(
@@ -158,21 +139,12 @@ def _report_static(
 def _deploy_dynamic(args, task, plan, cfg, kernels: str, reason: str) -> dict[str, Any]:
     """``deploy --kernels dynamic|bf16`` (or auto on a model fed token ids): FP32, dynamic int8 and / or bf16
     side by side (:func:`workbench.hardware.deploy.compare_kernels`)."""
-    from workbench import tracking
     from workbench.hardware.deploy import compare_kernels
 
-    with tracking.start_run(
-        "deploy",
-        run_name=f"deploy-{args.model}",
-        params={"model": args.model, "plan": str(args.plan), "kernels": kernels, **cfg.__dict__},
-        enabled=tracking_flag(args),
-    ) as run:
-        df = compare_kernels(task, plan, kernels=kernels, config=cfg, split=args.split)
-        run.log_plan(plan)
-        for row in df.to_dict(orient="records"):
-            v = row["variant"]
-            run.log_metrics({f"{v}_{k}": x for k, x in row.items() if k != "variant"})
-        run.log_dataframe(df, "deployed_variants")
+    df = compare_kernels(
+        task, plan, kernels=kernels, config=cfg, split=args.split, track=tracking_flag(args), name=args.model,
+        plan_name=str(args.plan),
+    )  # fmt: skip
     print_table(df)
     deployed = "dynamic_int8" if kernels == "dynamic" else "bf16"
     return _report_dynamic(args, df, plan, cfg, kernels, reason, deployed)

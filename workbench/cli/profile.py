@@ -50,13 +50,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     task = load_task(args)
     config = config_from_args(ProfileConfig, args, ("max_batches", "layers", "latency_repeats"))
-    with tracking.start_run(
-        "profile", run_name=f"profile-{args.model}", params=config, enabled=tracking_flag(args)
-    ) as run:
-        df = profile_model(task.model, task.calib_loader, config=config)
-        summary = profile_summary(df)
-        run.log_dataframe(df, "profile")
-        run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    df = profile_model(task.model, task.calib_loader, config=config)
+    summary = profile_summary(df)
+    tracking.log_stage(
+        "profile",
+        summary,
+        params=config,
+        tables={"profile": df},
+        run_name=f"profile-{args.model}",
+        enabled=tracking_flag(args),
+    )
     if args.csv:
         df.to_csv(args.csv, index=False)
     print_table(df[[c for c in COLUMNS if c in df]])

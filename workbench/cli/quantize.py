@@ -22,15 +22,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     task = load_task(args)
     plan = resolve_plan(args.plan, task.model)
-    with tracking.start_run(
+    res = evaluate_plan(task, plan, name=str(args.plan), packed_path=args.out, overwrite=args.overwrite)
+    tracking.log_stage(
         "quantize",
-        run_name=f"quantize-{args.model}",
+        res,
         params={"model": args.model, "plan": str(args.plan)},
+        plan=plan,
+        run_name=f"quantize-{args.model}",
         enabled=tracking_flag(args),
-    ) as run:
-        res = evaluate_plan(task, plan, name=str(args.plan), packed_path=args.out, overwrite=args.overwrite)
-        run.log_plan(plan)
-        run.log_metrics({k: v for k, v in res.to_dict().items() if isinstance(v, (int, float))})
+    )
     print_table(results_table([res]))
     summary = plan.summary(task.model, task.example_input())
     coverage = {k: getattr(summary, k) for k in ("covered_fraction", "covered_params", "total_params")}

@@ -21,12 +21,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench import tracking
 
     task = load_task(args, retrain=args.retrain)
-    with tracking.start_run("train", run_name=f"train-{args.model}", enabled=tracking_flag(args)) as run:
-        acc = {s: task.evaluate(split=s) for s in ("val", "test")}
-        run.log_params({"model": args.model, "source": task.info.get("source", "user")})
-        run.log_metrics({f"{s}_accuracy": v for s, v in acc.items()})
-        if task.info.get("history"):
-            run.log_dataframe(pd.DataFrame(task.info["history"]), "history")
+    acc = {s: task.evaluate(split=s) for s in ("val", "test")}
+    history = task.info.get("history")
+    tracking.log_stage(
+        "train",
+        metrics={f"{s}_accuracy": v for s, v in acc.items()},
+        params={"model": args.model, "source": task.info.get("source", "user")},
+        tables={"history": pd.DataFrame(history) if history else None},
+        run_name=f"train-{args.model}",
+        enabled=tracking_flag(args),
+    )
     info = {
         k: v for k, v in task.info.items() if isinstance(v, (str, int, float, bool, dict, list, type(None)))
     }

@@ -6,13 +6,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from workbench import tracking
 from workbench.devices import on_device
 from workbench.runtime.analysis import _needed_rung
 from workbench.runtime.config import SHIFTS, RuntimeBudgetError, RuntimeConfig
@@ -77,6 +78,7 @@ def evaluate_runtime(
     serve_batch: int = 64,
     progress: bool = False,
     device: str | torch.device | None = None,
+    track: bool | None = None,
 ) -> RuntimeEvaluation:
     """Accuracy and average cost per input of dynamic precision (each policy) against the best static precision
     map of equal or lower average cost, for each budget and data variant.
@@ -93,6 +95,9 @@ def evaluate_runtime(
     is); the model is copied there, the data stays on the CPU and is moved batch by batch, logits come back to
     the CPU. Sampling (probe subset, noise shift) uses CPU generators, so every device sees the same inputs. A
     device this machine lacks raises :class:`workbench.devices.DeviceError` before any work.
+
+    ``track``: log an MLflow run of stage ``"runtime"`` (:func:`_log_evaluation`; None: unless
+    ``WORKBENCH_TRACKING=0``).
     """
     from tqdm.auto import tqdm
 
@@ -118,7 +123,7 @@ def evaluate_runtime(
                 rows.append(_policy_row(parts, runtimes, v, pol, frac, budget, serve_batch))
                 bar.update(1)
     bar.close()
-    return RuntimeEvaluation(
+    ev = RuntimeEvaluation(
         table=pd.DataFrame(rows),
         static_maps=pd.DataFrame(static_rows),
         probe=parts.probe,
@@ -127,6 +132,25 @@ def evaluate_runtime(
             "top_cost": top,
             "ladder": [_map_str(m) for m in parts.probe.ladder],
         },
+    )
+    params = {"budgets": list(budgets), "policies": list(policies), "shifts": list(shifts), "split": split}
+    _log_evaluation(ev, getattr(task, "name", "task"), {**params, **asdict(cfg)}, track)
+    return ev
+
+
+def _log_evaluation(
+    ev: RuntimeEvaluation, name: str, params: dict[str, Any], track: bool | None
+) -> str | None:
+    """The run of :func:`evaluate_runtime`: stage ``"runtime"``, named ``runtime-<task name>``, with the
+    budgets, policies, data variants, split and config as params, the metrics and tables of ``ev``
+    (:meth:`RuntimeEvaluation.to_metrics`, :meth:`RuntimeEvaluation.tables`) and ``runtime_info.json``."""
+    return tracking.log_stage(
+        "runtime",
+        ev,
+        params={"model": name, **params},
+        json={"runtime_info": ev.info},
+        run_name=f"runtime-{name}",
+        enabled=track,
     )
 
 

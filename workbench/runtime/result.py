@@ -98,6 +98,16 @@ class RuntimeEvaluation:
             index=["policy", "budget_fraction"], columns="data", values="dynamic_minus_static_pp"
         ).round(2)
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables a runtime run logs: ``runtime_table`` (:attr:`table`), ``static_maps``, ``probe_table`` (the
+        probe engine's) and ``ladder`` (:meth:`ladder_table` on :attr:`reference_data`)."""
+        return {
+            "runtime_table": self.table,
+            "static_maps": self.static_maps,
+            "probe_table": self.probe.table,
+            "ladder": self.ladder_table(),
+        }
+
     def to_metrics(self) -> dict[str, float]:
         """Flat metrics of every feasible row of :attr:`table`, keyed ``<data>.<policy>.<budget_fraction>.<name>``
         (the oracle row without the budget): ``accuracy``, ``avg_cost_fraction`` (average cost over the

@@ -1,6 +1,12 @@
 """MLflow helpers: the one part of the package that imports mlflow (lazily, so ``import workbench`` stays fast).
 
-Every stage records itself through :func:`start_run`, which yields a small handle with ``log_*`` methods::
+Every stage records itself through one call, :func:`log_stage`, whether the CLI, the pipeline, a notebook or the
+stage's own ``track=`` keyword makes it: a run with the params, the plan, the result's metrics and tables::
+
+    tracking.log_stage("profile", summary, params=config, tables={"profile": df}, run_name="profile-digits_cnn")
+
+Underneath, :func:`start_run` yields a small handle with ``log_*`` methods (for runs that log as they go, such
+as a search's trials)::
 
     with tracking.start_run("profile", params={"task": "digits"}) as run:
         run.log_dataframe(df, "profile")
@@ -18,7 +24,7 @@ Artifact layout inside a run: ``config/<name>.json``, ``tables/<name>.csv``, ``p
 
 Parts: :mod:`.store` (URI, store, experiments, reachability), :mod:`.convert` (JSON values, flattened params),
 :mod:`.handles` (:class:`Run`, :class:`NullRun`), :mod:`.runs` (:func:`start_run`, :func:`active_run`,
-:func:`runs_frame`) and :mod:`.models` (:func:`load_model`).
+:func:`runs_frame`), :mod:`.stages` (:func:`log_stage`) and :mod:`.models` (:func:`load_model`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from workbench.tracking.convert import flatten_params, to_jsonable
 from workbench.tracking.handles import NullRun, Run, RunHandle
 from workbench.tracking.models import load_model
 from workbench.tracking.runs import active_run, runs_frame, start_run
+from workbench.tracking.stages import log_stage, stage_metrics, stage_tables
 from workbench.tracking.store import (
     DISABLE_ENV,
     REACH_TIMEOUT,
@@ -55,7 +62,10 @@ __all__ = [
     "flatten_params",
     "get_experiment",
     "load_model",
+    "log_stage",
     "runs_frame",
+    "stage_metrics",
+    "stage_tables",
     "start_run",
     "to_jsonable",
     "tracking_enabled",

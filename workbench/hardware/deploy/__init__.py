@@ -2,10 +2,17 @@
 
 Parts: :mod:`.inputs` (which path suits the model's inputs), :mod:`.fx_int8` (the torch.ao FX int8 handler),
 :mod:`.convert` (:func:`deploy`, the verb), :mod:`.compare` (:func:`measure_deployment`,
-:func:`compare_kernels`); CPU facts and side-by-side timing live in :mod:`workbench.hardware.timing`.
+:func:`compare_kernels`, each logging its run through :func:`workbench.tracking.log_stage`); CPU facts and
+side-by-side timing live in :mod:`workbench.hardware.timing`.
 """
 
-from workbench.hardware.deploy.compare import DeployConfig, DeployResult, compare_kernels, measure_deployment
+from workbench.hardware.deploy.compare import (
+    DeployConfig,
+    DeployResult,
+    compare_kernels,
+    kernel_metrics,
+    measure_deployment,
+)
 from workbench.hardware.deploy.convert import (
     DEFAULT_PROFILE,
     ENGINES,
@@ -46,6 +53,7 @@ __all__ = [
     "cpu_name",
     "deploy",
     "integer_inputs",
+    "kernel_metrics",
     "load_profile",
     "measure_deployment",
     "static_input_problem",

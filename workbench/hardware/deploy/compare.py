@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -13,6 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from workbench import tracking
 from workbench.devices import model_device, resolve_device
 from workbench.hardware.deploy.convert import DEFAULT_PROFILE, ENGINES, deploy
 from workbench.hardware.dynamic import TASK_NEEDS, compare_linear_deployments
@@ -99,6 +101,17 @@ class DeployResult:
             "notes": list(self.notes),
         }
 
+    def to_metrics(self) -> dict[str, float]:
+        """The numeric items of :meth:`to_dict` (latencies, speedup, accuracies, batch size, threads, top-1
+        agreement, the estimate when there is one): the metrics of a deploy run."""
+        return {
+            k: v for k, v in self.to_dict().items() if isinstance(v, int | float) and not isinstance(v, bool)
+        }
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The per-layer table of the deployment, as a deploy run logs it (``deployed_layers``)."""
+        return {"deployed_layers": self.layers}
+
 
 def measure_deployment(
     model: nn.Module,
@@ -110,6 +123,9 @@ def measure_deployment(
     profile: PrecisionProfile | str = DEFAULT_PROFILE,
     config: DeployConfig | None = None,
     device: str | torch.device | None = None,
+    track: bool | None = None,
+    name: str | None = None,
+    plan_name: str | None = None,
 ) -> DeployResult:
     """Deploy ``plan`` and measure it against the FP32 model (eager, eval mode) in one run, interleaved:
     median latency of a batch of ``config.batch_size`` samples (from ``example_input``), ``evaluate(model)``
@@ -118,6 +134,11 @@ def measure_deployment(
     ``device``: where both models run and are timed (None: where ``model`` is). int8 deployment is CPU-only:
     on another device a plan with integer layers raises :class:`workbench.devices.DeviceError` before anything
     is converted or timed (see :func:`deploy`); a bf16 / fp32 plan runs there, timed with CUDA synchronised.
+
+    ``track``: log an MLflow run of stage ``"deploy"`` (None: unless ``WORKBENCH_TRACKING=0``; the run
+    ``workbench deploy`` logs on static kernels), named ``deploy-<name>`` (``name``: the model's, default its
+    class name), with ``plan_name`` (e.g. the plan's file or shorthand) as the ``plan`` param, the plan, the
+    result's metrics (:meth:`DeployResult.to_metrics`) and its ``deployed_layers`` table.
     """
     cfg = config or DeployConfig()
     dev = model_device(model) if device is None else resolve_device(device)
@@ -133,28 +154,11 @@ def measure_deployment(
     )
     fp32 = copy.deepcopy(model).to(dev).eval()
     x = move_inputs(_batch(example_input, cfg.batch_size), dev)
-    previous_engine = torch.backends.quantized.engine
-    torch.backends.quantized.engine = cfg.engine
-    try:
-        stats = time_side_by_side(
-            {"fp32": fp32, "deployed": deployed.module},
-            x,
-            repeats=cfg.repeats,
-            warmup=cfg.warmup,
-            threads=cfg.threads,
-        )
-        with torch.inference_mode():
-            ref_top1 = primary_output(call_model(fp32, x)).argmax(1)
-            top1 = primary_output(call_model(deployed.module, x)).argmax(1)
-            agree = float((ref_top1 == top1).float().mean())
-        fp32_acc = float(evaluate(fp32)) if evaluate is not None else math.nan
-        acc = float(evaluate(deployed.module)) if evaluate is not None else math.nan
-    finally:
-        torch.backends.quantized.engine = previous_engine
+    stats, agree, fp32_acc, acc = _side_by_side(fp32, deployed.module, x, cfg, evaluate)
     threads = cfg.threads or torch.get_num_threads()
     prof = load_profile(profile)
     est = _estimated_latency_ms(model, example_input, prof, plan, deployed, cfg.batch_size)
-    return DeployResult(
+    result = DeployResult(
         fp32_latency_ms=stats["fp32"].median_ms,
         deployed_latency_ms=stats["deployed"].median_ms,
         speedup=stats["fp32"].median_ms / stats["deployed"].median_ms,
@@ -173,6 +177,57 @@ def measure_deployment(
         top1_agreement=agree,
         estimated_latency_ms=est,
         device=str(dev),
+    )
+    labels = {"model": name or type(model).__name__, "plan": plan_name}
+    _log_deployment(result, plan, labels, profile if isinstance(profile, str) else prof.name, cfg, track)
+    return result
+
+
+def _side_by_side(
+    fp32: nn.Module,
+    deployed: nn.Module,
+    x: Any,
+    cfg: DeployConfig,
+    evaluate: Callable[[nn.Module], float] | None,
+) -> tuple[dict[str, LatencyStats], float, float, float]:
+    """Both models timed interleaved on ``x`` (engine ``cfg.engine``, given back afterwards), their top-1
+    agreement on ``x`` and ``evaluate`` of each (NaN without it)."""
+    previous_engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = cfg.engine
+    try:
+        stats = time_side_by_side(
+            {"fp32": fp32, "deployed": deployed},
+            x,
+            repeats=cfg.repeats,
+            warmup=cfg.warmup,
+            threads=cfg.threads,
+        )
+        with torch.inference_mode():
+            ref_top1 = primary_output(call_model(fp32, x)).argmax(1)
+            top1 = primary_output(call_model(deployed, x)).argmax(1)
+            agree = float((ref_top1 == top1).float().mean())
+        fp32_acc = float(evaluate(fp32)) if evaluate is not None else math.nan
+        acc = float(evaluate(deployed)) if evaluate is not None else math.nan
+    finally:
+        torch.backends.quantized.engine = previous_engine
+    return stats, agree, fp32_acc, acc
+
+
+def _log_deployment(
+    result: DeployResult,
+    plan: QuantPlan,
+    labels: dict[str, Any],
+    profile: str,
+    cfg: DeployConfig,
+    track: bool | None,
+) -> str | None:
+    """The deploy run of :func:`measure_deployment` (the one ``workbench deploy`` logs on static kernels):
+    params ``model``, ``plan`` (when named), ``profile``, ``kernels`` and the config's fields; the plan; the
+    result's metrics and ``deployed_layers`` table."""
+    params = {k: v for k, v in labels.items() if v is not None}
+    params.update({"profile": profile, "kernels": "static", **dataclasses.asdict(cfg)})
+    return tracking.log_stage(
+        "deploy", result, params=params, plan=plan, run_name=f"deploy-{labels['model']}", enabled=track
     )
 
 
@@ -242,6 +297,9 @@ def compare_kernels(
     kernels: str = "dynamic",
     config: DeployConfig | None = None,
     split: str = "test",
+    track: bool | None = None,
+    name: str | None = None,
+    plan_name: str | None = None,
 ) -> pd.DataFrame:
     """The dynamic deployment path, for models that static int8 cannot take (token ids, several inputs, dict
     inputs, output objects): one row per variant, side by side with FP32 on the same batch.
@@ -252,7 +310,11 @@ def compare_kernels(
     ``variant``, ``median_ms`` / ``min_ms`` / ``max_ms`` (one batch of ``config.batch_size`` inputs, runs
     interleaved), ``speedup_vs_fp32``, ``metric`` (the task's metric on ``split``), ``cosine_to_fp32`` and
     ``top1_agreement`` (fidelity of the primary outputs to FP32 on ``split``). ``attrs`` hold the batch size,
-    repeats, threads, split, engine, kernels and notes."""
+    repeats, threads, split, engine, kernels and notes.
+
+    ``track``: log an MLflow run of stage ``"deploy"`` (None: unless ``WORKBENCH_TRACKING=0``) named
+    ``deploy-<name>`` (default the task's name), with ``plan_name`` as the ``plan`` param, the plan, the
+    metrics of :func:`kernel_metrics` and the frame as ``deployed_variants``."""
     if kernels not in ("dynamic", "bf16"):
         raise ValueError(
             f"kernels={kernels!r}: compare_kernels runs 'dynamic' or 'bf16' (static: measure_deployment)"
@@ -262,12 +324,46 @@ def compare_kernels(
     if plan is not None:
         plan.validate(task.model)
     threads = cfg.threads or torch.get_num_threads()
-    notes: list[str] = []
-    previous_engine = torch.backends.quantized.engine
     if cfg.engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(
             f"quantized engine {cfg.engine!r} is not in this torch build ({torch.backends.quantized.supported_engines})"
         )
+    df, notes = _run_variants(task, plan, kernels, cfg, threads, split)
+    df.attrs.update(
+        {
+            "batch_size": cfg.batch_size,
+            "repeats": cfg.repeats,
+            "threads": threads,
+            "split": split,
+            "engine": cfg.engine,
+            "kernels": kernels,
+            "cpu": cpu_name(),
+            "device": str(model_device(task.model)),
+            "notes": notes,
+        }
+    )
+    params = {"model": name or task.name, "plan": plan_name, "kernels": kernels, **dataclasses.asdict(cfg)}
+    if plan_name is None:
+        del params["plan"]
+    tracking.log_stage(
+        "deploy",
+        kernel_metrics(df),
+        params=params,
+        plan=plan,
+        tables={"deployed_variants": df},
+        run_name=f"deploy-{params['model']}",
+        enabled=track,
+    )
+    return df
+
+
+def _run_variants(
+    task: Any, plan: QuantPlan | None, kernels: str, cfg: DeployConfig, threads: int, split: str
+) -> tuple[pd.DataFrame, list[str]]:
+    """The variants of :func:`compare_kernels` measured (engine ``cfg.engine``, eval mode; both given back
+    afterwards) and the notes on what ran."""
+    notes: list[str] = []
+    previous_engine = torch.backends.quantized.engine
     flags = {m: m.training for m in task.model.modules()}  # run in eval mode, flags given back afterwards
     torch.backends.quantized.engine = cfg.engine
     try:
@@ -291,17 +387,15 @@ def compare_kernels(
         torch.backends.quantized.engine = previous_engine
         for m, flag in flags.items():
             m.training = flag
-    df.attrs.update(
-        {
-            "batch_size": cfg.batch_size,
-            "repeats": cfg.repeats,
-            "threads": threads,
-            "split": split,
-            "engine": cfg.engine,
-            "kernels": kernels,
-            "cpu": cpu_name(),
-            "device": str(model_device(task.model)),
-            "notes": notes,
-        }
-    )
-    return df
+    return df, notes
+
+
+def kernel_metrics(df: pd.DataFrame) -> dict[str, Any]:
+    """The metrics of a :func:`compare_kernels` frame: every column of every row but ``variant``, keyed
+    ``<variant>_<column>`` (``dynamic_int8_median_ms``, ``bf16_cosine_to_fp32``, ...)."""
+    return {
+        f"{row['variant']}_{k}": x
+        for row in df.to_dict(orient="records")
+        for k, x in row.items()
+        if k != "variant"
+    }
