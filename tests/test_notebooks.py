@@ -145,7 +145,7 @@ unit = space.units[0].name
 explorer.set(unit, 'w_bits', 2 if explorer.controls[(unit, 'w_bits')].value != 2 else 8)
 assert explorer.values['weight_bytes'] != w8
 from workbench import tracking
-assert run.run_id in set(tracking.runs_frame()['run_id'])
+assert run_id in set(tracking.runs_frame()['run_id'])
 assert len(tracking.runs_frame(stage='search')) == 3
 assert explorer.log() in set(tracking.runs_frame(stage='explorer')['run_id'])
 """
