@@ -16,7 +16,7 @@ import torch
 from workbench import tracking
 from workbench.devices import on_device
 from workbench.runtime.analysis import _needed_rung
-from workbench.runtime.config import SHIFTS, RuntimeBudgetError, RuntimeConfig
+from workbench.runtime.config import SHIFTS, RuntimeBudgetError, RuntimeConfig, RuntimeInputError
 from workbench.runtime.costs import MapCoster
 from workbench.runtime.data import _inputs, _labels, shift_inputs
 from workbench.runtime.engine import AdaptiveRuntime
@@ -24,6 +24,7 @@ from workbench.runtime.factory import RuntimeFactory
 from workbench.runtime.probe import ProbeResult
 from workbench.runtime.result import RuntimeEvaluation, ServeResult
 from workbench.runtime.switchable import SwitchableModel
+from workbench.tasks.task import TaskLike, check_task
 
 StaticScore = tuple[float, float, dict[str, int]]
 """A static map's ``(cost, accuracy, map)`` on one data variant."""
@@ -66,7 +67,7 @@ def static_candidates(
 
 
 def evaluate_runtime(
-    task: Any,
+    task: TaskLike,
     *,
     budgets: Sequence[float] = (0.4, 0.5, 0.6),
     policies: Sequence[str] = ("rule", "learned", "cascade"),
@@ -101,7 +102,7 @@ def evaluate_runtime(
     """
     from tqdm.auto import tqdm
 
-    task = on_device(task, device)
+    task = on_device(check_task(task, need=("model", "calib_loader"), error=RuntimeInputError), device)
     cfg = config or RuntimeConfig()
     parts = RuntimeFactory.build(task.model, task.calib_loader, config=cfg, profile=profile)
     top = parts.top_cost
@@ -134,7 +135,7 @@ def evaluate_runtime(
         },
     )
     params = {"budgets": list(budgets), "policies": list(policies), "shifts": list(shifts), "split": split}
-    _log_evaluation(ev, getattr(task, "name", "task"), {**params, **asdict(cfg)}, track)
+    _log_evaluation(ev, task.name, {**params, **asdict(cfg)}, track)
     return ev
 
 

@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import torch
 from IPython.display import display
 
+from workbench.tasks.task import TaskLike
 from workbench.ui.explorer import _in_kernel, figure_widget_available
 from workbench.ui.runtime_serving import _rung_bits, rung_histogram_figure
 
@@ -36,7 +37,7 @@ class BudgetExplorer:
 
     def __init__(
         self,
-        task: Any,
+        task: TaskLike,
         *,
         x_eval: torch.Tensor,
         y_eval: torch.Tensor | np.ndarray | Sequence[int],
