@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench._common.threads import torch_threads
 from workbench.devices import on_device
 from workbench.paths import data_dir
 from workbench.predictor.cache import (
@@ -29,7 +30,6 @@ from workbench.predictor.cache import (
 from workbench.predictor.config import FRAME_METRICS, TARGETS, PlanDatasetConfig
 from workbench.predictor.measure import _Reference, _reference, measure_plan
 from workbench.predictor.plans import _plan_from_bits, generate_plans, plan_id
-from workbench.predictor.threads import _torch_threads
 from workbench.quant import LayerCost, PlanError, QuantPlan, layer_costs, quantizable_layers
 from workbench.tasks.task import TaskLike, check_task
 
@@ -164,7 +164,7 @@ def build_plan_dataset(
     if not names:
         raise PlanError(f"{type(task.model).__name__} has no quantizable layers (Conv2d / Linear)")
     costs = layer_costs(task.model, task.example_input())
-    with _torch_threads(num_threads):
+    with torch_threads(num_threads):
         reference = _reference(task, config.split)
         key = dataset_key(task, config, fingerprint=reference.fingerprint)
         file = Path(path) if path is not None else data_dir() / "predictor" / f"{key}.jsonl"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workbench.predictor.threads import _torch_threads
+from workbench._common.threads import torch_threads
 
 
 class RidgeModel:
@@ -93,7 +93,7 @@ class MLPModel:
         self._y_std = float(y.std()) or 1.0
         xt = torch.as_tensor((X - self._x_mean) / self._x_std, dtype=torch.float32)
         yt = torch.as_tensor((y - self._y_mean) / self._y_std, dtype=torch.float32)
-        with _torch_threads(self.threads), torch.random.fork_rng(devices=[]):
+        with torch_threads(self.threads), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             net = _MLP(X.shape[1], self.hidden, self.dropout)
             opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -111,7 +111,7 @@ class MLPModel:
             raise RuntimeError("MLPModel.predict before fit")
         xs = (np.asarray(X, dtype=np.float64) - self._x_mean) / self._x_std
         out = np.empty(len(xs), dtype=np.float64)
-        with _torch_threads(self.threads), torch.no_grad():
+        with torch_threads(self.threads), torch.no_grad():
             for i in range(0, len(xs), self.batch_size):
                 chunk = torch.as_tensor(xs[i : i + self.batch_size], dtype=torch.float32)
                 out[i : i + self.batch_size] = self._net(chunk).double().numpy()

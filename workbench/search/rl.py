@@ -18,7 +18,7 @@ import contextlib
 import copy
 import math
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,22 +31,10 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
+from workbench._common.threads import torch_threads
 from workbench.search.rl_features import STAT_COLUMNS, feature_map_stats, unit_features
 from workbench.search.rl_policy import _START, LSTMController
 from workbench.search.space import SearchSpace
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    if before != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if before != 1:
-            torch.set_num_threads(before)
-
 
 # ============================================================================================ sampler
 
@@ -177,7 +165,7 @@ class RLControllerSampler(optuna.samplers.BaseSampler):
     ) -> dict[str, Any]:
         if not search_space:
             return {}
-        with self._lock, _one_torch_thread():
+        with self._lock, torch_threads(1):
             if self.learn_from_existing:
                 self._catch_up(study, trial.number)
             gen = torch.Generator().manual_seed((self.seed + trial.number) % (2**63))
@@ -212,7 +200,7 @@ class RLControllerSampler(optuna.samplers.BaseSampler):
             finished = copy.copy(trial)  # Optuna passes the still-RUNNING trial: give `reward` its outcome
             finished.state = state
             finished.values = list(values)
-            with _one_torch_thread():
+            with torch_threads(1):
                 self._learn(study, finished, list(values))
 
     # -- learning ------------------------------------------------------------------------------------------
@@ -341,7 +329,7 @@ class RLControllerSampler(optuna.samplers.BaseSampler):
         """The greedy-path marginal choice probabilities: per parameter, each choice's probability when every
         earlier decision takes its most likely choice (for inspection)."""
         out: dict[str, dict[Any, float]] = {}
-        with self._lock, _one_torch_thread(), torch.no_grad():
+        with self._lock, torch_threads(1), torch.no_grad():
             ctrl = self.controller
             h = torch.zeros(1, ctrl.hidden)
             c = torch.zeros(1, ctrl.hidden)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from workbench._common.threads import torch_threads
 from workbench.devices import on_device
 from workbench.search.config import (
     BASELINE_STRATEGIES,
@@ -65,7 +66,7 @@ from workbench.search.strategies import (
     needs,
     warm_candidates,
 )
-from workbench.search.workers import run_parallel, run_worker, torch_threads
+from workbench.search.workers import run_parallel, run_worker
 
 if TYPE_CHECKING:
     import torch

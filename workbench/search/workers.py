@@ -80,21 +80,6 @@ def run_worker(ctx: SearchContext, study: Any, *, target: int, counts_real: bool
             bar.close()
 
 
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """torch intra-op threads set to ``n`` inside the block (None: unchanged), restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 def run_parallel(task: TaskLike, config: SearchConfig, predictor: Any, storage_url: str, name: str, target: int,
                   counts_real: bool, parent_id: str | None, fp32_latency_ms: float) -> None:  # fmt: skip
     """``config.workers`` spawned processes work on the study until the target is met."""

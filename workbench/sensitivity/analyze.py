@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -15,6 +13,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from workbench._common.threads import torch_threads
 from workbench.devices import on_device
 from workbench.sensitivity.batches import _inputs_batches, _n_samples, _take
 from workbench.sensitivity.cache import _cache_key, _cache_path, _load_cache
@@ -25,20 +24,6 @@ from workbench.sensitivity.result import SensitivityResult
 from workbench.sensitivity.schema import COST_BENEFIT_COLUMNS
 from workbench.sensitivity.tables import _assemble, cost_benefit_table, rank_agreement
 from workbench.tasks.task import TaskLike, check_task
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (None: unchanged), restoring the previous count."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _compute(
@@ -189,7 +174,7 @@ def analyze_sensitivity(
             info = {**result.info, **_task_metric_info(task), "source": "cache", "cache_path": str(path)}
             result = replace(result, info=info)
     if result is None:
-        with _torch_threads(config.num_threads):
+        with torch_threads(config.num_threads):
             result = _compute(task, config, calib)
         result = replace(result, info={**result.info, "source": "computed", "cache_key": key})
         if cache:
