@@ -24,3 +24,14 @@ def digits_cnn_task():
     from workbench.tasks import load_task
 
     return load_task("digits_cnn", progress=False)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Train (or load) the cached digits models once, before any test: a fresh clone trains them here, outside
+    every test's timeout, instead of inside whichever test happens to need them first on a loaded machine."""
+    if session.config.getoption("collectonly"):
+        return
+    from workbench.models import get_trained_model
+
+    for name in ("digits_cnn", "digits_resnet"):
+        get_trained_model(name, progress=False)

@@ -144,7 +144,19 @@ def driver(tmp_path_factory: pytest.TempPathFactory, digits_cnn_task: Any) -> Pa
     return folder
 
 
+def _share_signing_key(home: Path) -> None:
+    """Give ``home`` this installation's signing key: files written there are trusted here (and back), as the
+    files of one installation are; a home with a key of its own is another installation."""
+    from workbench.paths import signing_key
+
+    key_file = home / "data" / ".signing-key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_bytes(signing_key())
+    key_file.chmod(0o600)
+
+
 def _env(home: Path, driver: Path, slow: float = 0.0) -> dict[str, str]:
+    _share_signing_key(home)
     env = dict(os.environ)
     env.update(
         PYTHONPATH=os.pathsep.join([str(driver), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
@@ -285,6 +297,7 @@ def reference_dataset(digits_cnn_task: Any, tmp_path_factory: pytest.TempPathFac
     from workbench import predictor as P
 
     home = tmp_path_factory.mktemp("ref-home")
+    _share_signing_key(home)
     mp = pytest.MonkeyPatch()
     mp.setenv("WORKBENCH_HOME", str(home))
     try:
@@ -375,6 +388,7 @@ def test_predictor_cache_of_another_config_or_with_a_bad_header_is_refused(
     own = home / "data" / "predictor" / reference_dataset.name
     own.parent.mkdir(parents=True)
     shutil.copy(other, own)
+    _share_signing_key(home)
     mp = pytest.MonkeyPatch()
     mp.setenv("WORKBENCH_HOME", str(home))
     try:
