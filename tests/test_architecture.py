@@ -36,15 +36,6 @@ def _is_package(name: str) -> bool:
     return SOURCES[name].name == "__init__.py"
 
 
-def _type_checking_nodes(tree: ast.Module) -> set[int]:
-    """ids of the import nodes under ``if TYPE_CHECKING:`` (no import at run time)."""
-    out: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            out |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-    return out
-
-
 def _resolve_from(name: str, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
@@ -54,13 +45,11 @@ def _resolve_from(name: str, node: ast.ImportFrom) -> str:
 
 
 def imports_of(name: str) -> set[str]:
-    """The workbench modules ``name`` imports at run time (at any depth of its code), submodules resolved."""
+    """The workbench modules ``name`` imports (at any depth of its code, type-checking imports included: a circle
+    of annotations is a circle of the design), submodules resolved."""
     tree = TREES[name]
-    skip = _type_checking_nodes(tree)
     out: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name.split(".")[0] == "workbench"}
         elif isinstance(node, ast.ImportFrom):

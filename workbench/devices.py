@@ -11,14 +11,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:  # workbench.tasks reads the device of its model from here
-    from workbench.tasks.task import TaskLike
 
-T = TypeVar("T", bound="TaskLike")
+class _HasModel(Protocol):
+    """What :func:`on_device` needs of a task (workbench.tasks reads its model's device from this module)."""
+
+    model: nn.Module
+    info: dict
+
+
+T = TypeVar("T", bound=_HasModel)
 
 _PATTERN = re.compile(r"^(cpu|cuda|mps)(:\d+)?$")
 

@@ -5,14 +5,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from workbench.sensitivity.schema import FLOAT_BITS, METRIC_KINDS, ROW_KINDS, SPLITS
 
-if TYPE_CHECKING:  # annotations only: the context is built on top of the registry
-    from workbench.sensitivity.probes import SensitivityContext
+
+class MetricContext(Protocol):
+    """What a metric reads from the analysis it runs in (:class:`workbench.sensitivity.probes.SensitivityContext`
+    is the implementation, built on top of this registry): the float model, its layers and calibration
+    batches, the config, the reference outputs and the probe engine."""
+
+    config: Any
+    float_model: nn.Module
+    layers: Any
+    batches: Any
+    reference: Any
+    targets: Any
+    output_key: Any
+    device: Any
+    folded_bn: Any
+
+    def run_probes(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def weight(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def hutchinson(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -92,7 +111,7 @@ class SensitivityMetric:
         """Table metric names this metric writes."""
         return cls.produces or (cls.name,)
 
-    def compute(self, ctx: SensitivityContext) -> MetricOutput:
+    def compute(self, ctx: MetricContext) -> MetricOutput:
         """Measure every layer of ``ctx`` (private model copies, data, shared estimators)."""
         raise NotImplementedError
 
@@ -113,7 +132,7 @@ class OutputMetric(SensitivityMetric):
         ``targets`` ``[N]`` of the split (None for data without labels; higher = more sensitive)."""
         raise NotImplementedError
 
-    def compute(self, ctx: SensitivityContext) -> MetricOutput:
+    def compute(self, ctx: MetricContext) -> MetricOutput:
         return ctx.run_probes([self])
 
 

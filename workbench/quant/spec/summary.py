@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import ItemsView, Mapping
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from torch import nn
 
 from workbench.quant.fusion import conv_bn_pairs
 from workbench.quant.introspect import WEIGHT_ONLY_TYPES, LayerCost
 from workbench.quant.spec.bits import layer_weight_storage_bits, macs_factor
-from workbench.quant.spec.layer import ACT_QPARAM_BITS, FP32
+from workbench.quant.spec.layer import ACT_QPARAM_BITS, FP32, QuantSpec
 
-if TYPE_CHECKING:
-    from workbench.quant.spec.plan import QuantPlan
+
+class PlanLike(Protocol):
+    """What a summary reads of a :class:`~workbench.quant.spec.plan.QuantPlan` (which builds on this module)."""
+
+    def get(self, name: str, default: QuantSpec | None = None) -> QuantSpec | None: ...
+
+    def items(self) -> ItemsView[str, QuantSpec]: ...
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ def _state_bits(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() * 8 for t in tensors)
 
 
-def folded_pairs(plan: QuantPlan, model: nn.Module) -> list[tuple[str, str]]:
+def folded_pairs(plan: PlanLike, model: nn.Module) -> list[tuple[str, str]]:
     """The (conv, bn) pairs :func:`quantize_model` folds for this plan: BatchNorm after a conv whose weight is
     quantized, pruned or factorised (:attr:`QuantSpec.transforms_weight`)."""
     quantized = {n for n, s in plan.items() if s.transforms_weight}
@@ -69,7 +74,7 @@ def folded_pairs(plan: QuantPlan, model: nn.Module) -> list[tuple[str, str]]:
 
 
 def summarize(
-    plan: QuantPlan,
+    plan: PlanLike,
     model: nn.Module,
     costs: Mapping[str, LayerCost],
     *,
