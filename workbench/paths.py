@@ -37,6 +37,9 @@ class StaleCacheWarning(UserWarning):
     configuration or in a format that could run code. It is rebuilt and replaced; the message names the file."""
 
 
+_KEYS: dict[tuple[str, int, int, int], bytes] = {}
+
+
 def signing_key() -> bytes:
     """This installation's secret key (``data/.signing-key``, created on first use, mode 0600): every file the
     workbench writes and later trusts is signed with it (HMAC-SHA256, :mod:`workbench._common.signed`) and used
@@ -58,9 +61,14 @@ def signing_key() -> bytes:
             pass
         finally:
             tmp.unlink()
+    stat = path.stat()
+    stamp = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if stamp in _KEYS:  # every signed line or file asks for the key: read it once per file version
+        return _KEYS[stamp]
     key = path.read_bytes()
     if len(key) != 32:
         raise ValueError(
             f"signing key {path} is damaged ({len(key)} bytes, expected 32); delete it to make a new one"
         )
+    _KEYS[stamp] = key
     return key

@@ -31,9 +31,7 @@ from workbench.data import (
     DigitsLoaders,
     digits_data,
 )
-from workbench.models import MODEL_INPUT_SIZE, ZOO_MODELS, build_model, get_trained_model
 from workbench.tasks.byom import TaskFileError, load_task_file, task_from_model
-from workbench.tasks.load import load_task
 from workbench.tasks.metrics import (
     FIDELITY_KINDS,
     EvalFnMetric,
@@ -44,8 +42,31 @@ from workbench.tasks.metrics import (
     metric_name,
 )
 from workbench.tasks.task import TASK_DEFAULTS, Task, TaskLike, check_task
-from workbench.tasks.vision import DATASETS, _load_weights, torchvision_task
 from workbench.training import TrainConfig
+
+# the model zoo and torchvision come only with the names that need them: a stage that only reads TaskLike /
+# check_task (every stage does) does not import torchvision
+_LAZY = {
+    "MODEL_INPUT_SIZE": "workbench.models",
+    "ZOO_MODELS": "workbench.models",
+    "build_model": "workbench.models",
+    "get_trained_model": "workbench.models",
+    "load_task": "workbench.tasks.load",
+    "DATASETS": "workbench.tasks.vision",
+    "_load_weights": "workbench.tasks.vision",
+    "torchvision_task": "workbench.tasks.vision",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",
