@@ -24,6 +24,7 @@ import pandas as pd
 from torch import nn
 
 from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, ProfileError
+from workbench.quant.fusion import trace_layers
 from workbench.quant.spec import QuantPlan, QuantSpec
 
 # how precise each kernel precision is (for "at least as precise" fallbacks)
@@ -231,10 +232,8 @@ def int_followers(model: nn.Module, dispatch: dict[str, LayerDispatch]) -> set[s
     """Module paths of pass-through modules (ReLU, pooling, flatten, BatchNorm) fed, directly or through other
     pass-through modules, by an integer layer: they stay in the integer domain whatever their owner runs, so no
     dequantize / quantize pair sits between an integer layer and its pooling."""
-    import torch
-
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = trace_layers(model)
     except Exception:  # noqa: BLE001 - untraceable models: no followers
         return set()
     modules = dict(model.named_modules())

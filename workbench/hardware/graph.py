@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from workbench.devices import model_device
+from workbench.quant.fusion import trace_layers
 from workbench.quant.inputs import move_inputs, take_inputs
 from workbench.quant.introspect import is_quantizable
 
@@ -84,7 +85,7 @@ def trace_graph(model: nn.Module, example_input: Any) -> list[_Node] | None:
 
     modes = {m: m.training for m in model.modules()}  # each module's own flag, restored exactly
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = trace_layers(model)
         gm.eval()
         with torch.no_grad():
             # on the model's device: a mismatch would fail here and silently drop the graph

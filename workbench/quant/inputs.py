@@ -4,7 +4,9 @@ Every stage passes the user's batches through as they come (dicts stay dicts, at
 
 * :func:`split_batch` — one loader batch into ``(inputs, targets)``: a tuple / list batch is always
   ``(inputs, targets, ...)`` (``(inputs,)`` has no targets); a tensor or a dict batch is inputs without targets.
-* :func:`call_model` — ``model(x)`` for a tensor, ``model(*x)`` for a tuple / list, ``model(**x)`` for a dict.
+* :func:`call_model` — ``model(x)`` for a tensor, ``model(*x)`` for a tuple / list, ``model(**x)`` for a dict,
+  or ``model(x)`` for a dict when the model's forward takes one dict (:func:`takes_one_dict`: detected from its
+  signature, or set per model class with :func:`set_forward_style`, as ``task_from_model(forward=...)`` does).
 * :func:`move_inputs`, :func:`batch_size`, :func:`take_inputs`, :func:`concat_inputs`, :func:`expand_inputs` —
   device moves, batch size, slicing, concatenation and repetition along dim 0 that keep the structure
   (non-tensor leaves ride along).
@@ -18,6 +20,8 @@ imports nothing of the workbench.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "FORWARD_STYLES",
     "OutputError",
     "batch_size",
     "call_model",
@@ -36,8 +41,10 @@ __all__ = [
     "map_inputs",
     "move_inputs",
     "primary_output",
+    "set_forward_style",
     "split_batch",
     "take_inputs",
+    "takes_one_dict",
 ]
 
 PRIMARY_KEYS: tuple[str, ...] = ("logits", "last_hidden_state")
@@ -152,13 +159,60 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     )
 
 
+FORWARD_STYLES: tuple[str, ...] = ("auto", "kwargs", "dict")
+"""How a dict input reaches a model: ``kwargs`` ``model(**x)``, ``dict`` ``model(x)`` (one dict argument, e.g.
+a sentence-transformers model), ``auto`` decided from the forward's signature (:func:`takes_one_dict`)."""
+
+_STYLE_BY_CLASS: dict[type, str] = {}
+
+
+def set_forward_style(model_class: type, style: str) -> None:
+    """How :func:`call_model` passes a dict to models of ``model_class`` (one of :data:`FORWARD_STYLES`;
+    ``auto`` forgets an earlier choice). Set per class, so that copies of a model (quantized ones included) are
+    called alike."""
+    if style not in FORWARD_STYLES:
+        raise ValueError(f"forward style must be one of {list(FORWARD_STYLES)}, got {style!r}")
+    if not isinstance(model_class, type):
+        raise TypeError(f"set_forward_style takes a model class, got a {type(model_class).__name__}")
+    if style == "auto":
+        _STYLE_BY_CLASS.pop(model_class, None)
+    else:
+        _STYLE_BY_CLASS[model_class] = style
+
+
+@functools.lru_cache(maxsize=512)
+def _misses_positional(fn: Callable[..., Any], keys: frozenset[str], skip: int) -> bool:
+    """True when ``fn`` has a required positional parameter (after the first ``skip``) not named in ``keys``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+    except (TypeError, ValueError):  # no signature (a builtin): keyword arguments as always
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.kind in positional and p.default is p.empty and p.name not in keys for p in params)
+
+
+def takes_one_dict(model: nn.Module | Callable[..., Any], inputs: Mapping) -> bool:
+    """True when ``model`` is to be called with the dict ``inputs`` itself (``model(x)``), not with its items as
+    keyword arguments: its class's style set by :func:`set_forward_style`, else detected: its forward has a
+    required positional parameter that is not one of the dict's keys (``forward(self, input, **kwargs)``)."""
+    style = _STYLE_BY_CLASS.get(type(model))
+    if style is not None:
+        return style == "dict"
+    keys = frozenset(k for k in inputs if isinstance(k, str))
+    if isinstance(model, nn.Module) and "forward" not in vars(model):
+        return _misses_positional(type(model).forward, keys, 1)  # the class's function: no model kept alive
+    fn = model.forward if isinstance(model, nn.Module) else model
+    return _misses_positional.__wrapped__(fn, keys, 0)
+
+
 def call_model(model: nn.Module | Callable[..., Any], inputs: Any) -> Any:
     """Run ``model`` on one batch of inputs: ``model(x)`` for a tensor, ``model(*x)`` for a tuple / list,
-    ``model(**x)`` for a dict (any Mapping with string keys)."""
+    ``model(**x)`` for a dict (any Mapping with string keys), or ``model(x)`` for a dict when the model takes one
+    dict (:func:`takes_one_dict`)."""
     if isinstance(inputs, Tensor):
         return model(inputs)
     if isinstance(inputs, Mapping):
-        return model(**inputs)
+        return model(inputs) if takes_one_dict(model, inputs) else model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     raise TypeError(

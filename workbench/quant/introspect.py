@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from workbench.quant.adapters import ADAPTERS, adapter_for, adapter_refusal
 from workbench.quant.inputs import call_model, move_inputs, take_inputs
 
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear, nn.Embedding)
@@ -44,10 +45,11 @@ def quantizable_type(module: nn.Module) -> type[nn.Module] | None:
     """The supported base type of ``module`` (one of :data:`QUANTIZABLE_TYPES`), or None.
 
     Exact Conv1d / Conv2d / Linear / Embedding are supported, and so are their quantized twins. A subclass is
-    supported only when it keeps the base class's computation: it overrides neither ``forward`` nor, for
-    convolutions, ``_conv_forward`` (a swap replaces the module by a twin of the base type, which would drop an
-    own forward, as torch.ao also refuses). :data:`_BYPASSED_TYPES` (``MultiheadAttention.out_proj``, whose
-    forward is never called) are never supported.
+    supported when it keeps the base class's computation (it overrides neither ``forward`` nor, for
+    convolutions, ``_conv_forward``), or when a layer adapter (:mod:`workbench.quant.adapters`, e.g. SAME
+    padding) splits its own forward into a pre-op and an exact base layer; any other own forward is not (a swap
+    replaces the module by a twin of the base type, which would drop it). :data:`_BYPASSED_TYPES`
+    (``MultiheadAttention.out_proj``, whose forward is never called) are never supported.
     """
     if getattr(module, "is_quant_module", False):
         return next((t for t in QUANTIZABLE_TYPES if isinstance(module, t)), None)
@@ -59,11 +61,13 @@ def quantizable_type(module: nn.Module) -> type[nn.Module] | None:
         cls = type(module)
         if cls is base:
             return base
-        if cls.forward is not base.forward:
-            return None
-        if hasattr(base, "_conv_forward") and cls._conv_forward is not base._conv_forward:
-            return None
-        return base
+        own = cls.forward is not base.forward or (
+            hasattr(base, "_conv_forward") and cls._conv_forward is not base._conv_forward
+        )
+        if not own:
+            return base
+        adapter = adapter_for(module)
+        return adapter.base if adapter is not None else None
     return None
 
 
@@ -92,12 +96,18 @@ def unsupported_reason(module: nn.Module) -> str:
         why = f"{name}: its owner (e.g. MultiheadAttention) reads its weight directly and never calls it"
     elif isinstance(module, QUANTIZABLE_TYPES):
         base = next(t.__name__ for t in QUANTIZABLE_TYPES if isinstance(module, t))
-        why = f"{name}, a {base} subclass with its own forward, which a swap would drop"
+        refusal = adapter_refusal(module)
+        why = f"{name}, a {base} subclass with its own forward, which a swap would drop" + (
+            f" ({refusal})"
+            if refusal
+            else f" and no layer adapter matches (registered: {', '.join(ADAPTERS)})"
+        )
     else:
         why = name
     return (
         f"{why}, an unknown layer type for quantization; supported types: {supported} "
-        "(exact types, or subclasses that keep the base forward)"
+        "(exact types, subclasses that keep the base forward, or subclasses a layer adapter splits: "
+        "workbench.quant.adapters.register_adapter)"
     )
 
 

@@ -21,11 +21,14 @@ as Parameters ``lowrank_a`` ``[out, r]`` and ``lowrank_b`` ``[r, fan_in]``, quan
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from workbench.compress import low_rank_factors, prune_mask, rank_for
+from workbench.quant.adapters import adapter_for, split_layer
 from workbench.quant.introspect import quantizable_type, unsupported_reason
 from workbench.quant.observers import RangeCollector, estimate_range
 from workbench.quant.quantizers import (
@@ -212,13 +215,29 @@ class QuantModuleMixin:
 
     def to_float(self) -> nn.Module:
         """A plain float layer of :attr:`float_type` carrying this layer's effective (fake-quantized, pruned or
-        low-rank) weight and its bias; activations are not quantized (for deployment and export)."""
+        low-rank) weight and its bias; activations are not quantized (for deployment and export). A layer with a
+        pre-op (:attr:`pre_op`, from a layer adapter) gives ``nn.Sequential(pre_op, float_layer)``."""
         new = self._float_like()
         with torch.no_grad():
             new.weight.copy_(self.quantized_weight().detach())
             if getattr(self, "bias", None) is not None:
                 new.bias.copy_(self.bias.detach())
+        pre_op = self.pre_op
+        if pre_op is not None:
+            return nn.Sequential(copy.deepcopy(pre_op), new).train(self.training)
         return new.train(self.training)
+
+    @property
+    def pre_op(self) -> nn.Module | None:
+        """The module a layer adapter put in front of this layer (SAME padding), applied to the input after its
+        activation quantizer (a zero pad commutes with it: 0 is exactly representable), or None."""
+        return self._modules.get("pre_op")
+
+    def _input(self, x: Tensor) -> Tensor:
+        """The layer's input as its base computation sees it: quantized, then through the pre-op, if any."""
+        x = self.a_quant(x)
+        pre_op = self._modules.get("pre_op")
+        return pre_op(x) if pre_op is not None else x
 
     def _float_like(self) -> nn.Module:  # an empty float layer of the same configuration
         raise NotImplementedError
@@ -302,7 +321,7 @@ class _QuantConvNd(QuantModuleMixin):
         return self.float_type(self.in_channels, self.out_channels, self.kernel_size, **_conv_kwargs(self))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.a_quant(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self._input(x), self.quantized_weight(), self.bias)
 
 
 class QuantConv1d(_QuantConvNd, nn.Conv1d):
@@ -348,7 +367,7 @@ class QuantLinear(QuantModuleMixin, nn.Linear):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.a_quant(x), self.quantized_weight(), self.bias)
+        return F.linear(self._input(x), self.quantized_weight(), self.bias)
 
 
 def _embedding_kwargs(emb: nn.Embedding) -> dict:
@@ -405,12 +424,21 @@ QUANT_TWINS: dict[type[nn.Module], type[nn.Module]] = {
 def quant_twin(module: nn.Module, spec: QuantSpec, *, seed: int = 0) -> nn.Module:
     """The fake-quant twin of a float quantizable layer (a new module; ``module`` is not changed).
 
-    Raises ``ValueError`` naming the module's type and the supported types when it cannot be quantized."""
+    A subclass that a layer adapter splits (:mod:`workbench.quant.adapters`, e.g. a SAME-padding conv) gives the
+    twin of its base layer carrying the adapter's pre-op (:attr:`QuantModuleMixin.pre_op`, submodule
+    ``pre_op``). Raises ``ValueError`` naming the module's type and the supported types when it cannot be
+    quantized."""
     base = quantizable_type(module)
     if base is None or getattr(module, "is_quant_module", False):
         what = "already quantized" if base is not None else unsupported_reason(module)
         raise ValueError(f"cannot quantize a {what}")
-    return QUANT_TWINS[base].from_float(module, spec, seed=seed)
+    pre_op = None
+    if type(module) is not base and adapter_for(module) is not None:
+        pre_op, module = split_layer(module)
+    twin = QUANT_TWINS[base].from_float(module, spec, seed=seed)
+    if pre_op is not None:
+        twin.pre_op = copy.deepcopy(pre_op)
+    return twin
 
 
 def quantize_weight(weight: Tensor, spec: QuantSpec) -> Tensor:

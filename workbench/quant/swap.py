@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from workbench.quant.coverage import warn_coverage
 from workbench.quant.fusion import conv_bn_pairs, fold_batchnorm
 from workbench.quant.inputs import call_model, move_inputs, split_batch
 from workbench.quant.introspect import get_module, is_weight_only, quantizable_layers, set_module
@@ -110,6 +111,7 @@ def quantize_model(
     max_calib_batches: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    warn_float: bool = True,
 ) -> nn.Module:
     """A quantized copy of ``model``: BatchNorm folded into quantized (or pruned / low-rank) convolutions, layers
     swapped, calibrated.
@@ -117,6 +119,12 @@ def quantize_model(
     ``calib_loader`` may be omitted only when no layer needs a static activation range. Layers missing from the
     plan, and layers whose spec is 32/32, run exactly as in ``model``. The returned model is in eval mode and
     carries its plan as ``model.quant_plan``.
+
+    Weight modules left float are never left silently: unless ``warn_float`` is False, a
+    :class:`~workbench.quant.coverage.CoverageWarning` lists the unsupported ones (their class and why) and the
+    quantizable layers missing from the plan, with their shares of the weight parameters (layers the plan keeps
+    at 32/32 are a choice, not warned about). SAME-padding convolutions and other subclasses a layer adapter
+    takes (:mod:`workbench.quant.adapters`) are quantized with their pre-op kept in front.
     """
     if not isinstance(model, nn.Module):
         raise PlanError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -126,6 +134,8 @@ def quantize_model(
         )
     plan.validate(model)
     check_finite(model, plan.layers.keys())
+    if warn_float:
+        warn_coverage(model, plan, stacklevel=3)
     needs_calib = any(  # weight-only layers (a_bits 32, Embedding) have no activation range to calibrate
         s.a_bits < 16 and not s.a_dynamic and not is_weight_only(model.get_submodule(n))
         for n, s in plan.layers.items()

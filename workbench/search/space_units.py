@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from workbench.quant.fusion import trace_layers
 from workbench.quant.introspect import quantizable_layers
 from workbench.quant.spec import PlanError, QuantSpec, match_layers
 from workbench.search.space_config import SpaceConfig, Unit, UnitChoices
@@ -21,7 +22,7 @@ def residual_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
     import torch.fx
 
     try:
-        gm = torch.fx.symbolic_trace(model)
+        gm = trace_layers(model)
     except Exception:  # noqa: BLE001 - grouping is an optional convenience
         return {}
     modules = dict(model.named_modules())

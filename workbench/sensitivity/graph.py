@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workbench.quant.fusion import trace_layers
+
 _INPLACE_FUNCTIONS = {
     operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv, operator.imod,
     operator.ipow, operator.iand, operator.ior, operator.ixor, operator.ilshift, operator.irshift,
@@ -52,7 +54,7 @@ class _GraphRunner:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                gm = torch.fx.symbolic_trace(model)
+                gm = trace_layers(model)
         except Exception:  # noqa: BLE001 - untraceable models run whole
             return None
         nodes = list(gm.graph.nodes)

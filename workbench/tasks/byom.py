@@ -9,7 +9,7 @@ tensors (see :mod:`workbench.quant.inputs`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,17 @@ from torch.utils.data import DataLoader
 
 from workbench.devices import model_device
 from workbench.quant.inputs import (
+    FORWARD_STYLES,
     OutputError,
     call_model,
     describe_inputs,
     first_tensor,
     move_inputs,
     primary_output,
+    set_forward_style,
     split_batch,
     take_inputs,
+    takes_one_dict,
 )
 from workbench.tasks.metrics import FIDELITY_KINDS, EvalFnMetric, Metric, fidelity_metric
 from workbench.tasks.task import Task
@@ -127,6 +130,7 @@ def task_from_model(
     train_loader: DataLoader | None = None,
     num_classes: int | None = None,
     output_key: str | int | None = None,
+    forward: str = "auto",
 ) -> Task:
     """Wrap your own model and loaders as a :class:`Task`.
 
@@ -149,6 +153,13 @@ def task_from_model(
     ValueError naming the keys / fields it has. A metric callable you pass reads the output itself (give a
     :func:`fidelity_metric` you build its own ``output_key``, or pass ``metric="cosine"``).
 
+    ``forward`` says how dict inputs reach the model: ``"kwargs"`` ``model(**x)``, ``"dict"`` ``model(x)`` (a
+    forward taking one dict, as sentence-transformers models do), ``"auto"`` (default) ``model(x)`` when the
+    forward has a required positional parameter that is not a key of the dict, else ``model(**x)``. A choice
+    other than ``"auto"`` is recorded for the model's class
+    (:func:`~workbench.quant.inputs.set_forward_style`), so every stage and every quantized copy calls it alike;
+    ``task.info["forward"]`` says which call the task uses.
+
     Every loader must be non-empty. The model must run on the first calibration sample and give an output with a
     tensor in it; otherwise ValueError names the exception and the input structure (keys, shapes, dtypes).
     ``input_shape`` is the per-sample shape of the first input tensor; ``num_classes`` (if not given) the last
@@ -157,11 +168,13 @@ def task_from_model(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_output_key(output_key)
+    _check_forward_style(forward)
     metric = _resolve_metric(model, metric, eval_fn, output_key)
     if eval_fn is not None:
         val_loader = calib_loader if val_loader is None else val_loader
         test_loader = calib_loader if test_loader is None else test_loader
     x, y = _check_loaders(calib_loader, val_loader, test_loader, train_loader, need_targets=metric is None)
+    call = _forward_call(model, x, forward)
     out = _check_forward(model, take_inputs(x, 1), output_key)
     if num_classes is None:
         num_classes = int(out.shape[-1]) if out.dim() >= 2 else None
@@ -181,8 +194,32 @@ def task_from_model(
             "inputs": describe_inputs(take_inputs(x, 1)),
             "labels": y is not None,
             "metric": getattr(metric, "__qualname__", type(metric).__name__) if metric else "accuracy",
+            "forward": call,
         },
     )
+
+
+def _check_forward_style(forward: Any) -> None:
+    if not isinstance(forward, str) or forward not in FORWARD_STYLES:
+        raise ValueError(
+            f"forward must be one of {list(FORWARD_STYLES)} (how dict inputs reach the model: 'kwargs' "
+            f"model(**x), 'dict' model(x), 'auto' from the forward's signature), got {forward!r}"
+        )
+
+
+def _forward_call(model: nn.Module, x: Any, forward: str) -> str:
+    """Record ``forward`` for the model's class; the call the task's inputs take (``model(x)``,
+    ``model(*x)``, ``model(**x)``)."""
+    if forward != "auto":
+        if not isinstance(x, Mapping):
+            raise ValueError(
+                f"forward={forward!r} is about dict inputs, but the calibration inputs are {describe_inputs(x)}; "
+                "leave forward='auto'"
+            )
+        set_forward_style(type(model), forward)
+    if isinstance(x, Mapping):
+        return "model(x)" if takes_one_dict(model, x) else "model(**x)"
+    return "model(*x)" if isinstance(x, (tuple, list)) else "model(x)"
 
 
 def _check_forward(model: nn.Module, x: Any, output_key: str | int | None = None) -> torch.Tensor:

@@ -72,7 +72,7 @@ def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
     )
     if not len(weights_only):
         return copy.deepcopy(model).eval()
-    qmodel = quantize_model(model, weights_only, None)
+    qmodel = quantize_model(model, weights_only, None, warn_float=False)
     for name, qm in quant_modules(qmodel).items():
         with torch.no_grad():
             w = qm.quantized_weight().detach().clone()
@@ -99,6 +99,8 @@ def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
             new.weight.copy_(w)
             if bias is not None:
                 new.bias.copy_(bias)
+        if qm.pre_op is not None:  # an adapted layer (SAME padding): its pre-op stays in front
+            new = nn.Sequential(copy.deepcopy(qm.pre_op), new)
         set_module(qmodel, name, new.eval())
     # the BatchNorms folded into the baked weights become exact identities (eps 0, unit variance), not
     # nn.Identity: FX then still matches conv-bn-relu and fuses the ReLU into the integer kernel

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from workbench.quant.coverage import plan_coverage
 from workbench.quant.fusion import conv_bn_pairs
 from workbench.quant.introspect import WEIGHT_ONLY_TYPES, LayerCost
 from workbench.quant.spec.bits import layer_weight_storage_bits, macs_factor
@@ -39,6 +40,12 @@ class PlanSummary:
     once), ``total_params`` every parameter element of the model, ``covered_fraction`` their ratio: the share of
     the model that the bit figures are about. Embedding layers count in the weight figures like any layer, and
     in the activation average not at all (their input is token ids; ``avg_act_bits`` is 32 without such layers).
+
+    Coverage of weight modules (:mod:`workbench.quant.coverage`: every module owning a >= 2-D parameter,
+    quantizable or not): ``weight_layers`` of them, ``covered_weight_layers`` changed by the plan,
+    ``weight_covered_fraction`` the share of their (>= 2-D) weight parameters the plan covers, and ``coverage``
+    all of it in words, naming what stays float and why (``covers 49 of 50 weight layers, 99.1 % of weight
+    parameters; float: head.custom (0.9 %, unsupported CustomLayer)``).
     """
 
     avg_weight_bits: float
@@ -55,6 +62,10 @@ class PlanSummary:
     covered_params: int
     total_params: int
     covered_fraction: float
+    weight_layers: int = 0
+    covered_weight_layers: int = 0
+    weight_covered_fraction: float = 0.0
+    coverage: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,6 +145,7 @@ def summarize(
             covered[id(modules[n].weight)] = modules[n].weight.numel()
     covered_params = sum(covered.values())
     total_params = sum(p.numel() for p in model.parameters())
+    cov = plan_coverage(model, plan)
     return PlanSummary(
         avg_weight_bits=weight_bits_sum / quant_weight_params if quant_weight_params else 32.0,
         avg_act_bits=act_bits_sum / act_params if act_params else 32.0,
@@ -149,4 +161,8 @@ def summarize(
         covered_params=covered_params,
         total_params=total_params,
         covered_fraction=covered_params / total_params if total_params else 0.0,
+        weight_layers=cov.weight_layers,
+        covered_weight_layers=cov.covered_layers,
+        weight_covered_fraction=cov.covered_fraction,
+        coverage=cov.describe(),
     )
