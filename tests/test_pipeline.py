@@ -111,9 +111,10 @@ def test_int8_plan_is_within_two_points_and_four_times_smaller(digits_cnn_task, 
     table = results_table([fp32_result, r])
     assert list(table.columns) == [
         "name", "accuracy", "accuracy_drop_pp", "size_bytes", "packed_bytes", "compression",
-        "avg_weight_bits", "avg_act_bits", "bops",
+        "avg_weight_bits", "avg_act_bits", "bops", "weight_coverage",
     ]  # fmt: skip
     assert table["name"].tolist() == ["FP32", "INT8"]
+    assert table["weight_coverage"].tolist() == [0.0, 1.0]  # every weight layer of the CNN quantized
     assert table["compression"].tolist() == pytest.approx([1.0, r.fp32_size_bytes / r.size_bytes])
 
 

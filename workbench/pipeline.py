@@ -107,6 +107,7 @@ class PlanResult:
     avg_act_bits: float
     bops: int
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+    weight_coverage: float | None = None  # share of weight parameters the plan quantizes (PlanSummary)
 
     @property
     def accuracy_drop_pp(self) -> float:
@@ -166,6 +167,7 @@ def evaluate_plan(
         avg_act_bits=summary.avg_act_bits,
         bops=summary.bops,
         model=qmodel if keep_model else None,
+        weight_coverage=summary.weight_covered_fraction,
     )
 
 
@@ -219,10 +221,11 @@ class PipelineResult:
 
 
 def results_table(results: list[PlanResult]) -> pd.DataFrame:
-    """One row per result: name, accuracy, drop, size, packed size, compression, average bits, BOPs."""
+    """One row per result: name, accuracy, drop, size, packed size, compression, average bits, BOPs and the share
+    of weight parameters the plan quantizes (``weight_coverage``)."""
     cols = [
         "name", "accuracy", "accuracy_drop_pp", "size_bytes", "packed_bytes", "compression",
-        "avg_weight_bits", "avg_act_bits", "bops",
+        "avg_weight_bits", "avg_act_bits", "bops", "weight_coverage",
     ]  # fmt: skip
     return pd.DataFrame([r.to_dict() for r in results])[cols]
 

@@ -33,11 +33,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     print_table(results_table([res]))
     summary = plan.summary(task.model, task.example_input())
-    coverage = {k: getattr(summary, k) for k in ("covered_fraction", "covered_params", "total_params")}
-    print(
-        f"the plan quantizes {100 * summary.covered_fraction:.1f} % of the model's parameters "
-        f"({summary.quantized_layers} of {summary.total_layers} quantizable layers)"
-    )
+    keys = ("covered_fraction", "covered_params", "total_params", "weight_covered_fraction", "weight_layers")
+    coverage = {k: getattr(summary, k) for k in (*keys, "covered_weight_layers", "coverage")}
+    print(f"the plan {summary.coverage}")
     if args.out:
         print(f"packed model written to {args.out} ({res.packed_bytes} bytes)")
     return {

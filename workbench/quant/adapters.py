@@ -47,6 +47,7 @@ __all__ = [
     "register_adapter",
     "same_pad_amounts",
     "split_layer",
+    "unregister_adapter",
 ]
 
 ADAPTABLE_BASES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -103,6 +104,14 @@ def register_adapter(
     ADAPTERS[name] = adapter
     _CACHE.clear()
     return adapter
+
+
+def unregister_adapter(name: str) -> LayerAdapter:
+    """Remove a registered adapter (KeyError naming the registered ones when there is none of that name)."""
+    if name not in ADAPTERS:
+        raise KeyError(f"no adapter {name!r}; registered: {list(ADAPTERS)}")
+    _CACHE.clear()
+    return ADAPTERS.pop(name)
 
 
 # -------------------------------------------------------------------------------------- lookup and checking
