@@ -182,19 +182,22 @@ def set_forward_style(model_class: type, style: str) -> None:
 
 @functools.lru_cache(maxsize=512)
 def _misses_positional(fn: Callable[..., Any], keys: frozenset[str], skip: int) -> bool:
-    """True when ``fn`` has a required positional parameter (after the first ``skip``) not named in ``keys``."""
+    """True when ``fn`` (its first ``skip`` parameters left out) has exactly one required positional parameter
+    and it is not named in ``keys``: a forward taking the dict itself."""
     try:
         params = list(inspect.signature(fn).parameters.values())[skip:]
     except (TypeError, ValueError):  # no signature (a builtin): keyword arguments as always
         return False
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return any(p.kind in positional and p.default is p.empty and p.name not in keys for p in params)
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    return len(required) == 1 and required[0].name not in keys
 
 
 def takes_one_dict(model: nn.Module | Callable[..., Any], inputs: Mapping) -> bool:
     """True when ``model`` is to be called with the dict ``inputs`` itself (``model(x)``), not with its items as
-    keyword arguments: its class's style set by :func:`set_forward_style`, else detected: its forward has a
-    required positional parameter that is not one of the dict's keys (``forward(self, input, **kwargs)``)."""
+    keyword arguments: its class's style set by :func:`set_forward_style`, else detected: its forward has one
+    required positional parameter, and it is not one of the dict's keys (``forward(self, features, **kwargs)``).
+    """
     style = _STYLE_BY_CLASS.get(type(model))
     if style is not None:
         return style == "dict"

@@ -155,7 +155,7 @@ def task_from_model(
 
     ``forward`` says how dict inputs reach the model: ``"kwargs"`` ``model(**x)``, ``"dict"`` ``model(x)`` (a
     forward taking one dict, as sentence-transformers models do), ``"auto"`` (default) ``model(x)`` when the
-    forward has a required positional parameter that is not a key of the dict, else ``model(**x)``. A choice
+    forward has one required positional parameter and it is not a key of the dict, else ``model(**x)``. A choice
     other than ``"auto"`` is recorded for the model's class
     (:func:`~workbench.quant.inputs.set_forward_style`), so every stage and every quantized copy calls it alike;
     ``task.info["forward"]`` says which call the task uses.

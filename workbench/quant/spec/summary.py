@@ -84,6 +84,15 @@ def folded_pairs(plan: PlanLike, model: nn.Module) -> list[tuple[str, str]]:
     return [(c, b) for c, b in conv_bn_pairs(model) if c in quantized]
 
 
+def _covered_weights(plan: PlanLike, modules: Mapping[str, nn.Module]) -> int:
+    """Weight elements of the layers ``plan`` changes (a weight shared by two layers counted once)."""
+    covered: dict[int, int] = {}  # id(weight) -> elements
+    for n, s in plan.items():
+        if not s.is_identity and n in modules:
+            covered[id(modules[n].weight)] = modules[n].weight.numel()
+    return sum(covered.values())
+
+
 def summarize(
     plan: PlanLike,
     model: nn.Module,
@@ -139,11 +148,7 @@ def summarize(
     size_bytes = int(math.ceil(bits_total / 8))
     fp32_bytes = int(math.ceil(fp32_bits / 8))
     n_quant = sum(1 for n in costs if not plan.get(n, FP32).is_identity)
-    covered: dict[int, int] = {}  # id(weight) -> elements: a weight shared by two layers counts once
-    for n, s in plan.items():
-        if not s.is_identity and n in modules:
-            covered[id(modules[n].weight)] = modules[n].weight.numel()
-    covered_params = sum(covered.values())
+    covered_params = _covered_weights(plan, modules)
     total_params = sum(p.numel() for p in model.parameters())
     cov = plan_coverage(model, plan)
     return PlanSummary(
