@@ -88,6 +88,10 @@ def test_quantize_and_qat_weight_only_pattern_plan(home):
     q = _run(home, "quantize", "quantize", "--plan", WEIGHT_ONLY, "--out", str(packed))
     assert q["avg_act_bits"] == 32.0 and 4.0 < q["avg_weight_bits"] < 6.0  # the float pooler counts 32
     assert 0.9 < q["covered_fraction"] < 1.0 and "pooler.dense" not in q["plan"]
+    assert q["coverage"] == (  # in words, naming what stays float and why
+        "covers 15 of 16 weight layers, 96.2 % of weight parameters; float: pooler.dense (3.8 %, not in plan)"
+    )
+    assert q["weight_layers"] == 16 and q["weight_covered_fraction"] == pytest.approx(0.962, abs=5e-4)
     assert packed.stat().st_size == q["packed_bytes"] < q["fp32_size_bytes"] / 4
     assert q["fp32_accuracy"] == pytest.approx(1.0) and 0.95 < q["accuracy"] < 1.0
 

@@ -9,8 +9,9 @@ keeps its module path (``_blocks.0._depthwise_conv``).
 An adapter matches by structure (its ``matches`` predicate: base type, children, attributes), and every match is
 checked by numbers before it is trusted: a seeded copy of the module with random weights must give the same
 output as its split on two probe inputs (both parities of the spatial size). A module whose split does not
-reproduce it stays unsupported, with the reason in :func:`adapter_refusal`. Results are cached per class and
-configuration, so matching costs one probe per kind of layer.
+reproduce it stays unsupported, with the reason in :func:`adapter_refusal`. Verdicts are cached per class,
+geometry (kernel, stride, padding, dilation, grouped or not) and children, so matching costs one probe per kind
+of layer, not per layer.
 
 Built-ins (TF "SAME" padding, as converted TensorFlow models and timm use it):
 
@@ -127,9 +128,16 @@ def _own_forward(module: nn.Module, base: type[nn.Module]) -> bool:
     return hasattr(base, "_conv_forward") and cls._conv_forward is not base._conv_forward
 
 
+_KEY_ATTRS = ("kernel_size", "stride", "padding", "dilation", "padding_mode")
+
+
 def _key(module: nn.Module) -> tuple:
+    """What an adapter's verdict may depend on: the class, its geometry and its children (not the channel
+    counts, the bias or the weights: one check per kind of layer, not per layer)."""
     children = tuple((n, type(c), repr(c)) for n, c in module.named_children())
-    return (type(module), module.extra_repr(), children, str(module.weight.dtype))
+    geometry = tuple(repr(getattr(module, a, None)) for a in _KEY_ATTRS)
+    grouped = getattr(module, "groups", 1) > 1
+    return (type(module), geometry, grouped, children, str(module.weight.dtype))
 
 
 def _lookup(module: nn.Module) -> tuple[LayerAdapter | None, str | None]:
