@@ -66,7 +66,9 @@ def test_call_model_detects_a_single_dict_forward():
     assert not takes_one_dict(kw, {"x": torch.ones(1, 4)})
     assert call_model(kw, {"x": torch.ones(3, 4)}).shape == (3, 2)
     assert not takes_one_dict(lambda input_ids, attention_mask: None, x)  # keys name the parameters
-    assert not takes_one_dict(lambda tokens, mask: None, x)  # two positionals: keyword arguments (a clear error)
+    assert not takes_one_dict(
+        lambda tokens, mask: None, x
+    )  # two positionals: keyword arguments (a clear error)
 
 
 def test_dict_forward_model_is_quantized_and_evaluated():
