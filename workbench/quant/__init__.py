@@ -4,6 +4,8 @@ This package depends on nothing above it (no tracking, search or UI imports); it
 :mod:`workbench.compress` for the pruning and low-rank methods a spec may add to quantization.
 """
 
+from workbench.quant.adapters import LayerAdapter, register_adapter
+from workbench.quant.coverage import Coverage, CoverageWarning, plan_coverage
 from workbench.quant.error import WeightError, layer_weight, weight_error, weight_error_table
 from workbench.quant.introspect import QUANTIZABLE_TYPES, LayerCost, layer_costs, quantizable_layers
 from workbench.quant.modules import (
@@ -44,6 +46,9 @@ __all__ = [
     "QUANTIZABLE_TYPES",
     "VALID_BITS",
     "ActQuantizer",
+    "Coverage",
+    "CoverageWarning",
+    "LayerAdapter",
     "LayerCost",
     "PackReport",
     "PlanError",
@@ -63,12 +68,14 @@ __all__ = [
     "load_packed",
     "match_layers",
     "parse_shorthand",
+    "plan_coverage",
     "quant_twin",
     "quant_modules",
     "quantizable_layers",
     "quantize_model",
     "quantize_weight",
     "read_header",
+    "register_adapter",
     "save_packed",
     "split_shorthand",
     "weight_error",
