@@ -1,0 +1,29 @@
+"""Layers quantized through an adapter (SAME padding) deploy on int8 kernels with their pad kept in front."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.quant.test_adapters import SameNet
+from workbench.hardware.deploy import deploy
+from workbench.quant import QuantPlan, quantize_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_same_padding_layers_deploy_on_int8_kernels_like_their_simulation():
+    torch.manual_seed(0)
+    net = SameNet().eval()
+    x = torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", net)
+    dep = deploy(net, plan, x)
+    assert set(dep.table()["precision"]) == {"int8"}
+    code = dep.module.code
+    assert "same_pad2d" in code  # the dynamic SAME pad of 'down', computed from the input size
+    sim = quantize_model(net, plan, [x])
+    with torch.no_grad():
+        ref, simulated, deployed = net(x), sim(x), dep.module(x)
+    assert float(F.cosine_similarity(deployed, ref).min()) > 0.999
+    assert float(F.cosine_similarity(deployed, simulated).min()) > 0.999
