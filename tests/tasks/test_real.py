@@ -106,3 +106,27 @@ def test_pretrained_lite1_on_the_crops() -> None:
         probs = task.model(task.test_loader.dataset[:8]).softmax(-1)
     assert float(probs.max(-1).values.mean()) > 0.1  # confident on real photos (random weights: ~0.001)
     assert task.evaluate(_perturbed(task.model, 0.02)) < 1.0
+
+
+def test_quantize_cli_reports_every_fidelity_figure(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import json
+
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    task_file = tmp_path / "tiny_real.py"
+    task_file.write_text(
+        "from workbench.tasks import PhotoCropConfig, real_task\n\n\n"
+        "def make_task():\n"
+        "    crops = PhotoCropConfig(image_size=32, calib_size=8, val_size=8, test_size=16, batch_size=8)\n"
+        "    return real_task('efficientnet_lite1', pretrained=False, crops=crops)\n"
+    )
+    out = tmp_path / "q.json"
+    args = ["quantize", "--task", f"{task_file}:make_task", "--plan", "uniform:w8a8:per_channel"]
+    assert main([*args, "--json", str(out), "--no-track"]) == 0
+    fidelity = json.loads(out.read_text())["fidelity"]
+    assert set(fidelity) == {"cosine", "kl", "top5_overlap", "top1_agreement", "samples"}
+    assert fidelity["samples"] == 16 and fidelity["cosine"] <= 1.0 + 1e-9
+    assert "fidelity to FP32 on the 16 test samples: cosine" in capsys.readouterr().out
