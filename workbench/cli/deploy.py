@@ -77,11 +77,12 @@ def _task_inputs(args: argparse.Namespace, task):
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.hardware.deploy import DeployConfig, choose_kernels
-    from workbench.models import ZOO_MODELS
+    from workbench.models import REAL_MODELS, ZOO_MODELS
     from workbench.pipeline import resolve_plan
 
     cfg = config_from_args(DeployConfig, args, CONFIG_FLAGS)
-    synthetic = args.dataset is None and args.model not in ZOO_MODELS and not getattr(args, "task", None)
+    has_task = args.model in ZOO_MODELS or args.model in REAL_MODELS or getattr(args, "task", None)
+    synthetic = args.dataset is None and not has_task
     task = None
     if synthetic:
         model, x, calib, evaluate = _synthetic_inputs(args)

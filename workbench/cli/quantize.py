@@ -19,10 +19,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench import tracking
     from workbench.pipeline import evaluate_plan, resolve_plan, results_table
+    from workbench.tasks.metrics import FidelityMetric
 
     task = load_task(args)
     plan = resolve_plan(args.plan, task.model)
-    res = evaluate_plan(task, plan, name=str(args.plan), packed_path=args.out, overwrite=args.overwrite)
+    fidelity_task = isinstance(task.metric, FidelityMetric)
+    res = evaluate_plan(
+        task,
+        plan,
+        name=str(args.plan),
+        packed_path=args.out,
+        overwrite=args.overwrite,
+        keep_model=fidelity_task,
+    )
     tracking.log_stage(
         "quantize",
         res,
@@ -36,6 +45,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("covered_fraction", "covered_params", "total_params", "weight_covered_fraction", "weight_layers")
     coverage = {k: getattr(summary, k) for k in (*keys, "covered_weight_layers", "coverage")}
     print(f"the plan {summary.coverage}")
+    fidelity = _fidelity(task, res.model) if fidelity_task else None
     if args.out:
         print(f"packed model written to {args.out} ({res.packed_bytes} bytes)")
     return {
@@ -43,5 +53,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "plan_source": str(args.plan),
         **res.to_dict(),
         **coverage,
+        **({"fidelity": fidelity} if fidelity is not None else {}),
         "plan": plan.to_dict(),
     }
+
+
+def _fidelity(task: Any, qmodel: Any) -> dict[str, float]:
+    """Every fidelity figure of the quantized model on the whole test split, printed beside the task's metric."""
+    from workbench.tasks import fidelity_report
+
+    report = fidelity_report(qmodel, task.metric, task.loader("test"))
+    k = task.metric.k
+    print(
+        f"fidelity to FP32 on the {report['samples']} test samples: cosine {report['cosine']:.4f}, "
+        f"KL {report['kl']:.4g}, top-{k} overlap {report[f'top{k}_overlap']:.4f}, "
+        f"top-1 agreement {report['top1_agreement']:.4f}"
+    )
+    return report

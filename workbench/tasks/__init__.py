@@ -9,6 +9,9 @@ Three ways to get one:
 * :func:`task_from_model` — any ``nn.Module`` with your own loaders, scored by top-1 accuracy, your own
   ``metric(model, loader)``, ``eval_fn(model)``, or a :func:`fidelity_metric` against the FP32 model.
 * :func:`load_task_file` — the Task a function in a Python file returns (the CLI's ``--task FILE.py:FUNC``).
+* :func:`real_task` — an ImageNet-pretrained EfficientNet-Lite1 / -Lite2 (optional ``[real]`` extra) on seeded
+  crops of the photos shipped in scikit-image / scikit-learn (:func:`photo_crops`), scored by fidelity to FP32
+  (:func:`fidelity_report`: cosine, KL, top-5 overlap, top-1 agreement).
 
 The built-in loaders yield ``(x, y)`` tuples (the calibration loader is a deterministic subset of the training
 data). Your own may yield ``(inputs, targets)`` or the inputs alone, the inputs a tensor, a tuple or a dict of
@@ -39,6 +42,7 @@ from workbench.tasks.metrics import (
     Metric,
     evaluate_accuracy,
     fidelity_metric,
+    fidelity_report,
     metric_name,
 )
 from workbench.tasks.task import TASK_DEFAULTS, Task, TaskLike, check_task
@@ -55,6 +59,15 @@ _LAZY = {
     "DATASETS": "workbench.tasks.vision",
     "_load_weights": "workbench.tasks.vision",
     "torchvision_task": "workbench.tasks.vision",
+    "REAL_MODELS": "workbench.real_models",
+    "MissingOptionalPackageError": "workbench.real_models",
+    "build_real_model": "workbench.real_models",
+    "PHOTO_SOURCES": "workbench.tasks.photos",
+    "PhotoCropConfig": "workbench.tasks.photos",
+    "PhotoCrops": "workbench.tasks.photos",
+    "photo_crops": "workbench.tasks.photos",
+    "real_task": "workbench.tasks.real",
+    "task_fidelity_report": "workbench.tasks.real",
 }
 
 
@@ -73,6 +86,8 @@ __all__ = [
     "DIGITS_IMAGE_SIZES",
     "FIDELITY_KINDS",
     "MODEL_INPUT_SIZE",
+    "PHOTO_SOURCES",
+    "REAL_MODELS",
     "SPLITS",
     "TASK_DEFAULTS",
     "ZOO_MODELS",
@@ -82,20 +97,28 @@ __all__ = [
     "EvalFnMetric",
     "FidelityMetric",
     "Metric",
+    "MissingOptionalPackageError",
+    "PhotoCropConfig",
+    "PhotoCrops",
     "Task",
     "TaskFileError",
     "TaskLike",
     "TrainConfig",
     "_load_weights",
     "build_model",
+    "build_real_model",
     "check_task",
     "digits_data",
     "evaluate_accuracy",
     "fidelity_metric",
+    "fidelity_report",
     "get_trained_model",
     "load_task",
     "load_task_file",
     "metric_name",
+    "photo_crops",
+    "real_task",
+    "task_fidelity_report",
     "task_from_model",
     "torchvision_task",
 ]

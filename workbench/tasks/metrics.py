@@ -35,6 +35,7 @@ __all__ = [
     "Metric",
     "evaluate_accuracy",
     "fidelity_metric",
+    "fidelity_report",
     "metric_name",
 ]
 
@@ -75,8 +76,15 @@ class EvalFnMetric:
         return f"EvalFnMetric({self.__qualname__.removeprefix('eval_fn:')})"
 
 
-FIDELITY_KINDS: tuple[str, ...] = ("cosine", "min_cosine", "neg_rel_mse", "topk_agreement")
-"""Kinds of :func:`fidelity_metric`."""
+FIDELITY_KINDS: tuple[str, ...] = (
+    "cosine",
+    "min_cosine",
+    "neg_rel_mse",
+    "topk_agreement",
+    "top1_agreement",
+    "neg_kl",
+)
+"""Kinds of :func:`fidelity_metric` (each higher-is-better; :func:`fidelity_report` gives them side by side)."""
 
 
 def _batch_digest(inputs: Any) -> str:
@@ -162,14 +170,14 @@ class FidelityMetric:
             self._cache[id(loader)] = (loader, result)  # the loader is held, so its id is not reused
         return result
 
-    def __call__(self, model: nn.Module, loader: Iterable) -> float:
+    def _stats(self, model: nn.Module, loader: Iterable, kinds: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Per-sample / per-row statistics of ``model`` vs the reference over the whole ``loader``."""
         batches = [split_batch(b)[0] for b in loader]
         if not batches:
             raise ValueError("fidelity_metric got an empty loader (no batches)")
         refs = [r for _, r in self._reference(loader, batches)]
         outs = _primary_outputs(model, batches, self.output_key)
-        cos: list[torch.Tensor] = []
-        err = ref_sq = agree = rows = 0.0
+        parts: dict[str, list[torch.Tensor]] = {}
         for i, (y, r) in enumerate(zip(outs, refs)):
             if tuple(y.shape) != tuple(r.shape):
                 raise ValueError(
@@ -177,29 +185,58 @@ class FidelityMetric:
                 )
             # a broken (e.g. overflowing) quantized model gets a poor but finite score
             y = torch.nan_to_num(y.double().cpu(), nan=0.0, posinf=3.4e38, neginf=-3.4e38)
-            r = r.double()
-            if self.kind in ("cosine", "min_cosine"):
-                y2, r2 = y.reshape(y.shape[0], -1), r.reshape(r.shape[0], -1)
-                num = (y2 * r2).sum(dim=1)
-                den = y2.norm(dim=1) * r2.norm(dim=1)
-                cos.append(torch.where(den > 0, num / den.clamp_min(1e-300), (y2 == r2).all(dim=1).double()))
-            elif self.kind == "neg_rel_mse":
-                err += float((y - r).pow(2).sum())
-                ref_sq += float(r.pow(2).sum())
-            else:
-                width = r.shape[-1] if r.dim() > 1 else 1
-                k = min(self.k, width)
-                y2, r2 = y.reshape(-1, width), r.reshape(-1, width)
-                iy, ir = y2.topk(k, dim=1).indices, r2.topk(k, dim=1).indices
-                agree += float((iy.unsqueeze(2) == ir.unsqueeze(1)).any(dim=2).sum()) / k
-                rows += y2.shape[0]
-        if self.kind == "cosine":
-            return float(torch.cat(cos).mean())
+            for name, value in _batch_stats(y, r.double(), kinds, self.k).items():
+                parts.setdefault(name, []).append(value)
+        return {name: torch.cat(values) for name, values in parts.items()}
+
+    def __call__(self, model: nn.Module, loader: Iterable) -> float:
+        stats = self._stats(model, loader, (self.kind,))
         if self.kind == "min_cosine":
-            return float(torch.cat(cos).min())
+            return float(stats["cosine"].min())
         if self.kind == "neg_rel_mse":
+            err, ref_sq = float(stats["err"].sum()), float(stats["ref_sq"].sum())
             return -err / ref_sq if ref_sq > 0 else (0.0 if err == 0 else -math.inf)
-        return agree / rows
+        if self.kind == "neg_kl":
+            return -float(stats["kl"].mean())
+        return float(stats[self.kind].mean())
+
+    def report(self, model: nn.Module, loader: Iterable) -> dict[str, float]:
+        """Every fidelity figure of ``model`` on the whole ``loader`` (see :func:`fidelity_report`)."""
+        stats = self._stats(model, loader, ("cosine", "neg_kl", "topk_agreement", "top1_agreement"))
+        return {
+            "cosine": float(stats["cosine"].mean()),
+            "kl": float(stats["kl"].mean()),
+            f"top{self.k}_overlap": float(stats["topk_agreement"].mean()),
+            "top1_agreement": float(stats["top1_agreement"].mean()),
+            "samples": int(stats["cosine"].numel()),
+        }
+
+
+def _batch_stats(y: torch.Tensor, r: torch.Tensor, kinds: tuple[str, ...], k: int) -> dict[str, torch.Tensor]:
+    """The statistics ``kinds`` need of one batch (``y`` the model's output, ``r`` the reference's, float64):
+    per sample ``cosine`` (flattened over all dims but 0), per row of the last dim ``kl`` (KL(ref || model) of
+    their softmaxes), ``topk_agreement`` (share of the reference's top-k in the model's), ``top1_agreement``;
+    per batch ``err`` / ``ref_sq`` (summed squares)."""
+    out: dict[str, torch.Tensor] = {}
+    if {"cosine", "min_cosine"} & set(kinds):
+        y2, r2 = y.reshape(y.shape[0], -1), r.reshape(r.shape[0], -1)
+        num = (y2 * r2).sum(dim=1)
+        den = y2.norm(dim=1) * r2.norm(dim=1)
+        out["cosine"] = torch.where(den > 0, num / den.clamp_min(1e-300), (y2 == r2).all(dim=1).double())
+    if "neg_rel_mse" in kinds:
+        out["err"] = (y - r).pow(2).sum().reshape(1)
+        out["ref_sq"] = r.pow(2).sum().reshape(1)
+    width = r.shape[-1] if r.dim() > 1 else 1
+    y2, r2 = y.reshape(-1, width), r.reshape(-1, width)
+    if "topk_agreement" in kinds:
+        iy, ir = y2.topk(min(k, width), dim=1).indices, r2.topk(min(k, width), dim=1).indices
+        out["topk_agreement"] = (iy.unsqueeze(2) == ir.unsqueeze(1)).any(dim=2).double().mean(dim=1)
+    if "top1_agreement" in kinds:
+        out["top1_agreement"] = (y2.argmax(dim=1) == r2.argmax(dim=1)).double()
+    if "neg_kl" in kinds:
+        log_r, log_y = torch.log_softmax(r2, dim=1), torch.log_softmax(y2, dim=1)
+        out["kl"] = (log_r.exp() * (log_r - log_y)).sum(dim=1).clamp_min(0.0)
+    return out
 
 
 def metric_name(metric: Any) -> str:
@@ -235,9 +272,41 @@ def fidelity_metric(
     * ``"topk_agreement"`` — mean over rows of the last dimension (samples, or tokens of a sequence output) of
       the share of the reference's top-``k`` entries that are also in the model's top-``k`` (1 is a perfect
       match; ``k`` is capped at the last dimension's size).
+    * ``"top1_agreement"`` — share of rows of the last dimension whose argmax matches the reference's.
+    * ``"neg_kl"`` — minus the mean over rows of KL(reference || model) of the softmax of the last dimension
+      (0 is a perfect match). Low-margin inputs flip their argmax under tiny changes: never read top-1
+      agreement alone; :func:`fidelity_report` gives all the figures of the whole loader.
 
     The reference outputs are computed once per loader object and cached (with a digest of each batch's inputs:
     a batch that changed is recomputed). The reference model is used as it is (not copied, never modified).
     Non-finite values in a quantized model's output are replaced as ``torch.nan_to_num`` does before scoring.
     """
     return FidelityMetric(reference_model, kind, output_key=output_key, k=k)
+
+
+def fidelity_report(
+    model: nn.Module,
+    reference: nn.Module | FidelityMetric,
+    loader: Iterable,
+    *,
+    output_key: str | int | None = None,
+    k: int = 5,
+) -> dict[str, float]:
+    """Every fidelity figure of ``model`` against the FP32 ``reference`` on the whole ``loader`` (no labels):
+
+    * ``cosine`` — mean per-sample cosine of the outputs (the default primary metric for search);
+    * ``kl`` — mean KL(reference || model) of the softmax over the last dimension (0 is a perfect match);
+    * ``top{k}_overlap`` (``top5_overlap`` by default) — mean share of the reference's top-k in the model's;
+    * ``top1_agreement`` — share of rows whose argmax matches the reference's;
+    * ``samples`` — how many samples the cosine averages over.
+
+    ``reference`` is the FP32 model, or a :class:`FidelityMetric` (its cached reference outputs, ``output_key``
+    and ``k`` are used). Low-margin inputs flip their argmax under tiny perturbations: read top-1 agreement
+    beside the cosine / KL, never alone.
+    """
+    metric = (
+        reference
+        if isinstance(reference, FidelityMetric)
+        else FidelityMetric(reference, "cosine", output_key=output_key, k=k)
+    )
+    return metric.report(model, loader)
