@@ -13,20 +13,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_task_args(p)
     p.add_argument("--plan", required=True, help="plan JSON file or shorthand, e.g. uniform:w4a8:per_channel")
     p.add_argument("--out", help="write the packed low-bit model here (.wbq)")
+    p.add_argument(
+        "--ptq",
+        default="default",
+        help="post-training quantization steps, comma-separated, run in their fixed order (cle, ranges, adaround, "
+        "bias_correction); 'default' (the measured default, see the README) or 'none'",
+    )
     p.set_defaults(func=run)
+
+
+def cli_ptq(text: str | None) -> tuple[str, ...]:
+    """The PTQ step names of ``--ptq`` (``default``: :data:`~workbench.quant.ptq.DEFAULT_PTQ`); a bad name exits
+    with an error listing the valid steps."""
+    from workbench.quant.ptq import DEFAULT_PTQ, parse_ptq
+
+    if text is None or text.strip() == "default":
+        return DEFAULT_PTQ
+    return parse_ptq(text)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench import tracking
     from workbench.pipeline import evaluate_plan, resolve_plan, results_table
 
+    ptq = cli_ptq(args.ptq)  # validated before any work
     task = load_task(args)
     plan = resolve_plan(args.plan, task.model)
-    res = evaluate_plan(task, plan, name=str(args.plan), packed_path=args.out, overwrite=args.overwrite)
+    res = evaluate_plan(
+        task, plan, name=str(args.plan), packed_path=args.out, overwrite=args.overwrite, ptq=ptq
+    )
     tracking.log_stage(
         "quantize",
         res,
-        params={"model": args.model, "plan": str(args.plan)},
+        params={"model": args.model, "plan": str(args.plan), "ptq": ",".join(ptq) or "none"},
         plan=plan,
         run_name=f"quantize-{args.model}",
         enabled=tracking_flag(args),
@@ -43,6 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
         "plan_source": str(args.plan),
+        "ptq": list(ptq),
         **res.to_dict(),
         **coverage,
         "plan": plan.to_dict(),

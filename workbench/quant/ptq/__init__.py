@@ -1,0 +1,42 @@
+"""Post-training quantization (PTQ) steps, one registry: ``cle`` (cross-layer equalization, before the swap),
+``ranges`` (per-layer range choice), ``adaround`` (learned rounding of low-bit weights) and ``bias_correction``
+(after calibration, in that order). Run them through ``quantize_model(..., ptq=[...])``; see
+:mod:`workbench.quant.ptq.registry` for the stages and the skip / error rules.
+"""
+
+from workbench.quant.ptq.adaround import AdaRoundConfig
+from workbench.quant.ptq.bias_correction import BiasCorrectionConfig
+from workbench.quant.ptq.cle import CleConfig, cle_pairs
+from workbench.quant.ptq.ranges import RangesConfig
+from workbench.quant.ptq.registry import (
+    PTQ_STEPS,
+    PtqContext,
+    PtqRun,
+    PtqSkipWarning,
+    PtqStep,
+    parse_ptq,
+    ptq_step_names,
+    register_ptq_step,
+    resolve_ptq,
+)
+
+DEFAULT_PTQ: tuple[str, ...] = ()
+"""The steps the CLI and the README recommend by default (chosen by measurement, see the README)."""
+
+__all__ = [
+    "DEFAULT_PTQ",
+    "PTQ_STEPS",
+    "AdaRoundConfig",
+    "BiasCorrectionConfig",
+    "CleConfig",
+    "PtqContext",
+    "PtqRun",
+    "PtqSkipWarning",
+    "PtqStep",
+    "RangesConfig",
+    "cle_pairs",
+    "parse_ptq",
+    "ptq_step_names",
+    "register_ptq_step",
+    "resolve_ptq",
+]
