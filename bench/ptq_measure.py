@@ -101,11 +101,10 @@ def lite1() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 
 
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    from workbench.models import get_trained_model
-    from workbench.tasks import get_task
+    from workbench.tasks import load_task
 
-    task = get_task("digits_resnet")
-    model = get_trained_model("digits_resnet").eval()
+    task = load_task("digits_resnet")
+    model = task.model.eval()
     calib = torch.cat([b[0] for b in task.calib_loader])[: ARGS.calib]
     test = torch.cat([b[0] for b in task.loader("test")])[: ARGS.test]
     return model, calib, test

@@ -89,3 +89,15 @@ def test_search_config_validates_and_keys_ptq():
         SearchConfig(ptq=("nope",))
     cfg = SearchConfig(ptq=("cle",))
     assert SearchConfig.from_dict(cfg.to_dict()).ptq == ("cle",)
+
+
+def test_a_ptq_model_packs_and_loads_to_the_same_outputs(ir_model, ir_data, tmp_path):
+    from workbench.quant import load_packed, save_packed
+
+    plan = QuantPlan.from_shorthand("uniform:w4a8:per_channel", ir_model)
+    q = quantize_model(ir_model, plan, ir_data, ptq=["cle", "ranges", AdaRoundConfig(iterations=10), "bias_correction"])
+    save_packed(q, tmp_path / "m.wbq")
+    back = load_packed(tmp_path / "m.wbq", ir_model)
+    x = torch.cat([b[0] for b in ir_data])
+    with torch.no_grad():
+        assert torch.allclose(back(x), q(x), atol=1e-5)

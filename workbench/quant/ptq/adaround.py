@@ -38,7 +38,7 @@ class AdaRoundConfig:
 
     name: ClassVar[str] = "adaround"
     max_bits: int = 4
-    iterations: int = 300
+    iterations: int = 200
     batch_size: int = 8
     crop: int = 24
     calib_samples: int = 32
