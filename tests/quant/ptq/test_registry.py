@@ -95,7 +95,9 @@ def test_a_ptq_model_packs_and_loads_to_the_same_outputs(ir_model, ir_data, tmp_
     from workbench.quant import load_packed, save_packed
 
     plan = QuantPlan.from_shorthand("uniform:w4a8:per_channel", ir_model)
-    q = quantize_model(ir_model, plan, ir_data, ptq=["cle", "ranges", AdaRoundConfig(iterations=10), "bias_correction"])
+    q = quantize_model(
+        ir_model, plan, ir_data, ptq=["cle", "ranges", AdaRoundConfig(iterations=10), "bias_correction"]
+    )
     save_packed(q, tmp_path / "m.wbq")
     back = load_packed(tmp_path / "m.wbq", ir_model)
     x = torch.cat([b[0] for b in ir_data])

@@ -54,7 +54,7 @@ def test_bias_correction_names_a_layer_without_bias(ir_model, ir_data):
 
 def test_ranges_never_worse_than_minmax(ir_model, ir_data):
     plan = _plan(ir_model, "uniform:w3a4:per_channel")
-    q = quantize_model(ir_model, plan, ir_data, ptq=[RangesConfig(calib_samples=48)])
+    q = quantize_model(ir_model, plan, ir_data, ptq=[RangesConfig(calib_samples=48, eval_samples=48)])
     report = q.ptq_reports["ranges"]
     assert set(report) == {"expand", "dw", "project", "fc"}
     assert all(r["mse"] <= r["mse_before"] for r in report.values())

@@ -30,21 +30,23 @@ _MAX_ACT_SAMPLES = 1 << 16  # values per activation channel the candidates are e
 @dataclass(frozen=True)
 class RangesConfig:
     """Range-setting knobs: the candidate observers for weights and activations (from minmax, mse, percentile),
-    the percentiles tried, and the calibration samples a layer's error is measured on."""
+    the percentiles tried, the calibration samples activation ranges are estimated from (``calib_samples``) and
+    those a candidate's output error is measured on (``eval_samples``, the first of them)."""
 
     name: ClassVar[str] = "ranges"
     weight_observers: tuple[str, ...] = ("minmax", "mse", "percentile")
     act_observers: tuple[str, ...] = ("minmax", "mse", "percentile")
     percentiles: tuple[float, ...] = (99.9, 99.99)
     calib_samples: int = 32
+    eval_samples: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:
         for obs in (*self.weight_observers, *self.act_observers):
             if obs not in OBSERVERS:
                 raise PlanError(f"RangesConfig observer {obs!r} unknown; choose from {OBSERVERS}")
-        if self.calib_samples < 1:
-            raise PlanError("RangesConfig.calib_samples must be >= 1")
+        if self.calib_samples < 1 or self.eval_samples < 1:
+            raise PlanError("RangesConfig.calib_samples and eval_samples must be >= 1")
 
 
 def _candidates(observers: tuple[str, ...], percentiles: tuple[float, ...]) -> list[tuple[str, float]]:
@@ -80,6 +82,7 @@ def _try_weights(layer: nn.Module, x: Tensor, target: Tensor, cfg: RangesConfig)
 def _try_acts(layer: nn.Module, x: Tensor, target: Tensor, cfg: RangesConfig) -> tuple[str, float, float]:
     aq: ActQuantizer = layer.a_quant
     grid = activation_grid(x, aq.spec.a_granularity).float()
+    x, target = x[: cfg.eval_samples], target[: cfg.eval_samples]
     if grid.shape[1] > _MAX_ACT_SAMPLES:
         gen = torch.Generator().manual_seed(cfg.seed)
         idx = torch.randperm(grid.shape[1], generator=gen)[:_MAX_ACT_SAMPLES].to(grid.device)
@@ -107,7 +110,8 @@ def tune_layer_ranges(layer: nn.Module, x: Tensor, cfg: RangesConfig) -> dict[st
     target = float_forward(layer, x)
     report: dict[str, Any] = {}
     if layer.w_quant.is_integer:
-        report["weight"], report["mse_before"], report["mse"] = _try_weights(layer, x, target, cfg)
+        xs, ts = x[: cfg.eval_samples], target[: cfg.eval_samples]
+        report["weight"], report["mse_before"], report["mse"] = _try_weights(layer, xs, ts, cfg)
     if isinstance(layer.a_quant, ActQuantizer) and layer.a_quant.needs_calibration:
         report["act"], before, report["mse"] = _try_acts(layer, x, target, cfg)
         report.setdefault("mse_before", before)
