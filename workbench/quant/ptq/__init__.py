@@ -20,8 +20,10 @@ from workbench.quant.ptq.registry import (
     resolve_ptq,
 )
 
-DEFAULT_PTQ: tuple[str, ...] = ()
-"""The steps the CLI and the README recommend by default (chosen by measurement, see the README)."""
+DEFAULT_PTQ: tuple[str, ...] = ("bias_correction",)
+"""The steps ``quantize`` runs unless ``--ptq`` says otherwise, chosen by measurement (README, "Post-training
+quantization"): bias correction costs two forward passes over the calibration samples and lifts W8A8 per-channel
+EfficientNet-Lite1 from logit cosine 0.975 to 0.991. ``quantize_model`` itself runs no step unless asked."""
 
 __all__ = [
     "DEFAULT_PTQ",
