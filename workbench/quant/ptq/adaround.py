@@ -143,7 +143,7 @@ def _round_layer(
     for it in range(cfg.iterations):
         idx_q, idx_f = _sample(xq_all, x_f, cfg, gen)
         with torch.no_grad():
-            target = forward_with(float_layer, idx_f, float_layer.weight)
+            target = float_layer(idx_f)
         loss = _recon(forward_with(layer, idx_q, r.weight()), target)
         if it >= warm:
             frac = (it - warm) / max(1, cfg.iterations - warm)
@@ -153,7 +153,7 @@ def _round_layer(
         loss.backward()
         opt.step()
     with torch.no_grad():
-        target = forward_with(float_layer, x_f, float_layer.weight)
+        target = float_layer(x_f)
         nearest = layer.quantized_weight()
         hard = r.weight(hard=True)
         before = float(_recon(forward_with(layer, xq_all, nearest), target))

@@ -26,7 +26,11 @@ def tunable_layers(model: nn.Module, step: str) -> dict[str, nn.Module]:
 
 
 def forward_with(layer: nn.Module, x: Tensor, weight: Tensor) -> Tensor:
-    """``layer``'s operation on ``x`` with ``weight`` and its bias, no input quantization."""
+    """``layer``'s operation on ``x`` with ``weight`` and its bias, no input quantization (a pre-op a layer adapter
+    put in front of a fake-quant layer, such as SAME padding, is applied)."""
+    pre_op = layer._modules.get("pre_op")
+    if pre_op is not None:
+        x = pre_op(x)
     if isinstance(layer, nn.Linear):
         return F.linear(x, weight, layer.bias)
     return layer._conv_forward(x, weight, layer.bias)
