@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,8 +137,10 @@ def evaluate_plan(
     overwrite: bool = False,
     keep_model: bool = False,
     device: str | torch.device | None = None,
+    ptq: Sequence[Any] = (),
 ) -> PlanResult:
-    """Quantize ``task.model`` with ``plan`` (calibrated on the task's calibration data) and measure it.
+    """Quantize ``task.model`` with ``plan`` (calibrated on the task's calibration data; ``ptq``: post-training
+    quantization steps, see :mod:`workbench.quant.ptq`) and measure it.
 
     The packed file goes to ``packed_path`` if given (refusing to overwrite unless ``overwrite``), else to a
     temporary file that is removed after its size is read. ``device``: where the model is quantized and
@@ -146,7 +149,7 @@ def evaluate_plan(
     :class:`workbench.devices.DeviceError` before any work.
     """
     task = on_device(check_task(task, need=("model", "calib_loader", "evaluate", "example_input")), device)
-    qmodel = quantize_model(task.model, plan, task.calib_loader)
+    qmodel = quantize_model(task.model, plan, task.calib_loader, ptq=ptq)
     fp32 = task.evaluate(task.model, split) if fp32_accuracy is None else fp32_accuracy
     acc = task.evaluate(qmodel, split)
     summary = plan.summary(task.model, task.example_input())

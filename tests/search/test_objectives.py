@@ -244,3 +244,15 @@ def test_predicted_accuracy():
     assert pred(plans[0]) == pytest.approx(0.875)
     with pytest.raises(ValueError, match="only knows quantization"):
         pred(QuantPlan({"0": QuantSpec(w_bits=8, sparsity=0.5)}))
+
+
+def test_plan_evaluator_applies_ptq_and_keys_it():
+    task = TinyTask(tiny_model())
+    cache = EvalCache()
+    plan = QuantPlan({"0": QuantSpec(w_bits=4), "3": QuantSpec(w_bits=4)})
+    plain = PlanEvaluator(task, cache=cache)
+    with_bc = PlanEvaluator(task, cache=cache, ptq=("bias_correction",))
+    assert with_bc.key(plan) != plain.key(plan)
+    acc_plain, _ = plain(plan)
+    acc_bc, hit = with_bc(plan)
+    assert not hit and acc_bc != pytest.approx(acc_plain, abs=1e-7)  # the corrected biases move the output

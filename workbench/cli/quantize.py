@@ -13,7 +13,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_task_args(p)
     p.add_argument("--plan", required=True, help="plan JSON file or shorthand, e.g. uniform:w4a8:per_channel")
     p.add_argument("--out", help="write the packed low-bit model here (.wbq)")
+    p.add_argument(
+        "--ptq",
+        default="default",
+        help="post-training quantization steps, comma-separated, run in their fixed order (cle, ranges, adaround, "
+        "bias_correction); 'default' (the measured default, see the README) or 'none'",
+    )
     p.set_defaults(func=run)
+
+
+def cli_ptq(text: str | None) -> tuple[str, ...]:
+    """The PTQ step names of ``--ptq`` (``default``: :data:`~workbench.quant.ptq.DEFAULT_PTQ`); a bad name exits
+    with an error listing the valid steps."""
+    from workbench.quant.ptq import DEFAULT_PTQ, parse_ptq
+
+    if text is None or text.strip() == "default":
+        return DEFAULT_PTQ
+    return parse_ptq(text)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -21,6 +37,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.pipeline import evaluate_plan, resolve_plan, results_table
     from workbench.tasks.metrics import FidelityMetric
 
+    ptq = cli_ptq(args.ptq)  # validated before any work
     task = load_task(args)
     plan = resolve_plan(args.plan, task.model)
     fidelity_task = isinstance(task.metric, FidelityMetric)
@@ -31,11 +48,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         packed_path=args.out,
         overwrite=args.overwrite,
         keep_model=fidelity_task,
+        ptq=ptq,
     )
     tracking.log_stage(
         "quantize",
         res,
-        params={"model": args.model, "plan": str(args.plan)},
+        params={"model": args.model, "plan": str(args.plan), "ptq": ",".join(ptq) or "none"},
         plan=plan,
         run_name=f"quantize-{args.model}",
         enabled=tracking_flag(args),
@@ -51,6 +69,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
         "plan_source": str(args.plan),
+        "ptq": list(ptq),
         **res.to_dict(),
         **coverage,
         **({"fidelity": fidelity} if fidelity is not None else {}),

@@ -6,7 +6,8 @@ The caller's model is never modified.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,6 +17,7 @@ from workbench.quant.fusion import conv_bn_pairs, fold_batchnorm
 from workbench.quant.inputs import call_model, move_inputs, split_batch
 from workbench.quant.introspect import get_module, is_weight_only, quantizable_layers, set_module
 from workbench.quant.modules import ActQuantizer, quant_twin
+from workbench.quant.ptq import PtqContext, PtqRun
 from workbench.quant.spec import PlanError, QuantPlan
 
 
@@ -112,6 +114,7 @@ def quantize_model(
     seed: int = 0,
     progress: bool = False,
     warn_float: bool = True,
+    ptq: Sequence[Any] | str | None = None,
 ) -> nn.Module:
     """A quantized copy of ``model``: BatchNorm folded into quantized (or pruned / low-rank) convolutions, layers
     swapped, calibrated.
@@ -125,6 +128,11 @@ def quantize_model(
     quantizable layers missing from the plan, with their shares of the weight parameters (layers the plan keeps
     at 32/32 are a choice, not warned about). SAME-padding convolutions and other subclasses a layer adapter
     takes (:mod:`workbench.quant.adapters`) are quantized with their pre-op kept in front.
+
+    ``ptq``: post-training quantization steps (names such as ``"cle"``, ``"bias_correction"``, or configs such as
+    ``AdaRoundConfig(iterations=500)``; see :mod:`workbench.quant.ptq`), run in the registry's fixed order whatever
+    the order given: ``cle`` on the folded float copy before the swap, the others after calibration. Their reports
+    are kept as ``model.ptq_reports``.
     """
     if not isinstance(model, nn.Module):
         raise PlanError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -147,15 +155,19 @@ def quantize_model(
             "this plan quantizes activations statically: pass calib_loader (a DataLoader of inputs)"
         )
 
+    ptq_run = PtqRun(ptq, PtqContext(plan, calib_loader, max_calib_batches, seed, progress))
     qmodel = copy.deepcopy(model).eval()
     pairs: list[tuple[str, str]] = []
     if fold_bn:
         weight_transformed = {n for n, s in plan.items() if s.transforms_weight}
         pairs = [(c, b) for c, b in conv_bn_pairs(qmodel) if c in weight_transformed]
         fold_batchnorm(qmodel, pairs)
+    ptq_run.before_swap(qmodel)
     swap_modules(qmodel, plan, seed=seed)
     if needs_calib:
         calibrate(qmodel, calib_loader, max_batches=max_calib_batches, progress=progress)
+    ptq_run.after_calibration(qmodel)
+    qmodel.ptq_reports = ptq_run.ctx.reports
     qmodel.quant_plan = plan
     qmodel.folded_bn = pairs
     return qmodel

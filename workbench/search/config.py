@@ -83,8 +83,10 @@ class SearchConfig:
     track: bool = True
     log_trials: bool = True
     progress: bool = True
+    ptq: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _check_ptq(self)
         _check_choices(self)
         _check_budgets(self)
         _check_counts(self)
@@ -117,6 +119,8 @@ class SearchConfig:
         hv = d.pop("hv_ref", None)
         known = {f.name for f in fields(cls)}
         kw = {k: v for k, v in d.items() if k in known}
+        if "ptq" in kw:
+            kw["ptq"] = tuple(kw["ptq"])
         if "objectives" in kw:
             kw["objectives"] = tuple(kw["objectives"])
         return cls(space=SpaceConfig(**sp), hv_ref=HypervolumeRef(**hv) if hv else HypervolumeRef(), **kw)
@@ -165,6 +169,19 @@ def _check_budgets(c: SearchConfig) -> None:
     for name in ("complexity_penalty", "diversity_penalty"):
         if getattr(c, name) < 0:
             raise SearchError(f"{name}={getattr(c, name)!r} must be >= 0")
+
+
+def _check_ptq(c: SearchConfig) -> None:
+    """``ptq``: post-training quantization step names every measured plan gets (workbench.quant.ptq)."""
+    from workbench.quant.ptq import resolve_ptq
+
+    if isinstance(c.ptq, str):
+        object.__setattr__(c, "ptq", tuple(p.strip() for p in c.ptq.split(",") if p.strip()))
+    object.__setattr__(c, "ptq", tuple(c.ptq))
+    try:
+        resolve_ptq(c.ptq)
+    except ValueError as e:
+        raise SearchError(str(e)) from None
 
 
 def _check_counts(c: SearchConfig) -> None:

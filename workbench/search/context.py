@@ -82,7 +82,7 @@ def search_evaluator(task: TaskLike, config: SearchConfig, storage_url: str) -> 
     """The evaluator of a search with ``config`` on ``task``: measures on ``config.split`` with the search's
     seed, its cache in the study's database ``storage_url`` (in this process only for ``":memory:"``)."""
     cache = EvalCache(None if storage_url == MEMORY else storage_url)
-    return PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed)
+    return PlanEvaluator(task, split=config.split, cache=cache, seed=config.seed, ptq=config.ptq)
 
 
 def prepare(

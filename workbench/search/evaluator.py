@@ -160,18 +160,30 @@ class EvalCache:
 class PlanEvaluator:
     """Measures plans' accuracy on a task split (quantize with calibration, evaluate), through a cache.
 
-    ``real_evaluations`` counts measurements this evaluator actually ran (cache hits excluded).
+    ``real_evaluations`` counts measurements this evaluator actually ran (cache hits excluded). ``ptq``: the
+    post-training quantization steps every plan gets (:mod:`workbench.quant.ptq`; part of the cache key).
     """
 
     def __init__(
-        self, task: TaskLike, *, split: str = "val", cache: EvalCache | None = None, seed: int = 0
+        self,
+        task: TaskLike,
+        *,
+        split: str = "val",
+        cache: EvalCache | None = None,
+        seed: int = 0,
+        ptq: Sequence[str] = (),
     ) -> None:
         self.task = task
         self.split = split
         self.cache = cache if cache is not None else EvalCache()
         self.seed = seed
         self.real_evaluations = 0
+        self.ptq = tuple(ptq)
         self._prefix = evaluation_prefix(task, split, seed)
+        if self.ptq:  # keys without PTQ are unchanged (caches stay valid)
+            self._prefix = hashlib.sha256(f"{self._prefix}\0ptq={','.join(self.ptq)}".encode()).hexdigest()[
+                :24
+            ]
         self._fp32: float | None = None
 
     @property
@@ -199,7 +211,7 @@ class PlanEvaluator:
         hit = self.cache.get(key)
         if hit is not None:
             return float(hit["accuracy"]), True
-        qmodel = quantize_model(self.task.model, plan, self.task.calib_loader, seed=self.seed)
+        qmodel = quantize_model(self.task.model, plan, self.task.calib_loader, seed=self.seed, ptq=self.ptq)
         acc = float(self.task.evaluate(qmodel, self.split))
         self.real_evaluations += 1
         self.cache.put(key, {"accuracy": acc})

@@ -28,7 +28,9 @@ def finish(
     final_evals = 0
     fp32_final = None
     if cfg.final_split and not front.empty:
-        final = PlanEvaluator(ctx.task, split=cfg.final_split, cache=ctx.evaluator.cache, seed=cfg.seed)
+        final = PlanEvaluator(
+            ctx.task, split=cfg.final_split, cache=ctx.evaluator.cache, seed=cfg.seed, ptq=cfg.ptq
+        )
         fp32_final = final.fp32_accuracy
         accs = []
         for p in front["plan"]:
