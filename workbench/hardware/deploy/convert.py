@@ -31,6 +31,7 @@ fp32 deploys on any device torch has (CUDA included).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,9 @@ from workbench.hardware.deploy.fx_int8 import (
     _input_channels_last,
     convert_fx_int8,
     int8_qconfig_mapping,
+    kernel_exact_problem,
+    reduce_activation_range,
+    sim_input_grids,
     swap_bf16_layers,
 )
 from workbench.hardware.deploy.inputs import DeployInputError, static_input_problem
@@ -52,7 +56,7 @@ from workbench.hardware.dispatch import (
     dispatch_plan,
     dispatch_table,
 )
-from workbench.hardware.profile import PrecisionProfile, load_profile
+from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
 from workbench.hardware.timing import cpu_has_vnni
 from workbench.quant.inputs import (
     call_model,
@@ -61,10 +65,25 @@ from workbench.quant.inputs import (
 )
 from workbench.quant.introspect import quantizable_layers
 from workbench.quant.spec import PlanError, QuantPlan
+from workbench.quant.swap import get_module, quantize_model
 
 EXECUTABLE: tuple[str, ...] = ("fp32", "bf16", "int8")  # what this CPU runs through torch
-ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm")
+ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm", "qnnpack")
 DEFAULT_PROFILE = "cpu_measured"
+REDUCE_RANGE_NOTE = (
+    "CPU without VNNI: the x86 / fbgemm int8 kernels add products in 16-bit pairs, which saturate on 8-bit "
+    "inputs; 8-bit activations run on 7-bit grids over their calibrated ranges (reduce_range, exact on these "
+    "kernels), and the simulation reported beside the deployment uses the same grids (engine='qnnpack' keeps "
+    "8 bits exactly, on slower kernels)"
+)
+
+
+def _reduce_range(engine: str, reduce_range: bool | None) -> bool:
+    """Whether 8-bit activations go on 7-bit grids: asked, or (None) the x86 / fbgemm engines on a CPU
+    without VNNI, whose int8 kernels are exact only so."""
+    if reduce_range is not None:
+        return reduce_range
+    return engine in ("x86", "fbgemm") and not cpu_has_vnni()
 
 
 @dataclass
@@ -77,6 +96,8 @@ class DeployedModel:
     engine: str
     dispatch: dict[str, LayerDispatch]
     notes: list[str] = field(default_factory=list)
+    simulated: nn.Module | None = None
+    """The plan's fake-quant simulation the deployment took its grids from (same calibration batches)."""
 
     def __call__(self, x: Any) -> Any:
         return call_model(self.module, x)
@@ -120,6 +141,7 @@ def deploy(
     engine: str = "x86",
     max_calib_batches: int | None = 8,
     device: str | torch.device | None = None,
+    reduce_range: bool | None = None,
 ) -> DeployedModel:
     """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
     loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``.
@@ -128,6 +150,13 @@ def deploy(
     layers run torch.ao quantized kernels, which exist only for the CPU: a plan with any layer dispatched to an
     integer kernel raises :class:`workbench.devices.DeviceError` on another device (before any conversion). A
     plan whose layers all run in bf16 / fp32 deploys on any device (``cuda``: bf16 layers use its kernels).
+
+    Numerics: the deployment is built from the plan's simulation (``quantize_model`` on the same calibration
+    batches, returned as :attr:`DeployedModel.simulated`): its weight codes and scales, and its input grids,
+    which the quantized ops feeding each integer layer requantize to; residual adds and other non-layer ops run
+    in float, as simulated. ``reduce_range`` (None: on where the kernels need it, see :data:`REDUCE_RANGE_NOTE`)
+    puts 8-bit activations on 7-bit grids in both. A layer no int8 kernel computes as simulated runs its
+    simulation twin in float32, with a note naming the reason.
     """
     dev = model_device(model) if device is None else resolve_device(device)
     if engine not in ENGINES:
@@ -150,23 +179,47 @@ def deploy(
     _check_device(dev, disp)
     if model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
-    notes: list[str] = []
     batches = [move_inputs(x, dev) for x in raw_batches]
-    reduce_range = not cpu_has_vnni() and engine in ("x86", "fbgemm")
-    if reduce_range:
-        notes.append(
-            "CPU without VNNI: 8-bit activations use 7 bits (reduce_range) to avoid int16 saturation"
-        )
-
-    baked = _baked_float_model(model, plan)
-    qmap, mapping_notes = int8_qconfig_mapping(model, plan, disp, reduce_range=reduce_range)
-    notes += mapping_notes + _float_layer_notes(plan, disp)
-    converted = convert_fx_int8(baked, qmap, batches, engine=engine)
+    disp, notes = _exact_dispatch(plan, disp)
+    simulated = quantize_model(model, plan, [(x,) for x in batches])
+    if _reduce_range(engine, reduce_range) and any(d.is_int for d in disp.values()):
+        reduce_activation_range(simulated)
+        notes.append(REDUCE_RANGE_NOTE)
+    int_layers = [n for n, d in disp.items() if d.is_int]
+    keep = tuple(
+        n for n, d in disp.items() if n in plan and not d.is_int and d.requested in INT_PRECISION_BITS
+    )
+    baked = _baked_float_model(model, plan, simulated=simulated, keep=keep)
+    qmap = int8_qconfig_mapping(model, disp)
+    notes += _float_layer_notes(plan, disp)
+    converted = convert_fx_int8(
+        baked,
+        qmap,
+        batches,
+        engine=engine,
+        grids=sim_input_grids(simulated, int_layers),
+        leaf_types=tuple({type(get_module(baked, n)) for n in keep}),
+        simulated=simulated,
+    )
     notes += swap_bf16_layers(converted, disp)
     if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
         _input_channels_last(converted)
     converted.eval()
-    return DeployedModel(converted, plan, prof.name, engine, disp, notes)
+    return DeployedModel(converted, plan, prof.name, engine, disp, notes, simulated=simulated.eval())
+
+
+def _exact_dispatch(
+    plan: QuantPlan, disp: dict[str, LayerDispatch]
+) -> tuple[dict[str, LayerDispatch], list[str]]:
+    """``disp`` with every integer layer that no int8 kernel computes as the simulation does moved to float32
+    (it runs its simulation twin: the same numerics on float kernels), and a note naming each with its reason."""
+    out, notes = dict(disp), []
+    for name, d in disp.items():
+        problem = kernel_exact_problem(plan[name]) if d.is_int else None
+        if problem is not None:
+            out[name] = dataclasses.replace(d, precision="fp32", a_bits=32, fallback=True)
+            notes.append(f"{name}: runs in float32 as simulated (fake-quant on float kernels): {problem}")
+    return out, notes
 
 
 def _float_layer_notes(plan: QuantPlan, disp: dict[str, LayerDispatch]) -> list[str]:
