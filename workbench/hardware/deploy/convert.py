@@ -106,9 +106,7 @@ class DeployedModel:
         """One row per layer: requested and chosen precision, and the kernel module that runs it."""
         df = dispatch_table(self.dispatch)
         mods = dict(self.module.named_modules())
-        df["kernel"] = [
-            type(mods[n]).__module__ + "." + type(mods[n]).__name__ if n in mods else "" for n in df["layer"]
-        ]
+        df["kernel"] = [_kernel_name(mods[n]) if n in mods else "" for n in df["layer"]]
         return df
 
     def precision_counts(self) -> dict[str, int]:
@@ -116,6 +114,10 @@ class DeployedModel:
         for d in self.dispatch.values():
             out[d.precision] = out.get(d.precision, 0) + 1
         return out
+
+
+def _kernel_name(mod: nn.Module) -> str:
+    return getattr(mod, "kernel", None) or type(mod).__module__ + "." + type(mod).__name__
 
 
 def _calib_batches(calib: Any, max_batches: int | None) -> list[Any]:

@@ -268,6 +268,69 @@ def set_sim_weights(converted: nn.Module, simulated: nn.Module, layers: list[str
         mod.set_weight_bias(qw, bias)
 
 
+class Int8FloatOutput(nn.Module):
+    """An int8 Linear or 1x1 convolution whose output stays float32: its int32 sums are dequantized with the bias
+    added, not requantized to 8 bits, as the simulation computes a layer whose output feeds a float op (a
+    residual add, the logits). Takes the quantized input the layer took (its grid), gives float."""
+
+    kernel = "torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32"
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        weight, bias = layer._weight_bias()
+        self.conv = weight.dim() == 4
+        self.weight_shape = tuple(weight.shape)
+        self.packed = torch.ops.quantized.linear_prepack(weight.reshape(weight.shape[0], -1), bias)
+
+    def _weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The int8 weight (in the layer's shape) and float bias, as torch.ao quantized layers give them."""
+        weight, bias = torch.ops.quantized.linear_unpack(self.packed)
+        return weight.reshape(self.weight_shape), bias
+
+    def forward(self, qx: torch.Tensor) -> torch.Tensor:
+        x = qx.dequantize()
+        if self.conv:  # channels-last NCHW is NHWC in memory: the permuted view is contiguous
+            x = x.permute(0, 2, 3, 1)
+        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            x, qx.q_scale(), qx.q_zero_point(), self.packed
+        )
+        return y.permute(0, 3, 1, 2) if self.conv else y
+
+
+def _float_output_capable(mod: nn.Module) -> bool:
+    import torch.ao.nn.quantized as nnq
+
+    if type(mod) is nnq.Linear:
+        return True
+    return type(mod) is nnq.Conv2d and (
+        tuple(mod.kernel_size) == (1, 1) and tuple(mod.stride) == (1, 1) and tuple(mod.padding) == (0, 0)
+        and mod.groups == 1 and tuple(mod.dilation) == (1, 1)
+    )  # fmt: skip
+
+
+def float_outputs(converted: torch.fx.GraphModule) -> list[str]:
+    """Give every int8 Linear / 1x1 convolution whose output is only dequantized a float32 output
+    (:class:`Int8FloatOutput`), so no 8-bit requantization the simulation lacks sits there; returns their names."""
+    modules = dict(converted.named_modules(remove_duplicate=False))
+    calls = [str(n.target) for n in converted.graph.nodes if n.op == "call_module"]
+    done = []
+    for node in list(converted.graph.nodes):
+        target = str(node.target)
+        if node.op != "call_module" or calls.count(target) > 1 or not _float_output_capable(modules[target]):
+            continue
+        users = list(node.users)
+        if not users or any(u.op != "call_method" or u.target != "dequantize" for u in users):
+            continue
+        set_module(converted, target, Int8FloatOutput(modules[target]))
+        for user in users:
+            user.replace_all_uses_with(node)
+            converted.graph.erase_node(user)
+        done.append(target)
+    converted.graph.lint()
+    converted.recompile()
+    return done
+
+
 def convert_fx_int8(
     baked: nn.Module,
     qmap: Any,
@@ -311,6 +374,7 @@ def convert_fx_int8(
             converted = convert_fx(prepared)
             if simulated is not None and grids:
                 set_sim_weights(converted, simulated, list(grids))
+                float_outputs(converted)
             return converted
     finally:
         torch.backends.quantized.engine = previous_engine
