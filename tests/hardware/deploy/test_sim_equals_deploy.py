@@ -130,3 +130,23 @@ def test_measure_deployment_reports_both_on_every_batch_and_warns_when_they_diff
     assert res.sim_vs_deployed_cosine < 0.999
     assert any("differs from its simulation" in n for n in res.notes)
     assert any("timed batch only (8 inputs)" in n for n in res.notes) and res.fidelity_samples == 8
+
+
+def test_deploy_follows_a_given_simulation_and_refuses_another_plans():
+    from workbench.quant.spec import PlanError
+    from workbench.quant.swap import quantize_model
+
+    model, calib, test = _small()
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", model)
+    sim = quantize_model(model, plan, calib)
+    with torch.no_grad():  # as a post-training step (bias correction) would
+        sim.fc.bias.add_(0.5)
+    scale = sim.fc.a_quant.scale.clone()
+    dep = deploy(model, plan, calib, simulated=sim)
+    assert torch.equal(sim.fc.a_quant.scale, scale)  # the caller's simulation is not changed
+    torch.testing.assert_close(dict(dep.module.named_modules())["fc"]._weight_bias()[1], sim.fc.bias.detach())
+    fid = deployment_fidelity(model, dep.simulated, dep.module, test)
+    assert fid["sim_vs_deployed_cosine"] >= 0.999, fid
+    other = QuantPlan({n: QuantSpec(w_bits=4) for n in plan.layers})
+    with pytest.raises(PlanError, match="another plan"):
+        deploy(model, other, calib, simulated=sim)

@@ -144,6 +144,7 @@ def deploy(
     max_calib_batches: int | None = 8,
     device: str | torch.device | None = None,
     reduce_range: bool | None = None,
+    simulated: nn.Module | None = None,
 ) -> DeployedModel:
     """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
     loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``.
@@ -153,8 +154,9 @@ def deploy(
     integer kernel raises :class:`workbench.devices.DeviceError` on another device (before any conversion). A
     plan whose layers all run in bf16 / fp32 deploys on any device (``cuda``: bf16 layers use its kernels).
 
-    Numerics: the deployment is built from the plan's simulation (``quantize_model`` on the same calibration
-    batches, returned as :attr:`DeployedModel.simulated`): its weight codes and scales, and its input grids,
+    Numerics: the deployment is built from the plan's simulation (``simulated``, e.g. a model from
+    ``quantize_model`` with post-training steps, copied; None: ``quantize_model`` on the same calibration batches;
+    returned as :attr:`DeployedModel.simulated`): its weight codes and scales, and its input grids,
     which the quantized ops feeding each integer layer requantize to; residual adds and other non-layer ops run
     in float, as simulated. ``reduce_range`` (None: on where the kernels need it, see :data:`REDUCE_RANGE_NOTE`)
     puts 8-bit activations on 7-bit grids in both. A layer no int8 kernel computes as simulated runs its
@@ -182,8 +184,41 @@ def deploy(
     if model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
     batches = [move_inputs(x, dev) for x in raw_batches]
+    sim = _simulation(model, plan, batches, simulated, dev)
+    return _build(
+        model, plan, disp, batches, sim, engine=engine, reduce_range=reduce_range, profile=prof.name
+    )
+
+
+def _simulation(
+    model: nn.Module, plan: QuantPlan, batches: list[Any], simulated: nn.Module | None, dev: torch.device
+) -> nn.Module:
+    """The plan's simulation the deployment follows: a private copy of ``simulated`` (checked to carry ``plan``),
+    or ``quantize_model`` of ``model`` on the calibration ``batches``."""
+    if simulated is None:
+        return quantize_model(model, plan, [(x,) for x in batches])
+    sim_plan = getattr(simulated, "quant_plan", None)
+    if not isinstance(sim_plan, QuantPlan) or sim_plan.to_dict() != plan.to_dict():
+        raise PlanError(
+            "simulated must be the plan's fake-quant model (quantize_model(model, plan, ...)); it carries "
+            + ("no plan" if sim_plan is None else "another plan")
+        )
+    return copy.deepcopy(simulated).to(dev).eval()
+
+
+def _build(
+    model: nn.Module,
+    plan: QuantPlan,
+    disp: dict[str, LayerDispatch],
+    batches: list[Any],
+    simulated: nn.Module,
+    *,
+    engine: str,
+    reduce_range: bool | None,
+    profile: str,
+) -> DeployedModel:
+    """The deployed model of :func:`deploy`, from the simulation (a private copy, changed in place)."""
     disp, notes = _exact_dispatch(plan, disp)
-    simulated = quantize_model(model, plan, [(x,) for x in batches])
     if _reduce_range(engine, reduce_range) and any(d.is_int for d in disp.values()):
         reduce_activation_range(simulated)
         notes.append(REDUCE_RANGE_NOTE)
@@ -192,11 +227,10 @@ def deploy(
         n for n, d in disp.items() if n in plan and not d.is_int and d.requested in INT_PRECISION_BITS
     )
     baked = _baked_float_model(model, plan, simulated=simulated, keep=keep)
-    qmap = int8_qconfig_mapping(model, disp)
     notes += _float_layer_notes(plan, disp)
     converted = convert_fx_int8(
         baked,
-        qmap,
+        int8_qconfig_mapping(model, disp),
         batches,
         engine=engine,
         grids=sim_input_grids(simulated, int_layers),
@@ -206,8 +240,7 @@ def deploy(
     notes += swap_bf16_layers(converted, disp)
     if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
         _input_channels_last(converted)
-    converted.eval()
-    return DeployedModel(converted, plan, prof.name, engine, disp, notes, simulated=simulated.eval())
+    return DeployedModel(converted.eval(), plan, profile, engine, disp, notes, simulated=simulated.eval())
 
 
 def _exact_dispatch(
