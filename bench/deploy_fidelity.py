@@ -135,6 +135,8 @@ def measure(name: str, model: nn.Module, calib: Any, test: Any, args: argparse.N
     from workbench.quant.spec import QuantPlan
 
     plan = QuantPlan.from_shorthand(args.plan, model)
+    if args.a_observer != "minmax":
+        plan = QuantPlan({n: s.with_(a_observer=args.a_observer) for n, s in plan.items()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dep = deploy(model, plan, calib, engine=args.engine, max_calib_batches=None)
@@ -150,7 +152,7 @@ def measure(name: str, model: nn.Module, calib: Any, test: Any, args: argparse.N
     finally:
         torch.backends.quantized.engine = previous
     return {
-        "model": name, "plan": args.plan, "engine": args.engine, **fid,
+        "model": name, "plan": args.plan, "a_observer": args.a_observer, "engine": args.engine, **fid,
         "fp32_ms": stats["fp32"].median_ms, "deployed_ms": stats["deployed"].median_ms,
         "speedup": stats["fp32"].median_ms / stats["deployed"].median_ms, "batch": args.batch,
         "threads": args.threads or torch.get_num_threads(), "precision_counts": dep.precision_counts(),
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     p.add_argument("--plan", default="uniform:w8a8:per_channel")
     p.add_argument("--engine", default="x86")
+    p.add_argument("--a-observer", default="minmax", choices=["minmax", "percentile", "mse"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=None)

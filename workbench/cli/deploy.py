@@ -129,7 +129,7 @@ def _report_static(
     print(
         f"fidelity on {res.fidelity_samples} inputs: simulated vs FP32 cosine {res.sim_cosine_to_fp32:.4f}, top-1 "
         f"{res.sim_top1_agreement:.4f}; deployed vs FP32 cosine {res.cosine_to_fp32:.4f}, top-1 "
-        f"{res.top1_agreement:.4f}; simulated vs deployed cosine {res.sim_vs_deployed_cosine:.4f}"
+        f"{res.top1_agreement:.4f}; simulated vs deployed cosine {res.sim_vs_deployed_cosine:.5f}"
     )
     for note in res.notes:
         print(f"note: {note}")
