@@ -111,6 +111,34 @@ def sim_input_grids(simulated: nn.Module, layers: list[str]) -> dict[str, tuple[
     return out
 
 
+def sim_input_ranges(simulated: nn.Module, layers: list[str]) -> dict[str, tuple[float, float]]:
+    """``(lo, hi)`` of each of ``layers``' input grid in the simulation whose codes do not fill the quint8
+    container (7-bit reduce_range grids, low-bit grids): the deployed inputs are clamped there, as simulated."""
+    mods = quant_modules(simulated)
+    out = {}
+    for name in layers:
+        aq = mods[name].a_quant
+        if int(aq.qmax) - int(aq.qmin) < 255:
+            scale, zp = float(aq.scale), int(aq.zero_point)
+            out[name] = ((int(aq.qmin) - zp) * scale, (int(aq.qmax) - zp) * scale)
+    return out
+
+
+def clamp_layer_inputs(converted: torch.fx.GraphModule, ranges: dict[str, tuple[float, float]]) -> None:
+    """Clamp the quantized input of each integer layer of ``ranges`` to its grid's range (``torch.clamp`` on
+    the codes, no requantization): the quint8 container would otherwise hold codes past a 7-bit or low-bit
+    grid's end, which the simulation clamps (and which would saturate the 16-bit pair sums of non-VNNI CPUs)."""
+    for node in list(converted.graph.nodes):
+        if node.op != "call_module" or str(node.target) not in ranges:
+            continue
+        lo, hi = ranges[str(node.target)]
+        with converted.graph.inserting_before(node):
+            clamped = converted.graph.call_function(torch.clamp, (node.args[0], lo, hi))
+        node.args = (clamped, *node.args[1:])
+    converted.graph.lint()
+    converted.recompile()
+
+
 def _baked_float_model(
     model: nn.Module, plan: QuantPlan, *, simulated: nn.Module | None = None, keep: tuple[str, ...] = ()
 ) -> nn.Module:
@@ -375,6 +403,7 @@ def convert_fx_int8(
             if simulated is not None and grids:
                 set_sim_weights(converted, simulated, list(grids))
                 float_outputs(converted)
+                clamp_layer_inputs(converted, sim_input_ranges(simulated, list(grids)))
             return converted
     finally:
         torch.backends.quantized.engine = previous_engine
