@@ -150,3 +150,15 @@ def test_deploy_follows_a_given_simulation_and_refuses_another_plans():
     other = QuantPlan({n: QuantSpec(w_bits=4) for n in plan.layers})
     with pytest.raises(PlanError, match="another plan"):
         deploy(model, other, calib, simulated=sim)
+
+
+def test_inputs_past_the_calibrated_range_are_clamped_as_simulated():
+    """7-bit reduce_range grids on the x86 kernels: inputs far past the calibrated ranges clamp as simulated."""
+    model, calib, test = _small()
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", model)
+    dep = deploy(model, plan, calib, reduce_range=True, engine="x86")
+    assert any("reduce_range" in n for n in dep.notes)
+    assert int(dict(dep.simulated.named_modules())["blocks.0.dw"].a_quant.qmax) == 127
+    wide = [(3.0 * x, y) for x, y in test]
+    fid = deployment_fidelity(model, dep.simulated, dep.module, wide, engine="x86")
+    assert fid["sim_vs_deployed_cosine"] >= 0.999, fid

@@ -325,6 +325,12 @@ class Int8FloatOutput(nn.Module):
         return y.permute(0, 3, 1, 2) if self.conv else y
 
 
+FLOAT_OUTPUT_ENGINES = (
+    "x86",
+    "fbgemm",
+)  # the engines whose packed Linear weights have a float32-output kernel
+
+
 def _float_output_capable(mod: nn.Module) -> bool:
     import torch.ao.nn.quantized as nnq
 
@@ -402,7 +408,8 @@ def convert_fx_int8(
             converted = convert_fx(prepared)
             if simulated is not None and grids:
                 set_sim_weights(converted, simulated, list(grids))
-                float_outputs(converted)
+                if engine in FLOAT_OUTPUT_ENGINES:
+                    float_outputs(converted)
                 clamp_layer_inputs(converted, sim_input_ranges(simulated, list(grids)))
             return converted
     finally:
