@@ -14,8 +14,12 @@ Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_p
 - convolutional models run channels-last throughout (the input is converted once, float weights too), the memory
   format of the quantized kernels, so that no residual add mixes NCHW and NHWC tensors.
 
-Non-layer ops (residual adds, ReLUs, pooling) run in the integer domain when every layer of the module that owns
-them does (the same rule as the cost estimator). The caller's model is never modified.
+Numerics follow the plan's fake-quant simulation (:func:`deploy`): the simulation's weight codes and scales, its
+input grid for each integer layer (the quantized op feeding the layer requantizes to it; inputs are clamped to
+it), residual adds and other non-layer ops in float as simulated (ReLU / ReLU6 / max pooling between integer
+layers stay integer: they commute with the grid), float32 outputs for a Linear / 1x1 conv feeding a float op, and
+on CPUs without VNNI 7-bit activation grids in both (the exact setting of the x86 / fbgemm kernels there). The
+caller's model is never modified.
 
 Inputs: static int8 quantizes the model's float input (the root observer calibrates its range), so it needs a
 model fed float tensors. Models fed integer tensors (token ids, attention masks), as transformers are, run on the
