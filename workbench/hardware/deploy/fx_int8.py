@@ -265,14 +265,20 @@ def pin_observers(prepared: torch.fx.GraphModule, grids: dict[str, tuple[float, 
     from torch.ao.quantization.observer import ObserverBase
 
     modules = dict(prepared.named_modules(remove_duplicate=False))  # FX shares one observer under two names
-    pinned = 0
+    found: dict[int, set[tuple[float, int] | None]] = {}  # per observer instance: the grids its uses reach
+    observers: dict[int, Any] = {}
     for node in prepared.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules[str(node.target)], ObserverBase):
+        obs = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(obs, ObserverBase):
             continue
         consumers = _layer_consumers(node, modules, set(grids))
-        found = {grids[c] for c in consumers}
-        if len(found) == 1:
-            modules[str(node.target)].calculate_qparams = _pinned_qparams(*found.pop())
+        reach = {grids[c] for c in consumers} if consumers else {None}
+        found.setdefault(id(obs), set()).update(reach if len(reach) == 1 else {None})
+        observers[id(obs)] = obs
+    pinned = 0
+    for key, reach in found.items():  # a shared observer (an op sharing its input's qparams) pins only when
+        if len(reach) == 1 and None not in reach:  # every use reaches the same grid
+            observers[key].calculate_qparams = _pinned_qparams(*reach.pop())
             pinned += 1
     return pinned
 
