@@ -103,5 +103,8 @@ def test_cli_deploy_writes_the_acceptance_fields(tmp_path):
         assert d[key] is not None, key
     assert d["batch_size"] == 32 and d["threads"] == 1 and d["accuracy"] >= d["fp32_accuracy"] - 0.01
     assert d["precision_counts"] == {"int8": 4}
+    # fidelity of the simulation and of the deployment side by side, on every input of the test split
+    assert d["fidelity_samples"] > d["batch_size"] and d["sim_vs_deployed_cosine"] >= 0.999
+    assert d["sim_cosine_to_fp32"] >= 0.99 and d["cosine_to_fp32"] >= 0.99 and d["top1_agreement"] >= 0.95
     bad = ["deploy", "--model", "digits_cnn", "--plan", "uniform:w4a4", "--strict", "--repeats", "1"]
     assert main(bad) == 2

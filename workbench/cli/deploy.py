@@ -59,11 +59,12 @@ def _synthetic_inputs(args: argparse.Namespace):
     gen = torch.Generator().manual_seed(args.seed)
     x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, generator=gen)
     calib: Any = [torch.randn(8, 3, args.input_size, args.input_size, generator=gen) for _ in range(2)]
-    return model, x, calib, None
+    return model, x, calib, None, None
 
 
 def _task_inputs(args: argparse.Namespace, task):
-    """(model, example input, calibration loader, evaluate): the task's, measured on ``--split``."""
+    """(model, example input, calibration loader, evaluate, data): the task's, measured on ``--split`` (fidelity
+    on the whole split too)."""
     dataset = getattr(task.calib_loader, "dataset", None)
     n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else args.batch_size
     x = task.example_input(min(args.batch_size, n))
@@ -72,7 +73,7 @@ def _task_inputs(args: argparse.Namespace, task):
     def evaluate(m):
         return task.evaluate(m, split)
 
-    return task.model, x, task.calib_loader, evaluate
+    return task.model, x, task.calib_loader, evaluate, task.loader(split)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -85,17 +86,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     synthetic = args.dataset is None and not has_task
     task = None
     if synthetic:
-        model, x, calib, evaluate = _synthetic_inputs(args)
+        inputs = _synthetic_inputs(args)
     else:
         task = load_task(args)
-        model, x, calib, evaluate = _task_inputs(args, task)
+        inputs = _task_inputs(args, task)
+    x = inputs[1]
     kernels, reason = args.kernels, f"--kernels {args.kernels}"
     if kernels == "auto":
         kernels, reason = choose_kernels(x)
-    plan = resolve_plan(args.plan, model)
+    plan = resolve_plan(args.plan, inputs[0])
     if kernels != "static":
         return _deploy_dynamic(args, task, plan, cfg, kernels, reason)
-    res = _measure_static(args, plan, cfg, kernels, (model, x, calib, evaluate))
+    res = _measure_static(args, plan, cfg, kernels, inputs)
     return _report_static(args, res, plan, synthetic, kernels, reason)
 
 
@@ -103,10 +105,10 @@ def _measure_static(args: argparse.Namespace, plan, cfg, kernels: str, inputs: t
     """Deploy ``plan`` on static int8 kernels (:func:`~workbench.hardware.deploy.measure_deployment`), logged."""
     from workbench.hardware.deploy import measure_deployment
 
-    model, x, calib, evaluate = inputs
+    model, x, calib, evaluate, data = inputs
     return measure_deployment(
         model, plan, calib, example_input=x, evaluate=evaluate, profile=args.profile, config=cfg,
-        track=tracking_flag(args), name=args.model, plan_name=str(args.plan),
+        track=tracking_flag(args), name=args.model, plan_name=str(args.plan), data=data,
     )  # fmt: skip
 
 
@@ -121,8 +123,14 @@ def _report_static(
     acc = "n/a (synthetic inputs)" if synthetic else f"{res.fp32_accuracy:.4f} -> {res.accuracy:.4f}"
     print(
         f"{args.model} batch {res.batch_size}, {res.threads} threads: FP32 {res.fp32_latency_ms:.2f} ms, deployed "
-        f"{res.deployed_latency_ms:.2f} ms, speedup {res.speedup:.2f}x; accuracy {acc}; top-1 agreement "
-        f"{res.top1_agreement:.4f}; estimate on {res.profile}: {res.estimated_latency_ms:.2f} ms"
+        f"{res.deployed_latency_ms:.2f} ms, speedup {res.speedup:.2f}x; accuracy {acc}; estimate on "
+        f"{res.profile}: {res.estimated_latency_ms:.2f} ms"
+    )
+    print_table(res.fidelity())
+    print(
+        f"fidelity on {res.fidelity_samples} inputs: simulated vs FP32 cosine {res.sim_cosine_to_fp32:.4f}, top-1 "
+        f"{res.sim_top1_agreement:.4f}; deployed vs FP32 cosine {res.cosine_to_fp32:.4f}, top-1 "
+        f"{res.top1_agreement:.4f}; simulated vs deployed cosine {res.sim_vs_deployed_cosine:.5f}"
     )
     for note in res.notes:
         print(f"note: {note}")

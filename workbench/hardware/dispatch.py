@@ -204,7 +204,7 @@ def int_containers(model: nn.Module, dispatch: dict[str, LayerDispatch]) -> set[
     """Module paths whose every dispatched layer below runs an integer kernel ('' is the model itself).
 
     Non-layer ops (adds, ReLUs, pooling) owned by such a container run in the integer domain too; elsewhere they
-    run in float. Deployment and the cost estimator share this rule.
+    run in float. The cost estimator uses this rule; deployment runs residual adds in float, as simulated.
     """
     out: set[str] = set()
     for path, _ in model.named_modules():

@@ -1,7 +1,8 @@
 """Deployment: a plan on real kernels of this CPU, measured against FP32 side by side.
 
 Parts: :mod:`.inputs` (which path suits the model's inputs), :mod:`.fx_int8` (the torch.ao FX int8 handler),
-:mod:`.convert` (:func:`deploy`, the verb), :mod:`.compare` (:func:`measure_deployment`,
+:mod:`.convert` (:func:`deploy`, the verb), :mod:`.fidelity` (simulated and deployed side by side against
+FP32), :mod:`.compare` (:func:`measure_deployment`,
 :func:`compare_kernels`, each logging its run through :func:`workbench.tracking.log_stage`); CPU facts and
 side-by-side timing live in :mod:`workbench.hardware.timing`.
 """
@@ -23,6 +24,7 @@ from workbench.hardware.deploy.convert import (
     deploy,
     load_profile,
 )
+from workbench.hardware.deploy.fidelity import SIM_COSINE_MIN, SimulationMismatchWarning, deployment_fidelity
 from workbench.hardware.deploy.fx_int8 import Bf16Layer, channels_last
 from workbench.hardware.deploy.inputs import (
     KERNELS,
@@ -38,12 +40,14 @@ __all__ = [
     "ENGINES",
     "EXECUTABLE",
     "KERNELS",
+    "SIM_COSINE_MIN",
     "Bf16Layer",
     "DeployConfig",
     "DeployInputError",
     "DeployResult",
     "DeployedModel",
     "LatencyStats",
+    "SimulationMismatchWarning",
     "_baked_float_model",
     "_check_device",
     "channels_last",
@@ -52,6 +56,7 @@ __all__ = [
     "cpu_has_vnni",
     "cpu_name",
     "deploy",
+    "deployment_fidelity",
     "integer_inputs",
     "kernel_metrics",
     "load_profile",

@@ -17,16 +17,15 @@ from torch import nn
 from workbench import tracking
 from workbench.devices import model_device, resolve_device
 from workbench.hardware.deploy.convert import DEFAULT_PROFILE, ENGINES, deploy
+from workbench.hardware.deploy.fidelity import deployment_fidelity, fidelity_notes
 from workbench.hardware.dynamic import TASK_NEEDS, compare_linear_deployments
 from workbench.hardware.estimate import CostEstimator
 from workbench.hardware.profile import PrecisionProfile, load_profile
 from workbench.hardware.timing import LatencyStats, cpu_name, time_side_by_side
 from workbench.quant.inputs import (
-    call_model,
     concat_inputs,
     first_tensor,
     move_inputs,
-    primary_output,
     take_inputs,
 )
 from workbench.quant.spec import QuantPlan
@@ -78,6 +77,26 @@ class DeployResult:
     top1_agreement: float
     estimated_latency_ms: float | None = None
     device: str = "cpu"
+    cosine_to_fp32: float = math.nan
+    sim_cosine_to_fp32: float = math.nan
+    sim_top1_agreement: float = math.nan
+    sim_vs_deployed_cosine: float = math.nan
+    sim_vs_deployed_top1: float = math.nan
+    fidelity_samples: int = 0
+
+    def fidelity(self) -> pd.DataFrame:
+        """Simulated and deployed side by side: logit cosine and top-1 agreement with FP32 over
+        :attr:`fidelity_samples` inputs, and each one's agreement with the other."""
+        return pd.DataFrame(
+            [
+                {"model": "simulated", "cosine_to_fp32": self.sim_cosine_to_fp32,
+                 "top1_agreement": self.sim_top1_agreement, "cosine_to_other": self.sim_vs_deployed_cosine,
+                 "top1_to_other": self.sim_vs_deployed_top1},
+                {"model": "deployed", "cosine_to_fp32": self.cosine_to_fp32,
+                 "top1_agreement": self.top1_agreement, "cosine_to_other": self.sim_vs_deployed_cosine,
+                 "top1_to_other": self.sim_vs_deployed_top1},
+            ]
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -93,6 +112,12 @@ class DeployResult:
             "cpu": self.cpu,
             "device": self.device,
             "top1_agreement": self.top1_agreement,
+            "cosine_to_fp32": self.cosine_to_fp32,
+            "sim_cosine_to_fp32": self.sim_cosine_to_fp32,
+            "sim_top1_agreement": self.sim_top1_agreement,
+            "sim_vs_deployed_cosine": self.sim_vs_deployed_cosine,
+            "sim_vs_deployed_top1": self.sim_vs_deployed_top1,
+            "fidelity_samples": self.fidelity_samples,
             "estimated_latency_ms": self.estimated_latency_ms,
             "precision_counts": self.precision_counts,
             "fp32_times": self.fp32.to_dict(),
@@ -110,7 +135,7 @@ class DeployResult:
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The per-layer table of the deployment, as a deploy run logs it (``deployed_layers``)."""
-        return {"deployed_layers": self.layers}
+        return {"deployed_layers": self.layers, "deploy_fidelity": self.fidelity()}
 
 
 def measure_deployment(
@@ -126,10 +151,15 @@ def measure_deployment(
     track: bool | None = None,
     name: str | None = None,
     plan_name: str | None = None,
+    data: Any | None = None,
 ) -> DeployResult:
     """Deploy ``plan`` and measure it against the FP32 model (eager, eval mode) in one run, interleaved:
     median latency of a batch of ``config.batch_size`` samples (from ``example_input``), ``evaluate(model)``
-    (accuracy; NaN without ``evaluate``) of both, and the top-1 agreement of the two on that batch.
+    (accuracy; NaN without ``evaluate``) of both, and the fidelity to FP32 of the deployed model and of the
+    plan's simulation side by side (logit cosine, top-1 agreement, and simulated vs deployed) on ``data``: a
+    loader of ``(inputs, targets)`` batches or a tensor, the whole split ``evaluate`` scores (None: the timed
+    batch only, with a note). A simulated-vs-deployed cosine below :data:`SIM_COSINE_MIN` adds a note and warns
+    (:class:`SimulationMismatchWarning`).
 
     ``device``: where both models run and are timed (None: where ``model`` is). int8 deployment is CPU-only:
     on another device a plan with integer layers raises :class:`workbench.devices.DeviceError` before anything
@@ -154,7 +184,11 @@ def measure_deployment(
     )
     fp32 = copy.deepcopy(model).to(dev).eval()
     x = move_inputs(_batch(example_input, cfg.batch_size), dev)
-    stats, agree, fp32_acc, acc = _side_by_side(fp32, deployed.module, x, cfg, evaluate)
+    stats, fp32_acc, acc = _side_by_side(fp32, deployed.module, x, cfg, evaluate)
+    fid = deployment_fidelity(
+        fp32, deployed.simulated, deployed.module, x if data is None else data, cfg.engine
+    )
+    notes = list(deployed.notes) + fidelity_notes(fid, one_batch=data is None)
     threads = cfg.threads or torch.get_num_threads()
     prof = load_profile(profile)
     est = _estimated_latency_ms(model, example_input, prof, plan, deployed, cfg.batch_size)
@@ -172,11 +206,11 @@ def measure_deployment(
         deployed=stats["deployed"],
         precision_counts=deployed.precision_counts(),
         layers=deployed.table(),
-        notes=tuple(deployed.notes),
+        notes=tuple(notes),
         cpu=cpu_name(),
-        top1_agreement=agree,
         estimated_latency_ms=est,
         device=str(dev),
+        **fid,
     )
     labels = {"model": name or type(model).__name__, "plan": plan_name}
     _log_deployment(result, plan, labels, profile if isinstance(profile, str) else prof.name, cfg, track)
@@ -189,9 +223,9 @@ def _side_by_side(
     x: Any,
     cfg: DeployConfig,
     evaluate: Callable[[nn.Module], float] | None,
-) -> tuple[dict[str, LatencyStats], float, float, float]:
-    """Both models timed interleaved on ``x`` (engine ``cfg.engine``, given back afterwards), their top-1
-    agreement on ``x`` and ``evaluate`` of each (NaN without it)."""
+) -> tuple[dict[str, LatencyStats], float, float]:
+    """Both models timed interleaved on ``x`` (engine ``cfg.engine``, given back afterwards) and ``evaluate``
+    of each (NaN without it)."""
     previous_engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = cfg.engine
     try:
@@ -202,15 +236,11 @@ def _side_by_side(
             warmup=cfg.warmup,
             threads=cfg.threads,
         )
-        with torch.inference_mode():
-            ref_top1 = primary_output(call_model(fp32, x)).argmax(1)
-            top1 = primary_output(call_model(deployed, x)).argmax(1)
-            agree = float((ref_top1 == top1).float().mean())
         fp32_acc = float(evaluate(fp32)) if evaluate is not None else math.nan
         acc = float(evaluate(deployed)) if evaluate is not None else math.nan
     finally:
         torch.backends.quantized.engine = previous_engine
-    return stats, agree, fp32_acc, acc
+    return stats, fp32_acc, acc
 
 
 def _log_deployment(

@@ -14,8 +14,12 @@ Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_p
 - convolutional models run channels-last throughout (the input is converted once, float weights too), the memory
   format of the quantized kernels, so that no residual add mixes NCHW and NHWC tensors.
 
-Non-layer ops (residual adds, ReLUs, pooling) run in the integer domain when every layer of the module that owns
-them does (the same rule as the cost estimator). The caller's model is never modified.
+Numerics follow the plan's fake-quant simulation (:func:`deploy`): the simulation's weight codes and scales, its
+input grid for each integer layer (the quantized op feeding the layer requantizes to it; inputs are clamped to
+it), residual adds and other non-layer ops in float as simulated (ReLU / ReLU6 / max pooling between integer
+layers stay integer: they commute with the grid), float32 outputs for a Linear / 1x1 conv feeding a float op, and
+on CPUs without VNNI 7-bit activation grids in both (the exact setting of the x86 / fbgemm kernels there). The
+caller's model is never modified.
 
 Inputs: static int8 quantizes the model's float input (the root observer calibrates its range), so it needs a
 model fed float tensors. Models fed integer tensors (token ids, attention masks), as transformers are, run on the
@@ -31,6 +35,7 @@ fp32 deploys on any device torch has (CUDA included).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +49,9 @@ from workbench.hardware.deploy.fx_int8 import (
     _input_channels_last,
     convert_fx_int8,
     int8_qconfig_mapping,
+    kernel_exact_problem,
+    reduce_activation_range,
+    sim_input_grids,
     swap_bf16_layers,
 )
 from workbench.hardware.deploy.inputs import DeployInputError, static_input_problem
@@ -52,7 +60,7 @@ from workbench.hardware.dispatch import (
     dispatch_plan,
     dispatch_table,
 )
-from workbench.hardware.profile import PrecisionProfile, load_profile
+from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
 from workbench.hardware.timing import cpu_has_vnni
 from workbench.quant.inputs import (
     call_model,
@@ -61,10 +69,25 @@ from workbench.quant.inputs import (
 )
 from workbench.quant.introspect import quantizable_layers
 from workbench.quant.spec import PlanError, QuantPlan
+from workbench.quant.swap import get_module, quantize_model
 
 EXECUTABLE: tuple[str, ...] = ("fp32", "bf16", "int8")  # what this CPU runs through torch
-ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm")
+ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm", "qnnpack")
 DEFAULT_PROFILE = "cpu_measured"
+REDUCE_RANGE_NOTE = (
+    "CPU without VNNI: the x86 / fbgemm int8 kernels add products in 16-bit pairs, which saturate on 8-bit "
+    "inputs; 8-bit activations run on 7-bit grids over their calibrated ranges (reduce_range, exact on these "
+    "kernels), and the simulation reported beside the deployment uses the same grids (engine='qnnpack' keeps "
+    "8 bits exactly, on slower kernels)"
+)
+
+
+def _reduce_range(engine: str, reduce_range: bool | None) -> bool:
+    """Whether 8-bit activations go on 7-bit grids: asked, or (None) the x86 / fbgemm engines on a CPU
+    without VNNI, whose int8 kernels are exact only so."""
+    if reduce_range is not None:
+        return reduce_range
+    return engine in ("x86", "fbgemm") and not cpu_has_vnni()
 
 
 @dataclass
@@ -77,6 +100,8 @@ class DeployedModel:
     engine: str
     dispatch: dict[str, LayerDispatch]
     notes: list[str] = field(default_factory=list)
+    simulated: nn.Module | None = None
+    """The plan's fake-quant simulation the deployment took its grids from (same calibration batches)."""
 
     def __call__(self, x: Any) -> Any:
         return call_model(self.module, x)
@@ -85,9 +110,7 @@ class DeployedModel:
         """One row per layer: requested and chosen precision, and the kernel module that runs it."""
         df = dispatch_table(self.dispatch)
         mods = dict(self.module.named_modules())
-        df["kernel"] = [
-            type(mods[n]).__module__ + "." + type(mods[n]).__name__ if n in mods else "" for n in df["layer"]
-        ]
+        df["kernel"] = [_kernel_name(mods[n]) if n in mods else "" for n in df["layer"]]
         return df
 
     def precision_counts(self) -> dict[str, int]:
@@ -95,6 +118,10 @@ class DeployedModel:
         for d in self.dispatch.values():
             out[d.precision] = out.get(d.precision, 0) + 1
         return out
+
+
+def _kernel_name(mod: nn.Module) -> str:
+    return getattr(mod, "kernel", None) or type(mod).__module__ + "." + type(mod).__name__
 
 
 def _calib_batches(calib: Any, max_batches: int | None) -> list[Any]:
@@ -120,6 +147,8 @@ def deploy(
     engine: str = "x86",
     max_calib_batches: int | None = 8,
     device: str | torch.device | None = None,
+    reduce_range: bool | None = None,
+    simulated: nn.Module | None = None,
 ) -> DeployedModel:
     """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
     loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``.
@@ -128,6 +157,14 @@ def deploy(
     layers run torch.ao quantized kernels, which exist only for the CPU: a plan with any layer dispatched to an
     integer kernel raises :class:`workbench.devices.DeviceError` on another device (before any conversion). A
     plan whose layers all run in bf16 / fp32 deploys on any device (``cuda``: bf16 layers use its kernels).
+
+    Numerics: the deployment is built from the plan's simulation (``simulated``, e.g. a model from
+    ``quantize_model`` with post-training steps, copied; None: ``quantize_model`` on the same calibration batches;
+    returned as :attr:`DeployedModel.simulated`): its weight codes and scales, and its input grids,
+    which the quantized ops feeding each integer layer requantize to; residual adds and other non-layer ops run
+    in float, as simulated. ``reduce_range`` (None: on where the kernels need it, see :data:`REDUCE_RANGE_NOTE`)
+    puts 8-bit activations on 7-bit grids in both. A layer no int8 kernel computes as simulated runs its
+    simulation twin in float32, with a note naming the reason.
     """
     dev = model_device(model) if device is None else resolve_device(device)
     if engine not in ENGINES:
@@ -150,23 +187,78 @@ def deploy(
     _check_device(dev, disp)
     if model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
-    notes: list[str] = []
     batches = [move_inputs(x, dev) for x in raw_batches]
-    reduce_range = not cpu_has_vnni() and engine in ("x86", "fbgemm")
-    if reduce_range:
-        notes.append(
-            "CPU without VNNI: 8-bit activations use 7 bits (reduce_range) to avoid int16 saturation"
-        )
+    sim = _simulation(model, plan, batches, simulated, dev)
+    return _build(
+        model, plan, disp, batches, sim, engine=engine, reduce_range=reduce_range, profile=prof.name
+    )
 
-    baked = _baked_float_model(model, plan)
-    qmap, mapping_notes = int8_qconfig_mapping(model, plan, disp, reduce_range=reduce_range)
-    notes += mapping_notes + _float_layer_notes(plan, disp)
-    converted = convert_fx_int8(baked, qmap, batches, engine=engine)
+
+def _simulation(
+    model: nn.Module, plan: QuantPlan, batches: list[Any], simulated: nn.Module | None, dev: torch.device
+) -> nn.Module:
+    """The plan's simulation the deployment follows: a private copy of ``simulated`` (checked to carry ``plan``),
+    or ``quantize_model`` of ``model`` on the calibration ``batches``."""
+    if simulated is None:
+        return quantize_model(model, plan, [(x,) for x in batches])
+    sim_plan = getattr(simulated, "quant_plan", None)
+    if not isinstance(sim_plan, QuantPlan) or sim_plan.to_dict() != plan.to_dict():
+        raise PlanError(
+            "simulated must be the plan's fake-quant model (quantize_model(model, plan, ...)); it carries "
+            + ("no plan" if sim_plan is None else "another plan")
+        )
+    return copy.deepcopy(simulated).to(dev).eval()
+
+
+def _build(
+    model: nn.Module,
+    plan: QuantPlan,
+    disp: dict[str, LayerDispatch],
+    batches: list[Any],
+    simulated: nn.Module,
+    *,
+    engine: str,
+    reduce_range: bool | None,
+    profile: str,
+) -> DeployedModel:
+    """The deployed model of :func:`deploy`, from the simulation (a private copy, changed in place)."""
+    disp, notes = _exact_dispatch(plan, disp)
+    if _reduce_range(engine, reduce_range) and any(d.is_int for d in disp.values()):
+        reduce_activation_range(simulated)
+        notes.append(REDUCE_RANGE_NOTE)
+    int_layers = [n for n, d in disp.items() if d.is_int]
+    keep = tuple(
+        n for n, d in disp.items() if n in plan and not d.is_int and d.requested in INT_PRECISION_BITS
+    )
+    baked = _baked_float_model(model, plan, simulated=simulated, keep=keep)
+    notes += _float_layer_notes(plan, disp)
+    converted = convert_fx_int8(
+        baked,
+        int8_qconfig_mapping(model, disp),
+        batches,
+        engine=engine,
+        grids=sim_input_grids(simulated, int_layers),
+        leaf_types=tuple({type(get_module(baked, n)) for n in keep}),
+        simulated=simulated,
+    )
     notes += swap_bf16_layers(converted, disp)
     if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
         _input_channels_last(converted)
-    converted.eval()
-    return DeployedModel(converted, plan, prof.name, engine, disp, notes)
+    return DeployedModel(converted.eval(), plan, profile, engine, disp, notes, simulated=simulated.eval())
+
+
+def _exact_dispatch(
+    plan: QuantPlan, disp: dict[str, LayerDispatch]
+) -> tuple[dict[str, LayerDispatch], list[str]]:
+    """``disp`` with every integer layer that no int8 kernel computes as the simulation does moved to float32
+    (it runs its simulation twin: the same numerics on float kernels), and a note naming each with its reason."""
+    out, notes = dict(disp), []
+    for name, d in disp.items():
+        problem = kernel_exact_problem(plan[name]) if d.is_int else None
+        if problem is not None:
+            out[name] = dataclasses.replace(d, precision="fp32", a_bits=32, fallback=True)
+            notes.append(f"{name}: runs in float32 as simulated (fake-quant on float kernels): {problem}")
+    return out, notes
 
 
 def _float_layer_notes(plan: QuantPlan, disp: dict[str, LayerDispatch]) -> list[str]:

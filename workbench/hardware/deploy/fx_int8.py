@@ -12,15 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.hardware.dispatch import (
-    LayerDispatch,
-    int_containers,
-    int_followers,
-)
+from workbench.hardware.dispatch import LayerDispatch, int_followers
 from workbench.quant.inputs import (
     call_model,
 )
-from workbench.quant.quantizers import int_range
 from workbench.quant.spec import QuantPlan, QuantSpec
 from workbench.quant.swap import get_module, quant_modules, quantize_model, set_module
 
@@ -64,44 +59,103 @@ def _input_channels_last(gm: torch.fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
+def kernel_exact_problem(spec: QuantSpec) -> str | None:
+    """Why an int8 kernel cannot compute ``spec``'s layer exactly as the simulation does (None: it can)."""
+    if spec.granularity == "per_group":
+        return "per-group weight scales (int8 kernels take one scale per output channel)"
+    if not spec.w_symmetric:
+        return "asymmetric weights (int8 kernels take symmetric weights)"
+    if spec.rank_ratio is not None:
+        return "low-rank weights (a product of two quantized factors is not on one int8 grid)"
+    if spec.a_dynamic:
+        return "dynamic activation ranges (static int8 kernels take one calibrated input range)"
+    if spec.a_granularity != "per_tensor":
+        return f"{spec.a_granularity} activation scales (int8 kernels take one input scale)"
+    return None
+
+
+@torch.no_grad()
+def reduce_activation_range(simulated: nn.Module) -> int:
+    """Put every 8-bit static activation grid of ``simulated`` (in place: a private copy) on 7 bits over the same
+    calibrated range, the ``reduce_range`` grid that int8 kernels without VNNI compute exactly (their 16-bit
+    pair sums cannot saturate on 7-bit inputs); returns how many grids changed."""
+    from workbench.quant.modules import ActQuantizer
+    from workbench.quant.quantizers import compute_qparams
+
+    changed = 0
+    for aq in simulated.modules():
+        if not isinstance(aq, ActQuantizer) or not aq.needs_calibration or aq.spec.a_bits != 8:
+            continue
+        lo = (aq.qmin - aq.zero_point) * aq.scale
+        hi = (aq.qmax - aq.zero_point) * aq.scale
+        half = torch.div(aq.qmax - aq.qmin, 2, rounding_mode="floor")
+        qmin, qmax = (
+            (-torch.floor(half / 2), torch.floor(half / 2))
+            if aq.spec.a_symmetric
+            else (aq.qmin, aq.qmin + half)
+        )
+        scale, zp = compute_qparams(lo, hi, qmin, qmax, symmetric=aq.spec.a_symmetric)
+        aq.qmin, aq.qmax, aq.scale, aq.zero_point = qmin, qmax, scale, zp
+        changed += 1
+    return changed
+
+
+def sim_input_grids(simulated: nn.Module, layers: list[str]) -> dict[str, tuple[float, int]]:
+    """``(scale, zero point)`` of each of ``layers``' calibrated input grid in the simulation, its codes shifted
+    into the quint8 container (a symmetric ``-127..127`` grid gets zero point 127)."""
+    mods = quant_modules(simulated)
+    out = {}
+    for name in layers:
+        aq = mods[name].a_quant
+        out[name] = (float(aq.scale), int(aq.zero_point) - int(aq.qmin))
+    return out
+
+
+def sim_input_ranges(simulated: nn.Module, layers: list[str]) -> dict[str, tuple[float, float]]:
+    """``(lo, hi)`` of each of ``layers``' input grid in the simulation whose codes do not fill the quint8
+    container (7-bit reduce_range grids, low-bit grids): the deployed inputs are clamped there, as simulated."""
+    mods = quant_modules(simulated)
+    out = {}
+    for name in layers:
+        aq = mods[name].a_quant
+        if int(aq.qmax) - int(aq.qmin) < 255:
+            scale, zp = float(aq.scale), int(aq.zero_point)
+            out[name] = ((int(aq.qmin) - zp) * scale, (int(aq.qmax) - zp) * scale)
+    return out
+
+
+def clamp_layer_inputs(converted: torch.fx.GraphModule, ranges: dict[str, tuple[float, float]]) -> None:
+    """Clamp the quantized input of each integer layer of ``ranges`` to its grid's range (``torch.clamp`` on
+    the codes, no requantization): the quint8 container would otherwise hold codes past a 7-bit or low-bit
+    grid's end, which the simulation clamps (and which would saturate the 16-bit pair sums of non-VNNI CPUs)."""
+    for node in list(converted.graph.nodes):
+        if node.op != "call_module" or str(node.target) not in ranges:
+            continue
+        lo, hi = ranges[str(node.target)]
+        with converted.graph.inserting_before(node):
+            clamped = converted.graph.call_function(torch.clamp, (node.args[0], lo, hi))
+        node.args = (clamped, *node.args[1:])
+    converted.graph.lint()
+    converted.recompile()
+
+
+def _baked_float_model(
+    model: nn.Module, plan: QuantPlan, *, simulated: nn.Module | None = None, keep: tuple[str, ...] = ()
+) -> nn.Module:
     """A float copy of ``model`` whose plan layers carry their quantized / pruned / low-rank weights (BatchNorm
-    folded into them); activations untouched."""
-    weights_only = QuantPlan(
-        {n: s.with_(a_bits=32, a_dynamic=False) for n, s in plan.items() if s.transforms_weight}
-    )
-    if not len(weights_only):
-        return copy.deepcopy(model).eval()
-    qmodel = quantize_model(model, weights_only, None, warn_float=False)
+    folded into them), taken from ``simulated`` (the plan's fake-quant model; None: weights-only quantization of
+    ``model``); activations untouched, except in the layers of ``keep``, which stay the simulation's twins."""
+    if simulated is None:
+        weights_only = QuantPlan(
+            {n: s.with_(a_bits=32, a_dynamic=False) for n, s in plan.items() if s.transforms_weight}
+        )
+        if not len(weights_only):
+            return copy.deepcopy(model).eval()
+        simulated = quantize_model(model, weights_only, None, warn_float=False)
+    qmodel = copy.deepcopy(simulated)
     for name, qm in quant_modules(qmodel).items():
-        with torch.no_grad():
-            w = qm.quantized_weight().detach().clone()
-            bias = qm.bias.detach().clone() if qm.bias is not None else None
-        if isinstance(qm, nn.Conv2d):
-            new: nn.Module = nn.Conv2d(
-                qm.in_channels,
-                qm.out_channels,
-                qm.kernel_size,
-                stride=qm.stride,
-                padding=qm.padding,
-                dilation=qm.dilation,
-                groups=qm.groups,
-                bias=bias is not None,
-                padding_mode=qm.padding_mode,
-                device=w.device,
-                dtype=w.dtype,
-            )
-        else:
-            new = nn.Linear(
-                qm.in_features, qm.out_features, bias=bias is not None, device=w.device, dtype=w.dtype
-            )
-        with torch.no_grad():
-            new.weight.copy_(w)
-            if bias is not None:
-                new.bias.copy_(bias)
-        if qm.pre_op is not None:  # an adapted layer (SAME padding): its pre-op stays in front
-            new = nn.Sequential(copy.deepcopy(qm.pre_op), new)
-        set_module(qmodel, name, new.eval())
+        if name not in keep:
+            set_module(qmodel, name, qm.to_float().eval())
     # the BatchNorms folded into the baked weights become exact identities (eps 0, unit variance), not
     # nn.Identity: FX then still matches conv-bn-relu and fuses the ReLU into the integer kernel
     for _conv, bn_name in getattr(qmodel, "folded_bn", []):
@@ -114,78 +168,225 @@ def _baked_float_model(model: nn.Module, plan: QuantPlan) -> nn.Module:
     return qmodel.eval()
 
 
-def _weight_observer(spec: QuantSpec, d: LayerDispatch):
-    from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+def _act_observer(reduce_range: bool):
+    from torch.ao.quantization.observer import MinMaxObserver
 
-    exact = (
-        spec.w_symmetric and spec.channel_bits is None and spec.granularity in ("per_channel", "per_tensor")
-    )
-    bits = d.w_bits if exact else 8
-    qmin, qmax = int_range(min(bits, 8), symmetric=True)
-    if spec.granularity == "per_tensor" and exact:
-        return MinMaxObserver.with_args(
-            dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=qmin, quant_max=qmax
-        )
-    return PerChannelMinMaxObserver.with_args(
-        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=qmin, quant_max=qmax
+    return MinMaxObserver.with_args(
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+        quant_min=0,
+        quant_max=127 if reduce_range else 255,
     )
 
 
-def _default_weight_observer():
+def _weight_observer():
     from torch.ao.quantization.observer import PerChannelMinMaxObserver
 
     return PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
 
 
-def _act_observer(a_bits: int, observer: str, reduce_range: bool):
-    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
-
-    qmax = 2 ** min(a_bits, 8) - 1
-    if a_bits >= 8 and reduce_range:
-        qmax = 127
-    cls = MinMaxObserver if observer == "minmax" else HistogramObserver
-    return cls.with_args(dtype=torch.quint8, qscheme=torch.per_tensor_affine, quant_min=0, quant_max=qmax)
-
-
 def int8_qconfig_mapping(
-    model: nn.Module, plan: QuantPlan, disp: dict[str, LayerDispatch], *, reduce_range: bool
-) -> tuple[Any, list[str]]:
-    """The FX QConfigMapping of a plan's integer layers (observers on the plan's grids) and of the modules
-    whose non-layer ops run in the integer domain; with notes on weights re-quantized to int8 per channel."""
+    model: nn.Module, disp: dict[str, LayerDispatch], *, reduce_range: bool = False
+) -> Any:
+    """The FX QConfigMapping of the integer layers of ``disp`` and of the pass-through modules (ReLU, pooling)
+    they feed. Every other op (residual adds, concatenations) runs in float, as in the simulation, which
+    quantizes layer inputs only. The observers only place the quantization points: the input grids are pinned
+    to the simulation's (:func:`pin_observers`), the weights set from it (:func:`set_sim_weights`); the other
+    points (outputs feeding float ops) keep their calibrated 8-bit min-max range."""
     from torch.ao.quantization import QConfig, QConfigMapping
 
-    notes: list[str] = []
     qmap = QConfigMapping().set_global(None)
+    qconfig = QConfig(activation=_act_observer(reduce_range), weight=_weight_observer())
     for name in [n for n, d in disp.items() if d.is_int]:
-        spec = plan.get(name) or QuantSpec()
-        d = disp[name]
-        if spec.granularity == "per_group" or spec.channel_bits is not None or not spec.w_symmetric:
-            notes.append(
-                f"{name}: {spec.granularity} / mixed-channel / asymmetric weights re-quantized to int8 per channel"
-            )
-        qmap.set_module_name(
-            name,
-            QConfig(
-                activation=_act_observer(d.a_bits, spec.a_observer, reduce_range),
-                weight=_weight_observer(spec, d),
-            ),
-        )
-    shared = QConfig(
-        activation=_act_observer(8, "histogram", reduce_range), weight=_default_weight_observer()
-    )
-    for path in sorted(int_containers(model, disp) | int_followers(model, disp)):
-        if path in disp:
+        qmap.set_module_name(name, qconfig)
+    for path in sorted(int_followers(model, disp)):
+        if path not in disp:
+            qmap.set_module_name(path, qconfig)
+    return qmap
+
+
+# ops through which a quantized tensor reaches the next layer unchanged, or changed exactly as its codes are
+# (monotone clamps, max pooling, zero padding: 0.0 is a code), so that the next layer's input grid may be its own
+_PASS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Dropout, nn.Flatten,
+    nn.ZeroPad2d, nn.ConstantPad2d,
+)  # fmt: skip
+_PASS_CALLS = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "max_pool2d", "flatten", "dropout", "pad"}
+_PASS_METHODS = {"relu", "relu_", "flatten", "view", "reshape", "contiguous", "clamp"}
+_SHAPE_METHODS = {"size", "dim"}
+
+
+def _passes(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
+    from torch.ao.quantization.observer import ObserverBase
+
+    if node.op == "call_module":
+        mod = modules[str(node.target)]
+        return isinstance(mod, (*_PASS_MODULES, ObserverBase))
+    if node.op == "call_function":
+        if getattr(node.target, "__name__", "") == "pad" and node.kwargs.get("value", 0.0) not in (0, 0.0):
+            return False
+        return getattr(node.target, "__name__", "") in _PASS_CALLS or node.target is channels_last
+    return node.op == "call_method" and node.target in _PASS_METHODS
+
+
+def _layer_consumers(node: torch.fx.Node, modules: dict[str, nn.Module], layers: set[str]) -> set[str]:
+    """The integer layers that ``node``'s value reaches through pass-through ops only (empty when it reaches
+    anything else: an add, a float op, the output)."""
+    out: set[str] = set()
+    todo = list(node.users)
+    seen: set[torch.fx.Node] = set()
+    while todo:
+        user = todo.pop()
+        if user in seen:
             continue
-        if path == "":
-            qmap.set_global(shared)
+        seen.add(user)
+        if user.op == "call_module" and str(user.target) in layers:
+            out.add(str(user.target))
+        elif user.op == "call_method" and user.target in _SHAPE_METHODS:
+            continue
+        elif _passes(user, modules):
+            todo.extend(user.users)
         else:
-            qmap.set_module_name(path, shared)
-    return qmap, notes
+            return set()
+    return out
 
 
-def convert_fx_int8(baked: nn.Module, qmap: Any, batches: list[Any], *, engine: str) -> nn.Module:
+def _pinned_qparams(scale: float, zero_point: int):
+    def calculate_qparams() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.tensor([scale]), torch.tensor([zero_point], dtype=torch.int32)
+
+    return calculate_qparams
+
+
+def pin_observers(prepared: torch.fx.GraphModule, grids: dict[str, tuple[float, int]]) -> int:
+    """Give every observer whose tensor reaches only integer layers (through pass-through ops) those layers'
+    input grid from the simulation (``grids``: layer -> (scale, zero point)); returns how many were pinned.
+    Observers reaching layers with different grids, or anything else, keep their calibrated range."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    modules = dict(prepared.named_modules(remove_duplicate=False))  # FX shares one observer under two names
+    found: dict[int, set[tuple[float, int] | None]] = {}  # per observer instance: the grids its uses reach
+    observers: dict[int, Any] = {}
+    for node in prepared.graph.nodes:
+        obs = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(obs, ObserverBase):
+            continue
+        consumers = _layer_consumers(node, modules, set(grids))
+        reach = {grids[c] for c in consumers} if consumers else {None}
+        found.setdefault(id(obs), set()).update(reach if len(reach) == 1 else {None})
+        observers[id(obs)] = obs
+    pinned = 0
+    for key, reach in found.items():  # a shared observer (an op sharing its input's qparams) pins only when
+        if len(reach) == 1 and None not in reach:  # every use reaches the same grid
+            observers[key].calculate_qparams = _pinned_qparams(*reach.pop())
+            pinned += 1
+    return pinned
+
+
+def set_sim_weights(converted: nn.Module, simulated: nn.Module, layers: list[str]) -> None:
+    """Pack each integer layer's weight with the simulation's own scales (codes exactly the simulation's;
+    re-observing the baked weight could drift by an ulp and a mixed-bit channel would get the wrong scale)."""
+    mods = dict(converted.named_modules())
+    sims = quant_modules(simulated)
+    for name in layers:
+        sim, mod = sims[name], mods[name]
+        with torch.no_grad():
+            w = sim.quantized_weight().detach().float()
+            scale = sim.w_quant.scale.detach().double().reshape(-1)
+        if scale.numel() == 1:
+            qw = torch.quantize_per_tensor(w, float(scale), 0, torch.qint8)
+        else:
+            zeros = torch.zeros(scale.numel(), dtype=torch.long)
+            qw = torch.quantize_per_channel(w, scale, zeros, 0, torch.qint8)
+        bias = mod._weight_bias()[1]
+        mod.set_weight_bias(qw, bias)
+
+
+class Int8FloatOutput(nn.Module):
+    """An int8 Linear or 1x1 convolution whose output stays float32: its int32 sums are dequantized with the bias
+    added, not requantized to 8 bits, as the simulation computes a layer whose output feeds a float op (a
+    residual add, the logits). Takes the quantized input the layer took (its grid), gives float."""
+
+    kernel = "torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32"
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        weight, bias = layer._weight_bias()
+        self.conv = weight.dim() == 4
+        self.weight_shape = tuple(weight.shape)
+        self.packed = torch.ops.quantized.linear_prepack(weight.reshape(weight.shape[0], -1), bias)
+
+    def _weight_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The int8 weight (in the layer's shape) and float bias, as torch.ao quantized layers give them."""
+        weight, bias = torch.ops.quantized.linear_unpack(self.packed)
+        return weight.reshape(self.weight_shape), bias
+
+    def forward(self, qx: torch.Tensor) -> torch.Tensor:
+        x = qx.dequantize()
+        if self.conv:  # channels-last NCHW is NHWC in memory: the permuted view is contiguous
+            x = x.permute(0, 2, 3, 1)
+        y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            x, qx.q_scale(), qx.q_zero_point(), self.packed
+        )
+        return y.permute(0, 3, 1, 2) if self.conv else y
+
+
+FLOAT_OUTPUT_ENGINES = (
+    "x86",
+    "fbgemm",
+)  # the engines whose packed Linear weights have a float32-output kernel
+
+
+def _float_output_capable(mod: nn.Module) -> bool:
+    import torch.ao.nn.quantized as nnq
+
+    if type(mod) is nnq.Linear:
+        return True
+    return type(mod) is nnq.Conv2d and (
+        tuple(mod.kernel_size) == (1, 1) and tuple(mod.stride) == (1, 1) and tuple(mod.padding) == (0, 0)
+        and mod.groups == 1 and tuple(mod.dilation) == (1, 1)
+    )  # fmt: skip
+
+
+def float_outputs(converted: torch.fx.GraphModule) -> list[str]:
+    """Give every int8 Linear / 1x1 convolution whose output is only dequantized a float32 output
+    (:class:`Int8FloatOutput`), so no 8-bit requantization the simulation lacks sits there; returns their names."""
+    modules = dict(converted.named_modules(remove_duplicate=False))
+    calls = [str(n.target) for n in converted.graph.nodes if n.op == "call_module"]
+    done = []
+    for node in list(converted.graph.nodes):
+        target = str(node.target)
+        if node.op != "call_module" or calls.count(target) > 1 or not _float_output_capable(modules[target]):
+            continue
+        users = list(node.users)
+        if not users or any(u.op != "call_method" or u.target != "dequantize" for u in users):
+            continue
+        set_module(converted, target, Int8FloatOutput(modules[target]))
+        for user in users:
+            user.replace_all_uses_with(node)
+            converted.graph.erase_node(user)
+        done.append(target)
+    converted.graph.lint()
+    converted.recompile()
+    return done
+
+
+def convert_fx_int8(
+    baked: nn.Module,
+    qmap: Any,
+    batches: list[Any],
+    *,
+    engine: str,
+    grids: dict[str, tuple[float, int]] | None = None,
+    leaf_types: tuple[type[nn.Module], ...] = (),
+    simulated: nn.Module | None = None,
+) -> nn.Module:
     """Prepare, calibrate on ``batches`` and convert ``baked`` with torch.ao FX under ``engine`` (restored
-    afterwards); convolutional models are converted channels-last."""
+    afterwards); convolutional models are converted channels-last. ``grids``: the simulation's input grids
+    the observers are pinned to (:func:`pin_observers`); ``leaf_types``: module types FX must not trace into;
+    ``simulated``: the simulation whose weights (and scales) the layers of ``grids`` take (:func:`set_sim_weights`,
+    packed under ``engine`` too)."""
+    from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     previous_engine = torch.backends.quantized.engine
@@ -198,11 +399,25 @@ def convert_fx_int8(baked: nn.Module, qmap: Any, batches: list[Any], *, engine: 
                 baked = baked.to(memory_format=torch.channels_last)
             first = batches[0]
             example = tuple(first.values()) if isinstance(first, dict) else first
-            prepared = prepare_fx(baked, qmap, example if isinstance(example, tuple) else (example,))
+            custom = PrepareCustomConfig().set_non_traceable_module_classes(list(leaf_types))
+            prepared = prepare_fx(
+                baked,
+                qmap,
+                example if isinstance(example, tuple) else (example,),
+                prepare_custom_config=custom,
+            )
             with torch.no_grad():
                 for x in batches:
                     call_model(prepared, x)
-            return convert_fx(prepared)
+            if grids:
+                pin_observers(prepared, grids)
+            converted = convert_fx(prepared)
+            if simulated is not None and grids:
+                set_sim_weights(converted, simulated, list(grids))
+                if engine in FLOAT_OUTPUT_ENGINES:
+                    float_outputs(converted)
+                clamp_layer_inputs(converted, sim_input_ranges(simulated, list(grids)))
+            return converted
     finally:
         torch.backends.quantized.engine = previous_engine
 
