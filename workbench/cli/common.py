@@ -33,7 +33,7 @@ def print_table(df: pd.DataFrame) -> None:
 def add_task_args(p: argparse.ArgumentParser) -> None:
     """The flags every stage on a task shares: the model / task / data, tracking, device and output files."""
     p.add_argument(
-        "--model", default="digits_resnet", help="zoo model (digits_cnn, digits_resnet) or torchvision name"
+        "--model", default="digits_resnet", help="zoo model (digits_cnn, digits_resnet, digits_mobilenet) or torchvision name"
     )
     p.add_argument(
         "--task",
