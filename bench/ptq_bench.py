@@ -35,11 +35,12 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
+sys.path.insert(0, str(ROOT / "bench"))
 from ptq_models import MODELS, build_float_model, state_digest  # noqa: E402
+from ptq_report import HEADING, fidelity, section, table  # noqa: E402
 
 OUT_DIR = ROOT / "bench" / "out" / "ptq"
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
-HEADING = "## Post-training quantization vs AIMET"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PHOTOS = [
@@ -120,28 +121,6 @@ def load_case(name: str, *, n_calib: int, n_test: int) -> dict:
     return {"model": model, "x_cal": photo_crops(n_calib, seed=1), "x_test": photo_crops(n_test, seed=2)}
 
 
-# ------------------------------------------------------------------------------------------------ metrics
-
-
-def fidelity(ref: torch.Tensor, q: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
-    """Logit cosine (mean over inputs), KL(softmax ref || softmax q), top-5 overlap (|top5 ∩ top5| / 5), top-1
-    agreement with FP32 and, given labels, accuracy."""
-    ref, q = ref.double(), q.double()
-    k = min(5, ref.shape[1])
-    top_r, top_q = ref.topk(k, dim=1).indices, q.topk(k, dim=1).indices
-    overlap = (top_r[:, :, None] == top_q[:, None, :]).any(-1).double().mean(1)
-    kl = F.kl_div(F.log_softmax(q, 1), F.log_softmax(ref, 1), log_target=True, reduction="none").sum(1)
-    out = {
-        "cosine": float(F.cosine_similarity(ref, q, dim=1).mean()),
-        "kl": float(kl.mean()),
-        "top5": float(overlap.mean()),
-        "top1_agree": float((ref.argmax(1) == q.argmax(1)).double().mean()),
-    }
-    if labels is not None:
-        out["accuracy"] = float((q.argmax(1) == labels).double().mean())
-    return out
-
-
 # ------------------------------------------------------------------------------------------------ runs
 
 
@@ -170,8 +149,13 @@ def aimet_runs(grid: str, adaround_iters: int) -> list[dict]:
     ``full``: min-max (tf) and SQNR (tf_enhanced) ranges at every setting, CLE on top of tf_enhanced, and AdaRound
     (on top of CLE + tf_enhanced) at every setting. ``quick`` (for the 240x240 photo model on 2 cores): tf at every
     setting, tf_enhanced and CLE per-channel, AdaRound at W4A8 per-channel only."""
+    if grid == "adaround4":  # AdaRound alone at 4-bit weights: a second process beside a running grid
+        return [
+            _run(4, g, "tf_enhanced", cle=True, adaround_iters=adaround_iters)
+            for g in ("per_tensor", "per_channel")
+        ]
     if grid not in ("full", "quick"):
-        raise ValueError(f"unknown AIMET grid {grid!r}; valid: full, quick")
+        raise ValueError(f"unknown AIMET grid {grid!r}; valid: full, quick, adaround4")
     runs = [_run(b, g, "tf") for b, g in SETTINGS]
     runs += [_run(b, g, "tf_enhanced") for b, g in SETTINGS if grid == "full" or g == "per_channel"]
     runs += [_run(b, g, "tf_enhanced", cle=True) for b, g in SETTINGS if grid == "full" or g == "per_channel"]
@@ -281,121 +265,6 @@ def score(name: str, case: dict, aimet: dict, runs: list[dict], wb_rows: list[di
     return rows
 
 
-def _fmt(row: dict, key: str) -> str:
-    value = row.get(key)
-    if value is None:
-        return "—"
-    if key == "kl":
-        return f"{value:.4f}"
-    return f"{value:.1f}" if key == "seconds" else f"{value:.3f}"
-
-
-def table(rows: list[dict]) -> list[str]:
-    keys = ["cosine", "kl", "top5", "top1_agree", "accuracy", "seconds"]
-    out = [
-        "| model | setting | tool | method | logit cosine | KL | top-5 overlap | top-1 agreement | accuracy | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        if r.get("error"):
-            figures = f"error: `{r['error'][:120]}` | | | | | {_fmt(r, 'seconds')}"
-        else:
-            figures = " | ".join(_fmt(r, k) for k in keys)
-        out.append(f"| {r['model']} | {r['setting']} | {r['tool']} | {r['method']} | {figures} |")
-    return out
-
-
-def best_table(rows: list[dict]) -> list[str]:
-    """Per model and setting: the best method of each tool by logit cosine."""
-    out = [
-        "| model | setting | best AIMET (cosine / top-1 agr.) | best workbench (cosine / top-1 agr.) |",
-        "|---|---|---|---|",
-    ]
-    keyset = sorted(
-        {(r["model"], r["setting"]) for r in rows if r["setting"] != "-"}, key=lambda k: (k[0], k[1])
-    )
-    for model, setting in keyset:
-        cells = []
-        for tool in ("AIMET", "workbench"):
-            cand = [
-                r
-                for r in rows
-                if r["model"] == model
-                and r["setting"] == setting
-                and r["tool"].startswith(tool)
-                and "cosine" in r
-            ]
-            best = max(cand, key=lambda r: r["cosine"], default=None)
-            cells.append(
-                "—" if best is None else f"{best['method']}: {best['cosine']:.3f} / {best['top1_agree']:.3f}"
-            )
-        out.append(f"| {model} | {setting} | {cells[0]} | {cells[1]} |")
-    return out
-
-
-def section(rows: list[dict], meta: dict) -> list[str]:
-    from workbench.benchsuite.machine import machine_info
-
-    info = machine_info()
-    return [
-        HEADING,
-        "",
-        "```bash",
-        meta["command"],
-        "```",
-        "",
-        f"Measured {meta['date']} on {info['cpu']} ({info['cores']} cores, torch threads {meta['threads']}), "
-        f"aimet-torch in its own venv `.venv-peers`, torch {torch.__version__}.",
-        "",
-        *[_facts_line(f) for f in meta["facts"]],
-        "",
-        *NOTES,
-        "",
-        "Best method per tool (by logit cosine to FP32):",
-        "",
-        *best_table(rows),
-        "",
-        "Every method:",
-        "",
-        *table(rows),
-        "",
-    ]
-
-
-def _facts_line(f: dict) -> str:
-    ptq = "with `ptq=` steps" if f["ptq"] else "no `ptq=` steps in this checkout (min-max / MSE only)"
-    return (
-        f"- {f['model']}: {f['n_calib']} calibration / {f['n_test']} test inputs; AIMET {f['aimet_version']} "
-        f"grid `{f['grid']}`, {f['aimet_seconds']:.0f} s (AIMET side, import included); workbench {ptq}, "
-        f"{f['workbench_seconds']:.0f} s."
-    )
-
-
-NOTES = [
-    "What runs. Both tools get the same float model (the digits model from the zoo cache; EfficientNet-Lite1 "
-    "pretrained, every `Conv2dStaticSamePadding` replaced by `ZeroPad2d` + `nn.Conv2d` with the same weights; "
-    "state_dict digests checked across the two venvs), the same calibration and test inputs, and are scored by "
-    "the same code against the FP32 logits: mean logit cosine, KL(FP32 || quantized), top-5 overlap, top-1 "
-    "agreement (and accuracy on digits, whose test split is labelled). digits_mobilenet: calibration = the task's "
-    "256 calibration images, test = its 450 test images. Lite1: seeded random resized crops of scikit-image's "
-    "sample photos, 240x240, ImageNet mean/std; calibration and test crops come from different seeds but the same "
-    "photos. No fine-tuning anywhere. W8A8 / W4A8 = 8- or 4-bit weights, 8-bit activations.",
-    "",
-    "AIMET (aimet-torch 2.42): `prepare_model`, then `equalize_model` (CLE: BN fold, cross-layer scaling, "
-    "high-bias fold) or `fold_all_batch_norms`, optionally `Adaround.apply_adaround` (weights; encodings frozen "
-    "in the sim), then `QuantizationSimModel` with AIMET's default per-tensor or per-channel config file and "
-    "`compute_encodings` on the calibration inputs. `tf` = min-max ranges, `tf_enhanced` = AIMET's SQNR-based "
-    "ranges. AIMET quantizes the model input and every op output (adds included) to 8 bits; weights symmetric. "
-    "AIMET 2.42 has no bias correction (the v1 API is gone), and since aimet-torch 2.4 CLE does not scale "
-    "conv-ReLU6-conv pairs (it warns; both models use ReLU6 throughout), so CLE is mostly BN fold + high-bias "
-    "fold here.",
-    "",
-    "Workbench: `quantize_model(model, QuantPlan.uniform(model, QuantSpec(w_bits, 8, granularity)), calib)` "
-    "with min-max or MSE observers, and with `ptq=[...]` steps where this checkout has them. The workbench "
-    "quantizes each conv / linear layer's input (activations) and weights; BN folded.",
-]
-
-
 def bench_model(name: str, args: argparse.Namespace) -> dict:
     """Both sides on one model; the scored rows and the model's run facts (saved as ``OUT_DIR/<name>.json``)."""
     case = load_case(name, n_calib=args.n_calib, n_test=args.n_test)
@@ -412,11 +281,17 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     facts["aimet_seconds"] = round(time.perf_counter() - t0, 1)
     facts["aimet_version"] = aimet.get("meta", {}).get("aimet_version", "?")
     t0 = time.perf_counter()
-    wb_rows = run_workbench(case)
+    wb_rows = [] if args.tag else run_workbench(case)
     facts["workbench_seconds"] = round(time.perf_counter() - t0, 1)
     facts["ptq"] = has_ptq()
-    doc = {"facts": facts, "rows": score(name, case, aimet, runs, wb_rows)}
-    (OUT_DIR / f"{name}.json").write_text(json.dumps(doc, indent=1))
+    rows = score(name, case, aimet, runs, wb_rows)
+    doc = {
+        "facts": facts,
+        "rows": rows[1:] if args.tag else rows,
+    }  # a tagged part adds runs, not a second FP32
+    (OUT_DIR / (f"{name}-{args.tag}.json" if args.tag else f"{name}.json")).write_text(
+        json.dumps(doc, indent=1)
+    )
     return doc
 
 
@@ -429,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid",
         default="auto",
-        choices=["auto", "full", "quick"],
-        help="AIMET runs (auto: full on digits_mobilenet, quick on efficientnet_lite1)",
+        choices=["auto", "full", "quick", "adaround4"],
+        help="AIMET runs (auto: full on digits_mobilenet, quick on efficientnet_lite1; adaround4: AdaRound at W4 only)",
     )
     parser.add_argument(
         "--aimet-timeout", type=float, default=1800, help="seconds per model for the AIMET side"

@@ -1,4 +1,4 @@
-"""Pure logic of bench/ptq_bench.py and bench/peers/ptq_models.py (metrics, AIMET run grid, photo crops, the
+"""Pure logic of bench/ptq_bench.py, bench/ptq_report.py and bench/peers/ptq_models.py (metrics, AIMET run grid, photo crops, the
 SAME-padding conversion, the report); needs neither the peers venv nor a pretrained model."""
 
 from __future__ import annotations
@@ -25,22 +25,23 @@ def _load(name: str, path: Path):
 
 pm = _load("ptq_models", ROOT / "bench" / "peers" / "ptq_models.py")
 pb = _load("ptq_bench", ROOT / "bench" / "ptq_bench.py")
+pr = _load("ptq_report", ROOT / "bench" / "ptq_report.py")
 
 
 def test_fidelity_identical_and_known_values() -> None:
     torch.manual_seed(0)
     ref = torch.randn(20, 10)
-    same = pb.fidelity(ref, ref.clone(), torch.zeros(20, dtype=torch.long))
+    same = pr.fidelity(ref, ref.clone(), torch.zeros(20, dtype=torch.long))
     assert same["cosine"] == pytest.approx(1.0) and same["kl"] == pytest.approx(0.0, abs=1e-12)
     assert same["top5"] == 1.0 and same["top1_agree"] == 1.0
     assert same["accuracy"] == pytest.approx(float((ref.argmax(1) == 0).float().mean()))
-    flipped = pb.fidelity(ref, -ref)
+    flipped = pr.fidelity(ref, -ref)
     assert flipped["cosine"] == pytest.approx(-1.0)
     assert flipped["top1_agree"] == 0.0 and flipped["top5"] == 0.0  # top-5 of x and of -x are disjoint in 10
     assert "accuracy" not in flipped
     q = ref + 0.1 * torch.randn(20, 10)
     kl = F.kl_div(F.log_softmax(q, 1), F.softmax(ref, 1), reduction="batchmean")
-    assert pb.fidelity(ref, q)["kl"] == pytest.approx(float(kl), rel=1e-5)
+    assert pr.fidelity(ref, q)["kl"] == pytest.approx(float(kl), rel=1e-5)
 
 
 def test_aimet_grids_cheapest_first_and_unique() -> None:
@@ -125,9 +126,9 @@ def test_tables_show_figures_errors_and_best() -> None:
         {"model": "m", "tool": "workbench", "setting": "W8A8 per_channel", "method": "min-max", "seconds": 1.0,
          "error": None, "cosine": 0.95, "kl": 0.005, "top5": 0.9, "top1_agree": 0.8},
     ]  # fmt: skip
-    lines = pb.table(rows)
+    lines = pr.table(rows)
     assert len(lines) == 2 + 4
     assert "| m | W8A8 per_channel | AIMET 2.42.0 | tf | 0.900 | 0.0100 | 0.800 | 0.700 | — | 3.0 |" in lines
     assert any("error: `RuntimeError: boom`" in line for line in lines)
-    best = pb.best_table(rows)
+    best = pr.best_table(rows)
     assert best[2] == "| m | W8A8 per_channel | tf: 0.900 / 0.700 | min-max: 0.950 / 0.800 |"
