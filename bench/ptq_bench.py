@@ -314,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers-python", type=Path, default=PEERS_PY)
     parser.add_argument("--skip-aimet", action="store_true", help="workbench side only")
     parser.add_argument(
+        "--tag",
+        default="",
+        help="AIMET side only, saved as <model>-<tag>.json beside the main part (the report merges them): to run "
+        "part of the grid in a second process",
+    )
+    parser.add_argument(
         "--report", action="store_true", help="only rebuild the report from bench/out/ptq/*.json"
     )
     parser.add_argument("--no-doc", action="store_true", help="leave docs/BENCHMARKS.md alone")
