@@ -272,6 +272,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     runs = aimet_runs(grid, args.adaround_iters)
     aimet: dict = {"meta": {"error": "skipped (--skip-aimet)"}, "runs": {}}
     facts = {"model": name, "grid": grid, "n_calib": len(case["x_cal"]), "n_test": len(case["x_test"])}
+    facts.update(adaround_iters=args.adaround_iters, aimet_timeout=args.aimet_timeout, tag=args.tag)
     t0 = time.perf_counter()
     if not args.skip_aimet:
         with tempfile.TemporaryDirectory() as tmp:

@@ -126,9 +126,10 @@ def section(rows: list[dict], meta: dict) -> list[str]:
 def _facts_line(f: dict) -> str:
     ptq = "with `ptq=` steps" if f["ptq"] else "no `ptq=` steps in this checkout (min-max / MSE only)"
     return (
-        f"- {f['model']}: {f['n_calib']} calibration / {f['n_test']} test inputs; AIMET {f['aimet_version']} "
-        f"grid `{f['grid']}`, {f['aimet_seconds']:.0f} s (AIMET side, import included); workbench {ptq}, "
-        f"{f['workbench_seconds']:.0f} s."
+        f"- {f['model']}{' (part ' + f['tag'] + ')' if f.get('tag') else ''}: {f['n_calib']} calibration / "
+        f"{f['n_test']} test inputs; AIMET {f['aimet_version']} grid `{f['grid']}` (AdaRound "
+        f"{f.get('adaround_iters', '?')} iterations per layer, time limit {f.get('aimet_timeout', '?')} s), "
+        f"{f['aimet_seconds']:.0f} s (AIMET side, import included); workbench {ptq}, {f['workbench_seconds']:.0f} s."
     )
 
 
