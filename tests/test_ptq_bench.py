@@ -132,3 +132,26 @@ def test_tables_show_figures_errors_and_best() -> None:
     assert any("error: `RuntimeError: boom`" in line for line in lines)
     best = pr.best_table(rows)
     assert best[2] == "| m | W8A8 per_channel | tf: 0.900 / 0.700 | min-max: 0.950 / 0.800 |"
+
+
+def test_section_lists_cut_runs_once_and_names_facts() -> None:
+    base = {"model": "m", "tool": "AIMET 2.42.0", "setting": "W4A8 per_channel", "seconds": None}
+    rows = [
+        {**base, "method": "ada", "error": "not run: aimet_ptq.py stopped after the 10 s limit"},
+        {**base, "method": "ada", "error": None, "seconds": 5.0, "cosine": 0.9, "kl": 0.1, "top5": 0.8,
+         "top1_agree": 0.7},
+        {**base, "method": "cle", "error": "not run: aimet_ptq.py stopped after the 10 s limit"},
+    ]  # fmt: skip
+    facts = {"model": "m", "grid": "quick", "n_calib": 32, "n_test": 64, "aimet_version": "2.42.0",
+             "aimet_seconds": 12.0, "workbench_seconds": 3.0, "ptq": False, "tag": "ada", "adaround_iters": 100,
+             "aimet_timeout": 10}  # fmt: skip
+    meta = {"command": "make bench-ptq", "date": "2026-01-01 00:00 UTC", "threads": 2, "facts": [facts]}
+    lines = pr.section(rows, meta)
+    assert lines[0] == pr.HEADING
+    assert lines[-2] == "Not run (the AIMET side's time limit, `--aimet-timeout`): m W4A8 per_channel cle."
+    assert sum("| ada |" in line for line in lines) == 1  # the measured run only, not its cut twin
+    assert "| m | W4A8 per_channel | ada: 0.900 / 0.700 | — |" in lines
+    assert any(
+        line.startswith("- m (part ada): 32 calibration / 64 test") and "100 iterations" in line
+        for line in lines
+    )
