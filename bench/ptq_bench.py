@@ -269,7 +269,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     """Both sides on one model; the scored rows and the model's run facts (saved as ``OUT_DIR/<name>.json``)."""
     case = load_case(name, n_calib=args.n_calib, n_test=args.n_test)
     grid = args.grid if args.grid != "auto" else ("full" if name == "digits_mobilenet" else "quick")
-    runs = aimet_runs(grid, args.adaround_iters)
+    runs = [r for r in aimet_runs(grid, args.adaround_iters) if not args.only or r["label"] in args.only]
     aimet: dict = {"meta": {"error": "skipped (--skip-aimet)"}, "runs": {}}
     facts = {"model": name, "grid": grid, "n_calib": len(case["x_cal"]), "n_test": len(case["x_test"])}
     facts.update(adaround_iters=args.adaround_iters, aimet_timeout=args.aimet_timeout, tag=args.tag)
@@ -314,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peers-python", type=Path, default=PEERS_PY)
     parser.add_argument("--skip-aimet", action="store_true", help="workbench side only")
+    parser.add_argument(
+        "--only", nargs="+", default=[], help="AIMET run labels to keep (e.g. 'W4A8 per_channel tf')"
+    )
     parser.add_argument(
         "--tag",
         default="",
