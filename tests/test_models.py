@@ -66,7 +66,46 @@ def test_digits_resnet_structure() -> None:
     model.eval()
     for side in (8, 16, 32):
         assert model(torch.randn(2, 1, side, side)).shape == (2, 10)
-    assert MODEL_INPUT_SIZE == {"digits_cnn": 8, "digits_resnet": 16}
+    assert MODEL_INPUT_SIZE == {"digits_cnn": 8, "digits_resnet": 16, "digits_mobilenet": 8}
+
+
+def test_digits_mobilenet_structure() -> None:
+    model = build_model("digits_mobilenet").eval()
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert len(convs) == 16
+    depthwise = sorted(n for n, m in convs.items() if m.groups > 1 and m.groups == m.in_channels)
+    assert depthwise == [
+        "features.1.conv.0.0",
+        "features.2.conv.1.0",
+        "features.3.conv.1.0",
+        "features.4.conv.1.0",
+        "features.5.conv.1.0",
+    ]
+    assert all(convs[n].kernel_size == (3, 3) for n in depthwise)
+    assert convs["features.2.conv.0.0"].out_channels == 4 * 16  # expansion 4
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 16
+    relu6 = [m for m in model.modules() if isinstance(m, nn.ReLU6)]
+    assert len(relu6) == 11 and len({id(m) for m in relu6}) == 11
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert [n for n, m in model.named_modules() if getattr(m, "use_residual", False)] == [
+        "features.1",
+        "features.3",
+        "features.5",
+    ]
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.in_features == 64
+    assert sum(p.numel() for p in model.parameters()) == 29_418
+    with torch.no_grad():
+        for side in (8, 16):
+            assert model(torch.randn(2, 1, side, side)).shape == (2, 10)
+    assert build_model("digits_mobilenet", num_classes=3)(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_digits_mobilenet_residual_adds_its_input() -> None:
+    torch.manual_seed(0)
+    block = build_model("digits_mobilenet").features[1].eval()
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(block(x), x + block.conv(x))
 
 
 def test_unknown_model_name_lists_valid_names() -> None:
@@ -74,6 +113,7 @@ def test_unknown_model_name_lists_valid_names() -> None:
         build_model("not_a_model")
     message = str(err.value)
     assert "digits_cnn" in message and "digits_resnet" in message and "torchvision" in message
+    assert "digits_mobilenet" in message
 
 
 def test_bad_num_classes() -> None:
@@ -87,7 +127,7 @@ def test_torchvision_resnet18_forward() -> None:
         out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10)
     names = list_model_names()
-    assert names[:2] == list(ZOO)
+    assert names[:3] == [*ZOO, "digits_mobilenet"]
     assert {"resnet18", "mobilenet_v2", "resnet50", "mobilenet_v3_small"} <= set(names)
 
 

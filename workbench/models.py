@@ -1,8 +1,9 @@
 """Model zoo, training and evaluation (the training loop and accuracy live in :mod:`workbench.training`,
 re-exported here).
 
-Two small models are trained on the embedded digits task (:mod:`workbench.data`) in well under a minute on a
-laptop CPU: ``digits_cnn`` (8x8 inputs) and ``digits_resnet`` (16x16 inputs, BatchNorm, residual adds).
+Three small models are trained on the embedded digits task (:mod:`workbench.data`) in well under a minute on a
+laptop CPU: ``digits_cnn`` (8x8 inputs), ``digits_resnet`` (16x16 inputs, BatchNorm, residual adds) and
+``digits_mobilenet`` (8x8 inputs, MobileNetV2-style inverted residuals: depthwise 3x3, ReLU6, BatchNorm).
 Every torchvision classification model is available by name too (untrained, ``weights=None``); bring their
 weights and data through :func:`workbench.tasks.torchvision_task`.
 
@@ -35,7 +36,9 @@ __all__ = [
     "ZOO_MODELS",
     "BasicBlock",
     "DigitsCNN",
+    "DigitsMobileNet",
     "DigitsResNet",
+    "InvertedResidual",
     "TrainConfig",
     "TrainResult",
     "build_model",
@@ -46,10 +49,10 @@ __all__ = [
     "train_model",
 ]
 
-ZOO_MODELS: tuple[str, ...] = ("digits_cnn", "digits_resnet")
+ZOO_MODELS: tuple[str, ...] = ("digits_cnn", "digits_resnet", "digits_mobilenet")
 """Models of the embedded zoo: built, trained and cached by this module."""
 
-MODEL_INPUT_SIZE: dict[str, int] = {"digits_cnn": 8, "digits_resnet": 16}
+MODEL_INPUT_SIZE: dict[str, int] = {"digits_cnn": 8, "digits_resnet": 16, "digits_mobilenet": 8}
 """Image side (pixels) each zoo model expects; inputs are ``(N, 1, side, side)``."""
 
 ARCH_VERSION = 1
@@ -146,6 +149,78 @@ class DigitsResNet(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
+def _conv_bn_relu6(
+    in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, groups: int = 1
+):
+    return nn.Sequential(
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            groups=groups,
+            bias=False,
+        ),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU6(),
+    )
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion conv-bn-relu6 (left out when ``expand == 1``), depthwise 3x3
+    conv-bn-relu6, linear 1x1 projection conv-bn; the input is added back when the shape allows it (stride 1 and
+    ``in_channels == out_channels``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1, expand: int = 4) -> None:
+        super().__init__()
+        hidden = in_channels * expand
+        layers: list[nn.Module] = [] if expand == 1 else [_conv_bn_relu6(in_channels, hidden, 1)]
+        layers += [
+            _conv_bn_relu6(hidden, hidden, 3, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv(x)
+        return x + out if self.use_residual else out
+
+
+class DigitsMobileNet(nn.Module):
+    """MobileNetV2-style net for 1x8x8 digits (any side >= 4 works thanks to the adaptive pool).
+
+    Stem 3x3 conv-bn-relu6 (16 channels), five :class:`InvertedResidual` blocks (16 -> 16 without expansion,
+    16 -> 24 stride 2, 24 -> 24, 24 -> 32 stride 2, 32 -> 32; expansion 4; three residual adds), a 1x1
+    conv-bn-relu6 to 64 channels, adaptive average pool and a linear classifier: 16 Conv2d layers (5 of them
+    depthwise) and one Linear, every ReLU6 its own module. Names follow torchvision's MobileNetV2
+    (``features.2.conv.1.0`` is a depthwise conv, ``classifier``).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_bn_relu6(1, 16, 3),
+            InvertedResidual(16, 16, expand=1),
+            InvertedResidual(16, 24, stride=2),
+            InvertedResidual(24, 24),
+            InvertedResidual(24, 32, stride=2),
+            InvertedResidual(32, 32),
+            _conv_bn_relu6(32, 64, 1),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.flatten(self.avgpool(self.features(x))))
+
+
 # --------------------------------------------------------------------------------------------- building
 
 
@@ -162,7 +237,7 @@ def list_model_names() -> list[str]:
 def build_model(name: str, *, num_classes: int = 10) -> nn.Module:
     """A fresh, untrained model by name.
 
-    ``name`` is a zoo model (``digits_cnn``, ``digits_resnet``) or any torchvision classification model
+    ``name`` is a zoo model (``digits_cnn``, ``digits_resnet``, ``digits_mobilenet``) or any torchvision classification model
     (``resnet18``, ``mobilenet_v2``, ...; built with ``weights=None``), or a real model's architecture
     (``efficientnet_lite1`` / ``efficientnet_lite2``, random weights; needs the ``[real]`` extra; pretrained
     weights and their photo task: :func:`workbench.tasks.real_task`). Initialisation uses the global torch
@@ -174,6 +249,8 @@ def build_model(name: str, *, num_classes: int = 10) -> nn.Module:
         return DigitsCNN(num_classes)
     if name == "digits_resnet":
         return DigitsResNet(num_classes)
+    if name == "digits_mobilenet":
+        return DigitsMobileNet(num_classes)
     if name in REAL_MODELS:
         return build_real_model(name, pretrained=False, num_classes=num_classes)
     if isinstance(name, str) and name in _torchvision_names():

