@@ -185,6 +185,9 @@ def _weight_observer():
     return PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
 
 
+_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+
+
 def int8_qconfig_mapping(
     model: nn.Module, disp: dict[str, LayerDispatch], *, reduce_range: bool = False
 ) -> Any:
@@ -199,8 +202,9 @@ def int8_qconfig_mapping(
     qconfig = QConfig(activation=_act_observer(reduce_range), weight=_weight_observer())
     for name in [n for n, d in disp.items() if d.is_int]:
         qmap.set_module_name(name, qconfig)
-    for path in sorted(int_followers(model, disp)):
-        if path not in disp:
+    modules = dict(model.named_modules())
+    for path in sorted(int_followers(model, disp)):  # average pooling does not commute with a grid: float
+        if path not in disp and not isinstance(modules.get(path), _AVG_POOLS):
             qmap.set_module_name(path, qconfig)
     return qmap
 
