@@ -334,11 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         for name in args.models:
             bench_model(name, args)
-    docs = [
-        json.loads((OUT_DIR / f"{n}.json").read_text())
-        for n in args.models
-        if (OUT_DIR / f"{n}.json").is_file()
-    ]
+    parts = [p for n in args.models for p in [OUT_DIR / f"{n}.json", *sorted(OUT_DIR.glob(f"{n}-*.json"))]]
+    docs = [json.loads(p.read_text()) for p in parts if p.is_file()]
     meta = {
         "command": "make bench-ptq   # = " + " ".join(["python bench/ptq_bench.py", *(argv or sys.argv[1:])]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
