@@ -6,6 +6,7 @@ torch.ao quantized tensors are deprecated upstream; they are used here and nowhe
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from typing import Any
 
@@ -122,6 +123,36 @@ def sim_input_ranges(simulated: nn.Module, layers: list[str]) -> dict[str, tuple
             scale, zp = float(aq.scale), int(aq.zero_point)
             out[name] = ((int(aq.qmin) - zp) * scale, (int(aq.qmax) - zp) * scale)
     return out
+
+
+def as_float(x: Any) -> Any:
+    """``x`` dequantized when it is a quantized tensor (anything else unchanged)."""
+    return x.dequantize() if isinstance(x, torch.Tensor) and x.is_quantized else x
+
+
+_FLOAT_OPS = (operator.add, operator.mul, operator.sub, torch.add, torch.mul, torch.sub, torch.cat)
+
+
+def float_operands(converted: torch.fx.GraphModule) -> int:
+    """Make the element-wise ops that run in float (residual adds, products, concatenations) dequantize a
+    quantized operand: a functional ReLU6 / hardtanh after an int8 layer keeps its quantized output, which a
+    float add could not take. Returns how many operands were wrapped."""
+    wrapped = 0
+    for node in list(converted.graph.nodes):
+        if node.op != "call_function" or node.target not in _FLOAT_OPS:
+            continue
+        args = node.args[0] if node.target is torch.cat else node.args
+        new_args = []
+        for a in args:
+            if isinstance(a, torch.fx.Node):
+                with converted.graph.inserting_before(node):
+                    a = converted.graph.call_function(as_float, (a,))
+                wrapped += 1
+            new_args.append(a)
+        node.args = (new_args, *node.args[1:]) if node.target is torch.cat else tuple(new_args)
+    converted.graph.lint()
+    converted.recompile()
+    return wrapped
 
 
 def clamp_layer_inputs(converted: torch.fx.GraphModule, ranges: dict[str, tuple[float, float]]) -> None:
@@ -287,13 +318,21 @@ def pin_observers(prepared: torch.fx.GraphModule, grids: dict[str, tuple[float, 
     return pinned
 
 
-def set_sim_weights(converted: nn.Module, simulated: nn.Module, layers: list[str]) -> None:
+def kernel_paths(baked: nn.Module, layers: list[str]) -> dict[str, str]:
+    """Each plan layer's path to its kernel module in ``baked``: the layer itself, or for an adapted layer
+    (``Sequential(pre_op, layer)``, e.g. a SAME-padding conv) its last child, the layer behind the pre-op."""
+    mods = dict(baked.named_modules())
+    return {n: f"{n}.{len(mods[n]) - 1}" if isinstance(mods[n], nn.Sequential) else n for n in layers}
+
+
+def set_sim_weights(converted: nn.Module, simulated: nn.Module, layers: dict[str, str]) -> None:
     """Pack each integer layer's weight with the simulation's own scales (codes exactly the simulation's;
-    re-observing the baked weight could drift by an ulp and a mixed-bit channel would get the wrong scale)."""
+    re-observing the baked weight could drift by an ulp and a mixed-bit channel would get the wrong scale).
+    ``layers``: plan layer name -> path of its kernel in ``converted`` (:func:`kernel_paths`)."""
     mods = dict(converted.named_modules())
     sims = quant_modules(simulated)
-    for name in layers:
-        sim, mod = sims[name], mods[name]
+    for name, path in layers.items():
+        sim, mod = sims[name], mods[path]
         with torch.no_grad():
             w = sim.quantized_weight().detach().float()
             scale = sim.w_quant.scale.detach().double().reshape(-1)
@@ -413,14 +452,17 @@ def convert_fx_int8(
             with torch.no_grad():
                 for x in batches:
                     call_model(prepared, x)
+            paths = kernel_paths(baked, list(grids or ()))
             if grids:
-                pin_observers(prepared, grids)
+                pin_observers(prepared, {paths[n]: g for n, g in grids.items()})
             converted = convert_fx(prepared)
+            float_operands(converted)
             if simulated is not None and grids:
-                set_sim_weights(converted, simulated, list(grids))
+                set_sim_weights(converted, simulated, paths)
                 if engine in FLOAT_OUTPUT_ENGINES:
                     float_outputs(converted)
-                clamp_layer_inputs(converted, sim_input_ranges(simulated, list(grids)))
+                ranges = sim_input_ranges(simulated, list(grids))
+                clamp_layer_inputs(converted, {paths[n]: r for n, r in ranges.items()})
             return converted
     finally:
         torch.backends.quantized.engine = previous_engine
