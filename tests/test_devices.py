@@ -172,7 +172,7 @@ def test_pipeline_on_cpu_equals_pipeline_without_device():
     from workbench.pipeline import PipelineConfig, run_pipeline
 
     kw = dict(model="digits_cnn", plans=(("INT8", "uniform:w8a8:per_channel"),), profile_batches=1,
-              split="val", progress=False, track=False)  # fmt: skip
+              split="val", progress=False, track=False, search_bits=(4.0,), search_evaluations=3)  # fmt: skip
     a = run_pipeline(PipelineConfig(**kw))
     b = run_pipeline(PipelineConfig(**kw, device="cpu"))
     pd.testing.assert_frame_equal(a.table, b.table)

@@ -121,18 +121,22 @@ def test_int8_plan_is_within_two_points_and_four_times_smaller(digits_cnn_task, 
 # -- prepare_search: what a search needs, built with the defaults --------------------------------------------
 def test_prepare_search_builds_only_what_the_strategy_needs(digits_cnn_task, monkeypatch):
     import workbench.pipeline as pipeline
+    import workbench.search.inputs as inputs
     from workbench.search import SearchConfig, SearchError, SpaceConfig
 
     calls: list[tuple] = []
-    monkeypatch.setattr(pipeline, "analyze_sensitivity", lambda task, **kw: calls.append(("sens", kw)) or "S")
+    monkeypatch.setattr(
+        inputs, "search_sensitivity", lambda task, c: calls.append(("sens", c.strategy)) or "S"
+    )
     monkeypatch.setattr(
         pipeline, "default_predictor", lambda task, sens, **kw: calls.append(("pred", sens, kw)) or "P"
     )
     cfg = {"storage": ":memory:", "track": False}
-    assert pipeline.prepare_search(digits_cnn_task, SearchConfig(strategy="tpe", **cfg)) == (None, None)
+    cold = SearchConfig(strategy="tpe", warm_start=None, **cfg)
+    assert pipeline.prepare_search(digits_cnn_task, cold) == (None, None)
     assert calls == []
     assert pipeline.prepare_search(digits_cnn_task, SearchConfig(strategy="ilp", **cfg)) == ("S", None)
-    assert calls == [("sens", {"track": False})]
+    assert calls == [("sens", "ilp")]
     given = pipeline.prepare_search(digits_cnn_task, SearchConfig(strategy="greedy", **cfg), sensitivity="G")
     assert given == ("G", None) and len(calls) == 1
     calls.clear()
@@ -143,8 +147,10 @@ def test_prepare_search_builds_only_what_the_strategy_needs(digits_cnn_task, mon
     assert out == ("G", "P")
     assert calls == [("pred", "G", {"seed": 0, "a_bits": (32,), "w_bits": (3, 4)})]
     calls.clear()
-    assert pipeline.prepare_search(digits_cnn_task, SearchConfig(accuracy="predicted", **cfg)) == (None, "P")
-    assert calls == [("pred", None, {"seed": 0})]
+    predicted = SearchConfig(accuracy="predicted", **cfg)  # auto on the predictor: TPE from auto's front
+    assert predicted.strategy == "tpe" and predicted.warm_start == "auto"
+    assert pipeline.prepare_search(digits_cnn_task, predicted) == ("S", "P")
+    assert calls == [("sens", "tpe"), ("pred", "S", {"seed": 0})]
     calls.clear()
     prune = SpaceConfig(methods=("quantize", "prune"))
     with pytest.raises(SearchError, match="only knows quantization"):  # refused before any costly work
@@ -182,3 +188,18 @@ def test_prepare_search_reads_a_joined_study_s_stored_config(
     assert len(result.trials) == 3 and (result.trials["accuracy_source"] == "predicted").all()
     with pytest.raises(SearchError, match="does not exist"):
         pipeline.prepare_search(digits_cnn_task, SearchConfig(storage=url, study_name="nope"), join=True)
+
+
+def test_the_pipeline_shows_the_default_search_beside_uniform_at_equal_bits():
+    from workbench.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(model="digits_cnn", plans=(("INT8 per-channel", "uniform:w8a8:per_channel"),),
+                         profile_batches=1, split="val", progress=False, track=False, search_bits=(4.0,),
+                         search_evaluations=6)  # fmt: skip
+    table = run_pipeline(cfg).table.set_index("name")
+    assert list(table.index) == ["FP32", "INT8 per-channel", "INT4 per-channel", "mixed <= 4 bits (search)"]
+    mixed, uniform = table.loc["mixed <= 4 bits (search)"], table.loc["INT4 per-channel"]
+    assert mixed["avg_weight_bits"] <= 4.0 + 1e-9  # every layer is searched: the whole model's average
+    assert (
+        mixed["accuracy"] >= uniform["accuracy"]
+    )  # uniform W4 is one of the plans the search measured on val

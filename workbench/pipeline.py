@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from workbench.search import (
     resolved_config,
     run_search,
 )
-from workbench.sensitivity import SensitivityResult, analyze_sensitivity
+from workbench.sensitivity import SensitivityResult
 from workbench.tasks import Task, TaskLike, check_task, load_task, torchvision_task
 
 if TYPE_CHECKING:
@@ -178,6 +179,11 @@ def evaluate_plan(
 class PipelineConfig:
     """End-to-end pipeline on the embedded digits task (defaults) or a torchvision task.
 
+    After FP32 and the uniform ``plans``: for each budget of ``search_bits`` (average weight bits over the
+    searched layers), the default search (``auto``, ``search_evaluations`` real evaluations on the validation
+    split) and its best plan within the budget, beside uniform per-channel at the same bits (a row is added
+    when ``plans`` lacks it); ``search_bits=()`` skips the searches.
+
     ``device``: where every stage runs (``cpu``, ``cuda``, ``cuda:N``; None: the CPU, where tasks are loaded);
     checked when the config is built: a malformed name or a device this machine lacks raises
     :class:`workbench.devices.DeviceError` naming the devices it has.
@@ -185,6 +191,8 @@ class PipelineConfig:
 
     model: str = "digits_resnet"
     plans: tuple[tuple[str, str], ...] = DEFAULT_PLANS
+    search_bits: tuple[float, ...] = (4.0, 3.0)
+    search_evaluations: int = 12
     profile_batches: int = 4
     split: str = "test"
     dataset: str | None = None
@@ -263,6 +271,10 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
         results.append(evaluate_plan(task, plan, name=name, split=config.split, fp32_accuracy=fp32_acc))
         plans[name.replace(" ", "_")] = plan
     seconds["quantize_and_evaluate"] = time.perf_counter() - t0 - sum(seconds.values())
+    for bits in config.search_bits:
+        results.extend(_search_rows(task, config, bits, fp32_acc, plans))
+    if config.search_bits:
+        seconds["search"] = time.perf_counter() - t0 - sum(seconds.values())
     table = results_table(results)
     run_id = tracking.log_stage(
         "pipeline",
@@ -283,6 +295,31 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineResult:  
     )
 
 
+def _search_rows(
+    task: Task, config: PipelineConfig, bits: float, fp32_acc: float, plans: dict[str, QuantPlan]
+) -> list[PlanResult]:
+    """Uniform per-channel at ``bits`` (unless a configured plan is) and the default search's best plan within
+    ``bits`` average weight bits, both measured on ``config.split``; their plans go into ``plans``."""
+    from workbench.search import SearchConfig, run_search
+
+    rows = []
+    if float(bits).is_integer() and not any(
+        s == f"uniform:w{int(bits)}a8:per_channel" for _, s in config.plans
+    ):
+        plan = resolve_plan(f"uniform:w{int(bits)}a8:per_channel", task.model)
+        name = f"INT{int(bits)} per-channel"
+        rows.append(evaluate_plan(task, plan, name=name, split=config.split, fp32_accuracy=fp32_acc))
+        plans[name.replace(" ", "_")] = plan
+    search = SearchConfig(budget=config.search_evaluations, max_avg_weight_bits=float(bits), storage=":memory:",
+                          track=False, progress=config.progress, final_split=None)  # fmt: skip
+    best = run_search(task, search).best(max_avg_weight_bits=float(bits))
+    plan = QuantPlan.from_json(best["plan"])
+    name = f"mixed <= {bits:g} bits (search)"
+    rows.append(evaluate_plan(task, plan, name=name, split=config.split, fp32_accuracy=fp32_acc))
+    plans[name.replace(" ", "_").replace("<=", "le")] = plan
+    return rows
+
+
 def _pipeline_metrics(
     results: list[PlanResult], fp32_acc: float, seconds: dict[str, float]
 ) -> dict[str, float]:
@@ -290,7 +327,7 @@ def _pipeline_metrics(
     ``fp32_accuracy`` and ``seconds.<stage>``."""
     metrics: dict[str, float] = {}
     for r in results:
-        key = r.name.lower().replace(" ", "_").replace("-", "_")
+        key = re.sub(r"[^0-9a-z.]+", "_", r.name.lower().replace("<=", "le")).strip("_")
         metrics.update({f"{key}.accuracy": r.accuracy, f"{key}.size_bytes": r.size_bytes})
     metrics["fp32_accuracy"] = fp32_acc
     metrics.update({f"seconds.{k}": v for k, v in seconds.items()})
@@ -306,15 +343,18 @@ def prepare_search(
     join: bool = False,
 ) -> tuple[SensitivityResult | None, AccuracyPredictor | None]:
     """(sensitivity, predictor) that :func:`~workbench.search.run_search` ``(task, config, join=join)`` needs,
-    the given ones kept and the missing ones built with the defaults: ``analyze_sensitivity(task)`` (cached) for
-    the greedy / ILP / AIMET baselines and warm starts of a new study, :func:`~workbench.search.default_predictor`
+    the given ones kept and the missing ones built with the defaults: the sensitivity pass the strategy needs
+    (:func:`workbench.search.inputs.search_sensitivity`, cached; label-free metrics on a task without labels) for
+    ``auto``, the greedy / ILP / AIMET baselines and warm starts of a new study, :func:`~workbench.search.default_predictor`
     (plan dataset cached under data/; a weight-only space learns from weight-only plans) for predicted or
     multi-fidelity accuracy and the ``control`` baseline. What is not needed stays as given (None when not given).
     When resuming or joining, what the study's stored configuration needs is built."""
     config = resolved_config(task, config, join=join)
     needs_pred, needs_sens = required_inputs(config, join=join)
     if needs_sens and sensitivity is None:
-        sensitivity = analyze_sensitivity(task, track=False)
+        from workbench.search.inputs import search_sensitivity
+
+        sensitivity = search_sensitivity(task, config)
     if needs_pred and predictor is None:
         bits: dict[str, Any] = {}
         if tuple(config.space.a_bits) == (32,):  # a weight-only space: learn from weight-only plans

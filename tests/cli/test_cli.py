@@ -104,7 +104,10 @@ def test_bad_plan_is_reported(tmp_path, capsys):
 def test_pipeline_json(tmp_path):
     assert main(["pipeline", "--model", "digits_cnn", "--json", str(tmp_path / "pipe.json")]) == 0
     rows = {r["name"]: r for r in _json(tmp_path / "pipe.json")["table"]}
-    assert set(rows) == {"FP32", "INT8 per-channel", "INT4 per-channel"}
+    assert set(rows) == {"FP32", "INT8 per-channel", "INT4 per-channel", "INT3 per-channel",
+                         "mixed <= 4 bits (search)", "mixed <= 3 bits (search)"}  # fmt: skip
+    for bits in (3, 4):  # the default search's plan within the budget, beside uniform at the same bits
+        assert rows[f"mixed <= {bits} bits (search)"]["avg_weight_bits"] <= bits + 1e-9
     assert (
         rows["FP32"]["size_bytes"]
         > rows["INT8 per-channel"]["size_bytes"]

@@ -24,7 +24,10 @@ from workbench.search.config import (
         ({"population_size": 1}, "population_size must be an int >= 2, got 1"),
         ({"budget": 5, "max_trials": 4}, "max_trials=4 must be an int >= budget (5) or None"),
         ({"warm_start": "uniform", "strategy": "greedy"}, "warm_start seeds a sampler strategy"),
-        ({"warm_start": "greedy", "warm_start_plans": 9, "budget": 8}, "must be an int in [1, budget=8]"),
+        (
+            {"strategy": "tpe", "warm_start": "greedy", "warm_start_plans": 9, "budget": 8},
+            "must be an int in [1, budget=8]",
+        ),
         ({"strategy": "ilp", "accuracy": "multifidelity"}, "needs a sampler strategy"),
         ({"split": "dev"}, "split='dev'; choose calib, val, test or train"),
         ({"objectives": ("accuracy", "energy")}, "the 'energy' objective needs a hardware profile"),

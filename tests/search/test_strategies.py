@@ -13,7 +13,9 @@ from workbench.search.strategies import STRATEGY_REGISTRY, make_sampler, needs
 
 def test_registry_covers_every_strategy_in_order():
     assert tuple(STRATEGY_REGISTRY) == STRATEGIES
-    assert tuple(n for n, s in STRATEGY_REGISTRY.items() if not s.is_baseline) == SAMPLER_STRATEGIES
+    assert STRATEGIES[0] == "auto" and STRATEGY_REGISTRY["auto"].adaptive
+    samplers = tuple(n for n, s in STRATEGY_REGISTRY.items() if not s.is_baseline and not s.adaptive)
+    assert samplers == SAMPLER_STRATEGIES
     assert tuple(n for n, s in STRATEGY_REGISTRY.items() if s.is_baseline) == BASELINE_STRATEGIES
 
 
@@ -28,7 +30,9 @@ def test_samplers_take_the_configured_knobs():
 
 
 def test_needs_follow_strategy_warm_start_and_accuracy():
-    assert needs(SearchConfig()) == (False, False)
+    assert needs(SearchConfig()) == (False, True)  # auto allocates from a sensitivity pass
+    assert needs(SearchConfig(strategy="tpe")) == (False, True)  # warm-started from auto's front
+    assert needs(SearchConfig(strategy="tpe", warm_start=None)) == (False, False)
     assert needs(SearchConfig(strategy="control")) == (True, False)
     assert needs(SearchConfig(strategy="greedy")) == (False, True)
     assert needs(SearchConfig(strategy="uniform")) == (False, False)

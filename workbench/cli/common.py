@@ -98,6 +98,23 @@ def csv_list(kind: type) -> Callable[[str], tuple]:
     return parse
 
 
+class _FlatList(argparse.Action):
+    """Joins the tuples of a ``csv_list`` flag given once or several times, so ``--w-bits 2,4,8``,
+    ``--w-bits 2 4 8`` and ``--w-bits 2, 4 8`` all mean ``(2, 4, 8)``."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, tuple(v for part in values for v in part))
+
+
+def list_arg(
+    p: argparse.ArgumentParser, flag: str, kind: type, *, default: Any = None, allow_empty: bool = False,
+    help: str | None = None,
+) -> None:  # fmt: skip
+    """One syntax for every list flag of every command: items separated by commas, spaces or both."""
+    p.add_argument(flag, nargs="*" if allow_empty else "+", type=csv_list(kind), action=_FlatList,
+                   default=default, help=help)  # fmt: skip
+
+
 def config_from_args(
     cls: Callable[..., C], args: argparse.Namespace, names: tuple[str, ...], **values: Any
 ) -> C:

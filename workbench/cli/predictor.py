@@ -6,34 +6,33 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from workbench.cli.common import add_task_args, config_from_args, csv_list, load_task, print_table
+from workbench.cli.common import add_task_args, config_from_args, list_arg, load_task, print_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predictor", help="measure plans, fit accuracy-loss predictors, k-fold evaluation")
     add_task_args(p)
     p.add_argument("--plans", type=int, default=300, help="plans to measure (half random, half stratified)")
-    p.add_argument(
-        "--models", nargs="+", default=["ridge", "mlp", "gbt", "ensemble"], help="predictor models"
-    )
+    list_arg(p, "--models", str, default=("ridge", "mlp", "gbt", "ensemble"), help="predictor models")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", help="fit the best model on all plans and save it here")
-    p.add_argument(
-        "--w-bits", type=csv_list(int), default=(2, 3, 4, 6, 8), help="weight bits of the measured plans"
-    )
-    p.add_argument(
-        "--a-bits", type=csv_list(int), default=(8,), help="activation bits of the plans (32: weight-only)"
-    )
-    p.add_argument(
+    list_arg(p, "--w-bits", int, default=(2, 3, 4, 6, 8), help="weight bits of the measured plans")
+    list_arg(p, "--a-bits", int, default=(8,), help="activation bits of the plans (32: weight-only)")
+    list_arg(
+        p,
         "--sens-metrics",
-        nargs="+",
+        str,
         help="sensitivity metrics behind the stratified plans and the features (default: the sensitivity "
         "command's; 'output_mse' alone is much faster on large models)",
     )
-    p.add_argument("--sens-w-bits", type=int, nargs="+", help="sensitivity probes' weight bits")
-    p.add_argument(
-        "--sens-a-bits", type=int, nargs="*", help="sensitivity probes' activation bits (none: skip them)"
+    list_arg(p, "--sens-w-bits", int, help="sensitivity probes' weight bits")
+    list_arg(
+        p,
+        "--sens-a-bits",
+        int,
+        allow_empty=True,
+        help="sensitivity probes' activation bits (none: skip them)",
     )
     p.set_defaults(func=run)
 
@@ -41,10 +40,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _sensitivity(args: argparse.Namespace, task):
     """The sensitivity result behind the plans and features (cached like the ``sensitivity`` command's)."""
     from workbench.sensitivity import SensitivityConfig, analyze_sensitivity
+    from workbench.sensitivity.batches import LABEL_FREE_METRICS, has_labels
 
     sens_kw: dict[str, Any] = {}
     if args.sens_metrics is not None:
         sens_kw["metrics"] = tuple(args.sens_metrics)
+    elif not has_labels(task):
+        sens_kw["metrics"] = LABEL_FREE_METRICS
     if args.sens_w_bits is not None:
         sens_kw["w_bits"] = tuple(args.sens_w_bits)
     if args.sens_a_bits is not None:

@@ -8,7 +8,7 @@ import argparse
 import json
 from typing import Any
 
-from workbench.cli.common import add_task_args, config_from_args, csv_list, load_task, print_table
+from workbench.cli.common import add_task_args, config_from_args, list_arg, load_task, print_table
 
 FRONT_COLUMNS = [
     "label",
@@ -17,14 +17,15 @@ FRONT_COLUMNS = [
     "weight_bytes",
     "bops",
     "latency_ms",
+    "space_avg_bits",
     "avg_weight_bits",
 ]
 # flags named as SearchConfig's fields (the others are computed in _search_config)
 CONFIG_FLAGS = (
-    "strategy", "split", "max_trials", "ilp_cost", "warm_start", "profile", "latency_batch_size", "accuracy",
-    "objectives", "seed", "max_weight_fraction", "max_size_bytes", "max_avg_weight_bits", "max_accuracy_drop",
-    "complexity_penalty", "diversity_penalty", "screen_trials", "study_name", "storage", "resume", "workers",
-    "worker_threads",
+    "strategy", "split", "max_trials", "ilp_cost", "profile", "latency_batch_size", "accuracy",
+    "objectives", "seed", "max_weight_fraction", "max_size_bytes", "max_avg_weight_bits", "max_avg_mac_bits",
+    "max_accuracy_drop", "complexity_penalty", "diversity_penalty", "screen_trials", "study_name", "storage",
+    "resume", "workers", "sensitivity_metric",
 )  # fmt: skip
 
 
@@ -45,7 +46,18 @@ def _add_trial_flags(p: argparse.ArgumentParser) -> None:
     from workbench.search.objectives import ACCURACY_MODES, OBJECTIVES
     from workbench.search.study import STRATEGIES
 
-    p.add_argument("--strategy", choices=list(STRATEGIES), default="tpe")
+    p.add_argument(
+        "--strategy",
+        choices=list(STRATEGIES),
+        default="auto",
+        help="auto (default): sensitivity-first allocation, then local moves; or a sampler / baseline",
+    )
+    p.add_argument(
+        "--sens-metric",
+        dest="sensitivity_metric",
+        default="auto",
+        help="sensitivity metric the allocations minimise (auto: an output error; omega for ilp when computed)",
+    )
     p.add_argument(
         "--budget",
         type=int,
@@ -61,26 +73,28 @@ def _add_trial_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ilp-cost", default="weight_size", choices=["weight_size", "size", "bops", "latency", "energy"],
                    help="cost the ILP / greedy baselines budget")  # fmt: skip
     p.add_argument("--accuracy", choices=list(ACCURACY_MODES), default="measured")
-    p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=["accuracy", "weight_size"])
+    list_arg(p, "--objectives", str, default=("accuracy", "weight_size"), help=f"from {list(OBJECTIVES)}")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _add_space_flags(p: argparse.ArgumentParser) -> None:
     """The search space (:class:`~workbench.search.SpaceConfig`): choices per layer, layers left out or tied."""
-    p.add_argument("--w-bits", type=csv_list(int), default=(2, 3, 4, 6, 8, 16), help="e.g. 2,3,4,6,8,16")
-    p.add_argument("--a-bits", type=csv_list(int), default=(8,), help="e.g. 4,6,8,16")
-    p.add_argument("--granularities", type=csv_list(str), default=("per_channel",))
-    p.add_argument("--methods", type=csv_list(str), default=("quantize",), help="quantize,prune,lowrank,none")
+    list_arg(p, "--w-bits", int, default=(2, 3, 4, 6, 8, 16), help="e.g. 2,3,4,6,8,16 or 2 3 4 6 8 16")
+    list_arg(p, "--a-bits", int, default=(8,), help="e.g. 4,6,8,16")
+    list_arg(p, "--granularities", str, default=("per_channel",), help="per_channel,per_tensor,per_group")
+    list_arg(p, "--methods", str, default=("quantize",), help="quantize,prune,lowrank,none")
     p.add_argument("--skip", nargs="*", default=[], help="layers left in float32")
-    p.add_argument(
+    list_arg(
+        p,
         "--include",
-        type=csv_list(str),
+        str,
         help="glob patterns on layer names, comma-separated: only these layers are searched (the others stay "
         "float32), e.g. 'encoder.*,*.intermediate.dense'",
     )
-    p.add_argument(
+    list_arg(
+        p,
         "--exclude",
-        type=csv_list(str),
+        str,
         help="glob patterns on layer names, comma-separated: layers left in float32, e.g. 'pooler*,classifier'",
     )
     p.add_argument("--fix8", nargs="*", default=[], help="layers fixed at w8a8 (e.g. the first and last)")
@@ -100,7 +114,13 @@ def _add_constraint_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-avg-weight-bits",
         type=float,
-        help="constraint: weight bits averaged over the quantizable layers' elements (float layers count 32)",
+        help="constraint: weight bits averaged over the searched layers' weights (element-weighted; a searched "
+        "layer left float counts 32; layers outside the space do not count)",
+    )
+    p.add_argument(
+        "--max-avg-mac-bits",
+        type=float,
+        help="constraint: weight bits averaged over the searched layers, weighted by their MACs (BOPs-like)",
     )
     p.add_argument("--max-size-bytes", type=int, help="constraint: whole-model bytes")
     p.add_argument("--max-accuracy-drop", type=float, help="constraint: accuracy drop in pp")
@@ -129,8 +149,10 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", help="sqlite:///path.db, postgresql://user@host:port/db or :memory:")
     p.add_argument(
         "--warm-start",
-        choices=["uniform", "greedy", "ilp", "aimet"],
-        help="first trials of a sampler strategy: this baseline's plans (counted in the budget)",
+        choices=["auto", "uniform", "greedy", "ilp", "aimet", "none"],
+        default="auto",
+        help="first trials of a sampler strategy: auto's allocated front (default) or a baseline's plans "
+        "(counted in the budget); none: start cold",
     )
     p.add_argument(
         "--profile", help="hardware precision profile (name or JSON path) for the latency / energy objectives"
@@ -143,8 +165,11 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     p.add_argument(
         "--worker-threads",
+        "--threads",
+        dest="worker_threads",
         type=int,
-        help="torch threads per worker (default: torch's; 1 with --workers = cores)",
+        help="torch threads of each worker and of the sensitivity pass (default: torch's; 1 with --workers = "
+        "cores)",
     )
     p.add_argument(
         "--save-best",
@@ -200,6 +225,8 @@ def _search_config(args: argparse.Namespace):
         args,
         CONFIG_FLAGS,
         budget=_budget(args),
+        warm_start=None if args.warm_start == "none" else args.warm_start,
+        worker_threads=args.worker_threads,
         final_split=None if args.final_split == "none" else args.final_split,
         track=not args.no_track,
         hv_ref=HypervolumeRef(size_fraction=args.hv_size_fraction, max_drop_pp=args.hv_max_drop),
@@ -217,6 +244,7 @@ def _best(args: argparse.Namespace, result) -> dict[str, Any]:
         "trial": int(best["trial"]),
         "accuracy": float(best["accuracy"]),
         "avg_weight_bits": float(best["avg_weight_bits"]),
+        "space_avg_bits": float(best["space_avg_bits"]),
         "weight_bytes": int(best["weight_bytes"]),
         "plan": plan,
     }

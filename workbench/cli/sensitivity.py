@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from workbench.cli.common import add_task_args, config_from_args, load_task, print_table
+from workbench.cli.common import add_task_args, config_from_args, list_arg, load_task, print_table
 
 AGREEMENT_PAIRS = (("omega", "acc_drop"), ("omega", "output_mse"), ("output_mse", "acc_drop"))
 
@@ -13,14 +13,21 @@ AGREEMENT_PAIRS = (("omega", "acc_drop"), ("omega", "output_mse"), ("output_mse"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sensitivity", help="per-layer / per-channel sensitivity to each precision")
     add_task_args(p)
-    p.add_argument("--w-bits", type=int, nargs="+", default=[2, 3, 4, 6, 8], help="candidate weight bits")
-    p.add_argument("--a-bits", type=int, nargs="*", default=[4, 6, 8], help="candidate activation bits")
-    p.add_argument(
-        "--metrics",
-        nargs="+",
-        default=["output_mse", "output_kl", "acc_drop", "hessian", "fisher"],
-        help="metric names",
+    list_arg(p, "--w-bits", int, default=(2, 3, 4, 6, 8), help="candidate weight bits, e.g. 2,3,4,6,8")
+    list_arg(
+        p, "--a-bits", int, default=(4, 6, 8), allow_empty=True, help="candidate activation bits (none: skip)"
     )
+    list_arg(
+        p,
+        "--metrics",
+        str,
+        help="metric names (default: output_mse,output_kl,acc_drop,hessian,fisher; on a task without labels "
+        "the label-free output_mse,output_kl)",
+    )
+    list_arg(
+        p, "--granularities", str, default=("per_tensor", "per_channel"), help="weight probe granularities"
+    )
+    p.add_argument("--threads", dest="num_threads", type=int, help="torch threads during the analysis")
     p.add_argument(
         "--calib-batches", type=int, default=2, help="calibration batches for probes and the Hessian"
     )
@@ -31,9 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.sensitivity import SensitivityConfig, analyze_sensitivity, rank_agreement
+    from workbench.sensitivity.batches import LABEL_FREE_METRICS, has_labels
 
+    names = ("w_bits", "a_bits", "granularities", "calib_batches", "num_threads")
+    config_from_args(SensitivityConfig, args, names)  # every flag checked before the task loads
     task = load_task(args)
-    config = config_from_args(SensitivityConfig, args, ("w_bits", "a_bits", "metrics", "calib_batches"))
+    metrics = args.metrics or (SensitivityConfig().metrics if has_labels(task) else LABEL_FREE_METRICS)
+    config = config_from_args(SensitivityConfig, args, names, metrics=tuple(metrics))
     result = analyze_sensitivity(task, config, cache=not args.no_cache, track=not args.no_track)
     if args.csv:
         result.table.to_csv(args.csv, index=False)

@@ -11,8 +11,8 @@ from workbench.search.space import SpaceConfig
 
 SAMPLER_STRATEGIES: tuple[str, ...] = ("tpe", "nsga2", "rl", "random")
 BASELINE_STRATEGIES: tuple[str, ...] = ("uniform", "greedy", "ilp", "aimet", "control")
-STRATEGIES: tuple[str, ...] = SAMPLER_STRATEGIES + BASELINE_STRATEGIES
-WARM_STARTS: tuple[str, ...] = ("uniform", "greedy", "ilp", "aimet")
+STRATEGIES: tuple[str, ...] = ("auto", *SAMPLER_STRATEGIES, *BASELINE_STRATEGIES)
+WARM_STARTS: tuple[str, ...] = ("auto", "uniform", "greedy", "ilp", "aimet")
 MEMORY = ":memory:"
 CONFIG_ATTR = "workbench_config"
 TASK_ATTR = "workbench_task"  # the task's name and evaluation fingerprint: resume / join must match it
@@ -31,8 +31,10 @@ class SearchConfig:
     hardware precision profile name or path, at ``latency_batch_size``; a BOPs proxy without a profile),
     ``energy`` (mJ per sample on ``profile``). Constraints:
     ``max_weight_fraction`` (weight bytes over FP32 weight bytes), ``max_size_bytes``, ``max_avg_weight_bits``
-    (weight bits of the quantizable layers averaged with their element counts as weights, float layers at 32:
-    :attr:`~workbench.quant.spec.PlanSummary.avg_weight_bits`), ``max_accuracy_drop`` (the metric loss in
+    (weight bits averaged over the layers of the search space, the searched units, with their element counts as
+    weights; a unit left float counts 32; layers outside the space do not count), ``max_avg_mac_bits`` (the same
+    average weighted by each layer's multiply-accumulates: proportional to BOPs at fixed activation bits),
+    any combination; ``max_accuracy_drop`` (the metric loss in
     percentage points against FP32 on ``split``: accuracy drop for labelled accuracy); infeasible plans are
     reported to the sampler through Optuna's constraint support, and plans over a size budget (weight fraction,
     bytes or average bits) are not measured (they cost no evaluation).
@@ -40,8 +42,13 @@ class SearchConfig:
     sampler sees: weight x (distinct specs - 1) / layers, and weight x similarity to the closest earlier plan.
     ``final_split``: the front's plans are measured again on this split (None: skip).
     ``max_trials``: safety cap on trials (duplicates cost trials but no evaluation); default 20 x budget.
-    ``warm_start``: a baseline (``uniform``, ``greedy``, ``ilp``, ``aimet``) whose first ``warm_start_plans``
-    plans (spread along its curve, within the size constraint) are the first trials of a sampler strategy;
+    ``strategy``: ``auto`` (default: sensitivity-first allocation, :mod:`workbench.search.auto`; with predicted
+    or multi-fidelity accuracy it becomes ``tpe`` warm-started from the allocated front), a sampler or a
+    baseline (:data:`STRATEGIES`). ``sensitivity_metric``: the sensitivity metric allocations minimise (``auto``:
+    an output error for ``auto``, HAWQ's ``omega`` for ``ilp`` when the result has it).
+    ``warm_start``: ``auto`` (default: the allocated front) or a baseline (``uniform``, ``greedy``, ``ilp``,
+    ``aimet``) whose first ``warm_start_plans`` plans (spread along its curve, within the size constraint) are
+    the first trials of a sampler strategy (other strategies ignore the default and refuse another value);
     they count against the budget like any other trial (with ``multifidelity`` they seed the screening).
     ``workers``: processes evaluating trials of the study at once (spawned on this machine; they share the study
     and its evaluation cache). ``worker_threads``: torch intra-op threads of each worker while it evaluates
@@ -50,7 +57,7 @@ class SearchConfig:
     oversubscription (``bench/parallel_bench.py`` uses 1).
     """
 
-    strategy: str = "tpe"
+    strategy: str = "auto"
     budget: int = 40
     accuracy: str = "measured"
     objectives: tuple[str, ...] = ("accuracy", "weight_size")
@@ -60,6 +67,7 @@ class SearchConfig:
     max_weight_fraction: float | None = None
     max_size_bytes: int | None = None
     max_avg_weight_bits: float | None = None
+    max_avg_mac_bits: float | None = None
     max_accuracy_drop: float | None = None
     complexity_penalty: float = 0.0
     diversity_penalty: float = 0.0
@@ -67,9 +75,9 @@ class SearchConfig:
     max_trials: int | None = None
     n_startup_trials: int = 10
     population_size: int = 16
-    sensitivity_metric: str = "omega"
+    sensitivity_metric: str = "auto"
     ilp_cost: str = "weight_size"
-    warm_start: str | None = None
+    warm_start: str | None = "auto"
     warm_start_plans: int = 4
     profile: str | None = None
     latency_batch_size: int | None = None
@@ -158,12 +166,12 @@ def _check_budgets(c: SearchConfig) -> None:
         raise SearchError(f"max_weight_fraction={c.max_weight_fraction!r} must lie in (0, 1]")
     if c.max_size_bytes is not None and c.max_size_bytes <= 0:
         raise SearchError(f"max_size_bytes={c.max_size_bytes!r} must be > 0")
-    if c.max_avg_weight_bits is not None and (
-        isinstance(c.max_avg_weight_bits, bool)
-        or not isinstance(c.max_avg_weight_bits, (int, float))
-        or not 1 <= c.max_avg_weight_bits <= 32
-    ):
-        raise SearchError(f"max_avg_weight_bits={c.max_avg_weight_bits!r} must be a number in [1, 32]")
+    for name in ("max_avg_weight_bits", "max_avg_mac_bits"):
+        value = getattr(c, name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 32
+        ):
+            raise SearchError(f"{name}={value!r} must be a number in [1, 32]")
     if c.max_accuracy_drop is not None and c.max_accuracy_drop < 0:
         raise SearchError(f"max_accuracy_drop={c.max_accuracy_drop!r} must be >= 0 (pp)")
     for name in ("complexity_penalty", "diversity_penalty"):
@@ -204,6 +212,13 @@ def _check_counts(c: SearchConfig) -> None:
 
 def _check_warm_start(c: SearchConfig) -> None:
     """The warm start (a baseline seeding a sampler), multi-fidelity screening, screen_trials and the split."""
+    if c.strategy == "auto" and c.accuracy != "measured":
+        # auto measures its plans: on the predictor, TPE searches from auto's allocated front instead
+        object.__setattr__(c, "strategy", "tpe")
+    if c.warm_start == "auto" and c.strategy not in SAMPLER_STRATEGIES:
+        object.__setattr__(c, "warm_start", None)  # the default seeds samplers only
+    if c.warm_start == "auto" and isinstance(c.warm_start_plans, int) and c.warm_start_plans > c.budget:
+        object.__setattr__(c, "warm_start_plans", c.budget)  # the default fits any budget
     if c.warm_start is not None:
         if c.warm_start not in WARM_STARTS:
             raise SearchError(f"warm_start={c.warm_start!r}; choose one of {list(WARM_STARTS)} or None")
@@ -254,6 +269,8 @@ def constraint_names(config: SearchConfig) -> list[str]:
         names.append("size_bytes")
     if config.max_avg_weight_bits is not None:
         names.append("avg_weight_bits")
+    if config.max_avg_mac_bits is not None:
+        names.append("avg_mac_bits")
     if config.max_accuracy_drop is not None:
         names.append("accuracy_drop_pp")
     return names
@@ -261,5 +278,5 @@ def constraint_names(config: SearchConfig) -> list[str]:
 
 def n_size_constraints(cfg: SearchConfig) -> int:
     """How many of :meth:`SearchContext.constraints` (the first ones) are size budgets."""
-    budgets = (cfg.max_weight_fraction, cfg.max_size_bytes, cfg.max_avg_weight_bits)
+    budgets = (cfg.max_weight_fraction, cfg.max_size_bytes, cfg.max_avg_weight_bits, cfg.max_avg_mac_bits)
     return sum(v is not None for v in budgets)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workbench.quant.spec import QuantPlan
 from workbench.search.config import MEMORY, SearchConfig, SearchError
 from workbench.search.objectives import OBJECTIVES, CostModel, EvalCache, PlanEvaluator, PredictedAccuracy
-from workbench.search.space import SearchSpace
+from workbench.search.space import SearchSpace, mean_bits_of
 
 if TYPE_CHECKING:
     from workbench.tasks.task import TaskLike
@@ -32,16 +33,37 @@ class SearchContext:
     fp32_weight_bytes: int
     history: list[np.ndarray] = field(default_factory=list)
     worker: int = 0
+    study_attrs: dict[str, Any] = field(default_factory=dict)
+    _weights: tuple[dict[str, int], dict[str, int]] | None = field(default=None, repr=False)
 
-    def constraints(self, cost: Any, accuracy: float | None) -> list[float]:
+    def space_bits(self, plan: QuantPlan) -> dict[str, float]:
+        """Weight bits averaged over the searched layers: element-weighted (``space_avg_bits``) and
+        MACs-weighted (``space_mac_bits``); a layer left float counts 32."""
+        elems, macs = self._space_weights()
+        return {"space_avg_bits": mean_bits_of(plan, elems), "space_mac_bits": mean_bits_of(plan, macs)}
+
+    def _space_weights(self) -> tuple[dict[str, int], dict[str, int]]:
+        if self._weights is None:
+            modules = dict(self.cost_model.model.named_modules())
+            layers = [n for u in self.space.units for n in u.layers]
+            elems = {n: int(modules[n].weight.numel()) for n in layers}
+            macs = {n: int(self.cost_model.costs[n].macs) for n in layers}
+            self._weights = (elems, macs)
+        return self._weights
+
+    def constraints(self, plan: QuantPlan, cost: Any, accuracy: float | None) -> list[float]:
         c = []
         cfg = self.config
         if cfg.max_weight_fraction is not None:
             c.append(cost.weight_bytes / self.fp32_weight_bytes - cfg.max_weight_fraction)
         if cfg.max_size_bytes is not None:
             c.append(float(cost.size_bytes - cfg.max_size_bytes))
-        if cfg.max_avg_weight_bits is not None:
-            c.append(float(cost.avg_weight_bits - cfg.max_avg_weight_bits))
+        if cfg.max_avg_weight_bits is not None or cfg.max_avg_mac_bits is not None:
+            bits = self.space_bits(plan)
+            if cfg.max_avg_weight_bits is not None:
+                c.append(bits["space_avg_bits"] - cfg.max_avg_weight_bits)
+            if cfg.max_avg_mac_bits is not None:
+                c.append(bits["space_mac_bits"] - cfg.max_avg_mac_bits)
         if cfg.max_accuracy_drop is not None:
             drop = math.inf if accuracy is None else 100.0 * (self.evaluator.fp32_accuracy - accuracy)
             c.append(drop - cfg.max_accuracy_drop)
@@ -144,16 +166,20 @@ def _check_feasible(ctx: SearchContext) -> None:
     base_cost = ctx.cost_model(base)
     min_weight = base_cost.weight_bytes
     min_size = base_cost.size_bytes
-    min_bits = base_cost.avg_weight_bits  # element-weighted: a unit's choice moves it additively
+    base_bits = ctx.space_bits(base)
+    min_bits = dict(base_bits)  # weighted averages: a unit's choice moves them additively
     for unit in space.units:
         try:
             specs = _unit_specs(space, unit, all_a_bits=cfg.max_size_bytes is not None)
         except PlanError as e:
             raise SearchError(f"unit {unit.name!r} of the search space cannot be built: {e}") from e
-        costs = [ctx.cost_model(space.with_unit(base, unit.name, spec)) for spec in specs]
+        plans = [space.with_unit(base, unit.name, spec) for spec in specs]
+        costs = [ctx.cost_model(p) for p in plans]
         min_weight += min(c.weight_bytes for c in costs) - base_cost.weight_bytes
         min_size += min(c.size_bytes for c in costs) - base_cost.size_bytes
-        min_bits += min(c.avg_weight_bits for c in costs) - base_cost.avg_weight_bits
+        unit_bits = [ctx.space_bits(p) for p in plans]
+        for k in min_bits:
+            min_bits[k] += min(b[k] for b in unit_bits) - base_bits[k]
     if cfg.max_weight_fraction is not None:
         frac = min_weight / ctx.fp32_weight_bytes
         if frac > cfg.max_weight_fraction:
@@ -166,8 +192,10 @@ def _check_feasible(ctx: SearchContext) -> None:
             f"max_size_bytes={cfg.max_size_bytes} is below what any plan of this space reaches: the smallest "
             f"plan takes {min_size} bytes"
         )
-    if cfg.max_avg_weight_bits is not None and min_bits > cfg.max_avg_weight_bits + 1e-9:
-        raise SearchError(
-            f"max_avg_weight_bits={cfg.max_avg_weight_bits} is below what any plan of this space reaches: the "
-            f"smallest plan averages {min_bits:.3f} weight bits (float layers count 32)"
-        )
+    for name, key in (("max_avg_weight_bits", "space_avg_bits"), ("max_avg_mac_bits", "space_mac_bits")):
+        cap = getattr(cfg, name)
+        if cap is not None and min_bits[key] > cap + 1e-9:
+            raise SearchError(
+                f"{name}={cap} is below what any plan of this space reaches: the smallest plan averages "
+                f"{min_bits[key]:.3f} weight bits over the {sum(len(u.layers) for u in space.units)} searched layers"
+            )

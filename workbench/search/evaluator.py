@@ -162,6 +162,9 @@ class PlanEvaluator:
 
     ``real_evaluations`` counts measurements this evaluator actually ran (cache hits excluded). ``ptq``: the
     post-training quantization steps every plan gets (:mod:`workbench.quant.ptq`; part of the cache key).
+    ``tie_break``: also measure a continuous secondary score, minus the mean KL divergence of the plan's outputs
+    from FP32's on the split (:meth:`secondary`), that ranks plans of equal metric; ``"auto"``: for metrics that
+    count (:data:`~workbench.tasks.metrics.DISCRETE_METRICS`: accuracy, top-k agreement), where ties are common.
     """
 
     def __init__(
@@ -172,8 +175,17 @@ class PlanEvaluator:
         cache: EvalCache | None = None,
         seed: int = 0,
         ptq: Sequence[str] = (),
+        tie_break: bool | str = "auto",
     ) -> None:
+        from workbench.tasks.metrics import DISCRETE_METRICS
+
         self.task = task
+        if tie_break == "auto":
+            tie_break = str(getattr(task, "metric_name", "")) in DISCRETE_METRICS
+        if not isinstance(tie_break, bool):
+            raise ValueError(f"tie_break={tie_break!r}; choose True, False or 'auto'")
+        self.tie_break = tie_break
+        self._tie_metric: Any = None
         self.split = split
         self.cache = cache if cache is not None else EvalCache()
         self.seed = seed
@@ -214,8 +226,49 @@ class PlanEvaluator:
         qmodel = quantize_model(self.task.model, plan, self.task.calib_loader, seed=self.seed, ptq=self.ptq)
         acc = float(self.task.evaluate(qmodel, self.split))
         self.real_evaluations += 1
-        self.cache.put(key, {"accuracy": acc})
+        value = {"accuracy": acc}
+        if self.tie_break:
+            value["secondary"] = self._secondary_of(qmodel)
+        self.cache.put(key, value)
         return acc, False
+
+    def secondary(self, plan: QuantPlan) -> float | None:
+        """The plan's secondary score (higher is better: minus the mean KL of its outputs from FP32's), measured
+        with its metric; None without ``tie_break`` or when the cached measurement predates it."""
+        if not self.tie_break:
+            return None
+        hit = self.cache.get(self.key(plan))
+        value = None if hit is None else hit.get("secondary")
+        return None if value is None else float(value)
+
+    def _secondary_of(self, qmodel: nn.Module) -> float:
+        from workbench.tasks.metrics import fidelity_metric
+
+        if self._tie_metric is None:
+            self._tie_metric = fidelity_metric(self.task.model, "neg_kl", output_key=self.task.output_key)
+        return float(self._tie_metric(qmodel, self.task.loader(self.split)))
+
+
+class SaturatedMetricWarning(UserWarning):
+    """The FP32 model scores (almost) perfectly on the search's split: plans cannot be ranked by the metric."""
+
+
+def warn_if_saturated(evaluator: PlanEvaluator, *, split: str) -> None:
+    """Warn when the FP32 model's counting metric (accuracy, top-k agreement) is >= 0.999 on ``split``."""
+    import warnings
+
+    from workbench.tasks.metrics import DISCRETE_METRICS
+
+    fp32 = evaluator.fp32_accuracy
+    name = str(getattr(evaluator.task, "metric_name", ""))
+    if name in DISCRETE_METRICS and fp32 >= 0.999:
+        warnings.warn(
+            f"the FP32 model scores {name} {fp32:.4f} on split {split!r}: no headroom to rank plans by it; ties "
+            "are broken by the plans' output KL to FP32, but a fidelity metric (the task metric "
+            "fidelity_metric(model, 'cosine') or 'neg_kl') or a larger split ranks them better",
+            SaturatedMetricWarning,
+            stacklevel=3,
+        )
 
 
 class PredictedAccuracy:
@@ -243,4 +296,11 @@ class PredictedAccuracy:
         return self.fp32_accuracy - drops / 100.0
 
 
-__all__ = ["EvalCache", "PlanEvaluator", "PredictedAccuracy", "evaluation_prefix"]
+__all__ = [
+    "EvalCache",
+    "PlanEvaluator",
+    "PredictedAccuracy",
+    "SaturatedMetricWarning",
+    "evaluation_prefix",
+    "warn_if_saturated",
+]

@@ -26,16 +26,23 @@ def _ilp(
     sensitivity: np.ndarray, cost: np.ndarray, budget: float, allowed: np.ndarray | None
 ) -> tuple[np.ndarray | None, str, float]:
     """(chosen column per row or None, solver status, objective) of the one-choice-per-row knapsack."""
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import coo_array
+    return _milp(sensitivity, [cost], [budget], allowed)
 
-    s = np.asarray(sensitivity, dtype=np.float64)
-    c = np.asarray(cost, dtype=np.float64)
-    if s.ndim != 2 or c.shape != s.shape or s.size == 0:
+
+def _check_arrays(
+    s: np.ndarray, costs: Sequence[np.ndarray], budgets: Sequence[float], allowed: np.ndarray | None
+) -> np.ndarray:
+    """The mask of allowed, finite choices; raises on shapes, budgets or rows without a choice."""
+    if s.ndim != 2 or s.size == 0 or not costs or any(c.shape != s.shape for c in costs):
         raise ValueError(
-            f"sensitivity and cost must be non-empty 2-D arrays of one shape, got {s.shape} and {c.shape}"
+            f"sensitivity and cost must be non-empty 2-D arrays of one shape, got {s.shape} and "
+            f"{[c.shape for c in costs]}"
         )
-    mask = np.isfinite(s) & np.isfinite(c)
+    if len(budgets) != len(costs) or not all(math.isfinite(float(b)) for b in budgets):
+        raise ValueError(f"budgets must be finite numbers, one per cost array, got {list(budgets)!r}")
+    mask = np.isfinite(s)
+    for c in costs:
+        mask &= np.isfinite(c)
     if allowed is not None:
         allowed = np.asarray(allowed, dtype=bool)
         if allowed.shape != s.shape:
@@ -44,26 +51,35 @@ def _ilp(
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:
         raise ValueError(f"row(s) {empty.tolist()} have no allowed, finite choice")
-    budget = float(budget)
-    if not math.isfinite(budget):
-        raise ValueError(f"budget must be a finite number, got {budget!r}")
-    n, _ = s.shape
-    c_min = np.where(mask, c, np.inf).min(axis=1)
-    if c_min.sum() > budget:
+    return mask
+
+
+def _milp(
+    sensitivity: np.ndarray, costs: Sequence[np.ndarray], budgets: Sequence[float], allowed: np.ndarray | None
+) -> tuple[np.ndarray | None, str, float]:
+    """One choice per row minimising the summed sensitivity with every summed cost <= its budget."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import coo_array
+
+    s = np.asarray(sensitivity, dtype=np.float64)
+    cs = [np.asarray(c, dtype=np.float64) for c in costs]
+    mask = _check_arrays(s, cs, budgets, allowed)
+    n = s.shape[0]
+    limits_exact = [float(b) for b in budgets]
+    if any(np.where(mask, c, np.inf).min(axis=1).sum() > b for c, b in zip(cs, limits_exact)):
         return None, "infeasible", math.nan
     rows, cols = np.nonzero(mask)
     nv = rows.size
     s_scale = float(np.abs(s[mask]).max()) or 1.0
-    c_scale = float(np.abs(c[mask]).max()) or 1.0
+    c_scales = [float(np.abs(c[mask]).max()) or 1.0 for c in cs]
     obj = s[rows, cols] / s_scale
     one_hot = coo_array((np.ones(nv), (rows, np.arange(nv))), shape=(n, nv)).tocsr()
-    cost_row = (c[rows, cols] / c_scale)[None, :]
-    limit = budget / c_scale
-    best = None
-    for _ in range(8):  # tighten if the solver's feasibility tolerance let a choice exceed the exact budget
+    cost_rows = np.stack([c[rows, cols] / sc for c, sc in zip(cs, c_scales)])
+    limits = np.array([b / sc for b, sc in zip(limits_exact, c_scales)])
+    for _ in range(8):  # tighten if the solver's feasibility tolerance let a choice exceed an exact budget
         res = milp(
             obj,
-            constraints=[LinearConstraint(one_hot, 1.0, 1.0), LinearConstraint(cost_row, -np.inf, limit)],
+            constraints=[LinearConstraint(one_hot, 1.0, 1.0), LinearConstraint(cost_rows, -np.inf, limits)],
             integrality=np.ones(nv),
             bounds=Bounds(0.0, 1.0),
             options={"mip_rel_gap": 0.0, "presolve": True},
@@ -79,14 +95,27 @@ def _ilp(
         for v, r, col in zip(x, rows, cols):
             if v > val[r]:
                 val[r], choice[r] = v, col
-        total = float(c[np.arange(n), choice].sum())
-        if total <= budget:
-            best = choice
-            break
-        limit -= (total - budget) / c_scale + 1e-9 * max(1.0, abs(limit))
-    if best is None:
-        return None, "infeasible (after tightening)", math.nan
-    return best, status, float(s[np.arange(n), best].sum())
+        totals = [float(c[np.arange(n), choice].sum()) for c in cs]
+        over = [t - b for t, b in zip(totals, limits_exact)]
+        if all(o <= 0 for o in over):
+            return choice, status, float(s[np.arange(n), choice].sum())
+        for i, o in enumerate(over):
+            if o > 0:
+                limits[i] -= o / c_scales[i] + 1e-9 * max(1.0, abs(limits[i]))
+    return None, "infeasible (after tightening)", math.nan
+
+
+def ilp_solve_multi(
+    sensitivity: np.ndarray,
+    costs: Sequence[np.ndarray],
+    budgets: Sequence[float],
+    *,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """:func:`ilp_solve` under several budgets at once (one per cost array: bytes, bits, BOPs ... together):
+    the chosen column per row, or None when no choice meets every budget."""
+    choice, _, _ = _milp(sensitivity, list(costs), list(budgets), allowed)
+    return choice
 
 
 def ilp_solve(
@@ -183,4 +212,4 @@ def ilp_candidates(
     return out
 
 
-__all__ = ["ilp_candidates", "ilp_solve"]
+__all__ = ["ilp_candidates", "ilp_solve", "ilp_solve_multi"]

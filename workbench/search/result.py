@@ -92,6 +92,8 @@ class SearchResult:
                     "bops": int(r["bops"]),
                     "latency_ms": float(r["latency_ms"]),
                     "avg_weight_bits": float(r["avg_weight_bits"]),
+                    "space_avg_bits": _float_or_none(r.get("space_avg_bits")),
+                    "secondary": _float_or_none(r.get("secondary")),
                     "label": r["label"],
                     "trial": int(r["trial"]),
                     "plan": json.loads(r["plan"]),
@@ -128,6 +130,10 @@ class SearchResult:
         }
 
 
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)
+
+
 def rank_front(
     front: pd.DataFrame,
     fp32_weight_bytes: float,
@@ -138,18 +144,27 @@ def rank_front(
     column: str = "accuracy",
 ) -> pd.DataFrame:
     """:meth:`SearchResult.top_plans` on a front table and its FP32 weight bytes (for objects that only carry
-    a search's front): the ``k`` best rows (None: all), highest ``column`` first, ties broken by fewer weight
-    bytes, within ``max_weight_fraction`` of ``fp32_weight_bytes`` and ``max_avg_weight_bits``."""
+    a search's front): the ``k`` best rows (None: all), highest ``column`` first, ties broken by the secondary
+    score (minus the output KL to FP32, when measured), then by fewer weight bytes, within
+    ``max_weight_fraction`` of ``fp32_weight_bytes`` and ``max_avg_weight_bits`` (averaged over the searched
+    layers, ``space_avg_bits``, where the front has it)."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"k={k!r} must be None or an int >= 1")
     df = front
     if max_weight_fraction is not None:
         df = df[df["weight_bytes"] <= max_weight_fraction * fp32_weight_bytes]
     if max_avg_weight_bits is not None:
-        df = df[df["avg_weight_bits"] <= max_avg_weight_bits + 1e-9]
+        bits_col = (
+            "space_avg_bits"
+            if "space_avg_bits" in df.columns and df["space_avg_bits"].notna().all()
+            else "avg_weight_bits"
+        )
+        df = df[df[bits_col] <= max_avg_weight_bits + 1e-9]
     if df.empty:
         return df
-    df = df.sort_values([column, "weight_bytes"], ascending=[False, True])
+    keys = [column, "secondary", "weight_bytes"] if "secondary" in df.columns else [column, "weight_bytes"]
+    df = df.assign(secondary=df["secondary"].fillna(-np.inf)) if "secondary" in df.columns else df
+    df = df.sort_values(keys, ascending=[False] * (len(keys) - 1) + [True])
     return df if k is None else df.head(k)
 
 
@@ -167,6 +182,7 @@ def study_frame(study: Any) -> pd.DataFrame:
                 "trial": t.number,
                 "label": a.get("label") or f"trial {t.number}",
                 "accuracy": a["accuracy"],
+                "secondary": math.nan if a.get("secondary") is None else float(a["secondary"]),
                 "shaped_accuracy": a.get("shaped_accuracy", a["accuracy"]),
                 "accuracy_source": a["accuracy_source"],
                 "cache_hit": bool(a.get("cache_hit", False)),
@@ -178,6 +194,8 @@ def study_frame(study: Any) -> pd.DataFrame:
                 "latency_ms": a["latency_ms"],
                 "energy_mj": math.nan if a.get("energy_mj") is None else float(a["energy_mj"]),
                 "avg_weight_bits": a["avg_weight_bits"],
+                "space_avg_bits": float(a.get("space_avg_bits", math.nan)),
+                "space_mac_bits": float(a.get("space_mac_bits", math.nan)),
                 "avg_act_bits": a["avg_act_bits"],
                 "plan_key": a["plan_key"],
                 "plan": a["plan"],
@@ -202,6 +220,8 @@ def compute_front(trials: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFra
     cols = [col[o] for o in objectives]
     if "weight_bytes" not in cols:
         cols.append("weight_bytes")  # the reported front is always (accuracy, weight bytes) plus objectives
-    dirs = ["maximize" if c == "accuracy" else "minimize" for c in cols]
+    if "secondary" in ok.columns and ok["secondary"].notna().all():
+        cols.append("secondary")  # breaks ties of the metric: a larger plan closer to FP32 stays on the front
+    dirs = ["maximize" if c in ("accuracy", "secondary") else "minimize" for c in cols]
     mask = pareto_mask(ok[cols].to_numpy(dtype=np.float64), dirs)
     return ok[mask].sort_values(["weight_bytes", "accuracy"], ascending=[True, False]).reset_index(drop=True)

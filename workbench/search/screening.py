@@ -37,7 +37,7 @@ def screen(
         plan = ctx.space.suggest(trial)
         cost = ctx.cost_model(plan)
         acc = ctx.predicted(plan)
-        cons = ctx.constraints(cost, acc)
+        cons = ctx.constraints(plan, cost, acc)
         for cname, value in zip(constraint_names(cfg), cons, strict=True):
             trial.set_constraint(cname, value)
         vals = objective_values(cfg.objectives, acc, cost)

@@ -1,7 +1,8 @@
 """The strategies :func:`~workbench.search.study.run_search` knows, in one registry: each name maps to the Optuna
 sampler that proposes its trials and, for a baseline, the plans it enqueues as trials (spread along its curve).
 
-Samplers: ``tpe`` and ``nsga2`` (multi-objective), ``rl`` (the LSTM controller of :mod:`workbench.search.rl`),
+``auto`` (the default): sensitivity-first allocation (:mod:`workbench.search.auto`): its allocated front is
+enqueued, then its sampler proposes local moves. Samplers: ``tpe`` and ``nsga2`` (multi-objective), ``rl`` (the LSTM controller of :mod:`workbench.search.rl`),
 ``random``. Baselines: ``uniform``, ``greedy`` (seed-000 cost-benefit), ``ilp`` (HAWQ-V3), ``aimet`` (AIMET AMP's
 greedy Pareto curve) and ``control`` (the seed-000 control loop on the predictor); their trials are fixed by the
 enqueued plans, anything else is sampled at random.
@@ -47,10 +48,11 @@ class Strategy:
     candidates: CandidateSource | None = None
     needs_sensitivity: bool = False
     needs_predictor: bool = False
+    adaptive: bool = False  # its sampler goes on after the candidates (``auto``)
 
     @property
     def is_baseline(self) -> bool:
-        return self.candidates is not None
+        return self.candidates is not None and not self.adaptive
 
 
 # ============================================================================================ samplers
@@ -97,6 +99,12 @@ def _rl(ctx: SearchContext, seed: int) -> Any:
     return RLControllerSampler(ctx.space, unit_stats, seed=seed)
 
 
+def _auto_sampler(ctx: SearchContext, seed: int) -> Any:
+    from workbench.search.auto_sampler import AutoSampler
+
+    return AutoSampler(ctx.space, seed=seed)
+
+
 def _calib_size(task: TaskLike) -> int:
     try:
         return len(task.calib_loader.dataset)
@@ -105,6 +113,16 @@ def _calib_size(task: TaskLike) -> int:
 
 
 # ============================================================================================ baselines
+
+
+def _auto(ctx: SearchContext, sensitivity: Any, n: int) -> list[Candidate]:
+    """The allocated front of :mod:`workbench.search.auto` in its order of measurement; its tables are kept
+    for the study (``ctx.study_attrs``) so that the sampler and a resumed study read them."""
+    from workbench.search.auto import TABLES_ATTR, allocation_tables, initial_candidates
+
+    tables = allocation_tables(ctx, sensitivity, metric=ctx.config.sensitivity_metric)
+    ctx.study_attrs[TABLES_ATTR] = tables.to_json()
+    return initial_candidates(ctx, tables)
 
 
 def _uniform(ctx: SearchContext, sensitivity: Any, n: int) -> list[Candidate]:
@@ -124,9 +142,15 @@ def _ilp(ctx: SearchContext, sensitivity: Any, n: int) -> list[Candidate]:
         else 0.25
     )
     fracs = np.linspace(min(0.05, top), top, max(n, 2))
+    metric = cfg.sensitivity_metric
+    if metric == "auto":  # HAWQ-V3's omega when the result has it, else an output error
+        from workbench.search.auto import resolve_metric
+
+        has_omega = "omega" in sensitivity.metrics()
+        metric = "omega" if has_omega else resolve_metric(sensitivity, "auto", str(ctx.task.metric_name))
     return ilp_candidates(
         ctx.space, ctx.cost_model, sensitivity, budgets=tuple(float(f) for f in fracs), cost=cfg.ilp_cost,
-        metric=cfg.sensitivity_metric,
+        metric=metric,
     )  # fmt: skip
 
 
@@ -151,6 +175,7 @@ def _control(ctx: SearchContext, sensitivity: Any, n: int) -> list[Candidate]:
 STRATEGY_REGISTRY: dict[str, Strategy] = {
     s.name: s
     for s in (
+        Strategy("auto", _auto_sampler, _auto, needs_sensitivity=True, adaptive=True),
         Strategy("tpe", _tpe),
         Strategy("nsga2", _nsga2),
         Strategy("rl", _rl),
@@ -183,6 +208,8 @@ def baseline_candidates(
     if s is None or s.candidates is None:  # pragma: no cover - validated in SearchConfig
         raise SearchError(f"{name!r} is not a baseline strategy")
     n = n or ctx.config.budget
+    if s.adaptive:  # already in its order of measurement
+        return s.candidates(ctx, sensitivity, n)[:n]
     return select_evenly(s.candidates(ctx, sensitivity, n), n)
 
 
@@ -194,9 +221,14 @@ def warm_candidates(ctx: SearchContext, sensitivity: Any) -> list[tuple[str, dic
     cands = baseline_candidates(ctx, sensitivity, strategy=cfg.warm_start, n=10 * cfg.warm_start_plans)
     n_size = n_size_constraints(cfg)
     fits = [
-        c for c in cands if not any(v > 0 for v in ctx.constraints(ctx.cost_model(c.plan), None)[:n_size])
+        c
+        for c in cands
+        if not any(v > 0 for v in ctx.constraints(c.plan, ctx.cost_model(c.plan), None)[:n_size])
     ]
-    chosen = select_evenly(fits, cfg.warm_start_plans)
+    if STRATEGY_REGISTRY[cfg.warm_start].adaptive:  # its first plans are the ones that pay most
+        chosen = fits[: cfg.warm_start_plans]
+    else:
+        chosen = select_evenly(fits, cfg.warm_start_plans)
     return [(f"warm start: {c.label}", ctx.space.params_from_plan(c.plan)) for c in chosen]
 
 

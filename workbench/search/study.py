@@ -46,6 +46,8 @@ from workbench.search.config import (
     SearchError,
 )
 from workbench.search.context import SearchContext, prepare, study_directions
+from workbench.search.evaluator import SaturatedMetricWarning, warn_if_saturated
+from workbench.search.inputs import auto_sensitivity, default_predictor
 from workbench.search.report import finish, flat_params, track_result
 from workbench.search.result import SearchResult, compute_front
 from workbench.search.screening import screen
@@ -98,9 +100,8 @@ def run_search(
     result returning named plotly figures to log with the study's MLflow run (e.g.
     :func:`workbench.ui.search.search_figures`).
     ``device``: where plans are quantized and evaluated (``cpu``, ``cuda``, ``cuda:N``, a ``torch.device``;
-    None: where ``task.model`` is); the model is copied there, and spawned workers (``config.workers > 1``) move
-    their copy to the same device. The evaluation cache is keyed without the device. A device this machine
-    lacks raises :class:`workbench.devices.DeviceError` before any study or storage is touched.
+    None: where ``task.model`` is; spawned workers use it too; the evaluation cache is keyed without it); a
+    device this machine lacks raises :class:`workbench.devices.DeviceError` before any storage is touched.
     """
     import optuna
 
@@ -118,12 +119,14 @@ def run_search(
     # validate everything before the study exists (and before the FP32 accuracy is measured)
     space = SearchSpace(task.model, config.space)
     _check_predictor_space(config, space)
+    sensitivity = auto_sensitivity(task, config, sensitivity, join=join)
     _check_inputs(config, predictor, sensitivity, join=join)
     ctx = prepare(
         task, config, predictor, storage_url, space=space, fp32_latency_ms=attrs.get("fp32_latency_ms")
     )
     if join or config.resume:
         _check_same_task(attrs, ctx, name, storage_url)
+    warn_if_saturated(ctx.evaluator, split=config.split)
     candidates = [] if config.resume or join else _initial_candidates(ctx, sensitivity)
     sampler = make_sampler(config.strategy, ctx, seed=config.seed)
     study = _open_study(ctx, storage, name, sampler, candidates, join=join)
@@ -212,8 +215,15 @@ def _compress_methods(space: SearchSpace) -> set[str]:
 
 def study_name(task: TaskLike, config: SearchConfig) -> str:
     """The study a run of ``config`` on ``task`` works on: ``config.study_name``, else
-    ``<task>-<strategy>-<accuracy>-s<seed>``."""
-    return config.study_name or f"{task.name}-{config.strategy}-{config.accuracy}-s{config.seed}"
+    ``<task>-<strategy>-<accuracy>-s<seed>``, followed by each budget set (``-bits5``, ``-macbits4``, ``-wf0.2``,
+    ``-size100000``, ``-drop1``) so that runs at different budgets never share a study."""
+    if config.study_name:
+        return config.study_name
+    budgets = (("bits", config.max_avg_weight_bits), ("macbits", config.max_avg_mac_bits),
+               ("wf", config.max_weight_fraction), ("size", config.max_size_bytes),
+               ("drop", config.max_accuracy_drop))  # fmt: skip
+    suffix = "".join(f"-{tag}{value:g}" for tag, value in budgets if value is not None)
+    return f"{task.name}-{config.strategy}-{config.accuracy}-s{config.seed}{suffix}"
 
 
 def resolved_config(
@@ -275,7 +285,7 @@ def _initial_candidates(ctx: SearchContext, sensitivity: Any) -> list[tuple[str,
     predictor first with ``multifidelity``)."""
     config = ctx.config
     candidates: list[tuple[str, dict[str, Any]]] = []
-    if config.strategy in BASELINE_STRATEGIES:
+    if STRATEGY_REGISTRY[config.strategy].candidates is not None:
         for c in baseline_candidates(ctx, sensitivity):
             candidates.append((c.label, ctx.space.params_from_plan(c.plan)))
         if not candidates:
@@ -313,6 +323,8 @@ def _open_study(
     )
     study.set_user_attr(CONFIG_ATTR, json.dumps(config.to_dict(), default=str))
     study.set_user_attr("fp32_latency_ms", ctx.cost_model.fp32_latency_ms)
+    for key, value in ctx.study_attrs.items():
+        study.set_user_attr(key, value)
     study.set_user_attr(TASK_ATTR, {"task": ctx.task.name, "evaluation_prefix": ctx.evaluator._prefix})
     for label, params in candidates:
         study.enqueue_trial(params, user_attrs={"label": label}, skip_if_exists=False)
@@ -342,31 +354,6 @@ def _check_same_task(attrs: Mapping[str, Any], ctx: SearchContext, name: str, st
         )
 
 
-def default_predictor(task: TaskLike, sensitivity: Any = None, *, n_plans: int = 300, seed: int = 0,
-                      model: str = "gbt", progress: bool = False, w_bits: Sequence[int] = (2, 3, 4, 6, 8),
-                      a_bits: Sequence[int] = (8,)) -> Any:  # fmt: skip
-    """The accuracy predictor of :mod:`workbench.predictor` on ``task`` (plan dataset cached under data/), trained
-    on plans drawing each layer's bits from ``w_bits`` / ``a_bits`` (``a_bits=(32,)``: weight-only plans, as a
-    weight-only search space needs)."""
-    from workbench.predictor import AccuracyPredictor, PlanDatasetConfig, PlanFeaturizer, build_plan_dataset
-    from workbench.sensitivity import analyze_sensitivity
-
-    sens = sensitivity if sensitivity is not None else analyze_sensitivity(task, track=False)
-    n_random = n_plans // 2
-    ds_config = PlanDatasetConfig(
-        n_random=n_random,
-        n_stratified=n_plans - n_random,
-        seed=seed,
-        w_bits=tuple(w_bits),
-        a_bits=tuple(a_bits),
-    )
-    dataset = build_plan_dataset(task, sens, ds_config, track=False)
-    featurizer = PlanFeaturizer.fit(task, sens, w_bits=tuple(w_bits), a_bits=tuple(a_bits))
-    predictor = AccuracyPredictor.fit(dataset, featurizer, model=model, seed=seed)
-    predictor.info["dataset_plans"] = len(dataset)
-    return predictor
-
-
 __all__ = [
     "BASELINE_STRATEGIES",
     "SAMPLER_STRATEGIES",
@@ -374,6 +361,7 @@ __all__ = [
     "SearchConfig",
     "SearchContext",
     "SearchError",
+    "SaturatedMetricWarning",
     "SearchResult",
     "compute_front",
     "default_predictor",

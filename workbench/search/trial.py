@@ -26,17 +26,21 @@ def evaluate_trial(
     plan = ctx.space.suggest(trial)
     params = dict(trial.params)
     cost = ctx.cost_model(plan)
-    over_size = any(v > 0 for v in ctx.constraints(cost, None)[: n_size_constraints(cfg)])
+    over_size = any(v > 0 for v in ctx.constraints(plan, cost, None)[: n_size_constraints(cfg)])
     key = SearchSpace.plan_key(plan)
-    accuracy, source, hit, real = _accuracy(ctx, trial, plan, key, over_size=over_size, budget=budget)
+    accuracy, secondary, source, hit, real = _accuracy(
+        ctx, trial, plan, key, over_size=over_size, budget=budget
+    )
     vec = ctx.choice_vector(params)
     shaped = _shaped(ctx, plan, vec, accuracy)
     ctx.history.append(vec)
-    constraints = ctx.constraints(cost, None if over_size else accuracy)
+    constraints = ctx.constraints(plan, cost, None if over_size else accuracy)
     attrs = {
         "plan": plan.to_json(indent=None),
         "plan_key": key,
         "accuracy": accuracy,
+        "secondary": secondary,
+        **ctx.space_bits(plan),
         "shaped_accuracy": shaped,
         "accuracy_source": source,
         "cache_hit": hit,
@@ -59,12 +63,14 @@ def evaluate_trial(
 
 def _accuracy(
     ctx: SearchContext, trial: Any, plan: QuantPlan, key: str, *, over_size: bool, budget: int | None
-) -> tuple[float, str, bool, int]:
-    """(accuracy, its source, cache hit, real evaluations spent) of the trial's plan."""
+) -> tuple[float, float | None, str, bool, int]:
+    """(accuracy, the secondary score breaking its ties or None, its source, cache hit, real evaluations spent)
+    of the trial's plan."""
     cfg = ctx.config
     source = cfg.accuracy if cfg.accuracy != "multifidelity" else "measured"
     hit = False
     real = 0
+    secondary = None
     if over_size:
         accuracy = 0.0  # not measured: the plan breaks a size budget; the sampler sees it as infeasible
         source = "skipped_over_budget"
@@ -77,10 +83,11 @@ def _accuracy(
         if budget is not None and not measured_in_study(trial.study, key):
             reserve_evaluation(trial, budget)
         accuracy, hit = ctx.evaluator(plan)
+        secondary = ctx.evaluator.secondary(plan)
         # the budget counts distinct plans measured by this study; a plan another study (or worker) already
         # measured is read from the shared cache (cache_hit) but still costs this study one evaluation
         real = 0 if measured_in_study(trial.study, key) else 1
-    return accuracy, source, hit, real
+    return accuracy, secondary, source, hit, real
 
 
 def _shaped(ctx: SearchContext, plan: QuantPlan, vec: np.ndarray, accuracy: float) -> float:

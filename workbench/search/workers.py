@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.devices import model_device, on_device
+from workbench.search.auto_sampler import is_exhausted
 from workbench.search.config import SearchConfig
 from workbench.search.context import SearchContext, prepare
 from workbench.search.storage import open_storage, real_evaluations
@@ -50,7 +51,7 @@ def run_worker(ctx: SearchContext, study: Any, *, target: int, counts_real: bool
             if bar is not None:
                 bar.n = min(have, target)
                 bar.refresh()
-            if have >= target:
+            if have >= target or is_exhausted(study):
                 break
             # trials other workers are running reserve their share of the budget: no worker overshoots it
             # (if a running trial ends without a real evaluation, its worker goes on to fill the gap)

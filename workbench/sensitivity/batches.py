@@ -71,3 +71,13 @@ def _take(loader: Iterable, n: int | None) -> list[Any]:
             break
         out.append(batch)
     return out
+
+
+LABEL_FREE_METRICS: tuple[str, ...] = ("output_mse", "output_kl")
+"""The built-in metrics that need no targets: a task whose batches carry none is analysed with these."""
+
+
+def has_labels(task: Any) -> bool:
+    """True when the task's first calibration batch carries targets (``(inputs, targets)``)."""
+    batches = _inputs_batches(_take(task.calib_loader, 1), "calibration data")
+    return bool(batches) and batches[0][1] is not None

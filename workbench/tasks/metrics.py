@@ -239,6 +239,10 @@ def _batch_stats(y: torch.Tensor, r: torch.Tensor, kinds: tuple[str, ...], k: in
     return out
 
 
+DISCRETE_METRICS: tuple[str, ...] = ("accuracy", "top1_agreement", "topk_agreement")
+"""Metric names whose values are counts over a split: plans tie often, and a saturated split cannot rank them."""
+
+
 def metric_name(metric: Any) -> str:
     """The name of what ``metric`` measures: ``"accuracy"`` for the default labelled top-1
     (:func:`~workbench.models.evaluate_accuracy`), the kind of a :class:`FidelityMetric` (``"cosine"``, ...), the
