@@ -231,6 +231,31 @@ def _quantizes(unit: Any) -> bool:
 # ============================================================================================ figure
 
 
+def _bits_traces(df: pd.DataFrame, order: list[str], xs: list[str]) -> list[go.Scatter]:
+    """The map's left panel: a pale square per (unit, bit choice), the current one coloured by its bits."""
+    choices = go.Scatter(
+        x=[x for _ in order for x in xs],
+        y=[u for u in order for _ in xs],
+        mode="markers",
+        name="choices",
+        hoverinfo="skip",
+        marker={"symbol": "square", "size": 11, "color": EMPTY_COLOUR},
+    )
+    bits = [str(b) for b in df["bits"]]
+    current = go.Scatter(
+        x=bits,
+        y=order,
+        mode="markers+text",
+        name="current bits",
+        text=bits,
+        textfont={"size": 8, "color": [text_colour(c) for c in df["colour"]]},
+        marker={"symbol": "square", "size": 13, "color": list(df["colour"])},
+        customdata=df[["layers", "kind"]].to_numpy(),
+        hovertemplate="<b>%{y}</b>: %{x} bits<br>%{customdata[0]} layer(s) %{customdata[1]}<extra></extra>",
+    )
+    return [choices, current]
+
+
 def bitmap_figure(
     table: pd.DataFrame, *, sort: str = "forward", columns: Sequence[Any] | None = None
 ) -> go.Figure:
@@ -243,62 +268,20 @@ def bitmap_figure(
         columns = sorted({int(b) for b in df["bits"] if b != FLOAT} | {2, 4, 8})
         columns = list(columns) + ([FLOAT] if (df["bits"] == FLOAT).any() else [])
     xs = [str(c) for c in columns]
+    titles = ("weight bits", table.attrs.get("sensitivity") or "sensitivity", "share of the weights (%)")
     fig = make_subplots(
-        rows=1,
-        cols=3,
-        shared_yaxes=True,
-        column_widths=[0.4, 0.3, 0.3],
-        horizontal_spacing=0.03,
-        subplot_titles=(
-            "weight bits",
-            table.attrs.get("sensitivity") or "sensitivity",
-            "share of the weights (%)",
-        ),
-    )
-    grid_x = [x for _ in order for x in xs]
-    grid_y = [u for u in order for _ in xs]
-    fig.add_trace(
-        go.Scatter(
-            x=grid_x,
-            y=grid_y,
-            mode="markers",
-            name="choices",
-            hoverinfo="skip",
-            marker={"symbol": "square", "size": 11, "color": EMPTY_COLOUR},
-        ),
-        row=1,
-        col=1,
-    )
-    bits = [str(b) for b in df["bits"]]
-    fig.add_trace(
-        go.Scatter(
-            x=bits,
-            y=order,
-            mode="markers+text",
-            name="current bits",
-            text=bits,
-            textfont={"size": 8, "color": [text_colour(c) for c in df["colour"]]},
-            marker={"symbol": "square", "size": 13, "color": list(df["colour"])},
-            customdata=df[["layers", "kind"]].to_numpy(),
-            hovertemplate="<b>%{y}</b>: %{x} bits<br>%{customdata[0]} layer(s) %{customdata[1]}<extra></extra>",
-        ),
-        row=1,
-        col=1,
-    )
+        rows=1, cols=3, shared_yaxes=True, column_widths=[0.4, 0.3, 0.3], horizontal_spacing=0.03,
+        subplot_titles=titles,
+    )  # fmt: skip
+    for trace in _bits_traces(df, order, xs):
+        fig.add_trace(trace, row=1, col=1)
     sens = df["sensitivity"].astype(np.float64)
+    share = 100 * df["weight_share"].astype(np.float64)
     fig.add_trace(
         go.Bar(x=sens, y=order, orientation="h", name="sensitivity", marker_color="#555"), row=1, col=2
     )
     fig.add_trace(
-        go.Bar(
-            x=100 * df["weight_share"].astype(np.float64),
-            y=order,
-            orientation="h",
-            name="weights",
-            marker_color="#1f77b4",
-        ),
-        row=1,
-        col=3,
+        go.Bar(x=share, y=order, orientation="h", name="weights", marker_color="#1f77b4"), row=1, col=3
     )
     positive = sens[sens > 0]
     if len(positive) > 1 and positive.max() / positive.min() > 100:

@@ -58,15 +58,16 @@ def _bar(fraction: float, colour: str, width: int) -> str:
     )
 
 
-def info_cell(row: Mapping[str, Any], bar: float) -> str:
-    """A row's info cell: its sensitivity (bar on a log scale, value) and its share of the weights (bar, %)."""
+def info_cell(row: Mapping[str, Any], bar: float, max_share: float = 1.0) -> str:
+    """A row's info cell: its sensitivity (``bar``: its length on a log scale, and the value) and its share of the
+    weights (a bar relative to the largest share ``max_share``, and the percentage)."""
     sens = row["sensitivity"]
     text = f"{sens:.3g}" if isinstance(sens, float) and math.isfinite(sens) else "n/a"
     share = float(row["weight_share"]) if math.isfinite(float(row["weight_share"])) else 0.0
     return (
-        f"<span style='font-size:11px;white-space:nowrap'>{_bar(bar, '#555', 60)} "
+        f"<span style='font-size:11px;line-height:20px;white-space:nowrap'>{_bar(bar, '#555', 60)} "
         f"<span style='display:inline-block;width:52px'>{text}</span>"
-        f"{_bar(share / 0.25, '#1f77b4', 60)} {100 * share:.1f} %</span>"
+        f"{_bar(share / max_share if max_share > 0 else 0.0, '#1f77b4', 60)} {100 * share:.2f} %</span>"
     )
 
 
@@ -75,7 +76,7 @@ def name_cell(row: Mapping[str, Any]) -> str:
     tip = html.escape(
         f"{row['unit']}: {row['layers']} layer(s) {row['kind']}, {row['weight_params']:,} weights"
     )
-    return f"<span title='{tip}' style='font-size:11px;white-space:nowrap'>{html.escape(str(row['unit']))}</span>"
+    return f"<span title='{tip}' style='font-size:11px;line-height:20px;white-space:nowrap'>{html.escape(str(row['unit']))}</span>"
 
 
 def legend_html(columns: Sequence[Any]) -> str:
@@ -121,13 +122,16 @@ class BitMapView:
         }
         self._off = W.ButtonStyle(button_color=EMPTY_COLOUR, text_color="#888")
         self._layout = W.Layout(width="34px", height="20px", padding="0px", margin="0px")
-        self._cell_layout, self._cell_style = W.Layout(), HTMLStyle()  # shared: fewer widget models
+        # shared by every cell: fewer widget models, and rows as high as a button
+        self._cell_layout, self._cell_style = W.Layout(height="20px", margin="0px"), HTMLStyle()
         self.chosen: dict[str, Any] = {}
         self.buttons: dict[tuple[str, Any], W.Button] = {}
         self.rows = {u.name: self._row(u) for u in units}
         bars = _sens_bars(self.info["sensitivity"].astype(np.float64))
+        max_share = float(self.info["weight_share"].max())
         for u in units:
-            self.rows[u.name].append(self._cell(info_cell(self.info.loc[u.name], bars[u.name])))
+            cell = info_cell(self.info.loc[u.name], bars[u.name], max_share)
+            self.rows[u.name].append(self._cell(cell))
         self.header = self._header(sensitivity_label)
         self.grid = W.GridBox(
             layout=W.Layout(
@@ -172,8 +176,13 @@ class BitMapView:
     def _header(self, sensitivity_label: str) -> list[W.Widget]:
         cells: list[W.Widget] = [W.HTML("<b style='font-size:11px'>unit</b>")]
         cells += [W.HTML(f"<b style='font-size:11px'>{'fl' if c == FLOAT else c}</b>") for c in self.columns]
-        sens = html.escape(sensitivity_label) if sensitivity_label else "no sensitivity given"
-        cells.append(W.HTML(f"<b style='font-size:11px'>sensitivity ({sens}) &middot; weights</b>"))
+        if not sensitivity_label:
+            sens = "sensitivity: none given"
+        elif sensitivity_label == "sensitivity":
+            sens = "sensitivity"
+        else:
+            sens = f"sensitivity: {html.escape(sensitivity_label)}"
+        cells.append(W.HTML(f"<b style='font-size:11px'>{sens} &middot; share of the weights</b>"))
         return cells
 
     # ------------------------------------------------------------------------------------------ actions

@@ -24,7 +24,7 @@ from workbench.search.context import search_cost_model, search_evaluator
 from workbench.search.objectives import PredictedAccuracy
 from workbench.search.space import SearchSpace
 from workbench.ui import explorer_controls as ctl
-from workbench.ui.bitmap import unit_sensitivity
+from workbench.ui.bitmap import bitmap_figure, map_columns, unit_info, unit_sensitivity, with_params
 from workbench.ui.explorer_state import KnobState
 from workbench.ui.explorer_values import default_plan, log_values, plan_values
 from workbench.ui.explorer_view import (
@@ -262,6 +262,13 @@ class BitWidthExplorer:
             with self._hold():
                 self.front_select.value = i
         return plan
+
+    def map_figure(self, *, sort: str = "forward") -> go.Figure:
+        """The current plan as a bit-width map figure (:func:`~workbench.ui.bitmap.bitmap_figure`), rows in
+        ``sort`` order, with this explorer's sensitivity."""
+        table = with_params(unit_info(self.space, self.cost_model, self.unit_sensitivity), self.params())
+        table.attrs["sensitivity"] = self.sensitivity_label
+        return bitmap_figure(table, sort=sort, columns=map_columns(self.space.units))
 
     # ------------------------------------------------------------------------------------------ compute
     def update(self) -> dict[str, Any]:
