@@ -230,6 +230,8 @@ def test_float_column_and_views(stack, digits_cnn_task):
 
     grid = BitWidthExplorer(space, cost_model, view="grid", track=False)
     assert grid.view == "grid" and grid.bitmap is None and ("6", "w_bits") in grid.controls
+    first_row = grid.grid.children[2 * (1 + len(grid.columns))]  # after the header and "all units" rows
+    assert "<span" in first_row.value and ">0<" in first_row.value  # the grid is still the GridBox of cells
     with pytest.raises(ValueError, match="view 'table' is not valid"):
         BitWidthExplorer(space, cost_model, view="table", track=False)
 

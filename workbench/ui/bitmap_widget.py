@@ -76,7 +76,8 @@ def name_cell(row: Mapping[str, Any]) -> str:
     tip = html.escape(
         f"{row['unit']}: {row['layers']} layer(s) {row['kind']}, {row['weight_params']:,} weights"
     )
-    return f"<span title='{tip}' style='font-size:11px;line-height:20px;white-space:nowrap'>{html.escape(str(row['unit']))}</span>"
+    style = "font-size:11px;line-height:20px;white-space:nowrap"
+    return f"<span title='{tip}' style='{style}'>{html.escape(str(row['unit']))}</span>"
 
 
 def legend_html(columns: Sequence[Any]) -> str:

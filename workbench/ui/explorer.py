@@ -157,10 +157,9 @@ class BitWidthExplorer:
         self.editor: UnitEditor | None = None
         if self.view == "grid":
             self.controls = ctl.knob_dropdowns(self.state.choices, self._on_change)
-            grid, note, self.columns, self.all_controls = unit_grid(
+            self.grid, self.fixed_note, self.columns, self.all_controls = unit_grid(
                 self.space, self.cost_model, self.controls, self._on_all
             )
-            self.grid = W.VBox([grid, note])
         else:
             m = ctl.map_controls(
                 self.space,
@@ -173,7 +172,7 @@ class BitWidthExplorer:
             )
             self.bitmap, self.editor = m.bitmap, m.editor
             self.all_controls, self.columns = m.all_controls, m.columns
-            self.grid = W.VBox([m.box, m.note])
+            self.grid, self.fixed_note = m.box, m.note
         self.summary = W.HTML()
         self.status = W.HTML()
         a = ctl.action_controls(
@@ -196,7 +195,13 @@ class BitWidthExplorer:
         layers = sum(len(u.layers) for u in self.space.units)
         heading = f"bit-width {self.view}: {len(self.space.units)} units ({layers} layers)"
         return ctl.explorer_box(
-            self.title, heading, self.grid, self.summary, self._actions, self.status, plot
+            self.title,
+            heading,
+            W.VBox([self.grid, self.fixed_note]),
+            self.summary,
+            self._actions,
+            self.status,
+            plot,
         )
 
     def _build_figure(self) -> go.Figure:
