@@ -1,5 +1,6 @@
-"""``BitWidthExplorer``: tweak a per-layer bit-width map with dropdowns and see its cost, predicted accuracy and
-place against a search's Pareto front at once; measure it, log it, or load any front plan into the controls.
+"""``BitWidthExplorer``: tweak a per-layer bit-width map (a compact clickable map, or dropdowns on small spaces) and
+see its cost, predicted accuracy and place against a search's Pareto front at once; measure it, log it, or load
+any front plan into the controls.
 
 Logic stays in the package (:class:`~workbench.search.space.SearchSpace` builds plans,
 :class:`~workbench.search.objectives.CostModel` prices them, the predictor / evaluator score them); the widget
@@ -18,11 +19,14 @@ import pandas as pd
 import plotly.graph_objects as go
 from IPython.display import display
 
-from workbench.quant.spec import PlanError, QuantPlan
+from workbench.quant.spec import QuantPlan
 from workbench.search.context import search_cost_model, search_evaluator
 from workbench.search.objectives import PredictedAccuracy
 from workbench.search.space import SearchSpace
-from workbench.ui.explorer_values import default_plan, plan_values
+from workbench.ui import explorer_controls as ctl
+from workbench.ui.bitmap import bitmap_figure, map_columns, unit_info, unit_sensitivity, with_params
+from workbench.ui.explorer_state import KnobState
+from workbench.ui.explorer_values import default_plan, log_values, plan_values
 from workbench.ui.explorer_view import (
     CURRENT,
     CURRENT_SIZE,
@@ -40,15 +44,25 @@ from workbench.ui.explorer_view import (
 )
 from workbench.ui.search import _is_result
 
+VIEWS, MAP_MIN_UNITS = ctl.VIEWS, ctl.MAP_MIN_UNITS
+
 if TYPE_CHECKING:
     from workbench.search.result import SearchResult
     from workbench.tasks.task import TaskLike
+    from workbench.ui.bitmap_widget import BitMapView, UnitEditor
 
 
 class BitWidthExplorer:
-    """One row of dropdowns per unit of ``space`` (method, weight / activation bits, granularity and, where the
-    unit's methods use them, sparsity / structure / rank ratio); every change recomputes the plan's cost and
-    predicted accuracy and moves its marker on the Pareto plot.
+    """The bit-width map of ``space``'s units; every change recomputes the plan's cost and predicted accuracy
+    and moves its marker on the Pareto plot.
+
+    ``view`` (one of :data:`VIEWS`): ``"map"`` a compact row per unit, a button per weight bits coloured when
+    chosen (a click sets it), its sensitivity and weight share beside it, sorted by forward order, sensitivity,
+    weight size or MACs, and a unit picker for its other knobs; ``"grid"`` a row of dropdowns per unit (method,
+    weight / activation bits, granularity, sparsity / structure / rank ratio where its methods use them);
+    ``"auto"`` (default) the map above :data:`MAP_MIN_UNITS` units. ``sensitivity``: a SensitivityResult or a
+    mapping layer (or unit) -> value, shown in the map (``sensitivity_metric`` / ``sensitivity_bits``: see
+    :func:`~workbench.ui.bitmap.unit_sensitivity`).
 
     ``predicted``: any callable ``plan -> accuracy`` (e.g. :class:`~workbench.search.objectives.PredictedAccuracy`;
     it is not asked for plans that prune or factorise: a predictor trained on quantization cannot score them).
@@ -60,7 +74,8 @@ class BitWidthExplorer:
     to MLflow (False: never; True: unless ``WORKBENCH_TRACKING=0``).
 
     ``explorer.widget`` is the box to display; ``explorer.values`` the latest numbers; ``explorer.plan`` the
-    current QuantPlan; ``explorer.figure`` the Pareto plot (a ``go.FigureWidget`` when anywidget is installed).
+    current QuantPlan; ``explorer.figure`` the Pareto plot (a ``go.FigureWidget`` when anywidget is installed);
+    ``explorer.bitmap`` the map (map view) and ``explorer.controls`` the dropdowns (grid view).
     """
 
     def __init__(
@@ -76,9 +91,17 @@ class BitWidthExplorer:
         plan: QuantPlan | None = None,
         track: bool = True,
         title: str = "Bit-width map explorer",
+        view: str = "auto",
+        sensitivity: Any = None,
+        sensitivity_metric: str | None = None,
+        sensitivity_bits: int | None = None,
     ) -> None:
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
+        self.view = ctl.resolve_view(view, len(space.units))
+        self.unit_sensitivity, self.sensitivity_label = unit_sensitivity(
+            space, sensitivity, metric=sensitivity_metric, bits=sensitivity_bits
+        )
         self.space = space
         self.cost_model = cost_model
         self.predicted = predicted
@@ -126,79 +149,60 @@ class BitWidthExplorer:
 
     # ------------------------------------------------------------------------------------------ building
     def _build_controls(self) -> None:
-        """One dropdown per parameter, the grid, the summary and status lines, the buttons and the front picker."""
+        """The state (one value per parameter), its view (the map or the dropdown grid), the summary and status
+        lines, the buttons and the front picker."""
+        self.state = KnobState(self.space)
         self.controls: dict[tuple[str, str], W.Dropdown] = {}
-        for unit, knob, choices in self.space.knob_table():
-            dd = W.Dropdown(
-                options=[(_label(c, knob), c) for c in choices],
-                value=choices[0],
-                layout=W.Layout(width="auto"),
-                disabled=len(choices) == 1,
+        self.bitmap: BitMapView | None = None
+        self.editor: UnitEditor | None = None
+        if self.view == "grid":
+            self.controls = ctl.knob_dropdowns(self.state.choices, self._on_change)
+            self.grid, self.fixed_note, self.columns, self.all_controls = unit_grid(
+                self.space, self.cost_model, self.controls, self._on_all
             )
-            dd.observe(self._on_change, names="value")
-            self.controls[(unit, knob)] = dd
-        self.grid, self.fixed_note = self._build_grid()
+        else:
+            m = ctl.map_controls(
+                self.space,
+                self.cost_model,
+                self.unit_sensitivity,
+                self.sensitivity_label,
+                on_choice=lambda u, c: self._guard(lambda: self.set_choice(u, c)),
+                on_set=lambda u, k, v: self._guard(lambda: self.set(u, k, v)),
+                on_all=self._on_all,
+            )
+            self.bitmap, self.editor = m.bitmap, m.editor
+            self.all_controls, self.columns = m.all_controls, m.columns
+            self.grid, self.fixed_note = m.box, m.note
         self.summary = W.HTML()
         self.status = W.HTML()
-        self._build_buttons()
-
-    def _build_buttons(self) -> None:
-        """The Evaluate and Log buttons, the front plan picker and its Load button."""
-        self.evaluate_button = W.Button(
-            description="Evaluate",
-            icon="play",
-            tooltip="measure the real accuracy of the current plan (quantize, calibrate, evaluate)",
-            disabled=self.evaluator is None,
+        a = ctl.action_controls(
+            self.front,
+            len(self.front_plans),
+            self.fp32_cost.weight_bytes,
+            on_evaluate=self.evaluate if self.evaluator is not None else None,
+            on_log=self.log if self.track else None,
+            on_load=self.load_front,
+            guard=self._guard,
         )
-        self.log_button = W.Button(
-            description="Log to MLflow",
-            icon="save",
-            tooltip="log the plan and its values",
-            disabled=not self.track,
-        )
-        self.evaluate_button.on_click(lambda _b: self._guard(self.evaluate))
-        self.log_button.on_click(lambda _b: self._guard(self.log))
-        self.front_select = W.Dropdown(
-            options=[(self._front_option(i), i) for i in range(len(self.front_plans))] or [("no front", -1)],
-            description="front plan",
-            layout=W.Layout(width="460px"),
-            disabled=not self.front_plans,
-        )
-        self.load_button = W.Button(description="Load", icon="upload", disabled=not self.front_plans)
-        self.load_button.on_click(lambda _b: self._guard(lambda: self.load_front(self.front_select.value)))
+        self.evaluate_button, self.log_button = a.evaluate_button, a.log_button
+        self.front_select, self.load_button = a.front_select, a.load_button
+        self._actions = a
 
     def _build_widget(self) -> W.VBox:
-        """The box to display: title, the grid in an accordion, summary, buttons, front picker, status, plot."""
+        """The box to display: title, the map or grid in an accordion, summary, buttons, front picker, status,
+        plot."""
         plot = self.figure if isinstance(self.figure, W.DOMWidget) else self.out
-        n = len(self.space.units)
         layers = sum(len(u.layers) for u in self.space.units)
-        accordion = W.Accordion(children=[W.VBox([self.grid, self.fixed_note])])
-        accordion.set_title(0, f"bit-width map: {n} units ({layers} layers)")
-        accordion.selected_index = 0
-        return W.VBox(
-            [
-                W.HTML(f"<b>{self.title}</b>"),
-                accordion,
-                self.summary,
-                W.HBox([self.evaluate_button, self.log_button]),
-                W.HBox([self.front_select, self.load_button]),
-                self.status,
-                plot,
-            ]
+        heading = f"bit-width {self.view}: {len(self.space.units)} units ({layers} layers)"
+        return ctl.explorer_box(
+            self.title,
+            heading,
+            W.VBox([self.grid, self.fixed_note]),
+            self.summary,
+            self._actions,
+            self.status,
+            plot,
         )
-
-    def _front_option(self, i: int) -> str:
-        row = self.front.iloc[i]
-        frac = float(row["weight_bytes"]) / self.fp32_cost.weight_bytes
-        acc = float(row["accuracy"])
-        label = str(row.get("label", f"plan {i}"))
-        return f"#{i} {label}: {_pct(acc)} acc, {_pct(frac)} of FP32 weights"
-
-    def _build_grid(self) -> tuple[W.GridBox, W.HTML]:
-        grid, note, self.columns, self.all_controls = unit_grid(
-            self.space, self.cost_model, self.controls, self._on_all
-        )
-        return grid, note
 
     def _build_figure(self) -> go.Figure:
         base, self._div, self._y_span = explorer_figure(
@@ -215,51 +219,37 @@ class BitWidthExplorer:
     # ------------------------------------------------------------------------------------------ state
     def params(self) -> dict[str, Any]:
         """The current parameters, ``"<unit>/<knob>" -> value``."""
-        return {SearchSpace.param_name(u, k): dd.value for (u, k), dd in self.controls.items()}
+        return self.state.params()
 
     @property
     def plan(self) -> QuantPlan:
         """The QuantPlan the controls describe."""
-        return self.space.plan_from_params(self.params())
+        return self.state.plan()
 
     def set(self, unit: str, knob: str, value: Any) -> None:
         """Set one control (and recompute)."""
-        key = (unit, knob)
-        if key not in self.controls:
-            self.space.unit(unit)  # raises with the list of units
-            knobs = [k for (u, k) in self.controls if u == unit]
-            raise PlanError(f"unit {unit!r} has no knob {knob!r}; its knobs: {knobs}")
-        dd = self.controls[key]
-        choices = [v for _, v in dd.options]
-        if value not in choices:
-            raise PlanError(f"{unit}/{knob}={value!r} is not a choice; valid: {choices}")
-        with self._hold():
-            dd.value = choices[choices.index(value)]
+        self.state.assign(unit, knob, value)
+        self.source = "edited"
+        self.update()
+
+    def set_choice(self, unit: str, column: Any) -> None:
+        """What a click on the map does: ``unit`` to ``column`` weight bits (a float32 unit is quantized), or to
+        float32 for ``"float"`` (method ``none``); the unit editor shows the unit."""
+        self.state.assign_choice(unit, column)
+        if self.editor is not None:
+            self.editor.select(unit)
         self.source = "edited"
         self.update()
 
     def set_all(self, knob: str, value: Any) -> None:
         """Set ``knob`` to ``value`` on every unit that offers it (one recomputation)."""
-        hits = [
-            (u, k)
-            for (u, k), dd in self.controls.items()
-            if k == knob and value in [v for _, v in dd.options]
-        ]
-        if not hits:
-            raise PlanError(f"no unit offers {knob}={value!r}")
-        with self._hold():
-            for key in hits:
-                self.controls[key].value = value
+        self.state.assign_all(knob, value)
         self.source = f"all units {knob}={_label(value)}"
         self.update()
 
     def set_plan(self, plan: QuantPlan, *, source: str = "plan") -> None:
         """Set every control from ``plan`` (raises when the plan leaves the space)."""
-        params = self.space.params_from_plan(plan)
-        with self._hold():
-            for name, value in params.items():
-                unit, _, knob = name.rpartition("/")
-                self.controls[(unit, knob)].value = value
+        self.state.assign_plan(plan)
         self.source = source
         self.update()
 
@@ -278,11 +268,18 @@ class BitWidthExplorer:
                 self.front_select.value = i
         return plan
 
+    def map_figure(self, *, sort: str = "forward") -> go.Figure:
+        """The current plan as a bit-width map figure (:func:`~workbench.ui.bitmap.bitmap_figure`), rows in
+        ``sort`` order, with this explorer's sensitivity."""
+        table = with_params(unit_info(self.space, self.cost_model, self.unit_sensitivity), self.params())
+        table.attrs["sensitivity"] = self.sensitivity_label
+        return bitmap_figure(table, sort=sort, columns=map_columns(self.space.units))
+
     # ------------------------------------------------------------------------------------------ compute
     def update(self) -> dict[str, Any]:
         """Recompute ``values`` for the current plan, refresh the summary, the greyed-out knobs and the plot."""
         plan = self.plan
-        grey_out(self.controls, self.space.units)
+        self._sync_views()
         v = plan_values(
             plan,
             self.cost_model,
@@ -296,6 +293,18 @@ class BitWidthExplorer:
         self.summary.value = summary_html(v)
         move_current(self.figure, v, self._div, self.out)
         return v
+
+    def _sync_views(self) -> None:
+        """Show the state: the grid's dropdowns (and their greyed-out knobs), or the map and the unit editor."""
+        if self.bitmap is not None:
+            self.bitmap.refresh(self.params())
+        if self.editor is not None:
+            self.editor.refresh(self.state.values)
+        with self._hold():
+            for key, dd in self.controls.items():
+                if dd.value != self.state.values[key]:
+                    dd.value = self.state.values[key]
+        grey_out(self.controls, self.space.units)
 
     def evaluate(self) -> float:
         """Measure the current plan's accuracy with ``evaluator`` (shown, and kept for this plan)."""
@@ -316,28 +325,22 @@ class BitWidthExplorer:
     def log(self, run_name: str | None = None) -> str | None:
         """Log the current plan and its values to MLflow (stage ``explorer``); the run id, or None when tracking
         is disabled (``track=False`` or ``WORKBENCH_TRACKING=0``)."""
-        from workbench import tracking
-
-        v = self.values
-        with tracking.start_run(
-            "explorer",
-            run_name=run_name or "explorer",
-            params={"source": self.source, "units": len(self.space.units), **self.params()},
+        run_id = log_values(
+            self.plan,
+            self.values,
+            {"source": self.source, "units": len(self.space.units), **self.params()},
+            run_name=run_name,
             enabled=None if self.track else False,
-        ) as run:
-            run.log_plan(self.plan, "plan")
-            run.log_metrics(
-                {k: x for k, x in v.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
-            )
-            run.log_json(v, "explorer_values")
-        self.last_run_id = run.run_id
-        self.status.value = f"logged to MLflow run {run.run_id}" if run.run_id else "tracking is disabled"
-        return run.run_id
+        )
+        self.last_run_id = run_id
+        self.status.value = f"logged to MLflow run {run_id}" if run_id else "tracking is disabled"
+        return run_id
 
     # ------------------------------------------------------------------------------------------ callbacks
-    def _on_change(self, _change: Any) -> None:
+    def _on_change(self, key: tuple[str, str], change: Any) -> None:
         if self._holding:
             return
+        self.state.values[key] = change["new"]
         self.source = "edited"
         self._guard(self.update)
 
@@ -382,7 +385,9 @@ def bit_width_explorer(space: SearchSpace, cost_model: Any, **kwargs: Any) -> Bi
 __all__ = [
     "CURRENT",
     "CURRENT_SIZE",
+    "MAP_MIN_UNITS",
     "METHOD_KNOBS",
+    "VIEWS",
     "BitWidthExplorer",
     "bit_width_explorer",
     "figure_widget_available",

@@ -91,4 +91,27 @@ def plan_values(
     }
 
 
-__all__ = ["covered_fraction", "default_plan", "plan_values", "prediction"]
+def log_values(
+    plan: QuantPlan,
+    values: Mapping[str, Any],
+    params: Mapping[str, Any],
+    *,
+    run_name: str | None = None,
+    enabled: bool | None = None,
+) -> str | None:
+    """Log ``plan``, its numeric ``values`` (metrics, and all of them as JSON) and ``params`` to MLflow (stage
+    ``explorer``); the run id, or None when tracking is disabled (``enabled=False`` or ``WORKBENCH_TRACKING=0``)."""
+    from workbench import tracking
+
+    with tracking.start_run(
+        "explorer", run_name=run_name or "explorer", params=dict(params), enabled=enabled
+    ) as run:
+        run.log_plan(plan, "plan")
+        run.log_metrics(
+            {k: x for k, x in values.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
+        )
+        run.log_json(dict(values), "explorer_values")
+    return run.run_id
+
+
+__all__ = ["covered_fraction", "default_plan", "log_values", "plan_values", "prediction"]

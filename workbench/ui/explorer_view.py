@@ -164,6 +164,29 @@ def fixed_note(fixed: Mapping[str, set[Any]]) -> W.HTML:
     return W.HTML(f"<small>same for every unit: {note}</small>" if note else "")
 
 
+def all_units_controls(
+    units: Sequence[Unit],
+    columns: Sequence[str],
+    on_all: Callable[[str, Any], None],
+    *,
+    described: bool = False,
+) -> dict[str, W.Dropdown]:
+    """Knob -> an "all units" dropdown (``-`` and every value a unit offers): choosing a value calls
+    ``on_all(knob, change)``, which sets it on every unit that offers it. ``described``: label each dropdown."""
+    out = {}
+    for k in columns:
+        values = list(dict.fromkeys(v for u in units for v in u.choices.knob_choices().get(k, ())))
+        dd = W.Dropdown(
+            options=[("-", None)] + [(_label(v, k), v) for v in values],
+            value=None,
+            description=f"all {KNOB_LABELS[k]}" if described else "",
+            layout=W.Layout(width="190px" if described else "auto"),
+        )
+        dd.observe(lambda ch, knob=k: on_all(knob, ch), names="value")
+        out[k] = dd
+    return out
+
+
 def unit_grid(
     space: SearchSpace,
     cost_model: Any,
@@ -176,19 +199,9 @@ def unit_grid(
     units = space.units
     columns, fixed = grid_knobs(units)
     cells: list[W.Widget] = [W.HTML("<b>unit</b>")] + [W.HTML(f"<b>{KNOB_LABELS[k]}</b>") for k in columns]
-    # an "all units" row: sets that knob on every unit that offers the value
-    all_controls = {}
+    all_controls = all_units_controls(units, columns, on_all)
     cells.append(W.HTML("<i>all units</i>"))
-    for k in columns:
-        values = list(dict.fromkeys(v for u in units for v in u.choices.knob_choices().get(k, ())))
-        dd = W.Dropdown(
-            options=[("-", None)] + [(_label(v, k), v) for v in values],
-            value=None,
-            layout=W.Layout(width="auto"),
-        )
-        dd.observe(lambda ch, knob=k: on_all(knob, ch), names="value")
-        all_controls[k] = dd
-        cells.append(dd)
+    cells.extend(all_controls.values())
     kinds = layer_kinds(cost_model, space)
     for u in units:
         cells.append(unit_cell(u, kinds))
@@ -315,6 +328,7 @@ __all__ = [
     "CURRENT_SIZE",
     "KNOB_LABELS",
     "METHOD_KNOBS",
+    "all_units_controls",
     "explorer_figure",
     "figure_widget_available",
     "fixed_note",
