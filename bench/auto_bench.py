@@ -98,6 +98,7 @@ def run_model(name: str, bits_list: list[float], evaluations: int) -> list[dict[
         scores = {k: test(p)[0] for k, p in plans.items()}
         rows.append({"model": name, "bits": bits, "metric": str(task.metric_name), "auto_seconds": seconds,
                      "real_evaluations": result.real_evaluations, "test": scores,
+                     "stage_seconds": result.info.get("stage_seconds"),
                      "fp32_test": test.fp32_accuracy})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -129,6 +130,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     rows = [r for m in args.models for r in run_model(m, args.bits, args.evaluations)]
+    # rows of other models / budgets measured earlier are kept (one file for the whole table)
+    new = {(r["model"], r["bits"]) for r in rows}
+    old = json.loads(OUT.read_text()) if OUT.exists() else []
+    rows = [r for r in old if (r["model"], r["bits"]) not in new] + rows
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(rows, indent=1))
     print(table(rows))

@@ -137,3 +137,21 @@ def test_eval_cache_shared_through_sqlite(tmp_path):
     a.put("k", {"accuracy": 0.9})  # a second writer of the same key keeps the first value in the database
     assert b.get("k") == {"accuracy": 0.5}
     assert len(b) == 1 and b.get("missing") is None
+
+
+def test_embedding_tables_are_searched_only_when_asked():
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(100, 16)
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(self.embed(x))
+
+    model = Tiny()
+    layers = lambda cfg: [layer for u in SearchSpace(model, cfg).units for layer in u.layers]  # noqa: E731
+    assert layers(SpaceConfig()) == ["fc"]  # the table stays float32: it would dominate the average bits
+    assert layers(SpaceConfig(embeddings=True)) == ["embed", "fc"]
+    assert layers(SpaceConfig(include=("embed", "fc"))) == ["embed", "fc"]  # named by a pattern: asked for
+    assert SpaceConfig(embeddings=True).to_dict()["embeddings"] is True

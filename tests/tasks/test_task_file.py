@@ -120,3 +120,16 @@ def test_task_file_errors(task_file: Path, tmp_path: Path, capsys: pytest.Captur
     broken.write_text("import no_such_module_here\n")
     with pytest.raises(TaskFileError, match="failed to import: ModuleNotFoundError"):
         load_task_file(broken)
+
+
+@pytest.mark.parametrize("extra", [["--strategy", "auto"], ["--strategy", "ilp"], ["--strategy", "greedy"],
+                                   ["--strategy", "tpe", "--warm-start", "greedy"], ["--strategy", "tpe"]])  # fmt: skip
+def test_every_search_strategy_runs_on_a_label_free_task(task_file: Path, tmp_path: Path, extra) -> None:
+    """No labels, a fidelity metric: the sensitivity behind auto / greedy / ILP / warm starts is label-free."""
+    out = tmp_path / "s.json"
+    args = ["search", "--task", f"{task_file}:make_task", "--budget", "3", "--w-bits", "4", "8",
+            "--storage", ":memory:", "--no-track", "--quiet", "--json", str(out), *extra]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["real_evaluations"] >= 1 and result["front"]
+    assert all(0.9 < p["accuracy"] <= 1.0 for p in result["front"])  # cosine to FP32 logits

@@ -47,7 +47,7 @@ class SearchConfig:
     baseline (:data:`STRATEGIES`). ``sensitivity_metric``: the sensitivity metric allocations minimise (``auto``:
     an output error for ``auto``, HAWQ's ``omega`` for ``ilp`` when the result has it).
     ``warm_start``: ``auto`` (default: the allocated front) or a baseline (``uniform``, ``greedy``, ``ilp``,
-    ``aimet``) whose first ``warm_start_plans`` plans (spread along its curve, within the size constraint) are
+    ``aimet``) whose first ``warm_start_plans`` (default 4, at most the budget) plans (spread along its curve, within the size constraint) are
     the first trials of a sampler strategy (other strategies ignore the default and refuse another value);
     they count against the budget like any other trial (with ``multifidelity`` they seed the screening).
     ``workers``: processes evaluating trials of the study at once (spawned on this machine; they share the study
@@ -78,7 +78,7 @@ class SearchConfig:
     sensitivity_metric: str = "auto"
     ilp_cost: str = "weight_size"
     warm_start: str | None = "auto"
-    warm_start_plans: int = 4
+    warm_start_plans: int | None = None
     profile: str | None = None
     latency_batch_size: int | None = None
     hv_ref: HypervolumeRef = field(default_factory=HypervolumeRef)
@@ -217,8 +217,8 @@ def _check_warm_start(c: SearchConfig) -> None:
         object.__setattr__(c, "strategy", "tpe")
     if c.warm_start == "auto" and c.strategy not in SAMPLER_STRATEGIES:
         object.__setattr__(c, "warm_start", None)  # the default seeds samplers only
-    if c.warm_start == "auto" and isinstance(c.warm_start_plans, int) and c.warm_start_plans > c.budget:
-        object.__setattr__(c, "warm_start_plans", c.budget)  # the default fits any budget
+    if c.warm_start_plans is None:  # the default: 4, within any budget
+        object.__setattr__(c, "warm_start_plans", min(4, c.budget) if isinstance(c.budget, int) else 4)
     if c.warm_start is not None:
         if c.warm_start not in WARM_STARTS:
             raise SearchError(f"warm_start={c.warm_start!r}; choose one of {list(WARM_STARTS)} or None")

@@ -34,6 +34,7 @@ class SearchContext:
     history: list[np.ndarray] = field(default_factory=list)
     worker: int = 0
     study_attrs: dict[str, Any] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # sensitivity pass, allocation (this run)
     _weights: tuple[dict[str, int], dict[str, int]] | None = field(default=None, repr=False)
 
     def space_bits(self, plan: QuantPlan) -> dict[str, float]:

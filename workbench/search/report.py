@@ -42,6 +42,9 @@ def finish(
                            fp32_weight_bytes=ctx.fp32_weight_bytes, ref=cfg.hv_ref)  # fmt: skip
     real = int(trials["real_eval"].sum()) if not trials.empty else 0
     info = _info(ctx)
+    total = time.perf_counter() - t0
+    rest = total - sum(ctx.stage_seconds.values())
+    info["stage_seconds"] = {**ctx.stage_seconds, "trials_and_final_split": rest}
     return SearchResult(
         study_name=name,
         storage=storage_url,

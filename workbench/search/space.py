@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from workbench.quant.introspect import layer_type
 from workbench.quant.spec import FP32, PlanError, QuantPlan, QuantSpec
 from workbench.search.space_config import (
     A_BITS,
@@ -57,7 +58,8 @@ class SearchSpace:
         self.layers: tuple[str, ...] = tuple(names)
         modules = dict(model.named_modules())
         self.out_channels = {n: int(modules[n].weight.shape[0]) for n in names}
-        self.fixed, taken = fixed_and_taken(config, names)
+        tables = [n for n in names if layer_type(modules[n]) == "Embedding"]
+        self.fixed, taken = fixed_and_taken(config, names, tables)
         groups = config_groups(model, config)
         default = config.default_choices()
         group_units, grouped = group_members(groups, names, taken)

@@ -103,6 +103,9 @@ class SpaceConfig:
     ``("*.intermediate.dense", "*.attention.*")`` / ``("pooler*",)``): only layers matched by an ``include``
     pattern (every layer when None) and by no ``exclude`` pattern are searched, the others stay float32 like
     ``skip`` (``fixed`` layers are kept whatever the patterns say). A pattern matching no layer is an error.
+    ``embeddings``: search Embedding tables too (default False: they stay float32, named in every plan's
+    coverage, unless an ``include`` pattern names them; their elements would otherwise dominate the average bits
+    of a transformer).
     ``overrides``: layer or group -> dict of :class:`UnitChoices` fields narrowing that unit's choices.
     ``group_size``: weights per scale of ``per_group`` granularity. ``base_spec``: the observer, symmetry ...
     of every searched spec (its bits / granularity are replaced by the search's).
@@ -123,6 +126,7 @@ class SpaceConfig:
     base_spec: QuantSpec = field(default_factory=QuantSpec)
     include: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = ()
+    embeddings: bool = False
 
     def __post_init__(self) -> None:
         for name in ("include", "exclude"):
@@ -168,6 +172,7 @@ class SpaceConfig:
             "group_size": self.group_size,
             "base_spec": self.base_spec.to_dict(),
             "include": None if self.include is None else list(self.include),
+            "embeddings": self.embeddings,
             "exclude": list(self.exclude),
         }
 

@@ -5,6 +5,7 @@ valid values)."""
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -80,8 +81,11 @@ def checked_config(model: nn.Module, config: SpaceConfig | None) -> tuple[SpaceC
     return config, names
 
 
-def fixed_and_taken(config: SpaceConfig, names: Sequence[str]) -> tuple[dict[str, QuantSpec], set[str]]:
-    """(fixed layer -> spec, layers no unit takes: skipped, fixed, or left out by include / exclude)."""
+def fixed_and_taken(
+    config: SpaceConfig, names: Sequence[str], embeddings: Sequence[str] = ()
+) -> tuple[dict[str, QuantSpec], set[str]]:
+    """(fixed layer -> spec, layers no unit takes: skipped, fixed, left out by include / exclude, or the
+    ``embeddings`` tables unless ``config.embeddings`` or an ``include`` pattern names them)."""
     known = set(names)
     for what, values in (("skip", config.skip), ("fixed", tuple(config.fixed))):
         unknown = sorted(set(values) - known)
@@ -94,6 +98,10 @@ def fixed_and_taken(config: SpaceConfig, names: Sequence[str]) -> tuple[dict[str
     taken = set(config.skip) | set(fixed)
     if config.include is not None or config.exclude:  # unselected layers are left float32, like skip
         taken |= known - set(match_layers(names, config.include, config.exclude)) - set(fixed)
+    if not config.embeddings and embeddings:
+        patterns = config.include or ()
+        asked = {n for n in embeddings if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+        taken |= set(embeddings) - asked - set(fixed)
     return fixed, taken
 
 

@@ -119,7 +119,9 @@ def run_search(
     # validate everything before the study exists (and before the FP32 accuracy is measured)
     space = SearchSpace(task.model, config.space)
     _check_predictor_space(config, space)
+    t_sens = time.perf_counter()
     sensitivity = auto_sensitivity(task, config, sensitivity, join=join)
+    t_sens = time.perf_counter() - t_sens
     _check_inputs(config, predictor, sensitivity, join=join)
     ctx = prepare(
         task, config, predictor, storage_url, space=space, fp32_latency_ms=attrs.get("fp32_latency_ms")
@@ -127,7 +129,9 @@ def run_search(
     if join or config.resume:
         _check_same_task(attrs, ctx, name, storage_url)
     warn_if_saturated(ctx.evaluator, split=config.split)
+    t_alloc = time.perf_counter()
     candidates = [] if config.resume or join else _initial_candidates(ctx, sensitivity)
+    ctx.stage_seconds.update(sensitivity=t_sens, allocation=time.perf_counter() - t_alloc)
     sampler = make_sampler(config.strategy, ctx, seed=config.seed)
     study = _open_study(ctx, storage, name, sampler, candidates, join=join)
     target, counts_real = _target(config, study)
