@@ -10,7 +10,12 @@ from torch import nn
 
 from workbench.hardware.deploy import convert as convert_mod
 from workbench.hardware.deploy import deploy, deployment_fidelity, resolve_engine
-from workbench.hardware.deploy.numerics import bias_safe_scales, clamp_codes
+from workbench.hardware.deploy.numerics import (
+    bias_safe_scales,
+    clamp_codes,
+    kernel_engines,
+    onednn_depthwise_exact,
+)
 from workbench.quant.spec import QuantPlan
 
 QNNPACK = "qnnpack" in torch.backends.quantized.supported_engines
@@ -60,7 +65,8 @@ def test_clamp_codes_keeps_channels_last_tensors(engine):
 
 
 class _Net(nn.Module):
-    """Conv-BN-ReLU6 (one dead channel with a bias, as BN folding leaves), a residual 1x1 pair, pooling, head."""
+    """Conv-BN-ReLU6 (one dead channel with a bias, as BN folding leaves), a residual inverted bottleneck (1x1,
+    depthwise 3x3, 1x1), pooling, head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -70,10 +76,12 @@ class _Net(nn.Module):
         self.act = nn.ReLU6()
         self.expand = nn.Conv2d(8, 16, 1)
         self.act2 = nn.ReLU6()
+        self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.act3 = nn.ReLU6()
         self.project = nn.Conv2d(16, 8, 1)
         self.fc = nn.Linear(8, 5)
         with torch.no_grad():
-            for m in (self.conv, self.expand, self.project, self.fc):
+            for m in (self.conv, self.expand, self.depthwise, self.project, self.fc):
                 m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.weight[0].numel() ** 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
             self.conv.weight[2].zero_()
@@ -82,14 +90,15 @@ class _Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.bn(self.conv(x)))
-        x = x + self.project(self.act2(self.expand(x)))
+        x = x + self.project(self.act3(self.depthwise(self.act2(self.expand(x)))))
         return self.fc(x.mean((2, 3)))
 
 
 @pytest.mark.skipif(not QNNPACK, reason="qnnpack not in this torch build")
 def test_qnnpack_deployment_equals_its_simulation():
     """ReLU6 on channels-last codes, a dead channel's int32 bias, 8-bit outputs into a residual add and the
-    logits: the qnnpack deployment computes what its simulation computes."""
+    logits, a depthwise layer (on onednn's kernel where exact): the qnnpack deployment computes what its
+    simulation computes."""
     torch.manual_seed(0)
     model = _Net().eval()
     calib, test = torch.randn(32, 3, 12, 12), torch.randn(64, 3, 12, 12)
@@ -97,9 +106,20 @@ def test_qnnpack_deployment_equals_its_simulation():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dep = deploy(model, plan, calib, engine="qnnpack")
-    assert dep.engine == "qnnpack" and dep.precision_counts() == {"int8": 4}
+    assert dep.engine == "qnnpack" and dep.precision_counts() == {"int8": 5}
     fid = deployment_fidelity(model, dep.simulated, dep.module, test, engine=dep.engine)
     assert fid["sim_vs_deployed_cosine"] > 0.9999
     assert fid["cosine_to_fp32"] > 0.99
     out = dep(test[:4])
     assert out.shape == (4, 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not QNNPACK, reason="qnnpack not in this torch build")
+def test_kernel_engines_send_only_depthwise_layers_to_onednn():
+    model = _Net().eval()
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    paths = {n: n for n in convs}
+    engines = kernel_engines(model, paths, "qnnpack")
+    assert engines["depthwise"] == ("onednn" if onednn_depthwise_exact() else "qnnpack")
+    assert {engines[n] for n in ("conv", "expand", "project")} == {"qnnpack"}
+    assert set(kernel_engines(model, paths, "x86").values()) == {"x86"}

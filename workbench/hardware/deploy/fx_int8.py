@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from workbench.hardware.deploy.numerics import (
-    INT32_BIAS_ENGINES,
     bias_safe_scales,
     clamp_codes,
+    kernel_engines,
     layout_safe_clamps,
     mirror_int32_bias,
     mirror_output_grids,
@@ -334,12 +334,17 @@ def kernel_paths(baked: nn.Module, layers: list[str]) -> dict[str, str]:
 
 
 def set_sim_weights(
-    converted: nn.Module, simulated: nn.Module, layers: dict[str, str], grids: dict[str, tuple[float, int]]
+    converted: nn.Module,
+    simulated: nn.Module,
+    layers: dict[str, str],
+    grids: dict[str, tuple[float, int]],
+    engines: dict[str, str] | None = None,
 ) -> None:
     """Pack each integer layer's weight with the simulation's own scales (codes exactly the simulation's;
     re-observing the baked weight could drift by an ulp and a mixed-bit channel would get the wrong scale), raised
     only where its bias would overflow an int32 code (:func:`bias_safe_scales`). ``layers``: plan layer name ->
-    path of its kernel in ``converted`` (:func:`kernel_paths`); ``grids``: their input grids."""
+    path of its kernel in ``converted`` (:func:`kernel_paths`); ``grids``: their input grids; ``engines``: the
+    engine each is packed for (None: the current one; :func:`kernel_engines`)."""
     mods = dict(converted.named_modules())
     sims = quant_modules(simulated)
     for name, path in layers.items():
@@ -353,7 +358,12 @@ def set_sim_weights(
         else:
             zeros = torch.zeros(scale.numel(), dtype=torch.long)
             qw = torch.quantize_per_channel(w, scale, zeros, 0, torch.qint8)
-        mod.set_weight_bias(qw, bias)
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = (engines or {}).get(name, previous)
+        try:
+            mod.set_weight_bias(qw, bias)
+        finally:
+            torch.backends.quantized.engine = previous
 
 
 class Int8FloatOutput(nn.Module):
@@ -470,12 +480,12 @@ def convert_fx_int8(
             float_operands(converted)
             layout_safe_clamps(converted)
             if simulated is not None and grids:
-                set_sim_weights(converted, simulated, paths, grids)
+                engines = kernel_engines(converted, paths, engine)
+                set_sim_weights(converted, simulated, paths, grids, engines)
                 if engine in FLOAT_OUTPUT_ENGINES:
                     float_outputs(converted)
                 mirror_output_grids(simulated, converted, paths)
-                if engine in INT32_BIAS_ENGINES:
-                    mirror_int32_bias(simulated, paths, converted, grids)
+                mirror_int32_bias(simulated, paths, converted, grids, engines)
                 ranges = sim_input_ranges(simulated, list(grids))
                 clamp_layer_inputs(converted, {paths[n]: r for n, r in ranges.items()})
             return converted

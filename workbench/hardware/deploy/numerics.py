@@ -7,14 +7,19 @@
   computes what the kernels compute.
 - :func:`bias_safe_scales`: engines that add the bias as an int32 code (qnnpack) overflow on a channel whose
   weights are ~0 next to its bias (BatchNorm-folded dead channels): its weight scale is raised so the bias fits.
+- :func:`kernel_engines`: which engine packs each layer (a qnnpack deployment runs its depthwise layers on onednn's
+  faster kernel where that one is exact on this CPU, measured by :func:`onednn_depthwise_exact`).
 - :func:`clamp_codes` / :func:`layout_safe_clamps`: qnnpack clamps (ReLU6, hardtanh, clamp) a channels-last
   quantized tensor as if it were contiguous, scrambling it; they are routed through its contiguous NHWC view.
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from workbench.quant.swap import quant_modules
 
@@ -125,7 +130,9 @@ it in float)."""
 
 
 @torch.no_grad()
-def mirror_int32_bias(simulated: nn.Module, layers: dict[str, str], converted: nn.Module, grids: dict) -> int:
+def mirror_int32_bias(
+    simulated: nn.Module, layers: dict[str, str], converted: nn.Module, grids: dict, engines: dict[str, str]
+) -> int:
     """Round each simulated layer's bias (of ``simulated``, a private copy) to the int32 grid its kernel adds it
     on (``input scale * weight scale`` per output channel, the scales it was packed with), as the engines of
     :data:`INT32_BIAS_ENGINES` do: a bias off a code by a fraction moves outputs near a rounding boundary by one
@@ -134,6 +141,8 @@ def mirror_int32_bias(simulated: nn.Module, layers: dict[str, str], converted: n
     sims = quant_modules(simulated)
     changed = 0
     for name, path in layers.items():
+        if engines.get(name) not in INT32_BIAS_ENGINES:
+            continue
         sim, mod = sims[name], mods.get(path)
         bias = getattr(sim, "bias", None)
         if bias is None or mod is None or not callable(getattr(mod, "weight", None)):
@@ -147,3 +156,50 @@ def mirror_int32_bias(simulated: nn.Module, layers: dict[str, str], converted: n
         bias.copy_(torch.round(bias / step) * step)
         changed += 1
     return changed
+
+
+@functools.cache
+def onednn_depthwise_exact() -> bool:
+    """Whether this CPU's onednn int8 depthwise convolution is exact on full 8-bit inputs (measured once: codes 255
+    against weights +-127, which 16-bit pair sums would saturate), so a qnnpack deployment may run its depthwise
+    layers there (about twice as fast on x86). False where onednn is missing or not exact."""
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        return False
+    import torch.ao.nn.quantized as nnq
+
+    previous = torch.backends.quantized.engine
+    try:
+        torch.backends.quantized.engine = "onednn"
+        gen = torch.Generator().manual_seed(0)
+        codes = torch.randint(200, 256, (1, 16, 6, 6), generator=gen).float()
+        codes[0, :, :3] = 255.0
+        qx = torch.quantize_per_tensor((codes - 3) * 0.02, 0.02, 3, torch.quint8)
+        sign = torch.where(torch.rand(16, 1, 3, 3, generator=gen) < 0.1, -1.0, 1.0)
+        scales = torch.rand(16, generator=gen).double() * 0.01 + 0.01
+        qw = torch.quantize_per_channel(sign * 127 * scales.float().view(-1, 1, 1, 1), scales,
+                                        torch.zeros(16, dtype=torch.long), 0, torch.qint8)  # fmt: skip
+        conv = nnq.Conv2d(16, 16, 3, 1, 1, groups=16)
+        conv.set_weight_bias(qw, torch.zeros(16))
+        ref = F.conv2d(qx.dequantize(), qw.dequantize(), None, 1, 1, 1, 16)
+        conv.scale, conv.zero_point = float(ref.abs().max()) * 2 / 255, 128
+        out = conv(qx.contiguous(memory_format=torch.channels_last)).dequantize()
+        return bool((out - ref).abs().max() <= conv.scale)
+    except RuntimeError:
+        return False
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def kernel_engines(converted: nn.Module, paths: dict[str, str], engine: str) -> dict[str, str]:
+    """The engine each integer layer's weights are packed for: ``engine``, except a qnnpack deployment's depthwise
+    convolutions, packed for onednn where its depthwise kernel is exact here (:func:`onednn_depthwise_exact`;
+    packed weights carry their kernel, so engines mix in one model)."""
+    mods = dict(converted.named_modules())
+    out = {}
+    for name, path in paths.items():
+        mod = mods.get(path)
+        depthwise = (
+            mod is not None and getattr(mod, "groups", 1) > 1 and mod.groups == getattr(mod, "in_channels", 0)
+        )
+        out[name] = "onednn" if engine == "qnnpack" and depthwise and onednn_depthwise_exact() else engine
+    return out
