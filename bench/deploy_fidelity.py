@@ -1,7 +1,7 @@
 """Simulation equal to deployment: a W8A8 plan's fake-quant simulation and its torch.ao int8 deployment side by side.
 
 For each model: the plan ``uniform:w8a8:per_channel`` deployed with :func:`workbench.hardware.deploy.deploy`
-(which builds the int8 model from the plan's simulation), then on every test input: logit cosine and top-1
+(``--engine auto``: chosen by this CPU's VNNI) from the plan's simulation with the default PTQ steps (``--ptq``), then on every test input: logit cosine and top-1
 agreement with FP32 of the simulation and of the deployment, and the output cosine between the two
 (:func:`workbench.hardware.deploy.deployment_fidelity`); and the median latency of FP32 and of the deployed model
 on one batch (interleaved runs, :func:`workbench.hardware.timing.time_side_by_side`).
@@ -12,7 +12,8 @@ shipped in scikit-image (ImageNet normalisation; calibration and test crops are 
 different seeds). Its ``Conv2dStaticSamePadding`` layers are converted here by hand: a symmetric pad folds into
 ``Conv2d.padding``, an asymmetric one stays a ``ZeroPad2d`` in front of a plain ``Conv2d``.
 
-Run: ``PYTHONPATH=. python bench/deploy_fidelity.py --models digits_resnet lite1 --batch 8 --repeats 7``.
+Run: ``PYTHONPATH=. python bench/deploy_fidelity.py --models digits_resnet lite1 --batch 8 --repeats 7 --threads 1
+--test 256`` (the figures in docs/BENCHMARKS.md, "Deployment fidelity").
 Prints a markdown table and writes ``bench/out/deploy_fidelity.json``. Timings depend on the machine's load.
 """
 
