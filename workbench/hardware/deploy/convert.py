@@ -2,8 +2,9 @@
 
 Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_plan` on a profile:
 
-- integer layers run torch.ao quantized kernels (FX graph mode, x86 / onednn engine: ``quantized::conv2d``,
-  ``quantized::linear``, fused conv-bn-relu, int8 residual adds). Weights below 8 bits are stored on their own
+- integer layers run torch.ao quantized kernels (FX graph mode; engine ``auto``: x86 on a CPU with VNNI, qnnpack
+  with onednn depthwise kernels without, see :func:`resolve_engine`: ``quantized::conv2d``, ``quantized::linear``,
+  fused conv-bn-relu). Weights below 8 bits are stored on their own
   grid inside the int8 container (the observer's integer range is the plan's, so a 4-bit layer uses codes
   -7..7), activations below 8 bits likewise use the plan's range (0..15 for 4 bits): the int8 kernel computes the
   low-bit arithmetic exactly;
