@@ -15,6 +15,7 @@ from workbench.hardware.deploy.numerics import (
     clamp_codes,
     kernel_engines,
     onednn_depthwise_exact,
+    pad_codes,
 )
 from workbench.quant.spec import QuantPlan
 
@@ -123,3 +124,16 @@ def test_kernel_engines_send_only_depthwise_layers_to_onednn():
     assert engines["depthwise"] == ("onednn" if onednn_depthwise_exact() else "qnnpack")
     assert {engines[n] for n in ("conv", "expand", "project")} == {"qnnpack"}
     assert set(kernel_engines(model, paths, "x86").values()) == {"x86"}
+
+
+def test_pad_codes_pads_on_the_grid_or_requantizes():
+    x = torch.rand(2, 4, 5, 5, generator=torch.Generator().manual_seed(1)) * 3 - 1
+    q = torch.quantize_per_tensor(x, 0.02, 60, torch.quint8).contiguous(memory_format=torch.channels_last)
+    same = pad_codes(q, (0, 1, 0, 1), torch.tensor(0.02), torch.tensor(60))
+    assert same.q_scale() == q.q_scale() and same.shape == (2, 4, 6, 6)
+    assert torch.equal(same.dequantize(), nn.functional.pad(q.dequantize(), (0, 1, 0, 1)))
+    other = pad_codes(q, (1, 1, 1, 1), torch.tensor(0.04), torch.tensor(30))
+    assert (
+        other.q_scale() == pytest.approx(0.04) and other.q_zero_point() == 30 and other.shape == (2, 4, 7, 7)
+    )
+    assert float(other.dequantize()[:, :, 0].abs().max()) == 0.0

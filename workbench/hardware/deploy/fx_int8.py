@@ -20,6 +20,7 @@ from workbench.hardware.deploy.numerics import (
     layout_safe_clamps,
     mirror_int32_bias,
     mirror_output_grids,
+    quantized_pads,
 )
 from workbench.hardware.dispatch import LayerDispatch, int_followers
 from workbench.quant.inputs import (
@@ -479,6 +480,7 @@ def convert_fx_int8(
             converted = convert_fx(prepared)
             float_operands(converted)
             layout_safe_clamps(converted)
+            quantized_pads(converted)
             if simulated is not None and grids:
                 engines = kernel_engines(converted, paths, engine)
                 set_sim_weights(converted, simulated, paths, grids, engines)

@@ -9,6 +9,8 @@
   weights are ~0 next to its bias (BatchNorm-folded dead channels): its weight scale is raised so the bias fits.
 - :func:`kernel_engines`: which engine packs each layer (a qnnpack deployment runs its depthwise layers on onednn's
   faster kernel where that one is exact on this CPU, measured by :func:`onednn_depthwise_exact`).
+- :func:`quantized_pads`: the SAME-padding pre-op of an int8 layer pads the codes (:func:`pad_codes`) instead of
+  a float round trip.
 - :func:`clamp_codes` / :func:`layout_safe_clamps`: qnnpack clamps (ReLU6, hardtanh, clamp) a channels-last
   quantized tensor as if it were contiguous, scrambling it; they are routed through its contiguous NHWC view.
 """
@@ -203,3 +205,44 @@ def kernel_engines(converted: nn.Module, paths: dict[str, str], engine: str) -> 
         )
         out[name] = "onednn" if engine == "qnnpack" and depthwise and onednn_depthwise_exact() else engine
     return out
+
+
+def pad_codes(
+    x: torch.Tensor, padding: tuple[int, ...], scale: torch.Tensor, zero_point: torch.Tensor
+) -> torch.Tensor:
+    """A zero pad of quantized ``x`` onto the grid ``(scale, zero_point)``: on the codes themselves when ``x`` is on
+    that grid already (up to the float32 rounding of its scale; exact on every engine: 0.0 is the code
+    ``zero_point``), else dequantized, padded and quantized, as the graph did."""
+    s, z = float(scale), int(zero_point)
+    if abs(x.q_scale() - s) <= 1e-6 * s and x.q_zero_point() == z:  # one grid, up to float32 rounding
+        return F.pad(x, list(padding))
+    return torch.quantize_per_tensor(F.pad(x.dequantize(), list(padding)), s, z, torch.quint8)
+
+
+def quantized_pads(converted: torch.fx.GraphModule) -> int:
+    """Replace every ``dequantize -> ZeroPad2d -> quantize_per_tensor`` detour of ``converted`` (the SAME-padding
+    pre-op in front of an int8 layer) by :func:`pad_codes` on the quantized tensor; returns how many."""
+    modules = dict(converted.named_modules())
+    done = 0
+    for node in list(converted.graph.nodes):
+        pad = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not isinstance(pad, nn.ZeroPad2d) or len(node.users) != 1 or len(node.args) != 1:
+            continue
+        src, (quant,) = node.args[0], list(node.users)
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_method" and src.target == "dequantize"):
+            continue
+        if quant.op != "call_function" or quant.target is not torch.quantize_per_tensor:
+            continue
+        with converted.graph.inserting_before(quant):
+            new = converted.graph.call_function(
+                pad_codes, (src.args[0], tuple(pad.padding), *quant.args[1:3])
+            )
+        quant.replace_all_uses_with(new)
+        for dead in (quant, node):
+            converted.graph.erase_node(dead)
+        if not src.users:
+            converted.graph.erase_node(src)
+        done += 1
+    converted.graph.lint()
+    converted.recompile()
+    return done
