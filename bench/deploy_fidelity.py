@@ -1,7 +1,7 @@
 """Simulation equal to deployment: a W8A8 plan's fake-quant simulation and its torch.ao int8 deployment side by side.
 
 For each model: the plan ``uniform:w8a8:per_channel`` deployed with :func:`workbench.hardware.deploy.deploy`
-(which builds the int8 model from the plan's simulation), then on every test input: logit cosine and top-1
+(``--engine auto``: chosen by this CPU's VNNI) from the plan's simulation with the default PTQ steps (``--ptq``), then on every test input: logit cosine and top-1
 agreement with FP32 of the simulation and of the deployment, and the output cosine between the two
 (:func:`workbench.hardware.deploy.deployment_fidelity`); and the median latency of FP32 and of the deployed model
 on one batch (interleaved runs, :func:`workbench.hardware.timing.time_side_by_side`).
@@ -12,7 +12,8 @@ shipped in scikit-image (ImageNet normalisation; calibration and test crops are 
 different seeds). Its ``Conv2dStaticSamePadding`` layers are converted here by hand: a symmetric pad folds into
 ``Conv2d.padding``, an asymmetric one stays a ``ZeroPad2d`` in front of a plain ``Conv2d``.
 
-Run: ``PYTHONPATH=. python bench/deploy_fidelity.py --models digits_resnet lite1 --batch 8 --repeats 7``.
+Run: ``PYTHONPATH=. python bench/deploy_fidelity.py --models digits_resnet lite1 --batch 8 --repeats 7 --threads 1
+--test 256`` (the figures in docs/BENCHMARKS.md, "Deployment fidelity").
 Prints a markdown table and writes ``bench/out/deploy_fidelity.json``. Timings depend on the machine's load.
 """
 
@@ -133,18 +134,21 @@ def measure(name: str, model: nn.Module, calib: Any, test: Any, args: argparse.N
     from workbench.hardware.deploy import deploy, deployment_fidelity
     from workbench.hardware.timing import time_side_by_side
     from workbench.quant.spec import QuantPlan
+    from workbench.quant.swap import quantize_model
 
     plan = QuantPlan.from_shorthand(args.plan, model)
     if args.a_observer != "minmax":
         plan = QuantPlan({n: s.with_(a_observer=args.a_observer) for n, s in plan.items()})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dep = deploy(model, plan, calib, engine=args.engine, max_calib_batches=None)
-    fid = deployment_fidelity(model, dep.simulated, dep.module, test, engine=args.engine)
+        ptq = [p for p in args.ptq.split(",") if p]
+        sim = quantize_model(model, plan, calib, ptq=ptq) if ptq else None
+        dep = deploy(model, plan, calib, engine=args.engine, max_calib_batches=None, simulated=sim)
+    fid = deployment_fidelity(model, dep.simulated, dep.module, test, engine=dep.engine)
     first = test[0][0] if isinstance(test, list) else next(iter(test))[0]
     x = first[: args.batch].repeat(-(-args.batch // len(first)), *([1] * (first.dim() - 1)))[: args.batch]
     previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = args.engine
+    torch.backends.quantized.engine = dep.engine
     try:
         stats = time_side_by_side(
             {"fp32": model, "deployed": dep.module}, x, repeats=args.repeats, warmup=2, threads=args.threads
@@ -152,7 +156,7 @@ def measure(name: str, model: nn.Module, calib: Any, test: Any, args: argparse.N
     finally:
         torch.backends.quantized.engine = previous
     return {
-        "model": name, "plan": args.plan, "a_observer": args.a_observer, "engine": args.engine, **fid,
+        "model": name, "plan": args.plan, "a_observer": args.a_observer, "ptq": args.ptq, "engine": dep.engine, **fid,
         "fp32_ms": stats["fp32"].median_ms, "deployed_ms": stats["deployed"].median_ms,
         "speedup": stats["fp32"].median_ms / stats["deployed"].median_ms, "batch": args.batch,
         "threads": args.threads or torch.get_num_threads(), "precision_counts": dep.precision_counts(),
@@ -161,7 +165,7 @@ def measure(name: str, model: nn.Module, calib: Any, test: Any, args: argparse.N
 
 
 COLUMNS = (
-    "model", "sim_cosine_to_fp32", "sim_top1_agreement", "cosine_to_fp32", "top1_agreement",
+    "model", "engine", "sim_cosine_to_fp32", "sim_top1_agreement", "cosine_to_fp32", "top1_agreement",
     "sim_vs_deployed_cosine", "sim_vs_deployed_top1", "fidelity_samples", "fp32_ms", "deployed_ms", "speedup",
 )  # fmt: skip
 
@@ -180,7 +184,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "--models", nargs="+", default=["digits_resnet", "lite1"], choices=["digits_resnet", "lite1"]
     )
     p.add_argument("--plan", default="uniform:w8a8:per_channel")
-    p.add_argument("--engine", default="x86")
+    p.add_argument("--engine", default="auto", help="quantized engine (auto: by this CPU's VNNI)")
+    p.add_argument(
+        "--ptq", default="bias_correction", help="PTQ steps of the simulation deployed ('' for none)"
+    )
     p.add_argument("--a-observer", default="minmax", choices=["minmax", "percentile", "mse"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--repeats", type=int, default=7)

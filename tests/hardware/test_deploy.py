@@ -181,7 +181,7 @@ def test_measure_deployment_and_compare_kernels_log_the_deploy_run(digits_cnn_ta
     from mlflow import MlflowClient
 
     from workbench import tracking
-    from workbench.hardware.deploy import compare_kernels, kernel_metrics
+    from workbench.hardware.deploy import compare_kernels, kernel_metrics, resolve_engine
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     task = digits_cnn_task
@@ -201,7 +201,8 @@ def test_measure_deployment_and_compare_kernels_log_the_deploy_run(digits_cnn_ta
     static, dynamic = (client.get_run(i) for i in reversed(runs["run_id"].tolist()))  # newest first
     assert static.data.params == {
         "model": "digits_cnn", "plan": "uniform:w8a8:per_channel", "profile": "cpu_measured",
-        "kernels": "static", "batch_size": "16", "threads": "1", "repeats": "2", "warmup": "1", "engine": "x86",
+        "kernels": "static", "batch_size": "16", "threads": "1", "repeats": "2", "warmup": "1",
+        "engine": resolve_engine("auto"),
         "strict": "false", "max_calib_batches": "8",
     }  # fmt: skip
     assert set(static.data.metrics) == set(res.to_metrics()) and "estimated_latency_ms" in static.data.metrics

@@ -20,7 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch threads while timing (default: torch's)")
     p.add_argument("--repeats", type=int, default=7, help="timed runs of each model, interleaved (median)")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--engine", choices=["x86", "onednn", "fbgemm"], default="x86")
+    p.add_argument(
+        "--engine",
+        choices=["auto", "x86", "onednn", "fbgemm", "qnnpack"],
+        default="auto",
+        help="torch.ao quantized engine (auto: x86 on a CPU with VNNI, qnnpack without, where x86 needs 7-bit "
+        "activations)",
+    )
     p.add_argument(
         "--kernels",
         choices=["auto", "static", "dynamic", "bf16"],

@@ -23,6 +23,7 @@ from workbench.hardware.deploy.convert import (
     _check_device,
     deploy,
     load_profile,
+    resolve_engine,
 )
 from workbench.hardware.deploy.fidelity import SIM_COSINE_MIN, SimulationMismatchWarning, deployment_fidelity
 from workbench.hardware.deploy.fx_int8 import Bf16Layer, channels_last
@@ -61,6 +62,7 @@ __all__ = [
     "kernel_metrics",
     "load_profile",
     "measure_deployment",
+    "resolve_engine",
     "static_input_problem",
     "time_side_by_side",
 ]

@@ -16,7 +16,7 @@ from torch import nn
 
 from workbench import tracking
 from workbench.devices import model_device, resolve_device
-from workbench.hardware.deploy.convert import DEFAULT_PROFILE, ENGINES, deploy
+from workbench.hardware.deploy.convert import DEFAULT_PROFILE, ENGINES, deploy, resolve_engine
 from workbench.hardware.deploy.fidelity import deployment_fidelity, fidelity_notes
 from workbench.hardware.dynamic import TASK_NEEDS, compare_linear_deployments
 from workbench.hardware.estimate import CostEstimator
@@ -40,7 +40,7 @@ class DeployConfig:
     threads: int | None = None
     repeats: int = 7
     warmup: int = 2
-    engine: str = "x86"
+    engine: str = "auto"
     strict: bool = False
     max_calib_batches: int | None = 8
 
@@ -184,6 +184,7 @@ def measure_deployment(
     )
     fp32 = copy.deepcopy(model).to(dev).eval()
     x = move_inputs(_batch(example_input, cfg.batch_size), dev)
+    cfg = dataclasses.replace(cfg, engine=deployed.engine)  # "auto" resolved: time and score under it
     stats, fp32_acc, acc = _side_by_side(fp32, deployed.module, x, cfg, evaluate)
     fid = deployment_fidelity(
         fp32, deployed.simulated, deployed.module, x if data is None else data, cfg.engine
@@ -354,6 +355,7 @@ def compare_kernels(
     if plan is not None:
         plan.validate(task.model)
     threads = cfg.threads or torch.get_num_threads()
+    cfg = dataclasses.replace(cfg, engine=resolve_engine(cfg.engine))
     if cfg.engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(
             f"quantized engine {cfg.engine!r} is not in this torch build ({torch.backends.quantized.supported_engines})"

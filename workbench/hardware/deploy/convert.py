@@ -2,8 +2,9 @@
 
 Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_plan` on a profile:
 
-- integer layers run torch.ao quantized kernels (FX graph mode, x86 / onednn engine: ``quantized::conv2d``,
-  ``quantized::linear``, fused conv-bn-relu, int8 residual adds). Weights below 8 bits are stored on their own
+- integer layers run torch.ao quantized kernels (FX graph mode; engine ``auto``: x86 on a CPU with VNNI, qnnpack
+  with onednn depthwise kernels without, see :func:`resolve_engine`: ``quantized::conv2d``, ``quantized::linear``,
+  fused conv-bn-relu). Weights below 8 bits are stored on their own
   grid inside the int8 container (the observer's integer range is the plan's, so a 4-bit layer uses codes
   -7..7), activations below 8 bits likewise use the plan's range (0..15 for 4 bits): the int8 kernel computes the
   low-bit arithmetic exactly;
@@ -72,14 +73,28 @@ from workbench.quant.spec import PlanError, QuantPlan
 from workbench.quant.swap import get_module, quantize_model
 
 EXECUTABLE: tuple[str, ...] = ("fp32", "bf16", "int8")  # what this CPU runs through torch
-ENGINES: tuple[str, ...] = ("x86", "onednn", "fbgemm", "qnnpack")
+ENGINES: tuple[str, ...] = ("auto", "x86", "onednn", "fbgemm", "qnnpack")
 DEFAULT_PROFILE = "cpu_measured"
 REDUCE_RANGE_NOTE = (
-    "CPU without VNNI: the x86 / fbgemm int8 kernels add products in 16-bit pairs, which saturate on 8-bit "
-    "inputs; 8-bit activations run on 7-bit grids over their calibrated ranges (reduce_range, exact on these "
-    "kernels), and the simulation reported beside the deployment uses the same grids (engine='qnnpack' keeps "
-    "8 bits exactly, on slower kernels)"
+    "CPU without VNNI: the x86 / fbgemm / onednn int8 kernels add products in 16-bit pairs, which saturate on "
+    "8-bit inputs; 8-bit activations run on 7-bit grids over their calibrated ranges (reduce_range, exact on "
+    "these kernels), and the simulation reported beside the deployment uses the same grids (engine='auto' picks "
+    "qnnpack on such a CPU: 8 bits exactly)"
 )
+
+
+def resolve_engine(engine: str = "auto") -> str:
+    """The quantized engine ``engine`` names; ``"auto"`` picks by what this CPU computes exactly: ``x86`` (fbgemm
+    kernels, the fastest, with float32-output Linear / 1x1 kernels) on a CPU with VNNI, whose int8 dot products do
+    not saturate; ``qnnpack`` without VNNI, whose kernels take 8-bit activations exactly where the x86 ones
+    would need 7-bit grids (``reduce_range``); ``x86`` when this torch build lacks qnnpack."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r} is not valid; choose one of {ENGINES}")
+    if engine != "auto":
+        return engine
+    if cpu_has_vnni() or "qnnpack" not in torch.backends.quantized.supported_engines:
+        return "x86"
+    return "qnnpack"
 
 
 def _reduce_range(engine: str, reduce_range: bool | None) -> bool:
@@ -87,7 +102,7 @@ def _reduce_range(engine: str, reduce_range: bool | None) -> bool:
     without VNNI, whose int8 kernels are exact only so."""
     if reduce_range is not None:
         return reduce_range
-    return engine in ("x86", "fbgemm") and not cpu_has_vnni()
+    return engine in ("x86", "fbgemm", "onednn") and not cpu_has_vnni()
 
 
 @dataclass
@@ -104,7 +119,13 @@ class DeployedModel:
     """The plan's fake-quant simulation the deployment took its grids from (same calibration batches)."""
 
     def __call__(self, x: Any) -> Any:
-        return call_model(self.module, x)
+        """``module`` on ``x`` under its quantized :attr:`engine` (the global engine given back afterwards)."""
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = self.engine
+        try:
+            return call_model(self.module, x)
+        finally:
+            torch.backends.quantized.engine = previous
 
     def table(self) -> pd.DataFrame:
         """One row per layer: requested and chosen precision, and the kernel module that runs it."""
@@ -144,14 +165,16 @@ def deploy(
     *,
     profile: PrecisionProfile | str = DEFAULT_PROFILE,
     strict: bool = False,
-    engine: str = "x86",
+    engine: str = "auto",
     max_calib_batches: int | None = 8,
     device: str | torch.device | None = None,
     reduce_range: bool | None = None,
     simulated: nn.Module | None = None,
 ) -> DeployedModel:
     """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
-    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``.
+    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``. ``engine``: the torch.ao
+    quantized engine (``"auto"``: :func:`resolve_engine`, by what this CPU computes exactly; the one used is
+    :attr:`DeployedModel.engine`, which the deployed model must run under).
 
     ``device``: where the deployed model runs (None: where ``model`` is; the model is copied there). Integer
     layers run torch.ao quantized kernels, which exist only for the CPU: a plan with any layer dispatched to an
@@ -167,8 +190,7 @@ def deploy(
     simulation twin in float32, with a note naming the reason.
     """
     dev = model_device(model) if device is None else resolve_device(device)
-    if engine not in ENGINES:
-        raise ValueError(f"engine={engine!r} is not valid; choose one of {ENGINES}")
+    engine = resolve_engine(engine)
     if engine not in torch.backends.quantized.supported_engines:
         raise RuntimeError(
             f"quantized engine {engine!r} is not in this torch build ({torch.backends.quantized.supported_engines})"

@@ -13,6 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.hardware.deploy.numerics import (
+    bias_safe_scales,
+    clamp_codes,
+    kernel_engines,
+    layout_safe_clamps,
+    mirror_int32_bias,
+    mirror_output_grids,
+    quantized_pads,
+)
 from workbench.hardware.dispatch import LayerDispatch, int_followers
 from workbench.quant.inputs import (
     call_model,
@@ -164,7 +173,7 @@ def clamp_layer_inputs(converted: torch.fx.GraphModule, ranges: dict[str, tuple[
             continue
         lo, hi = ranges[str(node.target)]
         with converted.graph.inserting_before(node):
-            clamped = converted.graph.call_function(torch.clamp, (node.args[0], lo, hi))
+            clamped = converted.graph.call_function(clamp_codes, (node.args[0], lo, hi))
         node.args = (clamped, *node.args[1:])
     converted.graph.lint()
     converted.recompile()
@@ -325,24 +334,37 @@ def kernel_paths(baked: nn.Module, layers: list[str]) -> dict[str, str]:
     return {n: f"{n}.{len(mods[n]) - 1}" if isinstance(mods[n], nn.Sequential) else n for n in layers}
 
 
-def set_sim_weights(converted: nn.Module, simulated: nn.Module, layers: dict[str, str]) -> None:
+def set_sim_weights(
+    converted: nn.Module,
+    simulated: nn.Module,
+    layers: dict[str, str],
+    grids: dict[str, tuple[float, int]],
+    engines: dict[str, str] | None = None,
+) -> None:
     """Pack each integer layer's weight with the simulation's own scales (codes exactly the simulation's;
-    re-observing the baked weight could drift by an ulp and a mixed-bit channel would get the wrong scale).
-    ``layers``: plan layer name -> path of its kernel in ``converted`` (:func:`kernel_paths`)."""
+    re-observing the baked weight could drift by an ulp and a mixed-bit channel would get the wrong scale), raised
+    only where its bias would overflow an int32 code (:func:`bias_safe_scales`). ``layers``: plan layer name ->
+    path of its kernel in ``converted`` (:func:`kernel_paths`); ``grids``: their input grids; ``engines``: the
+    engine each is packed for (None: the current one; :func:`kernel_engines`)."""
     mods = dict(converted.named_modules())
     sims = quant_modules(simulated)
     for name, path in layers.items():
         sim, mod = sims[name], mods[path]
+        bias = mod._weight_bias()[1]
         with torch.no_grad():
             w = sim.quantized_weight().detach().float()
-            scale = sim.w_quant.scale.detach().double().reshape(-1)
+            scale = bias_safe_scales(sim.w_quant.scale.detach().double().reshape(-1), bias, grids[name][0])
         if scale.numel() == 1:
             qw = torch.quantize_per_tensor(w, float(scale), 0, torch.qint8)
         else:
             zeros = torch.zeros(scale.numel(), dtype=torch.long)
             qw = torch.quantize_per_channel(w, scale, zeros, 0, torch.qint8)
-        bias = mod._weight_bias()[1]
-        mod.set_weight_bias(qw, bias)
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = (engines or {}).get(name, previous)
+        try:
+            mod.set_weight_bias(qw, bias)
+        finally:
+            torch.backends.quantized.engine = previous
 
 
 class Int8FloatOutput(nn.Module):
@@ -457,10 +479,15 @@ def convert_fx_int8(
                 pin_observers(prepared, {paths[n]: g for n, g in grids.items()})
             converted = convert_fx(prepared)
             float_operands(converted)
+            layout_safe_clamps(converted)
+            quantized_pads(converted)
             if simulated is not None and grids:
-                set_sim_weights(converted, simulated, paths)
+                engines = kernel_engines(converted, paths, engine)
+                set_sim_weights(converted, simulated, paths, grids, engines)
                 if engine in FLOAT_OUTPUT_ENGINES:
                     float_outputs(converted)
+                mirror_output_grids(simulated, converted, paths)
+                mirror_int32_bias(simulated, paths, converted, grids, engines)
                 ranges = sim_input_ranges(simulated, list(grids))
                 clamp_layer_inputs(converted, {paths[n]: r for n, r in ranges.items()})
             return converted
