@@ -55,12 +55,13 @@ def _task(name: str) -> tuple[Any, SpaceConfig]:
     raise SystemExit(f"unknown model {name!r}; choose digits_resnet, digits_bert, lite1")
 
 
-def _baselines(task: Any, space: SpaceConfig, bits: float) -> dict[str, Any]:
+def _baselines(task: Any, space: SpaceConfig, bits: float, probe: Any) -> dict[str, Any]:
     """Uniform, greedy and ILP plans within ``bits`` (average weight bits over the searched layers)."""
     from workbench.search.auto import AllocationTables, allocate, allocation_tables
     from workbench.search.candidates import _plan
 
-    cfg = SearchConfig(max_avg_weight_bits=bits, space=space, storage=":memory:", track=False, progress=False)
+    cfg = SearchConfig(max_avg_weight_bits=bits, space=space, storage=":memory:", track=False, progress=False,
+                       probe_bits=probe)  # fmt: skip
     ctx = prepare(task, cfg, None, ":memory:")
     sens = search_sensitivity(task, cfg)
     out: dict[str, Any] = {}
@@ -81,24 +82,25 @@ def _metric(task: Any, sens: Any) -> str:
     return resolve_metric(sens, "auto", str(task.metric_name))
 
 
-def run_model(name: str, bits_list: list[float], evaluations: int) -> list[dict[str, Any]]:
+def run_model(name: str, bits_list: list[float], evaluations: int, probe: Any) -> list[dict[str, Any]]:
     task, space = _task(name)
     test = PlanEvaluator(task, split="test")
     rows = []
     for bits in bits_list:
         t0 = time.perf_counter()
         cfg = SearchConfig(budget=evaluations, max_avg_weight_bits=bits, space=space, storage=":memory:",
-                           track=False, progress=False, final_split=None)  # fmt: skip
+                           track=False, progress=False, final_split=None, probe_bits=probe)  # fmt: skip
         result = run_search(task, cfg)
         seconds = time.perf_counter() - t0
         best = result.best(max_avg_weight_bits=bits)
         from workbench.quant.spec import QuantPlan
 
-        plans = {"auto": QuantPlan.from_json(best["plan"]), **_baselines(task, space, bits)}
+        plans = {"auto": QuantPlan.from_json(best["plan"]), **_baselines(task, space, bits, probe)}
         scores = {k: test(p)[0] for k, p in plans.items()}
         rows.append({"model": name, "bits": bits, "metric": str(task.metric_name), "auto_seconds": seconds,
                      "real_evaluations": result.real_evaluations, "test": scores,
                      "stage_seconds": result.info.get("stage_seconds"),
+                     "probe_bits": cfg.probe_bits,
                      "fp32_test": test.fp32_accuracy})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -120,16 +122,58 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+HEADING = "## Default search (auto) vs uniform, greedy and ILP at equal average bits"
+
+
+def section(rows: list[dict[str, Any]]) -> list[str]:
+    """The BENCHMARKS.md section of ``rows``."""
+    from workbench.benchsuite.machine import machine_info
+
+    m = machine_info()
+    stages = [
+        f"- {r['model']} at {r['bits']:g} bits: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in (r.get("stage_seconds") or {}).items())
+        for r in rows
+    ]
+    return [
+        HEADING,
+        "",
+        "Command: `PYTHONPATH=. python bench/auto_bench.py --models digits_resnet digits_bert lite1 --bits 3 4 5 6` "
+        "(one model at a time is fine: rows of other models are kept in `bench/out/auto_bench.json`).",
+        f"Machine: {m.get('cpu_model', m.get('cpu', '?'))}, {m.get('cores', '?')} cores (shared with other jobs while "
+        "measured: times are upper bounds).",
+        "",
+        "Each budget is an average of weight bits over the searched layers (element-weighted). `auto`: the default "
+        "search, 20 real evaluations on the validation split, its best plan within the budget; the baselines get "
+        "the same sensitivity (probes at 2 and 4 bits, the other widths scaled by the weight quantization noise): "
+        "uniform per-channel at the budget's bits, the greedy curve's plan within the budget, and the ILP's plan "
+        "(the exact optimum of the additive output-error model, i.e. `auto` before any evaluation). Every plan is "
+        "scored on the test split by the same evaluator (digits_resnet: accuracy on 450 images, one image = "
+        "0.0022; digits_bert / lite1: mean cosine of the logits to FP32). Weight-only on digits_bert (its Linear "
+        "layers; embeddings stay float), W*A8 elsewhere. Deterministic: one run per row.",
+        "",
+        table(rows),
+        "",
+        "Stage times (sensitivity pass, allocation, trials incl. the FP32 evaluation; the sensitivity pass is "
+        "cached after the first budget of a model):",
+        "",
+        *stages,
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["digits_resnet", "digits_bert"])
     ap.add_argument("--bits", nargs="+", type=float, default=[3.0, 4.0, 5.0, 6.0])
     ap.add_argument("--evaluations", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--doc", action="store_true", help="rewrite the section in docs/BENCHMARKS.md")
+    ap.add_argument("--probe-bits", nargs="+", default=["2", "4"], help="widths probed per layer, or 'all'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    rows = [r for m in args.models for r in run_model(m, args.bits, args.evaluations)]
+    probe = None if args.probe_bits == ["all"] else tuple(int(b) for b in args.probe_bits)
+    rows = [r for m in args.models for r in run_model(m, args.bits, args.evaluations, probe)]
     # rows of other models / budgets measured earlier are kept (one file for the whole table)
     new = {(r["model"], r["bits"]) for r in rows}
     old = json.loads(OUT.read_text()) if OUT.exists() else []
@@ -137,6 +181,10 @@ def main() -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(rows, indent=1))
     print(table(rows))
+    if args.doc:
+        from workbench.benchsuite import splice_section
+
+        splice_section(ROOT / "docs" / "BENCHMARKS.md", HEADING, section(rows))
 
 
 if __name__ == "__main__":

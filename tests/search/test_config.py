@@ -33,6 +33,8 @@ from workbench.search.config import (
         ({"objectives": ("accuracy", "energy")}, "the 'energy' objective needs a hardware profile"),
         ({"latency_batch_size": 0}, "latency_batch_size=0 must be None or an integer >= 1"),
         ({"workers": 2, "storage": ":memory:"}, "workers > 1 need a shared storage"),
+        ({"probe_bits": (4, 7)}, "probe_bits=(4, 7); choose widths from [2, 3, 4, 5, 6, 8]"),
+        ({"max_avg_mac_bits": 0.5}, "max_avg_mac_bits=0.5 must be a number in [1, 32]"),
     ],
 )
 def test_bad_values_are_named(kw, message):

@@ -45,7 +45,10 @@ class SearchConfig:
     ``strategy``: ``auto`` (default: sensitivity-first allocation, :mod:`workbench.search.auto`; with predicted
     or multi-fidelity accuracy it becomes ``tpe`` warm-started from the allocated front), a sampler or a
     baseline (:data:`STRATEGIES`). ``sensitivity_metric``: the sensitivity metric allocations minimise (``auto``:
-    an output error for ``auto``, HAWQ's ``omega`` for ``ilp`` when the result has it).
+    an output error for ``auto``, HAWQ's ``omega`` for ``ilp`` when the result has it). ``probe_bits``: the weight
+    widths ``auto``'s sensitivity pass probes each layer at (the space's narrowest width and the one nearest to
+    each); the other widths are scaled from the nearest probed one by the layer's weight quantization noise
+    (:class:`~workbench.sensitivity.scaled.ScaledSensitivity`); None probes every width (slower, exact).
     ``warm_start``: ``auto`` (default: the allocated front) or a baseline (``uniform``, ``greedy``, ``ilp``,
     ``aimet``) whose first ``warm_start_plans`` (default 4, at most the budget) plans (spread along its curve, within the size constraint) are
     the first trials of a sampler strategy (other strategies ignore the default and refuse another value);
@@ -76,6 +79,7 @@ class SearchConfig:
     n_startup_trials: int = 10
     population_size: int = 16
     sensitivity_metric: str = "auto"
+    probe_bits: tuple[int, ...] | None = (2, 4)
     ilp_cost: str = "weight_size"
     warm_start: str | None = "auto"
     warm_start_plans: int | None = None
@@ -95,6 +99,7 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         _check_ptq(self)
+        _check_probe_bits(self)
         _check_choices(self)
         _check_budgets(self)
         _check_counts(self)
@@ -129,6 +134,8 @@ class SearchConfig:
         kw = {k: v for k, v in d.items() if k in known}
         if "ptq" in kw:
             kw["ptq"] = tuple(kw["ptq"])
+        if isinstance(kw.get("probe_bits"), list):
+            kw["probe_bits"] = tuple(kw["probe_bits"])
         if "objectives" in kw:
             kw["objectives"] = tuple(kw["objectives"])
         return cls(space=SpaceConfig(**sp), hv_ref=HypervolumeRef(**hv) if hv else HypervolumeRef(), **kw)
@@ -177,6 +184,18 @@ def _check_budgets(c: SearchConfig) -> None:
     for name in ("complexity_penalty", "diversity_penalty"):
         if getattr(c, name) < 0:
             raise SearchError(f"{name}={getattr(c, name)!r} must be >= 0")
+
+
+def _check_probe_bits(c: SearchConfig) -> None:
+    """``probe_bits``: None or integer widths (an int alone is one width)."""
+    from workbench.quant.spec.layer import INT_BITS
+
+    if c.probe_bits is None:
+        return
+    bits = (c.probe_bits,) if isinstance(c.probe_bits, int) else tuple(c.probe_bits)
+    if not bits or any(isinstance(b, bool) or b not in INT_BITS for b in bits):
+        raise SearchError(f"probe_bits={c.probe_bits!r}; choose widths from {list(INT_BITS)}, or None (all)")
+    object.__setattr__(c, "probe_bits", bits)
 
 
 def _check_ptq(c: SearchConfig) -> None:

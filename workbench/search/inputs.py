@@ -1,9 +1,11 @@
 """The sensitivity result a search needs, built with knobs that fit its space and its task:
 :func:`search_sensitivity_config` (what to probe) and :func:`search_sensitivity` (probe, or read the cache).
 
-For ``auto`` (strategy or warm start) the pass is fast: weight probes only, at the space's integer weight bits,
-at the granularity the plans use (per channel unless the space has none), one output error (``output_mse`` and
-``output_kl``; no labels needed), no per-channel table. For the other baselines: the sensitivity defaults, or
+For ``auto`` (strategy or warm start) the pass is fast: weight probes only, at the space's narrowest integer
+width and the ones nearest ``SearchConfig.probe_bits`` (default 2 and 4; the other widths are scaled from them by
+the weight quantization noise, :class:`~workbench.sensitivity.scaled.ScaledSensitivity`), at the granularity the
+plans use (per channel unless the space has none), output errors only (``output_mse`` and ``output_kl``; no
+labels needed), no per-channel table. For the other baselines: the sensitivity defaults, or
 on a task whose calibration batches carry no labels, the label-free metrics only."""
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def search_sensitivity_config(task: TaskLike, config: SearchConfig) -> Sensitivi
         if has_labels(task):
             return base
         return replace(base, metrics=LABEL_FREE_METRICS, cost_metric="output_mse")
+    bits = _probed_bits(task, config)
     space = SearchSpace(task.model, config.space)
-    bits = sorted({b for u in space.units for b in u.choices.w_bits if b in INT_BITS}) or [8]
     grans = sorted({_unit_granularity(u) for u in space.units} & {"per_tensor", "per_channel"}) or [
         "per_channel"
     ]
@@ -52,11 +54,34 @@ def search_sensitivity_config(task: TaskLike, config: SearchConfig) -> Sensitivi
     )
 
 
-def search_sensitivity(task: TaskLike, config: SearchConfig, *, device: Any = None) -> Any:
-    """The sensitivity result of :func:`search_sensitivity_config` (cached on disk like every analysis)."""
-    from workbench.sensitivity import analyze_sensitivity
+def _space_bits(task: TaskLike, config: SearchConfig) -> list[int]:
+    space = SearchSpace(task.model, config.space)
+    return sorted({b for u in space.units for b in u.choices.w_bits if b in INT_BITS}) or [8]
 
-    return analyze_sensitivity(task, search_sensitivity_config(task, config), track=False, device=device)
+
+def _probed_bits(task: TaskLike, config: SearchConfig) -> list[int]:
+    """The widths ``auto``'s pass probes: every integer width of the space, or its narrowest and the ones nearest
+    ``probe_bits``."""
+    bits = _space_bits(task, config)
+    if config.probe_bits is None:
+        return bits
+    near = {min(bits, key=lambda b: (abs(b - p), -b)) for p in config.probe_bits}
+    return sorted(near | {bits[0]})
+
+
+def search_sensitivity(task: TaskLike, config: SearchConfig, *, device: Any = None) -> Any:
+    """The sensitivity result of :func:`search_sensitivity_config` (cached on disk like every analysis); for
+    ``auto`` probed at fewer widths than the space has, extended to them by
+    :class:`~workbench.sensitivity.scaled.ScaledSensitivity`."""
+    from workbench.sensitivity import analyze_sensitivity
+    from workbench.sensitivity.scaled import ScaledSensitivity
+
+    sconfig = search_sensitivity_config(task, config)
+    result = analyze_sensitivity(task, sconfig, track=False, device=device)
+    bits = _space_bits(task, config)
+    if set(bits) <= set(sconfig.w_bits):
+        return result
+    return ScaledSensitivity(result, task.model, bits, base_spec=sconfig.base_spec)
 
 
 def auto_sensitivity(task: TaskLike, config: SearchConfig, sensitivity: Any, *, join: bool = False) -> Any:

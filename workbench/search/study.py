@@ -116,22 +116,7 @@ def run_search(
     name = study_name(task, config)
     storage = open_storage(storage_url, heartbeat=config.workers > 1 or join)
     config, attrs = _existing_study(storage, storage_url, name, config, join=join)
-    # validate everything before the study exists (and before the FP32 accuracy is measured)
-    space = SearchSpace(task.model, config.space)
-    _check_predictor_space(config, space)
-    t_sens = time.perf_counter()
-    sensitivity = auto_sensitivity(task, config, sensitivity, join=join)
-    t_sens = time.perf_counter() - t_sens
-    _check_inputs(config, predictor, sensitivity, join=join)
-    ctx = prepare(
-        task, config, predictor, storage_url, space=space, fp32_latency_ms=attrs.get("fp32_latency_ms")
-    )
-    if join or config.resume:
-        _check_same_task(attrs, ctx, name, storage_url)
-    warn_if_saturated(ctx.evaluator, split=config.split)
-    t_alloc = time.perf_counter()
-    candidates = [] if config.resume or join else _initial_candidates(ctx, sensitivity)
-    ctx.stage_seconds.update(sensitivity=t_sens, allocation=time.perf_counter() - t_alloc)
+    ctx, candidates = _context(task, config, attrs, predictor, sensitivity, storage_url, name, join=join)
     sampler = make_sampler(config.strategy, ctx, seed=config.seed)
     study = _open_study(ctx, storage, name, sampler, candidates, join=join)
     target, counts_real = _target(config, study)
@@ -160,6 +145,30 @@ def run_search(
         result = finish(ctx, study, name, storage_url, t0, run_id=parent_id)
         track_result(run, result, figures)
     return result
+
+
+def _context(
+    task: TaskLike, config: SearchConfig, attrs: Mapping[str, Any], predictor: Any, sensitivity: Any,
+    storage_url: str, name: str, *, join: bool,
+) -> tuple[SearchContext, list[tuple[str, dict[str, Any]]]]:  # fmt: skip
+    """The worker context and the candidates a new study starts with, everything validated before the study
+    exists (and before the FP32 accuracy is measured); the sensitivity pass and the allocation are timed."""
+    space = SearchSpace(task.model, config.space)
+    _check_predictor_space(config, space)
+    t_sens = time.perf_counter()
+    sensitivity = auto_sensitivity(task, config, sensitivity, join=join)
+    t_sens = time.perf_counter() - t_sens
+    _check_inputs(config, predictor, sensitivity, join=join)
+    ctx = prepare(
+        task, config, predictor, storage_url, space=space, fp32_latency_ms=attrs.get("fp32_latency_ms")
+    )
+    if join or config.resume:
+        _check_same_task(attrs, ctx, name, storage_url)
+    warn_if_saturated(ctx.evaluator, split=config.split)
+    t_alloc = time.perf_counter()
+    candidates = [] if config.resume or join else _initial_candidates(ctx, sensitivity)
+    ctx.stage_seconds.update(sensitivity=t_sens, allocation=time.perf_counter() - t_alloc)
+    return ctx, candidates
 
 
 def _existing_study(
