@@ -1,0 +1,310 @@
+"""The markdown of the section "## Peers: AIMET AMP and NNCF HAWQ on the same models" of docs/BENCHMARKS.md, built
+from the result dict of ``bench/peers_bench.py`` (pure: no torch, no peer library; loaded by file path).
+
+Each evaluated row carries ``test`` / ``val`` / ``peer_sim`` verdicts: ``{"bytes": {...}, "bops": {...}}`` with
+``verdict`` (``dominated``, ``matched``, ``not dominated``), ``by`` (the covering plan's label) and ``gap``
+(``best_acc_at_cost``, ``min_cost_at_acc``), see ``peers_bench.verdicts``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+PAIRS = {"bytes": "weight bytes", "bops": "BOPs"}
+COVERED = ("dominated", "matched")
+
+
+def fmt_acc(x: float | None) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def _secs(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1f}"
+
+
+def verdict_cell(v: Mapping[str, Any]) -> str:
+    return {"dominated": "yes", "matched": "matched"}.get(v["verdict"], "**NO**")
+
+
+def share(counts: Mapping[str, int], *, strict: bool = False) -> str:
+    """``9/10 (90 %)``: points dominated (``strict``) or dominated-or-matched, of those evaluated."""
+    n = counts["n"]
+    k = counts["dominated"] + (0 if strict else counts["matched"])
+    return f"{k}/{n} ({100 * k / n:.0f} %)" if n else "0/0"
+
+
+def count(rows: Sequence[Mapping[str, Any]], key: str = "test") -> dict[str, dict[str, int]]:
+    """Verdict counts of ``rows`` under ``key`` per objective pair (rows without ``key`` are skipped)."""
+    out = {}
+    for pair in PAIRS:
+        c = {"n": 0, "dominated": 0, "matched": 0, "not dominated": 0}
+        for r in rows:
+            if r.get(key) and pair in r[key]:
+                c["n"] += 1
+                c[r[key][pair]["verdict"]] += 1
+        out[pair] = c
+    return out
+
+
+def setting(r: Mapping[str, Any]) -> str:
+    s = r.get("setting") or {}
+    if r.get("peer") == "AIMET":
+        if "allowed_drop_pp" in s:
+            return f"{r['method']}, drop <= {s['allowed_drop_pp']:g} pp"
+        return r.get("method") or ""
+    ratio = s.get("compression_ratio")
+    got = r.get("achieved_ratio")
+    return (f"{r.get('method')}" + (f", ratio {ratio:g}" if ratio is not None else "")
+            + (f" (got {got:g})" if got else "")
+            + (f", trace seed {s['trace_seed']}" if "trace_seed" in s else ""))  # fmt: skip
+
+
+def bits_string(layers: Sequence[str], bits: Mapping[str, int] | None) -> str:
+    bits = bits or {}
+    return "/".join(str(bits[n]) if n in bits else "-" for n in layers)
+
+
+def model_table(name: str, peers: Mapping[str, Any], model: Mapping[str, Any]) -> list[str]:
+    """The model's heading, layer order, our runs and one table row per peer point and variant."""
+    info = peers["models"][name]
+    layers = info["layers"]
+    w8 = model["w8a8_bops"]
+    runs = model["ours"]["runs"]
+    lines = [
+        f"### {name} (FP32 val {info['fp32_val']:.4f}, test {info['fp32_test']:.4f}; FP32 weights "
+        f"{model['fp32_weight_bytes']:,} bytes; W8A8 {w8 / 1e6:.1f} M BOPs per image)",
+        "",
+        f"Layer order of the bit strings: {', '.join(f'`{n}`' for n in layers)}.",
+        "",
+        "Our runs (default search `auto`, budget = average weight bits over the searched layers): "
+        + "; ".join(
+            f"{r['budget']:g} bits seed {r['seed']}: {r['front_size']} front plans, "
+            f"{r['real_evaluations']} evaluations, {r['seconds']:.0f} s"
+            for r in runs
+        )  # fmt: skip
+        + f". Pooled front: {len(model['ours']['front'])} plans; re-measuring the first run's front with the "
+        f"peer points' code path differs by at most {model['ours']['recheck_max_abs_diff']}. Same weights and "
+        "data in both venvs (state / calib / val / test digests): "
+        + (
+            "yes."
+            if all(model["same_weights_and_data_as_peers"].values())
+            else f"NO: {model['same_weights_and_data_as_peers']}."
+        ),  # fmt: skip
+        "",
+        "| peer | setting | evaluated as | weight bits | act bits | peer's sim val / test | ours val / test | "
+        "weight bytes (frac of FP32) | BOPs (M) | time (s) | dominated by our front (test, bytes)? | "
+        "(test, BOPs)? |",
+        "|" + "---|" * 12,
+    ]
+    for r in model["points"]:
+        if r.get("error"):
+            err = r["error"].splitlines()[0].replace("|", "\\|")
+            lines.append(f"| {r['peer']} {r.get('version') or ''} | {setting(r)} | {r['variant']} | "
+                         f"FAILED: {err} |" + " |" * 8)  # fmt: skip
+            continue
+        m = r["ours"]
+        act = "8" if set(r["plan_act_bits"].values()) == {8} else bits_string(layers, r["plan_act_bits"])
+        sim = (
+            f"{fmt_acc(r['peer_val'])} / {fmt_acc(r['peer_test'])}"
+            if r["primary"]
+            else "(not run by the peer)"
+        )
+        tail = "; collapsed" if r["collapsed"] else ""
+        lines.append(
+            f"| {r['peer']} {r.get('version') or ''} | {setting(r)} | {r['variant']} | "
+            f"{bits_string(layers, r['weight_bits'])} | {act} | {sim} | "
+            f"{m['accuracy']:.4f} / {m['test_accuracy']:.4f} | {m['weight_bytes']:,} ({m['weight_fraction']:.4f}) | "
+            f"{m['bops'] / 1e6:.2f} ({m['bops'] / w8:.2f} of W8A8) | {_secs(r.get('seconds'))} | "
+            f"{verdict_cell(r['test']['bytes'])}{tail} | {verdict_cell(r['test']['bops'])}{tail} |"
+        )
+    return [*lines, ""]
+
+
+def _count_line(label: str, rows: Sequence[Mapping[str, Any]], key: str = "test") -> str:
+    c = count(rows, key)
+    parts = [
+        f"(test, {PAIRS[p]}) {share(c[p])} dominated or matched, {share(c[p], strict=True)} strictly dominated"
+        for p in PAIRS
+    ]
+    return f"- {label}: " + "; ".join(parts) + "."
+
+
+def verdict_lines(result: Mapping[str, Any]) -> list[str]:
+    """Shares of peer points our front covers, per model and over all models, in both objective pairs."""
+    models = result["models"]
+    lines = ["#### Verdicts", ""]
+    every, every_ours = [], []
+    for name, model in models.items():
+        ok = [r for r in model["points"] if not r.get("error")]
+        primary = [r for r in ok if r["primary"]]
+        every += primary
+        every_ours += [r for r in ok if not r["primary"]]
+        failed = len(model["points"]) - len(ok)
+        lines.append(f"**{name}**: {len(primary)} peer points" + (f", {failed} failed peer runs" if failed else "")
+                     + ".")  # fmt: skip
+        lines.append(_count_line("as the peers ran them, our quantizer on both sides", primary))
+        lines.append(_count_line("against the accuracy of the peer's own simulation", primary, "peer_sim"))
+        if any(not r["primary"] for r in ok):
+            lines.append(_count_line("NNCF's weight bits in our space (per-channel, A8)",
+                                     [r for r in ok if not r["primary"]]))  # fmt: skip
+        lines.append("")
+    alive = [r for r in every if not r["collapsed"]]
+    lines += [
+        f"**All models**: {len(every)} peer points.",
+        _count_line("as the peers ran them", every),
+        _count_line(
+            f"without the {len(every) - len(alive)} collapsed points (test below FP32 - 10 pp)", alive
+        ),
+        _count_line("against the peers' own simulated accuracy", every, "peer_sim"),
+        _count_line("NNCF's weight bits in our space (per-channel, A8)", every_ours),
+        "",
+    ]
+    return lines
+
+
+def _gap_text(r: Mapping[str, Any], pair: str, fp32: Mapping[str, float]) -> str:
+    g = r["test"][pair]["gap"]
+    cost = "weight" if pair == "bytes" else "BOPs"
+    unit = fp32["weight_bytes"] if pair == "bytes" else fp32["w8a8_bops"]
+    what = "of FP32 weights" if pair == "bytes" else "of W8A8 BOPs"
+    small = g["min_cost_at_acc"]
+    return (f"fails on (test, {PAIRS[pair]}): our best test at no more {cost} {fmt_acc(g['best_acc_at_cost'])}, "
+            f"our least {cost} at no lower test " + (f"{small / unit:.4f} {what}" if small is not None
+                                                     else "— (no plan of ours is as accurate)"))  # fmt: skip
+
+
+def loss_lines(result: Mapping[str, Any]) -> list[str]:
+    """Every evaluated row that our front does not dominate or match in one of the pairs, with the gap."""
+    out = []
+    for name, model in result["models"].items():
+        fp32 = {"weight_bytes": model["fp32_weight_bytes"], "w8a8_bops": model["w8a8_bops"]}
+        for r in model["points"]:
+            if r.get("error"):
+                continue
+            lost = [p for p in PAIRS if r["test"][p]["verdict"] not in COVERED]
+            if not lost:
+                continue
+            m = r["ours"]
+            tag = " (collapsed: test below FP32 - 10 pp)" if r["collapsed"] else ""
+            out.append(
+                f"- {name}, {r['peer']} {setting(r)} [{r['variant']}]: test {m['test_accuracy']:.4f}{tag} at "
+                f"{m['weight_fraction']:.4f} of FP32 weights, {m['bops'] / model['w8a8_bops']:.3f} of W8A8 BOPs; "
+                + "; ".join(_gap_text(r, p, fp32) for p in lost)
+                + "."
+            )
+    return out or ["- none"]
+
+
+def nncf_seed_line(result: Mapping[str, Any]) -> list[str]:
+    out = []
+    for name, model in result["models"].items():
+        spread: dict[float, list] = {}
+        for r in model["points"]:
+            s = r.get("setting") or {}
+            if r.get("error") or r["peer"] != "NNCF" or "trace_seed" not in s or not r["primary"]:
+                continue
+            spread.setdefault(s["compression_ratio"], []).append((s["trace_seed"], r["peer_test"],
+                                                                   r["achieved_ratio"]))  # fmt: skip
+        if spread:
+            parts = [f"ratio {k:g}: " + ", ".join(f"seed {sd} {fmt_acc(a)} (got {g})" for sd, a, g in v)
+                     for k, v in spread.items()]  # fmt: skip
+            out.append(f"- {name}: " + "; ".join(parts) + ".")
+    return ["NNCF HAWQ over Hutchinson seeds (peer's own sim, test):", "", *out, ""] if out else []
+
+
+PITFALLS = [
+    "#### Pitfalls met on this machine (2 shared cores)",
+    "",
+    "- Threads: with 2 torch threads on the shared CPU, NNCF's Hessian estimate ran ~1 s per Hutchinson "
+    "iteration on digits_cnn instead of 0.03 s with 1 thread (AIMET's calibration / evaluation 10x slower "
+    "too); `run_peers.py` and `peers_bench.py` use 1 thread.",
+    "- NNCF's first call JIT-compiles its CPU extension; on the busy machine the build overran NNCF's 60 s "
+    "load limit (`ExtensionLoaderTimeoutException`); `run_peers.py` sets `NNCF_EXTENSION_LOAD_TIMEOUT=0` and "
+    "builds into `bench/out/peers/torch_extensions`.",
+    "- NNCF writes `original_graph.dot`, `compressed_graph.dot` and `bitwidth_per_scope.json` into the working "
+    "directory; `run_peers.py` runs it in `bench/out/peers/nncf_logs/<model>`.",
+    "- NNCF's HAWQ choice depends on the random probe vectors of its Hessian-trace estimate (no seed of its "
+    "own). Its default liberal mode lowers the activation quantizers with their weights (2- and 4-bit "
+    "activations): those points have fewer BOPs than any plan of our default space (activations 8-bit), so "
+    "the (test, BOPs) verdict can only be won on accuracy there; HAWQ chooses without any accuracy evaluation.",
+    "- AIMET AMP's Binary phase-2 search is not monotone in the budget: a looser budget can return a larger "
+    "plan.",
+    "- The peers' own simulations and our quantizer disagree most at 2 bits: AIMET's `tf_enhanced` ranges keep "
+    "its 2-bit layers more accurate than our min-max per-channel quantizer with the same bits; the main "
+    "verdicts use our quantizer on both sides, so they compare bit allocations, not calibration methods (the "
+    "'peer's own simulation' line compares our plans with the peers' own accuracy).",
+]
+
+
+def section(
+    heading: str, peers: Mapping[str, Any], result: Mapping[str, Any], *, argv: str = ""
+) -> list[str]:
+    """The whole section: commands, machine and versions, method, per-model tables, verdicts, losses."""
+    v = result["versions"]
+    budgets = " / ".join(f"{b:g}" for b in result["budgets"])
+    seeds = ", ".join(str(s) for s in result["seeds"])
+    tables = [ln for name in result["models"] for ln in model_table(name, peers, result["models"][name])]
+    peer_s = peers.get("seconds")
+    return [
+        heading,
+        "",
+        "Commands (also `make bench-peers`, which runs all three):",
+        "",
+        "```bash",
+        "bash bench/peers/setup.sh                        # .venv-peers: torch 2.14.1, aimet-torch "
+        f"{peers.get('aimet_version', '?')}, nncf {peers.get('nncf_version', '?')}",
+        "OMP_NUM_THREADS=1 .venv-peers/bin/python bench/peers/run_peers.py   # -> bench/out/peers/peers.json",
+        f"OMP_NUM_THREADS=1 python bench/peers_bench.py {argv}".rstrip()
+        + "  # our quantizer, our front -> here",
+        "```",
+        "",
+        f"Machine: {v['cpu']}, {v['cores']} cores shared with other jobs running at the same time (timings are "
+        f"indicative only), 1 torch thread everywhere; main venv Python {v['python']}, torch "
+        f"{v['versions']['torch']}, optuna {v['versions']['optuna']}, numpy {v['versions']['numpy']}; "
+        f"peers venv Python {peers.get('python', '?')}, torch {peers.get('torch', '?')}. Install of the peers "
+        f"venv: {result['install']}. Peer runs: "
+        + (f"{peer_s:.0f} s in all" if peer_s else "see bench/out/peers/peers.json")
+        + f"; this comparison (our searches included): {result['seconds']:.0f} s.",
+        "",
+        "What the peers run. The peers get our trained models (the `data/models` cache, imported from the repo), "
+        "our calibration split (256 training images) and make every accuracy decision on our validation split "
+        "(270 images), the split our search decides on; the test split (450 images) is only measured. AIMET AMP "
+        "(`choose_mixed_precision`, Binary search, phase-1 sensitivities computed once per candidate set and "
+        "reused for the other budgets; QuantSim `post_training_tf_enhanced`, its default config: weights "
+        "symmetric per-channel, activations 8-bit; BatchNorm folded first) at allowed drops of 0.5 / 1 / 2 pp "
+        "of val accuracy, candidates A8 x W{8,4,2} and A8 x W{8,6,4,3,2}, plus AIMET uniform W8A8 / W4A8. NNCF "
+        "HAWQ precision init (legacy `create_compressed_model`, target_device TRIAL, bits [2,4,8], default "
+        "liberal mode: weights symmetric per-tensor, activation quantizers lowered with their adjacent weights; "
+        "Hessian traces from all 256 calibration images, 200 Hutchinson iterations, tolerance 1e-4, estimated "
+        "once per seed and reused across ratios) at compression ratios 1.5 / 2 / 3, two seeds of the probe "
+        "vectors. No fine-tuning anywhere.",
+        "",
+        "Our front. The default search (`auto`: sensitivity-first allocation, then real evaluations on the "
+        f"front and local moves) with its default space (weight bits {{2,3,4,6,8,16}} per layer or residual "
+        f"group, per-channel, activations 8-bit), {result['evaluations']} real evaluations on val per run, at "
+        f"budgets of {budgets} average weight bits over the searched layers (element-weighted), seed {seeds}; "
+        "the front plans of all runs are pooled (each run's front already spans from 2 bits up to its budget, "
+        "so the pool covers the range of the peers' points). Its plans' test accuracy comes from the search's "
+        "final measurement on test.",
+        "",
+        "How it is compared. Each peer point becomes our QuantPlan with the peer's per-layer weight bits, its "
+        "granularity and its activation bits (a layer's input), everything else our defaults (min-max "
+        "observers), evaluated by our quantizer exactly like a search trial (`PlanEvaluator`, `CostModel`): "
+        "accuracy on val and test, weight bytes (codes + scales) and BOPs. NNCF points (per-tensor, mixed "
+        "activations) are also evaluated with the same weight bits in our space (per-channel, A8). The two "
+        "verdict columns ask whether a plan of our pooled front is at least as accurate on test with no more "
+        "weight bytes, resp. no more BOPs (strictly better in one: `yes`; equal in both: `matched`). "
+        "`collapsed`: the point scores below FP32 - 10 pp on test.",
+        "",
+        *tables,
+        *verdict_lines(result),
+        "Losses: evaluated rows that no plan of our pooled front dominates or matches on test (either pair):",
+        "",
+        *loss_lines(result),
+        "",
+        *nncf_seed_line(result),
+        *PITFALLS,
+        "",
+    ]
