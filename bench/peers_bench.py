@@ -123,17 +123,19 @@ def front_gap(point: Mapping[str, float], front: Sequence[Mapping[str, float]], 
     }
 
 
-def verdicts(point: Mapping[str, float], front: Sequence[Mapping[str, Any]], *, acc: str = "test_accuracy"
-             ) -> dict[str, dict[str, Any]]:  # fmt: skip
+def verdicts(point: Mapping[str, float], front: Sequence[Mapping[str, Any]], *, acc: str = "test_accuracy",
+             bops_front: Sequence[Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
     """For each objective pair of :data:`OBJECTIVE_PAIRS` (``bytes``: acc and weight bytes; ``bops``: acc and
-    BOPs): the verdict, the label of the plan that covers the point (None) and the front's gap to it."""
+    BOPs): the verdict, the label of the plan that covers the point (None) and the front's gap to it. The BOPs
+    pair is judged on ``bops_front`` when given (the runs under a BOPs budget), else on ``front``."""
     out = {}
     for name, costs in OBJECTIVE_PAIRS.items():
-        v, q = dominance(point, front, acc=acc, costs=costs)
+        plans = bops_front if name == "bops" and bops_front is not None else front
+        v, q = dominance(point, plans, acc=acc, costs=costs)
         out[name] = {
             "verdict": v,
             "by": None if q is None else q.get("label"),
-            "gap": front_gap(point, front, acc=acc, cost=costs[0]),
+            "gap": front_gap(point, plans, acc=acc, cost=costs[0]),
         }
     return out
 
@@ -188,31 +190,41 @@ class Measurer:
 
 
 FRONT_KEYS = ("accuracy", "test_accuracy", "weight_bytes", "bops", "space_avg_bits", "label")
+# the two sets of runs of the default search: a budget of element-weighted average weight bits with the default
+# objectives (accuracy, weight bytes), and a BOPs budget (MACs-weighted average weight bits) with (accuracy, BOPs)
+RUN_KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "avg_bits": ("max_avg_weight_bits", ("accuracy", "weight_size")),
+    "mac_bits": ("max_avg_mac_bits", ("accuracy", "bops")),
+}
 
 
-def our_front(task, measurer: Measurer, *, budgets: Sequence[float], seeds: Sequence[int], evaluations: int
-              ) -> dict[str, Any]:  # fmt: skip
-    """The default search (``auto``) at each budget of average weight bits and each seed; the front plans of all
-    runs pooled (``front``, each row tagged with its budget and seed), the runs' provenance, and a re-measurement
-    of the first run's front by :class:`Measurer` (the peer points' code path) as a check."""
+def our_front(task, measurer: Measurer, *, budgets: Mapping[str, Sequence[float]], seeds: Sequence[int],
+              evaluations: int) -> dict[str, Any]:  # fmt: skip
+    """The default search (``auto``) at each budget of each kind of :data:`RUN_KINDS` (``budgets``: kind -> bits)
+    and each seed; the front plans of all runs pooled (``front``, each row tagged with its kind, budget and seed),
+    the runs' provenance, and a re-measurement of the first run's front by :class:`Measurer` (the peer points'
+    code path) as a check."""
     from workbench.search import SearchConfig, run_search
 
     runs, front = [], []
-    for seed in seeds:
-        for b in budgets:
-            cfg = SearchConfig(budget=evaluations, max_avg_weight_bits=b, seed=seed, storage=":memory:",
-                               track=False, progress=False)  # fmt: skip
+    for seed, kind in [(sd, k) for sd in seeds for k in budgets]:
+        knob, objectives = RUN_KINDS[kind]
+        for b in budgets[kind]:
+            cfg = SearchConfig(budget=evaluations, objectives=objectives, seed=seed, storage=":memory:",
+                               track=False, progress=False, **{knob: b})  # fmt: skip
             t0 = time.perf_counter()
             r = run_search(task, cfg)
             seconds = time.perf_counter() - t0
             rows = r.to_dict()["front"]
-            runs.append({"budget": b, "seed": seed, "strategy": r.config.strategy, "seconds": seconds,
-                         "real_evaluations": r.real_evaluations, "final_evaluations": r.final_evaluations,
-                         "front_size": len(rows)})  # fmt: skip
+            runs.append({"kind": kind, "budget": b, "seed": seed, "strategy": r.config.strategy,
+                         "seconds": seconds, "real_evaluations": r.real_evaluations,
+                         "final_evaluations": r.final_evaluations, "front_size": len(rows)})  # fmt: skip
             for p in rows:
-                front.append({k: p[k] for k in FRONT_KEYS} | {"budget": b, "seed": seed, "plan": p["plan"]})
+                front.append({k: p[k] for k in FRONT_KEYS} | {"kind": kind, "budget": b, "seed": seed,
+                                                               "plan": p["plan"]})  # fmt: skip
     check = []
-    for p in [q for q in front if q["budget"] == budgets[0] and q["seed"] == seeds[0]]:
+    first = runs[0] if runs else {}
+    for p in [q for q in front if all(q[k] == first[k] for k in ("kind", "budget", "seed"))]:
         m = measurer(QuantPlan.from_dict(p["plan"]))
         check.append(max(abs(m["accuracy"] - p["accuracy"]), abs(m["test_accuracy"] - p["test_accuracy"]),
                          abs(m["weight_bytes"] - p["weight_bytes"]), abs(m["bops"] - p["bops"])))  # fmt: skip
@@ -236,11 +248,19 @@ PEER_KEYS = ("peer", "version", "method", "setting", "granularity", "weight_bits
 def evaluate_points(
     peers: dict, name: str, measurer: Measurer, ours: dict, seeds: Sequence[int]
 ) -> list[dict]:
-    """One row per peer point and variant: our measurement of the plan and the verdicts of our pooled front on
-    test (and val); for the peer's own run also against the peer's own simulated test accuracy."""
+    """One row per peer point and variant: our measurement of the plan and the verdicts of our fronts on test
+    (``test``: weight bytes judged on the bits-budget runs, BOPs on the BOPs-budget runs; ``test_pooled``: both
+    on every front plan; ``val``; ``test_per_seed``); for the peer's own run also ``peer_sim``, against the peer's
+    own simulated test accuracy."""
     layers = peers["models"][name]["layers"]
     front = ours["front"]
-    by_seed = {s: [q for q in front if q["seed"] == s] for s in seeds}
+
+    def split(plans: list[dict]) -> dict[str, Any]:  # the bits-budget front and the BOPs-budget front
+        bits = [q for q in plans if q.get("kind", "avg_bits") == "avg_bits"] or plans
+        return {"front": bits, "bops_front": [q for q in plans if q.get("kind") == "mac_bits"] or plans}
+
+    main = split(front)
+    by_seed = {s: split([q for q in front if q.get("seed", s) == s]) for s in seeds}
     floor = measurer.test.fp32_accuracy - BOX_PP / 100
     out = []
     for p in [p for p in peers["points"] if p.get("model") == name]:
@@ -257,11 +277,12 @@ def evaluate_points(
                 continue
             m = measurer(plan)
             row.update(ours=m, plan_act_bits={n: s.a_bits for n, s in plan.items()})
-            row["test"] = verdicts(m, front)
-            row["val"] = verdicts(m, front, acc="accuracy")
-            row["test_per_seed"] = {s: verdicts(m, f) for s, f in by_seed.items()}
+            row["test"] = verdicts(m, **main)
+            row["test_pooled"] = verdicts(m, front)
+            row["val"] = verdicts(m, **main, acc="accuracy")
+            row["test_per_seed"] = {s: verdicts(m, **f) for s, f in by_seed.items()}
             if row["primary"] and p.get("peer_test") is not None:
-                row["peer_sim"] = verdicts({**m, "test_accuracy": p["peer_test"]}, front)
+                row["peer_sim"] = verdicts({**m, "test_accuracy": p["peer_test"]}, **main)
             row["collapsed"] = m["test_accuracy"] < floor
             out.append(row)
     return out
@@ -303,7 +324,9 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--json", default=str(OUT_JSON))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS),
-                        help="average weight bits of the default search's runs (their fronts are pooled)")  # fmt: skip
+                        help="average weight bits (element-weighted) of the runs judged on weight bytes")  # fmt: skip
+    parser.add_argument("--mac-budgets", nargs="*", type=float, default=list(BUDGETS),
+                        help="MACs-weighted average weight bits of the runs judged on BOPs (none: the bits runs)")  # fmt: skip
     parser.add_argument(
         "--evaluations", type=int, default=EVALUATIONS, help="real evaluations per search run"
     )
@@ -315,6 +338,9 @@ def _parse() -> argparse.Namespace:
         "--run-peers",
         action="store_true",
         help="first set up .venv-peers (bench/peers/setup.sh, kept if ready) and run the peers there",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite the section from --json, run nothing"
     )
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args()
@@ -337,15 +363,24 @@ def main() -> None:
         _run_peers(args.models, args.peers_json)
     peers = load_peers(Path(args.peers_json))
     rp = _load_module("run_peers", ROOT / "bench" / "peers" / "run_peers.py")
+    if args.report_only:  # the section again from the JSON of an earlier run (no search, no measurement)
+        result = json.loads(Path(args.json).read_text())
+        lines = report.section(HEADING, peers, result, argv=result.get("argv", ""))
+        splice(Path(args.out), HEADING, lines)
+        print("\n".join(lines))
+        return
     result: dict[str, Any] = {"peers_json": str(args.peers_json), "models": {}, "budgets": args.budgets,
-                              "evaluations": args.evaluations, "seeds": args.seeds}  # fmt: skip
+                              "mac_budgets": args.mac_budgets, "evaluations": args.evaluations,
+                              "seeds": args.seeds, "argv": _argv(args)}  # fmt: skip
     for name in [m for m in args.models if m in peers["models"]]:
         task = load_task(name, progress=False)
         digests = {"state_digest": rp.state_digest(task.model), "calib_digest": rp.split_digest(task.calib_loader),
                    "val_digest": rp.split_digest(task.val_loader),
                    "test_digest": rp.split_digest(task.test_loader)}  # fmt: skip
         measurer = Measurer(task)
-        ours = our_front(task, measurer, budgets=args.budgets, seeds=args.seeds, evaluations=args.evaluations)
+        budgets = {"avg_bits": args.budgets, "mac_bits": args.mac_budgets}
+        budgets = {k: v for k, v in budgets.items() if v}
+        ours = our_front(task, measurer, budgets=budgets, seeds=args.seeds, evaluations=args.evaluations)
         layers = peers["models"][name]["layers"]
         result["models"][name] = {
             "same_weights_and_data_as_peers": {
@@ -361,7 +396,7 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - t_all
     result["versions"] = machine_info()
     result["install"] = _install_seconds()
-    lines = report.section(HEADING, peers, result, argv=_argv(args))
+    lines = report.section(HEADING, peers, result, argv=result["argv"])
     splice(Path(args.out), HEADING, lines)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
@@ -375,6 +410,8 @@ def _argv(args: argparse.Namespace) -> str:
         parts.append("--models " + " ".join(args.models))
     if [float(b) for b in args.budgets] != list(BUDGETS):
         parts.append("--budgets " + " ".join(f"{b:g}" for b in args.budgets))
+    if [float(b) for b in args.mac_budgets] != list(BUDGETS):
+        parts.append("--mac-budgets " + " ".join(f"{b:g}" for b in args.mac_budgets))
     if args.evaluations != EVALUATIONS:
         parts.append(f"--evaluations {args.evaluations}")
     if list(args.seeds) != [0]:

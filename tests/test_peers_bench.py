@@ -209,6 +209,20 @@ def test_evaluate_points_measures_each_variant_against_the_pooled_front():
     assert "peer_sim" not in nncf_ours and "peer_sim" not in nncf  # no peer_test in the hand-written JSON
 
 
+def test_bytes_are_judged_on_the_bits_runs_and_bops_on_the_mac_bits_runs():
+    # the bits run found only the 8-bit plan; the MAC-bits run a 4-bit one: the AIMET point (2/2/8/8: 200 bytes,
+    # BOPs 160, acc 0.86) loses on bytes to the bits run, is dominated in BOPs by the MAC-bits run, and the pool
+    # (both runs) dominates it in both pairs
+    w8 = {"label": "w8", "kind": "avg_bits", "seed": 0, "accuracy": 0.98, "test_accuracy": 0.98,
+          "weight_bytes": 320, "bops": 256}  # fmt: skip
+    w4 = {**w8, "label": "w4", "kind": "mac_bits", "weight_bytes": 160, "bops": 128, "test_accuracy": 0.9}
+    aimet = pb.evaluate_points(PEERS, "digits_cnn", _StubMeasurer(), {"front": [w8, w4]}, seeds=[0])[0]
+    assert aimet["test"]["bytes"]["verdict"] == "not dominated"
+    assert (aimet["test"]["bops"]["verdict"], aimet["test"]["bops"]["by"]) == ("dominated", "w4")
+    assert {v["verdict"] for v in aimet["test_pooled"].values()} == {"dominated"}
+    assert aimet["test_per_seed"][0]["bops"]["by"] == "w4"
+
+
 def test_section_lists_shares_and_losses():
     w8 = {"label": "w8", "seed": 0, "accuracy": 0.98, "test_accuracy": 0.98, "weight_bytes": 320, "bops": 256}
     ours = {"front": [w8], "recheck_max_abs_diff": 0.0,

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 PAIRS = {"bytes": "weight bytes", "bops": "BOPs"}
+KIND_NAMES = {"avg_bits": "bits", "mac_bits": "MAC bits"}
 COVERED = ("dominated", "matched")
 
 
@@ -78,13 +79,15 @@ def model_table(name: str, peers: Mapping[str, Any], model: Mapping[str, Any]) -
         "",
         f"Layer order of the bit strings: {', '.join(f'`{n}`' for n in layers)}.",
         "",
-        "Our runs (default search `auto`, budget = average weight bits over the searched layers): "
+        "Our runs (default search `auto`; `bits` = average weight bits over the searched layers, "
+        "element-weighted, judged on weight bytes; `MAC bits` = the MACs-weighted average, a BOPs budget, judged "
+        "on BOPs): "
         + "; ".join(
-            f"{r['budget']:g} bits seed {r['seed']}: {r['front_size']} front plans, "
-            f"{r['real_evaluations']} evaluations, {r['seconds']:.0f} s"
+            f"{r['budget']:g} {KIND_NAMES.get(r.get('kind', 'avg_bits'), r.get('kind'))} seed {r['seed']}: "
+            f"{r['front_size']} front plans, {r['real_evaluations']} evaluations, {r['seconds']:.0f} s"
             for r in runs
         )  # fmt: skip
-        + f". Pooled front: {len(model['ours']['front'])} plans; re-measuring the first run's front with the "
+        + f". All front plans: {len(model['ours']['front'])}; re-measuring the first run's front with the "
         f"peer points' code path differs by at most {model['ours']['recheck_max_abs_diff']}. Same weights and "
         "data in both venvs (state / calib / val / test digests): "
         + (
@@ -94,8 +97,8 @@ def model_table(name: str, peers: Mapping[str, Any], model: Mapping[str, Any]) -
         ),  # fmt: skip
         "",
         "| peer | setting | evaluated as | weight bits | act bits | peer's sim val / test | ours val / test | "
-        "weight bytes (frac of FP32) | BOPs (M) | time (s) | dominated by our front (test, bytes)? | "
-        "(test, BOPs)? |",
+        "weight bytes (frac of FP32) | BOPs (M) | time (s) | dominated by our bits front (test, weight bytes)? | "
+        "by our MAC-bits front (test, BOPs)? |",
         "|" + "---|" * 12,
     ]
     for r in model["points"]:
@@ -145,6 +148,8 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
         lines.append(f"**{name}**: {len(primary)} peer points" + (f", {failed} failed peer runs" if failed else "")
                      + ".")  # fmt: skip
         lines.append(_count_line("as the peers ran them, our quantizer on both sides", primary))
+        lines.append(_count_line("the same, judged on all our front plans (both sets of runs)", primary,
+                                 "test_pooled"))  # fmt: skip
         lines.append(_count_line("against the accuracy of the peer's own simulation", primary, "peer_sim"))
         if any(not r["primary"] for r in ok):
             lines.append(_count_line("NNCF's weight bits in our space (per-channel, A8)",
@@ -157,6 +162,7 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
         _count_line(
             f"without the {len(every) - len(alive)} collapsed points (test below FP32 - 10 pp)", alive
         ),
+        _count_line("judged on all our front plans (both sets of runs)", every, "test_pooled"),
         _count_line("against the peers' own simulated accuracy", every, "peer_sim"),
         _count_line("NNCF's weight bits in our space (per-channel, A8)", every_ours),
         "",
@@ -244,6 +250,7 @@ def section(
     """The whole section: commands, machine and versions, method, per-model tables, verdicts, losses."""
     v = result["versions"]
     budgets = " / ".join(f"{b:g}" for b in result["budgets"])
+    macs = " / ".join(f"{b:g}" for b in result.get("mac_budgets") or [])
     seeds = ", ".join(str(s) for s in result["seeds"])
     tables = [ln for name in result["models"] for ln in model_table(name, peers, result["models"][name])]
     peer_s = peers.get("seconds")
@@ -284,17 +291,22 @@ def section(
         "Our front. The default search (`auto`: sensitivity-first allocation, then real evaluations on the "
         f"front and local moves) with its default space (weight bits {{2,3,4,6,8,16}} per layer or residual "
         f"group, per-channel, activations 8-bit), {result['evaluations']} real evaluations on val per run, at "
-        f"budgets of {budgets} average weight bits over the searched layers (element-weighted), seed {seeds}; "
-        "the front plans of all runs are pooled (each run's front already spans from 2 bits up to its budget, "
-        "so the pool covers the range of the peers' points). Its plans' test accuracy comes from the search's "
-        "final measurement on test.",
+        f"seed {seeds}, in two sets of runs. Bits: `SearchConfig(budget={result['evaluations']}, "
+        "max_avg_weight_bits=B)` (default objectives: accuracy, weight bytes) at B = "
+        f"{budgets} average weight bits over the searched layers (element-weighted); their fronts, pooled, judge "
+        "the (test, weight bytes) pair. MAC bits: `SearchConfig(..., max_avg_mac_bits=B, objectives=('accuracy', "
+        f"'bops'))` at B = {macs or '(not run)'} MACs-weighted average weight bits (a BOPs budget: at 8-bit "
+        "activations BOPs are proportional to it); their fronts, pooled, judge the (test, BOPs) pair. Each run's "
+        "front spans from half its budget (or the smallest plan) up to the budget, so each pool covers 2 to 6 "
+        "bits. Front plans are chosen on val; their test accuracy is the search's final measurement on test. "
+        "A third line judges both pairs on all front plans of both sets.",
         "",
         "How it is compared. Each peer point becomes our QuantPlan with the peer's per-layer weight bits, its "
         "granularity and its activation bits (a layer's input), everything else our defaults (min-max "
         "observers), evaluated by our quantizer exactly like a search trial (`PlanEvaluator`, `CostModel`): "
         "accuracy on val and test, weight bytes (codes + scales) and BOPs. NNCF points (per-tensor, mixed "
         "activations) are also evaluated with the same weight bits in our space (per-channel, A8). The two "
-        "verdict columns ask whether a plan of our pooled front is at least as accurate on test with no more "
+        "verdict columns ask whether a plan of the front is at least as accurate on test with no more "
         "weight bytes, resp. no more BOPs (strictly better in one: `yes`; equal in both: `matched`). "
         "`collapsed`: the point scores below FP32 - 10 pp on test.",
         "",
