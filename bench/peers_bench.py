@@ -277,6 +277,7 @@ def evaluate_points(
                 continue
             m = measurer(plan)
             row.update(ours=m, plan_act_bits={n: s.a_bits for n, s in plan.items()})
+            row["in_our_space"] = report.in_our_space(row)
             row["test"] = verdicts(m, **main)
             row["test_pooled"] = verdicts(m, front)
             row["val"] = verdicts(m, **main, acc="accuracy")

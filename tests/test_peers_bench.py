@@ -223,6 +223,18 @@ def test_bytes_are_judged_on_the_bits_runs_and_bops_on_the_mac_bits_runs():
     assert aimet["test_per_seed"][0]["bops"]["by"] == "w4"
 
 
+def test_like_for_like_rows_and_per_seed_lines():
+    rows = pb.evaluate_points(PEERS, "digits_cnn", _StubMeasurer(), {"front": []}, seeds=[0])
+    aimet, nncf, nncf_ours = rows[:3]
+    assert aimet["in_our_space"] and nncf_ours["in_our_space"] and not nncf["in_our_space"]
+    assert pb.report.outside_reasons(nncf) == ["per-tensor weights", "activations below 8 bits"]
+    # JSON turns the seed keys into strings; both spellings are read
+    row = {"test_per_seed": {"0": aimet["test"], 1: nncf["test"]}}
+    lines = pb.report._seed_lines([row], [0, 1])
+    assert lines[0].startswith("- search seed 0 alone") and lines[1].startswith("- search seed 1 alone")
+    assert pb.report._seed_lines([row], [0]) == []
+
+
 def test_section_lists_shares_and_losses():
     w8 = {"label": "w8", "seed": 0, "accuracy": 0.98, "test_accuracy": 0.98, "weight_bytes": 320, "bops": 256}
     ours = {"front": [w8], "recheck_max_abs_diff": 0.0,

@@ -125,6 +125,20 @@ def model_table(name: str, peers: Mapping[str, Any], model: Mapping[str, Any]) -
     return [*lines, ""]
 
 
+def outside_reasons(r: Mapping[str, Any]) -> list[str]:
+    """Why a row's plan lies outside our default search space (per-channel weights, 8-bit activations)."""
+    gran = r.get("granularity", "per_channel") if r.get("primary", True) else "per_channel"
+    out = [] if gran == "per_channel" else [f"{gran.replace('_', '-')} weights"]
+    if any(b != 8 for b in (r.get("plan_act_bits") or {}).values()):
+        out.append("activations below 8 bits")
+    return out
+
+
+def in_our_space(r: Mapping[str, Any]) -> bool:
+    """Like for like: a plan our default space can express (per-channel weights, 8-bit activations)."""
+    return not outside_reasons(r)
+
+
 def _count_line(label: str, rows: Sequence[Mapping[str, Any]], key: str = "test") -> str:
     c = count(rows, key)
     parts = [
@@ -132,6 +146,19 @@ def _count_line(label: str, rows: Sequence[Mapping[str, Any]], key: str = "test"
         for p in PAIRS
     ]
     return f"- {label}: " + "; ".join(parts) + "."
+
+
+def _seed_lines(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[str]:
+    """With several search seeds: the peers-as-run shares of each seed's own fronts (the lines above pool every
+    seed's plans)."""
+    if len(seeds) < 2:
+        return []
+    out = []
+    for s in seeds:
+        per = [{"test": (r.get("test_per_seed") or {}).get(s) or (r.get("test_per_seed") or {}).get(str(s))}
+               for r in rows]  # fmt: skip
+        out.append(_count_line(f"search seed {s} alone (peers as run)", per))
+    return out
 
 
 def verdict_lines(result: Mapping[str, Any]) -> list[str]:
@@ -154,6 +181,8 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
         if any(not r["primary"] for r in ok):
             lines.append(_count_line("NNCF's weight bits in our space (per-channel, A8)",
                                      [r for r in ok if not r["primary"]]))  # fmt: skip
+        lines.append(_count_line("like for like (every row whose plan our space can express: per-channel, A8)",
+                                 [r for r in ok if in_our_space(r)]))  # fmt: skip
         lines.append("")
     alive = [r for r in every if not r["collapsed"]]
     lines += [
@@ -165,6 +194,11 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
         _count_line("judged on all our front plans (both sets of runs)", every, "test_pooled"),
         _count_line("against the peers' own simulated accuracy", every, "peer_sim"),
         _count_line("NNCF's weight bits in our space (per-channel, A8)", every_ours),
+        _count_line(
+            "like for like (AIMET as run and NNCF's bits in our space: per-channel, A8)",
+            [r for r in every + every_ours if in_our_space(r)],
+        ),  # fmt: skip
+        *_seed_lines(every, result.get("seeds") or []),
         "",
     ]
     return lines
@@ -194,6 +228,8 @@ def loss_lines(result: Mapping[str, Any]) -> list[str]:
                 continue
             m = r["ours"]
             tag = " (collapsed: test below FP32 - 10 pp)" if r["collapsed"] else ""
+            if outside_reasons(r):
+                tag += f" (outside our default space: {' and '.join(outside_reasons(r))})"
             out.append(
                 f"- {name}, {r['peer']} {setting(r)} [{r['variant']}]: test {m['test_accuracy']:.4f}{tag} at "
                 f"{m['weight_fraction']:.4f} of FP32 weights, {m['bops'] / model['w8a8_bops']:.3f} of W8A8 BOPs; "
@@ -286,7 +322,8 @@ def section(
         "liberal mode: weights symmetric per-tensor, activation quantizers lowered with their adjacent weights; "
         "Hessian traces from all 256 calibration images, 200 Hutchinson iterations, tolerance 1e-4, estimated "
         "once per seed and reused across ratios) at compression ratios 1.5 / 2 / 3, two seeds of the probe "
-        "vectors. No fine-tuning anywhere.",
+        "vectors. No fine-tuning anywhere. Not run here: EfficientNet-Lite1 (the peers on its 50 layers and "
+        "128 val crops of 240 px did not fit this session's time on the shared 2 cores).",
         "",
         "Our front. The default search (`auto`: sensitivity-first allocation, then real evaluations on the "
         f"front and local moves) with its default space (weight bits {{2,3,4,6,8,16}} per layer or residual "
@@ -299,7 +336,8 @@ def section(
         "activations BOPs are proportional to it); their fronts, pooled, judge the (test, BOPs) pair. Each run's "
         "front spans from half its budget (or the smallest plan) up to the budget, so each pool covers 2 to 6 "
         "bits. Front plans are chosen on val; their test accuracy is the search's final measurement on test. "
-        "A third line judges both pairs on all front plans of both sets.",
+        "A third line judges both pairs on all front plans of both sets. With several seeds every line pools the "
+        "seeds' plans and one line per seed gives each seed's own shares.",
         "",
         "How it is compared. Each peer point becomes our QuantPlan with the peer's per-layer weight bits, its "
         "granularity and its activation bits (a layer's input), everything else our defaults (min-max "
@@ -312,7 +350,8 @@ def section(
         "",
         *tables,
         *verdict_lines(result),
-        "Losses: evaluated rows that no plan of our pooled front dominates or matches on test (either pair):",
+        "Losses: evaluated rows that our front does not dominate or match on test in either pair ((test, "
+        "weight bytes) judged on the bits runs, (test, BOPs) on the MAC-bits runs):",
         "",
         *loss_lines(result),
         "",
