@@ -82,11 +82,7 @@ def model_table(name: str, peers: Mapping[str, Any], model: Mapping[str, Any]) -
         "Our runs (default search `auto`; `bits` = average weight bits over the searched layers, "
         "element-weighted, judged on weight bytes; `MAC bits` = the MACs-weighted average, a BOPs budget, judged "
         "on BOPs): "
-        + "; ".join(
-            f"{r['budget']:g} {KIND_NAMES.get(r.get('kind', 'avg_bits'), r.get('kind'))} seed {r['seed']}: "
-            f"{r['front_size']} front plans, {r['real_evaluations']} evaluations, {r['seconds']:.0f} s"
-            for r in runs
-        )  # fmt: skip
+        + runs_text(runs)
         + f". All front plans: {len(model['ours']['front'])}; re-measuring the first run's front with the "
         f"peer points' code path differs by at most {model['ours']['recheck_max_abs_diff']}. Same weights and "
         "data in both venvs (state / calib / val / test digests): "
@@ -139,6 +135,23 @@ def in_our_space(r: Mapping[str, Any]) -> bool:
     return not outside_reasons(r)
 
 
+def runs_text(runs: Sequence[Mapping[str, Any]]) -> str:
+    """``3 bits: 9 front plans, 20 evaluations, 2 / 2 / 2 s`` per kind and budget, the seeds' figures joined."""
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        groups.setdefault((r.get("kind", "avg_bits"), r["budget"]), []).append(r)
+    parts = []
+    for (kind, budget), rs in groups.items():
+        plans = " / ".join(str(r["front_size"]) for r in rs)
+        evals = " / ".join(str(r["real_evaluations"]) for r in rs)
+        secs = " / ".join(f"{r['seconds']:.0f}" for r in rs)
+        parts.append(
+            f"{budget:g} {KIND_NAMES.get(kind, kind)}: {plans} front plans, {evals} evaluations, {secs} s"
+        )
+    seeds = " / ".join(dict.fromkeys(str(r["seed"]) for r in runs))
+    return "; ".join(parts) + f" (seed {seeds})"
+
+
 def _count_line(label: str, rows: Sequence[Mapping[str, Any]], key: str = "test") -> str:
     c = count(rows, key)
     parts = [
@@ -146,6 +159,10 @@ def _count_line(label: str, rows: Sequence[Mapping[str, Any]], key: str = "test"
         for p in PAIRS
     ]
     return f"- {label}: " + "; ".join(parts) + "."
+
+
+def _ok(c: Mapping[str, Mapping[str, int]], target: float = 0.9) -> bool:
+    return all(v["n"] and (v["dominated"] + v["matched"]) >= target * v["n"] for v in c.values())
 
 
 def _seed_lines(rows: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> list[str]:
@@ -185,6 +202,25 @@ def verdict_lines(result: Mapping[str, Any]) -> list[str]:
                                  [r for r in ok if in_our_space(r)]))  # fmt: skip
         lines.append("")
     alive = [r for r in every if not r["collapsed"]]
+    like = [r for r in every + every_ours if in_our_space(r)]
+    ran, same = count(every), count(like)
+    missed = [r for r in every if any(v["verdict"] not in COVERED for v in r["test"].values())]
+
+    def pct(c: Mapping[str, int]) -> str:
+        return f"{share(c['bytes'])} in bits, {share(c['bops'])} in BOPs"
+
+    lines[2:2] = [
+        "Acceptance (our default front dominates or matches >= 90 % of the peer points, bits and BOPs): "
+        + ("met" if _ok(ran) else "**not met**")
+        + f" for the points as the peers ran them ({pct(ran)}); "
+        + ("met" if _ok(same) else "**not met**")
+        + f" like for like, on the plans our space can express "
+        f"({pct(same)}). Of the {len(missed)} points as run that our front misses in either pair, "
+        f"{sum(not in_our_space(r) for r in missed)} lie outside our space (per-tensor weights with activations "
+        "below 8 bits: fewer scale bytes and BOPs than any plan of our space can have) and "
+        f"{sum(r['collapsed'] for r in missed)} collapsed (test below FP32 - 10 pp); all losses are listed below.",
+        "",
+    ]
     lines += [
         f"**All models**: {len(every)} peer points.",
         _count_line("as the peers ran them", every),
