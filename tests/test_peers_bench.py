@@ -106,17 +106,157 @@ def test_dominance(point, verdict, by):
 def test_dominance_options_and_gap():
     point = {"accuracy": 0.96, "test_accuracy": 0.97, "weight_bytes": 120, "bops": 10}
     assert pb.dominance(point, FRONT, acc="accuracy")[0] == "dominated"
-    assert pb.dominance(point, FRONT, extra=("bops",))[0] == "not dominated"  # the peer point has fewer BOPs
+    assert pb.dominance(point, FRONT, costs=("bops",))[0] == "not dominated"  # the peer point has fewer BOPs
+    assert pb.dominance(point, FRONT, costs=("weight_bytes", "bops"))[0] == "not dominated"
+    assert pb.dominance({**point, "bops": 55}, FRONT, costs=("bops",)) == ("dominated", FRONT[0])
     assert pb.dominance(point, [])[0] == "not dominated"
+    with pytest.raises(ValueError, match="costs"):
+        pb.dominance(point, FRONT, costs=())
     gap = pb.front_gap({"test_accuracy": 0.97, "weight_bytes": 80}, FRONT)
-    assert gap == {"best_acc_at_size": 0.96, "min_weight_bytes_at_acc": 100}
-    assert pb.front_gap({"test_accuracy": 0.999, "weight_bytes": 10}, FRONT) == {
-        "best_acc_at_size": None,
-        "min_weight_bytes_at_acc": None,
+    assert gap == {"best_acc_at_cost": 0.96, "min_cost_at_acc": 100}
+    assert pb.front_gap({"test_accuracy": 0.97, "bops": 45}, FRONT, cost="bops") == {
+        "best_acc_at_cost": 0.96,
+        "min_cost_at_acc": 50,
     }
-    assert pb._seed_verdict(["dominated", "matched", "dominated"]) == "yes (3/3 seeds)"
-    assert pb._seed_verdict(["dominated", "not dominated", "not dominated"]) == "partly (1/3 seeds)"
-    assert pb._seed_verdict(["not dominated"] * 3) == "**NO** (0/3 seeds)"
+    assert pb.front_gap({"test_accuracy": 0.999, "weight_bytes": 10}, FRONT) == {
+        "best_acc_at_cost": None,
+        "min_cost_at_acc": None,
+    }
+
+
+def test_verdicts_in_both_objective_pairs_and_their_counts():
+    # more accurate than nothing at its size, but b has fewer BOPs at higher accuracy
+    v = pb.verdicts({"test_accuracy": 0.95, "weight_bytes": 50, "bops": 45}, FRONT)
+    assert v["bytes"]["verdict"] == "not dominated" and v["bytes"]["by"] is None
+    assert v["bytes"]["gap"] == {"best_acc_at_cost": None, "min_cost_at_acc": 60}
+    assert (v["bops"]["verdict"], v["bops"]["by"]) == ("dominated", "b")
+    rows = [
+        {"test": v},
+        {"test": pb.verdicts({"test_accuracy": 0.96, "weight_bytes": 60, "bops": 40}, FRONT)},  # b itself
+        {"error": "boom"},  # no verdicts: not counted
+    ]
+    c = pb.count(rows)
+    assert c["bytes"] == {"n": 2, "dominated": 0, "matched": 1, "not dominated": 1}
+    assert c["bops"] == {"n": 2, "dominated": 1, "matched": 1, "not dominated": 0}
+    assert pb.report.share(c["bops"]) == "2/2 (100 %)"
+    assert pb.report.share(c["bops"], strict=True) == "1/2 (50 %)"
+    assert pb.report.share(c["bytes"]) == "1/2 (50 %)"
+
+
+class _StubMeasurer:
+    """Accuracy falls with the bits removed; weight bytes = sum of weight bits x 10; BOPs = sum w x a bits."""
+
+    class _Split:
+        fp32_accuracy = 0.98
+
+    test = _Split()
+
+    def __call__(self, plan):
+        w = sum(s.w_bits for s in plan.layers.values())
+        a = sum(s.w_bits * s.a_bits for s in plan.layers.values())
+        tensor = sum(s.granularity == "per_tensor" for s in plan.layers.values())
+        acc = 0.98 - 0.01 * (32 - w) - 0.001 * tensor
+        return {"accuracy": acc, "test_accuracy": acc, "weight_bytes": 10 * w - tensor, "bops": a,
+                "weight_fraction": w / 128}  # fmt: skip
+
+
+def test_evaluate_points_measures_each_variant_against_the_pooled_front():
+    ours = {
+        "front": [  # seed 0: an 8/8/8/8 plan; seed 1: a 4/4/4/4 one (both A8 per-channel)
+            {
+                "label": "w8",
+                "seed": 0,
+                "accuracy": 0.98,
+                "test_accuracy": 0.98,
+                "weight_bytes": 320,
+                "bops": 256,
+            },
+            {
+                "label": "w4",
+                "seed": 1,
+                "accuracy": 0.9,
+                "test_accuracy": 0.9,
+                "weight_bytes": 160,
+                "bops": 128,
+            },
+        ]
+    }
+    rows = pb.evaluate_points(PEERS, "digits_cnn", _StubMeasurer(), ours, seeds=[0, 1])
+    assert [(r["peer"], r.get("variant", "")[:6]) for r in rows] == [
+        ("AIMET", "as the"),
+        ("NNCF", "as the"),
+        ("NNCF", "its we"),  # per-tensor with mixed activations: also measured in our space
+        ("NNCF", "as the"),  # the failed run stays a row
+    ]
+    aimet, nncf, nncf_ours, failed = rows
+    assert failed["error"] == "AttributeError: boom" and "test" not in failed
+    # AIMET 2/2/8/8: 20 bits -> acc 0.86, 200 bytes, BOPs 160; w4 is more accurate with fewer bytes and BOPs
+    assert aimet["ours"]["test_accuracy"] == pytest.approx(0.86)
+    assert aimet["test"]["bytes"]["verdict"] == "dominated" and aimet["test"]["bytes"]["by"] == "w4"
+    assert aimet["test"]["bops"]["verdict"] == "dominated"
+    assert aimet["collapsed"]  # 0.86 < 0.98 - 10 pp
+    assert aimet["test_per_seed"][0]["bytes"]["verdict"] == "not dominated"  # w8 alone is larger
+    # NNCF as run (per-tensor, 4-bit activations): 24 bits, BOPs 8*8+4*4+4*4+8*8 = 160
+    assert nncf["ours"]["bops"] == 160 and nncf["plan_act_bits"] == {
+        "conv1": 8,
+        "conv2": 4,
+        "fc1": 4,
+        "fc2": 8,
+    }
+    assert nncf["ours"]["test_accuracy"] == pytest.approx(0.896) and nncf["ours"]["weight_bytes"] == 236
+    assert nncf["test"]["bytes"]["verdict"] == nncf["test"]["bops"]["verdict"] == "dominated"  # by w4
+    assert nncf_ours["plan_act_bits"] == dict.fromkeys(LAYERS, 8) and not nncf_ours["primary"]
+    assert "peer_sim" not in nncf_ours and "peer_sim" not in nncf  # no peer_test in the hand-written JSON
+
+
+def test_bytes_are_judged_on_the_bits_runs_and_bops_on_the_mac_bits_runs():
+    # the bits run found only the 8-bit plan; the MAC-bits run a 4-bit one: the AIMET point (2/2/8/8: 200 bytes,
+    # BOPs 160, acc 0.86) loses on bytes to the bits run, is dominated in BOPs by the MAC-bits run, and the pool
+    # (both runs) dominates it in both pairs
+    w8 = {"label": "w8", "kind": "avg_bits", "seed": 0, "accuracy": 0.98, "test_accuracy": 0.98,
+          "weight_bytes": 320, "bops": 256}  # fmt: skip
+    w4 = {**w8, "label": "w4", "kind": "mac_bits", "weight_bytes": 160, "bops": 128, "test_accuracy": 0.9}
+    aimet = pb.evaluate_points(PEERS, "digits_cnn", _StubMeasurer(), {"front": [w8, w4]}, seeds=[0])[0]
+    assert aimet["test"]["bytes"]["verdict"] == "not dominated"
+    assert (aimet["test"]["bops"]["verdict"], aimet["test"]["bops"]["by"]) == ("dominated", "w4")
+    assert {v["verdict"] for v in aimet["test_pooled"].values()} == {"dominated"}
+    assert aimet["test_per_seed"][0]["bops"]["by"] == "w4"
+
+
+def test_like_for_like_rows_and_per_seed_lines():
+    rows = pb.evaluate_points(PEERS, "digits_cnn", _StubMeasurer(), {"front": []}, seeds=[0])
+    aimet, nncf, nncf_ours = rows[:3]
+    assert aimet["in_our_space"] and nncf_ours["in_our_space"] and not nncf["in_our_space"]
+    assert pb.report.outside_reasons(nncf) == ["per-tensor weights", "activations below 8 bits"]
+    # JSON turns the seed keys into strings; both spellings are read
+    row = {"test_per_seed": {"0": aimet["test"], 1: nncf["test"]}}
+    lines = pb.report._seed_lines([row], [0, 1])
+    assert lines[0].startswith("- search seed 0 alone") and lines[1].startswith("- search seed 1 alone")
+    assert pb.report._seed_lines([row], [0]) == []
+
+
+def test_section_lists_shares_and_losses():
+    w8 = {"label": "w8", "seed": 0, "accuracy": 0.98, "test_accuracy": 0.98, "weight_bytes": 320, "bops": 256}
+    ours = {"front": [w8], "recheck_max_abs_diff": 0.0,
+            "runs": [{"budget": 6.0, "seed": 0, "front_size": 1, "real_evaluations": 20, "seconds": 1.0}]}  # fmt: skip
+    rows = pb.evaluate_points(PEERS, "digits_cnn", _StubMeasurer(), ours, seeds=[0])
+    model = {"points": rows, "ours": ours, "fp32_weight_bytes": 1280, "w8a8_bops": 256,
+             "same_weights_and_data_as_peers": {"state_digest": True}}  # fmt: skip
+    result = {"models": {"digits_cnn": model}, "budgets": [6.0], "seeds": [0], "evaluations": 20, "seconds": 3.0,
+              "install": "1 s", "versions": {"cpu": "cpu X", "cores": 2, "python": "3.11",
+                                             "versions": {"torch": "t", "optuna": "o", "numpy": "n"}}}  # fmt: skip
+    text = "\n".join(pb.report.section(pb.HEADING, PEERS, result, argv="--budgets 6"))
+    assert text.startswith(pb.HEADING)
+    assert "python bench/peers_bench.py --budgets 6" in text
+    assert "cpu X, 2 cores shared with other jobs" in text
+    # AIMET 2/2/8/8 (200 bytes, BOPs 160) beats the lone 8-bit plan on cost: a loss in both pairs, listed
+    loss = [ln for ln in text.splitlines() if ln.startswith("- digits_cnn, AIMET")]
+    assert (
+        len(loss) == 1 and "fails on (test, weight bytes)" in loss[0] and "fails on (test, BOPs)" in loss[0]
+    )
+    assert "our least weight at no lower test 0.2500 of FP32 weights" in loss[0]
+    # the NNCF point (24 bits, per-tensor) is also smaller than w8: 0 of 2 peer points covered
+    assert "(test, weight bytes) 0/2 (0 %) dominated or matched" in text
 
 
 def test_splice_replaces_only_its_section(tmp_path):

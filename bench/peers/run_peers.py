@@ -1,4 +1,5 @@
-"""Run the peer mixed-precision tools on our digits models: Qualcomm AIMET AMP and NNCF 2.x HAWQ.
+"""Run the peer mixed-precision tools on our digits models (digits_cnn, digits_resnet and the MobileNetV2-style
+digits_mobilenet): Qualcomm AIMET AMP and NNCF 2.x HAWQ.
 
 Runs in the peers venv (``bash bench/peers/setup.sh`` builds ``.venv-peers``), never in the main one:
 
@@ -45,7 +46,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(OUT_DIR / "torch_extensions"))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MODELS = ("digits_cnn", "digits_resnet")
+MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
