@@ -4,8 +4,8 @@
 For ``auto`` (strategy or warm start) the pass is fast: weight probes only, at the space's narrowest integer
 width and the ones nearest ``SearchConfig.probe_bits`` (default 2 and 4; the other widths are scaled from them by
 the weight quantization noise, :class:`~workbench.sensitivity.scaled.ScaledSensitivity`), at the granularity the
-plans use (per channel unless the space has none), on one calibration batch, output errors only (``output_mse``
-and ``output_kl``; no labels needed), no per-channel table. For the other baselines: the sensitivity defaults, or
+plans use (per channel unless the space has none), output errors only (``output_mse`` and ``output_kl``; no
+labels needed), no per-channel table. For the other baselines: the sensitivity defaults, or
 on a task whose calibration batches carry no labels, the label-free metrics only."""
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ def search_sensitivity_config(task: TaskLike, config: SearchConfig) -> Sensitivi
         metrics=LABEL_FREE_METRICS,
         per_channel=False,
         cost_metric=None,
-        calib_batches=1,
         base_spec=config.space.base_spec,
         num_threads=config.worker_threads,
         seed=config.seed,
