@@ -8,7 +8,7 @@ STAMP_SYS := $(VENV)/.stamp-system
 STAMP_REAL := $(VENV)/.stamp-real
 export MPLBACKEND := Agg
 
-.PHONY: run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-ptq peers-venv bench-parallel bench-transformer bench-byom
+.PHONY: bench-auto run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-ptq peers-venv bench-parallel bench-transformer bench-byom
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -129,6 +129,10 @@ bench-byom: $(STAMP)
 ## Search workers on one study: 1 worker (1 and 2 threads) vs 2 workers, wall time and speed-up.
 bench-parallel: $(STAMP)
 	$(BIN)/python bench/parallel_bench.py
+
+## The default search (auto) vs uniform, greedy and ILP at 3-6 average bits (section in docs/BENCHMARKS.md).
+bench-auto: $(STAMP)
+	PYTHONPATH=. $(BIN)/python bench/auto_bench.py --models digits_resnet digits_bert --doc
 
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_bench.py
