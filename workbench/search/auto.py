@@ -38,12 +38,6 @@ if TYPE_CHECKING:
 
 TABLES_ATTR = "workbench_auto_tables"
 EXHAUSTED_ATTR = "workbench_search_exhausted"
-BUDGET_NAMES: dict[str, str] = {
-    "avg_bits": "average weight bits over the searched layers (element-weighted)",
-    "mac_bits": "average weight bits over the searched layers (MACs-weighted)",
-    "weight_bytes": "weight bytes (codes and scales) of the whole model",
-    "size_bytes": "bytes of the whole model",
-}
 
 
 @dataclass(frozen=True)
@@ -338,7 +332,6 @@ def propose(
 
 
 __all__ = [
-    "BUDGET_NAMES",
     "EXHAUSTED_ATTR",
     "TABLES_ATTR",
     "AllocationTables",
