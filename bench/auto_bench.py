@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from workbench.quant.spec import QuantPlan
 from workbench.search import SearchConfig, SpaceConfig, run_search
 from workbench.search.baselines import greedy_candidates
 from workbench.search.context import prepare
@@ -93,8 +94,6 @@ def run_model(name: str, bits_list: list[float], evaluations: int, probe: Any) -
         result = run_search(task, cfg)
         seconds = time.perf_counter() - t0
         best = result.best(max_avg_weight_bits=bits)
-        from workbench.quant.spec import QuantPlan
-
         plans = {"auto": QuantPlan.from_json(best["plan"]), **_baselines(task, space, bits, probe)}
         scores = {k: test(p)[0] for k, p in plans.items()}
         rows.append({"model": name, "bits": bits, "metric": str(task.metric_name), "auto_seconds": seconds,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -180,7 +180,7 @@ def _with_levels(tables: AllocationTables, space: SearchSpace, n_levels: int) ->
     cap = max(cap, low)
     bottom = max(low, 0.5 * cap)  # below half the budget's bits plans collapse: no evaluation is spent there
     levels = np.linspace(bottom, cap, max(2, int(n_levels)))[::-1]
-    return AllocationTables(**{**tables.__dict__, "levels": tuple(float(x) for x in levels)})
+    return replace(tables, levels=tuple(float(x) for x in levels))
 
 
 # ============================================================================================ allocation

@@ -57,6 +57,7 @@ class AutoSampler(BaseSampler):
                 return {}
             choice = np.array(best.choice)  # a measured plan again: a cache hit, no evaluation
         label = f"{MOVE_LABEL} {step + 1} (predicted error {tables.error(choice):.4g})"
+        # a sampler sees a FrozenTrial: its label goes through the storage (Optuna has no public setter here)
         study._storage.set_trial_user_attr(trial._trial_id, "label", label)
         return self._space.params_from_plan(_plan(self._space, tables.bits_of(choice)))
 
