@@ -21,7 +21,6 @@ Run: ``make bench-ptq`` (sets up the peers venv first), or
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import subprocess
 import sys
@@ -188,26 +187,25 @@ def run_aimet(
     return out
 
 
-def has_ptq() -> bool:
-    from workbench.quant import quantize_model
+WORKBENCH_METHODS: list[tuple[str, dict, list[str] | None]] = [
+    ("min-max", {}, None),
+    ("MSE ranges", {"w_observer": "mse", "a_observer": "mse"}, None),
+    ("ptq=bias_correction (default)", {}, ["bias_correction"]),
+    ("ptq=ranges,bias_correction", {}, ["ranges", "bias_correction"]),
+    ("ptq=gptq,bias_correction", {}, ["gptq", "bias_correction"]),
+    ("ptq=ranges,gptq,bias_correction", {}, ["ranges", "gptq", "bias_correction"]),
+    ("ptq=cle,ranges,adaround,bias_correction", {}, ["cle", "ranges", "adaround", "bias_correction"]),
+]
+"""(method, observer knobs, ptq steps) the workbench side runs at every setting (``--wb-only`` picks some)."""
 
-    return "ptq" in inspect.signature(quantize_model).parameters
 
-
-def workbench_runs() -> list[tuple[str, dict, list[str] | None]]:
-    """(method, observer knobs, ptq steps): min-max and MSE ranges always; the ptq steps where they exist."""
-    out: list[tuple[str, dict, list[str] | None]] = [
-        ("min-max", {}, None),
-        ("MSE ranges", {"w_observer": "mse", "a_observer": "mse"}, None),
-    ]
-    if has_ptq():
-        out += [
-            ("ptq=ranges", {}, ["ranges"]),
-            ("ptq=cle", {}, ["cle"]),
-            ("ptq=cle,bias_correction", {}, ["cle", "bias_correction"]),
-            ("ptq=cle,bias_correction,ranges,adaround", {}, ["cle", "bias_correction", "ranges", "adaround"]),
-        ]
-    return out
+def workbench_runs(only: list[str] | None = None) -> list[tuple[str, dict, list[str] | None]]:
+    """The workbench methods to run: all, or those named in ``only`` (an unknown name is an error)."""
+    names = [m for m, _, _ in WORKBENCH_METHODS]
+    bad = [n for n in only or [] if n not in names]
+    if bad:
+        raise SystemExit(f"--wb-only {bad} unknown; valid: {names}")
+    return [r for r in WORKBENCH_METHODS if not only or r[0] in only]
 
 
 @torch.no_grad()
@@ -215,7 +213,7 @@ def _logits(model, x: torch.Tensor, batch: int = 32) -> torch.Tensor:
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def run_workbench(case: dict) -> list[dict]:
+def run_workbench(case: dict, only: list[str] | None = None) -> list[dict]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from workbench.quant import QuantPlan, QuantSpec, quantize_model
@@ -223,7 +221,7 @@ def run_workbench(case: dict) -> list[dict]:
     loader = DataLoader(TensorDataset(case["x_cal"], torch.zeros(len(case["x_cal"]))), batch_size=32)
     rows = []
     for bits, gran in SETTINGS:
-        for method, knobs, steps in workbench_runs():
+        for method, knobs, steps in workbench_runs(only):
             spec = QuantSpec(w_bits=bits, a_bits=8, granularity=gran, **knobs)
             start = time.perf_counter()
             row = {"tool": "workbench", "setting": f"W{bits}A8 {gran}", "method": method, "error": None}
@@ -282,9 +280,11 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     facts["aimet_seconds"] = round(time.perf_counter() - t0, 1)
     facts["aimet_version"] = aimet.get("meta", {}).get("aimet_version", "?")
     t0 = time.perf_counter()
-    wb_rows = [] if args.tag else run_workbench(case)
+    wb_rows = [] if args.skip_workbench else run_workbench(case, args.wb_only)
     facts["workbench_seconds"] = round(time.perf_counter() - t0, 1)
-    facts["ptq"] = has_ptq()
+    facts["workbench_methods"] = (
+        [] if args.skip_workbench else [m for m, _, _ in workbench_runs(args.wb_only)]
+    )
     rows = score(name, case, aimet, runs, wb_rows)
     doc = {
         "facts": facts,
@@ -317,11 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", nargs="+", default=[], help="AIMET run labels to keep (e.g. 'W4A8 per_channel tf')"
     )
+    parser.add_argument("--skip-workbench", action="store_true", help="AIMET side only")
+    parser.add_argument(
+        "--wb-only", nargs="+", default=[], help="workbench methods to keep (e.g. 'ptq=gptq,bias_correction')"
+    )
     parser.add_argument(
         "--tag",
         default="",
-        help="AIMET side only, saved as <model>-<tag>.json beside the main part (the report merges them): to run "
-        "part of the grid in a second process",
+        help="saved as <model>-<tag>.json beside the main part (the report merges them; a part adds runs, not a "
+        "second FP32 row): to run part of the grid in a second process",
     )
     parser.add_argument(
         "--report", action="store_true", help="only rebuild the report from bench/out/ptq/*.json"

@@ -124,7 +124,8 @@ def section(rows: list[dict], meta: dict) -> list[str]:
 
 
 def _facts_line(f: dict) -> str:
-    ptq = "with `ptq=` steps" if f["ptq"] else "no `ptq=` steps in this checkout (min-max / MSE only)"
+    methods = f.get("workbench_methods", [])
+    ptq = f"methods {', '.join(f'`{m}`' for m in methods)}" if methods else "not run in this part"
     return (
         f"- {f['model']}{' (part ' + f['tag'] + ')' if f.get('tag') else ''}: {f['n_calib']} calibration / "
         f"{f['n_test']} test inputs; AIMET {f['aimet_version']} grid `{f['grid']}` (AdaRound "

@@ -143,7 +143,7 @@ def test_section_lists_cut_runs_once_and_names_facts() -> None:
         {**base, "method": "cle", "error": "not run: aimet_ptq.py stopped after the 10 s limit"},
     ]  # fmt: skip
     facts = {"model": "m", "grid": "quick", "n_calib": 32, "n_test": 64, "aimet_version": "2.42.0",
-             "aimet_seconds": 12.0, "workbench_seconds": 3.0, "ptq": False, "tag": "ada", "adaround_iters": 100,
+             "aimet_seconds": 12.0, "workbench_seconds": 3.0, "workbench_methods": [], "tag": "ada", "adaround_iters": 100,
              "aimet_timeout": 10}  # fmt: skip
     meta = {"command": "make bench-ptq", "date": "2026-01-01 00:00 UTC", "threads": 2, "facts": [facts]}
     lines = pr.section(rows, meta)
@@ -155,3 +155,10 @@ def test_section_lists_cut_runs_once_and_names_facts() -> None:
         line.startswith("- m (part ada): 32 calibration / 64 test") and "100 iterations" in line
         for line in lines
     )
+
+
+def test_workbench_methods_filter_names_unknown_methods():
+    assert [m for m, _, _ in pb.workbench_runs(["ptq=gptq,bias_correction"])] == ["ptq=gptq,bias_correction"]
+    assert len(pb.workbench_runs()) == len(pb.WORKBENCH_METHODS)
+    with pytest.raises(SystemExit, match=r"\['gptq'\] unknown"):
+        pb.workbench_runs(["gptq"])

@@ -1,12 +1,13 @@
 """Post-training quantization (PTQ) steps, one registry: ``cle`` (cross-layer equalization, before the swap),
-``ranges`` (per-layer range choice), ``adaround`` (learned rounding of low-bit weights) and ``bias_correction``
-(after calibration, in that order). Run them through ``quantize_model(..., ptq=[...])``; see
+``ranges`` (per-layer range choice), ``gptq`` (Hessian-guided rounding, one solve per layer), ``adaround`` (learned
+rounding of low-bit weights) and ``bias_correction`` (after calibration, in that order). Run them through ``quantize_model(..., ptq=[...])``; see
 :mod:`workbench.quant.ptq.registry` for the stages and the skip / error rules.
 """
 
 from workbench.quant.ptq.adaround import AdaRoundConfig
 from workbench.quant.ptq.bias_correction import BiasCorrectionConfig
 from workbench.quant.ptq.cle import CleConfig, cle_pairs
+from workbench.quant.ptq.gptq import GptqConfig
 from workbench.quant.ptq.ranges import RangesConfig
 from workbench.quant.ptq.registry import (
     PTQ_STEPS,
@@ -31,6 +32,7 @@ __all__ = [
     "AdaRoundConfig",
     "BiasCorrectionConfig",
     "CleConfig",
+    "GptqConfig",
     "PtqContext",
     "PtqRun",
     "PtqSkipWarning",

@@ -1,0 +1,242 @@
+"""GPTQ weight rounding (Frantar et al. 2023, "GPTQ: Accurate Post-Training Quantization for Generative
+Pre-trained Transformers"; the Optimal Brain Quantization of Frantar & Alistarh 2022).
+
+Each low-bit layer (``w_bits <= max_bits``), in execution order on its actual quantized-model input, rounds its
+weight one input column at a time and spreads each column's rounding error over the columns not yet rounded,
+weighted by the inverse Hessian ``H = X X^T`` of the layer's reconstruction loss (columns in order of decreasing
+``diag(H)``, "act order"; dampened by ``damp * mean(diag(H))``). Convolutions are unfolded into columns (one
+Hessian per group: a depthwise layer has one 9x9 Hessian per channel).
+
+``target="float"`` (the default) reconstructs the float model's output on the float input, as AdaRound does:
+the unconstrained optimum ``W* = W X_f X_q^T H^-1`` of ``||W X_f - Q X_q||^2`` absorbs the error of the layers
+before (and of the layer's own input quantizer) before it is rounded; ``target="quantized"`` is the original
+GPTQ (``||W X_q - Q X_q||^2``). The scales and zero points stay those the layer's observer chose; the rounded codes
+are written back as the layer's float weight (exactly on the grid), and a layer whose reconstruction error on the
+calibration data would grow keeps nearest rounding. One Cholesky factorisation per layer and group: Lite1's 50
+layers take seconds, not the minutes of AdaRound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from workbench.quant.ptq.adaround import _recon
+from workbench.quant.ptq.data import calib_batches, layer_by_layer, layer_inputs
+from workbench.quant.ptq.layers import forward_with, progress_bar, tunable_layers
+from workbench.quant.ptq.registry import PtqContext, register_ptq_step, skip
+from workbench.quant.quantizers import from_grid, to_grid
+from workbench.quant.spec import PlanError
+
+TARGETS = ("float", "quantized")
+
+
+@dataclass(frozen=True)
+class GptqConfig:
+    """GPTQ knobs: layers with ``w_bits <= max_bits``, Hessians from ``calib_samples`` samples (accumulated
+    ``chunk`` samples at a time), dampening ``damp`` (fraction of the mean Hessian diagonal), columns in
+    decreasing-Hessian order when ``act_order``, lazy updates in blocks of ``block`` columns, and the
+    reconstruction ``target`` ("float": the float model's output on the float input; "quantized": the layer's own
+    float weight on its quantized input)."""
+
+    name: ClassVar[str] = "gptq"
+    max_bits: int = 8
+    calib_samples: int = 32
+    chunk: int = 4
+    damp: float = 0.01
+    act_order: bool = True
+    block: int = 128
+    target: str = "float"
+
+    def __post_init__(self) -> None:
+        if self.calib_samples < 1 or self.chunk < 1 or self.block < 1:
+            raise PlanError("GptqConfig calib_samples, chunk and block must be >= 1")
+        if not 2 <= self.max_bits <= 16:
+            raise PlanError(f"GptqConfig.max_bits={self.max_bits} must lie in [2, 16]")
+        if not 0 < self.damp < 1:
+            raise PlanError(f"GptqConfig.damp={self.damp} must lie in (0, 1)")
+        if self.target not in TARGETS:
+            raise PlanError(f"GptqConfig.target={self.target!r} unknown; choose one of {TARGETS}")
+
+
+def handled(layer: nn.Module) -> str | None:
+    """Why GPTQ cannot handle ``layer`` (None when it can): Linear and zero-padded Conv2d with numeric padding."""
+    if isinstance(layer, nn.Linear):
+        return None
+    if not isinstance(layer, nn.Conv2d):
+        return f"a {type(layer).__name__} is not handled (Linear and Conv2d are)"
+    if isinstance(layer.padding, str) and layer.padding != "valid":
+        return f"padding={layer.padding!r} is not handled"
+    if layer.padding_mode != "zeros":
+        return f"padding_mode={layer.padding_mode!r} is not handled"
+    return None
+
+
+def columns(layer: nn.Module, x: Tensor) -> Tensor:
+    """``layer``'s input as weight columns ``[groups, fan_in / groups, positions]`` (pre-op applied; a
+    convolution unfolded in the weight's (channel, kh, kw) order)."""
+    pre_op = layer._modules.get("pre_op")
+    if pre_op is not None:
+        x = pre_op(x)
+    if isinstance(layer, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).T.unsqueeze(0)
+    padding = 0 if layer.padding == "valid" else layer.padding
+    cols = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=padding, stride=layer.stride)
+    n, kk, pos = cols.shape
+    g = layer.groups
+    return cols.view(n, g, kk // g, pos).permute(1, 2, 0, 3).reshape(g, kk // g, n * pos)
+
+
+@torch.no_grad()
+def statistics(layer: nn.Module, x_q: Tensor, x_f: Tensor | None, chunk: int) -> tuple[Tensor, Tensor | None]:
+    """Per-group ``H = X_q X_q^T`` and (with float inputs ``x_f``) ``C = X_f X_q^T``, over ``chunk``-sample
+    slices (float64 accumulators)."""
+    h = c = None
+    for i in range(0, x_q.shape[0], chunk):
+        cq = columns(layer, x_q[i : i + chunk]).double()
+        hh = torch.bmm(cq, cq.transpose(1, 2))
+        h = hh if h is None else h + hh
+        if x_f is not None:
+            cf = columns(layer, x_f[i : i + chunk]).double()
+            cc = torch.bmm(cf, cq.transpose(1, 2))
+            c = cc if c is None else c + cc
+    assert h is not None
+    return h, c
+
+
+def _dampened(h: Tensor, damp: float) -> Tensor:
+    """``h`` with dead columns (zero diagonal) set to 1 and ``damp * mean(diag)`` added to the diagonal."""
+    h = h.clone()
+    diag = torch.diagonal(h, dim1=1, dim2=2)
+    diag[diag <= 0] = 1.0
+    diag += damp * diag.mean(1, keepdim=True)
+    return h
+
+
+def _inverse_cholesky(h: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor of ``H^-1``, raising the dampening tenfold until ``H`` factors."""
+    for k in range(6):
+        hd = _dampened(h, damp * 10**k)
+        chol, info = torch.linalg.cholesky_ex(hd)
+        if not bool((info != 0).any()):
+            return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+    raise PlanError("GPTQ: the layer's input Hessian is not positive definite even with heavy dampening")
+
+
+def round_columns(w: Tensor, hinv: Tensor, q: dict[str, Tensor], block: int) -> Tensor:
+    """GPTQ's column loop: ``w`` ``[groups, rows, cols]`` rounded column by column on the grid ``q`` (scale,
+    zero_point, qmin, qmax, each of ``w``'s shape), each column's error spread by ``hinv`` (upper Cholesky of
+    ``H^-1``, ``[groups, cols, cols]``). Returns the dequantized codes."""
+    w = w.clone()
+    out = torch.empty_like(w)
+    cols = w.shape[2]
+    for i1 in range(0, cols, block):
+        i2 = min(i1 + block, cols)
+        w1, err1 = w[:, :, i1:i2].clone(), torch.empty_like(w[:, :, i1:i2])
+        h1 = hinv[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            j = i1 + i
+            s, z = q["scale"][:, :, j], q["zero_point"][:, :, j]
+            col = w1[:, :, i]
+            code = torch.clamp(torch.round(col / s) + z, q["qmin"][:, :, j], q["qmax"][:, :, j])
+            deq = (code - z) * s
+            out[:, :, j] = deq
+            e = (col - deq) / h1[:, i, i].unsqueeze(1)
+            w1[:, :, i:] -= e.unsqueeze(2) * h1[:, i, i:].unsqueeze(1)
+            err1[:, :, i] = e
+        w[:, :, i2:] -= torch.bmm(err1, hinv[:, i1:i2, i2:])
+    return out
+
+
+def _grid_params(layer: nn.Module, groups: int) -> dict[str, Tensor]:
+    """The weight quantizer's scale, zero point and code range, each broadcast to the weight's shape and laid out
+    as ``[groups, rows, cols]``."""
+    wq = layer.w_quant
+    shape = layer.weight.shape
+    grid = to_grid(layer.weight.detach(), wq.spec.granularity, wq.spec.group_size)
+    out = {}
+    for key in ("scale", "zero_point", "qmin", "qmax"):
+        full = from_grid(
+            torch.as_tensor(getattr(wq, key)).double().expand_as(grid), shape, wq.spec.granularity
+        )
+        out[key] = full.reshape(groups, shape[0] // groups, -1)
+    return out
+
+
+def gptq_weight(
+    layer: nn.Module, h: Tensor, c: Tensor | None, cfg: GptqConfig, *, weight: Tensor | None = None
+) -> Tensor:
+    """The GPTQ-rounded weight of ``layer`` (on its quantizer's grid) from the statistics ``h`` (and ``c``);
+    ``weight``: the float weight to reconstruct (default: the layer's own)."""
+    g = h.shape[0]
+    w = (layer.weight if weight is None else weight).detach().double()
+    w = w.reshape(g, layer.weight.shape[0] // g, -1)
+    if c is not None:  # W* = W C H^-1: the optimum of the float-target loss before rounding
+        hd = _dampened(h, cfg.damp)
+        w = torch.linalg.solve(hd, torch.bmm(w, c).transpose(1, 2)).transpose(1, 2)
+    q = _grid_params(layer, g)
+    perm = None
+    if cfg.act_order:
+        perm = torch.argsort(torch.diagonal(h, dim1=1, dim2=2), dim=1, descending=True)
+        idx = perm.unsqueeze(1)
+        w = torch.gather(w, 2, idx.expand_as(w))
+        q = {k: torch.gather(v, 2, idx.expand_as(v)) for k, v in q.items()}
+        h = torch.gather(torch.gather(h, 1, perm.unsqueeze(2).expand_as(h)), 2, idx.expand_as(h))
+    deq = round_columns(w, _inverse_cholesky(h, cfg.damp), q, cfg.block)
+    if perm is not None:
+        deq = torch.empty_like(deq).scatter_(2, perm.unsqueeze(1).expand_as(deq), deq)
+    return deq.reshape(layer.weight.shape).to(layer.weight.dtype)
+
+
+@torch.no_grad()
+def round_layer(
+    layer: nn.Module, float_layer: nn.Module, x_q: Tensor, x_f: Tensor, cfg: GptqConfig
+) -> dict[str, Any]:
+    """GPTQ-round ``layer`` from its raw quantized-model inputs ``x_q`` and the float model's inputs ``x_f``;
+    writes the rounded weight into ``layer.weight`` unless nearest rounding reconstructs better."""
+    xq = layer.a_quant(x_q)
+    h, c = statistics(layer, xq, x_f if cfg.target == "float" else None, cfg.chunk)
+    rounded = gptq_weight(layer, h, c, cfg, weight=float_layer.weight if c is not None else None)
+    target = float_layer(x_f) if cfg.target == "float" else forward_with(layer, xq, layer.weight)
+    before = float(_recon(forward_with(layer, xq, layer.quantized_weight()), target))
+    after = float(_recon(forward_with(layer, xq, rounded), target))
+    if after < before:
+        layer.weight.copy_(rounded)
+    return {"recon_nearest": before, "recon_gptq": after, "kept": "gptq" if after < before else "nearest"}
+
+
+@register_ptq_step(
+    "gptq",
+    stage="after_calibration",
+    order=18,
+    config_type=GptqConfig,
+    needs_data=True,
+    needs_float_reference=True,
+    summary="GPTQ weight rounding of <= max_bits Linear / Conv2d layers, layer by layer on calibration data",
+)
+def run_gptq(model: nn.Module, cfg: GptqConfig, ctx: PtqContext) -> dict[str, Any]:
+    assert ctx.float_model is not None
+    (inputs,) = calib_batches(ctx.calib_loader, max_samples=cfg.calib_samples, step="gptq")
+    chosen: dict[str, nn.Module] = {}
+    for name, m in tunable_layers(model, "gptq").items():
+        why = handled(m)
+        if why is not None:
+            skip("gptq", f"layer {name!r}", why)
+        elif m.w_quant.is_integer and m.w_quant.bits.max() <= cfg.max_bits:
+            chosen[name] = m
+    if not chosen:
+        skip("gptq", "every layer", f"no Linear / Conv2d layer has integer weights of <= {cfg.max_bits} bits")
+        return {}
+    float_layers = {n: ctx.float_model.get_submodule(n) for n in chosen}
+    float_inputs = layer_inputs(ctx.float_model, float_layers, inputs)
+    report: dict[str, Any] = {}
+
+    def tune(name: str, layer: nn.Module, x: Tensor) -> None:
+        report[name] = round_layer(layer, float_layers[name], x, float_inputs.pop(name), cfg)
+
+    layer_by_layer(model, chosen, inputs, before=tune, progress=progress_bar(ctx, "gptq", len(chosen)))
+    return report
