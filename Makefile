@@ -60,10 +60,10 @@ format: $(STAMP_DEV)
 lab: $(STAMP)
 	$(BIN)/jupyter lab --no-browser --ip 127.0.0.1 --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-## MLflow UI on 127.0.0.1 over the local sqlite store.
+## MLflow UI on 127.0.0.1:5000 over the workbench's store: MLFLOW_TRACKING_URI, else $WORKBENCH_HOME/mlruns/mlflow.db
+## (the checkout's mlruns/ when WORKBENCH_HOME is unset).
 ui: $(STAMP)
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns --host 127.0.0.1 --port 5000 --workers 1
+	$(BIN)/python -m workbench ui --host 127.0.0.1 --port 5000
 
 ## A shared MLflow tracking server for a team: PostgreSQL + artifacts under data/tracking, on 127.0.0.1:5001
 ## (ARGS="--host 0.0.0.0" to serve other machines); Ctrl-C stops it, the runs are kept.

@@ -203,3 +203,13 @@ def test_the_pipeline_shows_the_default_search_beside_uniform_at_equal_bits():
     assert (
         mixed["accuracy"] >= uniform["accuracy"]
     )  # uniform W4 is one of the plans the search measured on val
+
+
+def test_resolve_plan_names_a_directory_and_a_missing_file(digits_cnn_task, tmp_path):
+    model = digits_cnn_task.model
+    with pytest.raises(PlanError, match=f"plan '{tmp_path}' is a directory"):
+        resolve_plan(tmp_path, model)
+    with pytest.raises(PlanError, match="plan file 'plans/best.json' does not exist"):
+        resolve_plan("plans/best.json", model)
+    with pytest.raises(PlanError, match="plan file 'best.json' does not exist"):
+        resolve_plan("best.json", model)

@@ -77,13 +77,22 @@ def resolve_plan(plan: str | Path | QuantPlan, model: nn.Module) -> QuantPlan:
         return QuantPlan.from_shorthand(text, model)
     path = Path(text)
     try:
-        is_file = path.is_file()
+        is_file, is_dir = path.is_file(), path.is_dir()
     except (OSError, ValueError):  # e.g. a shorthand typo longer than the file system's name limit
-        is_file = False
+        is_file = is_dir = False
+    shorthands = "'uniform:w8a8', 'uniform:w4a8:per_channel', 'uniform:w4a8:per_group:g32'"
+    if is_dir:
+        raise PlanError(
+            f"plan {text!r} is a directory; give a plan JSON file in it or a shorthand, e.g. {shorthands}"
+        )
+    if not is_file and (path.suffix.lower() == ".json" or "/" in text or "\\" in text):
+        raise PlanError(
+            f"plan file {text!r} does not exist (a shorthand starts with 'uniform:', e.g. {shorthands})"
+        )
     if not is_file:
         raise PlanError(
-            f"plan {text!r} is neither a JSON file nor a shorthand; use a path to a plan JSON or e.g. "
-            "'uniform:w8a8', 'uniform:w4a8:per_channel', 'uniform:w4a8:per_group:g32'"
+            f"plan {text!r} is neither a JSON file nor a shorthand (no such file exists); use a path to a plan "
+            f"JSON or e.g. {shorthands}"
         )
     loaded = QuantPlan.load(path)
     if len(loaded):  # layers the model lacks would otherwise be skipped without a word by some stages

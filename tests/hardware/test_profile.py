@@ -163,3 +163,11 @@ def test_measured_curve_is_interpolated_on_log_log_axes():
     d["ops"]["conv"]["fp32"]["curve"] = [[1e6, -1.0], [1e8, 1e-2]]
     with pytest.raises(ProfileError, match=r"curve\[0\]\[1\] must be > 0"):
         PrecisionProfile.from_dict(d)
+
+
+def test_a_profile_file_with_a_duplicate_key_is_refused_naming_it(tmp_path):
+    text = json.dumps(_minimal())
+    path = tmp_path / "dup.json"
+    path.write_text(text.replace('"batch_size": 4', '"batch_size": 4, "batch_size": 64'))
+    with pytest.raises(ProfileError, match=f"{path} is ambiguous: the key 'batch_size' appears twice"):
+        load_profile(path)

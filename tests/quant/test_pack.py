@@ -94,3 +94,28 @@ def test_save_refuses_to_overwrite_and_bad_files(tiny_model, calib_batches, tmp_
         load_packed(tmp_path / "junk.wbq", tiny_model)
     with pytest.raises(FileNotFoundError):
         load_packed(tmp_path / "missing.wbq", tiny_model)
+
+
+def test_packed_header_size_and_nesting_are_checked_before_reading(tmp_path):
+    """A header size field over the limit or beyond the file is refused before anything is read or inflated
+    (before: the declared size was read and the bytes inflated first); JSON nested too deeply is a PlanError
+    (before: RecursionError); a directory is named as one."""
+    import struct
+    import zlib
+
+    from workbench.quant import read_header
+    from workbench.quant.pack import MAGIC
+
+    path = tmp_path / "big.wbq"
+    path.write_bytes(MAGIC + struct.pack("<I", (64 << 20) + 1) + b"\0" * 64)
+    with pytest.raises(PlanError, match=r"declares a 67108865-byte header, over the 64 MiB limit"):
+        read_header(path)
+    path.write_bytes(MAGIC + struct.pack("<I", 1000) + b"\0" * 64)
+    with pytest.raises(PlanError, match="truncated: its header is 1000 bytes, the file holds 64"):
+        read_header(path)
+    deep = zlib.compress(b"[" * 200_000 + b"]" * 200_000)
+    path.write_bytes(MAGIC + struct.pack("<I", len(deep)) + deep)
+    with pytest.raises(PlanError, match="damaged header .*nested too deeply"):
+        read_header(path)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        read_header(tmp_path)

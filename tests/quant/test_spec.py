@@ -108,3 +108,20 @@ def test_summary_counts_bits_scales_and_bops(tiny_model):
     assert low_act.summary(tiny_model, x).avg_act_bits == pytest.approx(
         (8 * (conv0 + conv1) + 4 * fc) / (conv0 + conv1 + fc)
     )
+
+
+def test_plan_json_with_a_duplicate_layer_or_field_is_refused_naming_it(tmp_path):
+    layer = '{"w_bits": 4, "a_bits": 8}'
+    with pytest.raises(PlanError, match="ambiguous: the key 'fc' appears twice"):
+        QuantPlan.from_json(f'{{"fc": {layer}, "conv": {layer}, "fc": {{"w_bits": 8}}}}')
+    path = tmp_path / "dup.json"
+    path.write_text('{"fc": {"w_bits": 4, "w_bits": 2}}')
+    with pytest.raises(PlanError, match=f"plan file {path}: .*the key 'w_bits' appears twice"):
+        QuantPlan.load(path)
+
+
+def test_plan_load_names_a_directory_and_a_missing_file(tmp_path):
+    with pytest.raises(IsADirectoryError, match=f"plan file {tmp_path} is a directory"):
+        QuantPlan.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        QuantPlan.load(tmp_path / "missing.json")

@@ -271,3 +271,29 @@ def test_a_missing_sensitivity_or_predictor_is_refused_by_name(digits_cnn_task):
         run_search(digits_cnn_task, _cfg(accuracy="predicted"), sensitivity=object())
     with pytest.raises(SearchError, match=r"strategy 'control' needs an accuracy predictor"):
         run_search(digits_cnn_task, _cfg(strategy="control"))
+
+
+def test_resume_after_a_kill_continues_the_study_s_parent_run(digits_cnn_task, one_torch_thread, tmp_path):
+    """A search killed with SIGKILL leaves its MLflow parent run (and the trial running then) RUNNING; the resumed
+    search continues that run: one study, one parent, every trial under it (before: a second parent, the first
+    RUNNING for ever)."""
+    import mlflow
+
+    from workbench import tracking
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    cfg = dict(strategy="random", storage=url, study_name="k", track=True)
+    first = run_search(digits_cnn_task, _cfg(budget=2, **cfg))
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    stale = tracking.runs_frame(stage="search-trial")["run_id"].iloc[0]
+    for run_id in (first.run_id, stale):  # what SIGKILL leaves behind
+        client.update_run(run_id, status="RUNNING")
+    again = run_search(digits_cnn_task, _cfg(budget=3, resume=True, **cfg))
+    parents = tracking.runs_frame(stage="search")
+    assert list(parents["run_id"]) == [first.run_id] and again.run_id == first.run_id
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and client.get_run(stale).info.status == "KILLED"
+    assert run.data.params["budget"] == "2" and run.data.tags["resumed.budget"] == "3"
+    assert run.data.tags["workbench.resumes"] == "1"
+    children = tracking.runs_frame(stage="search-trial")
+    assert len(children) == len(again.trials) and (children["tags.mlflow.parentRunId"] == first.run_id).all()

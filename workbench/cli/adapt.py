@@ -84,12 +84,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench import tracking
     from workbench.runtime import RuntimeConfig, evaluate_runtime
 
-    task = load_task(args)
     cfg = config_from_args(RuntimeConfig, args, CONFIG_FLAGS)
     if not 0 < args.budget <= 1:
         raise ValueError(
             f"--budget {args.budget} must be a fraction in (0, 1] of the all-{max(cfg.w_bits)}-bit cost"
         )
+    task = load_task(args)  # after the flags are checked
     ev = evaluate_runtime(
         task,
         budgets=(args.budget,),

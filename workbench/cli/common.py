@@ -65,6 +65,9 @@ def load_task(args: argparse.Namespace, *, retrain: bool = False):
     from workbench.distributed import process_device
     from workbench.pipeline import make_task
 
+    device = getattr(args, "device", None)
+    if device:
+        process_device(device)  # a device this machine lacks fails here, before the model loads or trains
     if getattr(args, "task", None):
         from workbench.tasks import load_task_file
 
@@ -74,8 +77,24 @@ def load_task(args: argparse.Namespace, *, retrain: bool = False):
         task = make_task(
             args.model, dataset=args.dataset, data_root=args.data_root, weights=args.weights, retrain=retrain
         )
-    device = getattr(args, "device", None)
     return task.to(process_device(device)) if device else task
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``; anything else exits at once (before any work) naming the
+    value and the valid range."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid; give an integer >= {low}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
 
 
 def tracking_flag(args: argparse.Namespace) -> bool | None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from workbench.cli.common import add_task_args, config_from_args, load_task, print_table
+from workbench.cli.common import add_task_args, config_from_args, int_at_least, load_task, print_table
 
 ESTIMATE_COLUMNS = [
     "profile",
@@ -29,9 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="with --measure: a small shape grid")
     p.add_argument("--name", default="cpu_measured", help="with --measure: the profile's name")
     p.add_argument("--out", help="with --measure: profile path (default data/profiles/<name>.json)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per shape (median)")
+    p.add_argument("--threads", type=int_at_least(1), help="torch threads (default: torch's)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32)
+    p.add_argument("--repeats", type=int_at_least(1), default=7, help="timed runs per shape (median)")
     p.add_argument("--engine", choices=["x86", "onednn", "fbgemm"], default="x86")
     p.add_argument("--show", metavar="PROFILE", help="print a profile (name or JSON path), validated")
     p.add_argument("--estimate", action="store_true", help="estimate --plan on each --profile")
@@ -79,10 +79,13 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
 def _estimate(args: argparse.Namespace) -> dict[str, Any]:
     """``--estimate``: the plan's latency, energy and bytes moved on each ``--profile`` against FP32."""
     from workbench.hardware.estimate import CostEstimator
+    from workbench.hardware.profile import load_profile
     from workbench.pipeline import resolve_plan
 
     if not args.plan:
         raise ValueError("--estimate needs --plan (a plan JSON file or a shorthand such as uniform:w8a8)")
+    for name in args.profile or ["cpu_measured"]:
+        load_profile(name)  # a bad profile name or file fails before the task loads
     task = load_task(args)
     plan = resolve_plan(args.plan, task.model)
     rows = []

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sensitivity, quantize, search, ..."
         )
     config = config_from_args(
-        PipelineConfig, args, ("model", "dataset", "data_root", "weights"), track=not args.no_track
+        PipelineConfig, args, ("model", "dataset", "data_root", "weights", "device"), track=not args.no_track
     )
     result = run_pipeline(config)
     print(f"\nEnd-to-end pipeline on {args.model} (test split)")

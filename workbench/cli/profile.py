@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench import tracking
     from workbench.profiling import ProfileConfig, profile_model, profile_summary
 
-    task = load_task(args)
     config = config_from_args(ProfileConfig, args, ("max_batches", "layers", "latency_repeats"))
+    task = load_task(args)  # after the flags are checked
     df = profile_model(task.model, task.calib_loader, config=config)
     summary = profile_summary(df)
     tracking.log_stage(

@@ -1,5 +1,6 @@
 """``workbench tracking-server``: a shared MLflow tracking server over PostgreSQL for a team
-(:mod:`workbench.servers`), in the foreground until Ctrl-C."""
+(:mod:`workbench.servers`), in the foreground until Ctrl-C; ``workbench ui``: the MLflow UI over the workbench's
+store (``MLFLOW_TRACKING_URI``, else ``$WORKBENCH_HOME/mlruns``), what ``make ui`` runs."""
 
 from __future__ import annotations
 
@@ -15,10 +16,45 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--home", help="its PostgreSQL data (pg/) and artifacts (default: data/tracking)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: other machines)")
-    p.add_argument("--port", type=int, default=5001, help="the tracking server's port")
-    p.add_argument("--pg-port", type=int, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--port", type=port_number, default=5001, help="the tracking server's port (1-65535)")
+    p.add_argument("--pg-port", type=port_number, help="PostgreSQL's port on 127.0.0.1 (default: a free one)")
     p.add_argument("--allowed-hosts", help="MLflow's --allowed-hosts, needed when clients use a host name")
     p.set_defaults(func=run, json=None)
+    ui = sub.add_parser(
+        "ui",
+        help="the MLflow UI (foreground) over the workbench's store: MLFLOW_TRACKING_URI, else "
+        "$WORKBENCH_HOME/mlruns/mlflow.db; what `make ui` runs",
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: other machines)")
+    ui.add_argument("--port", type=port_number, default=5000, help="the UI's port (1-65535)")
+    ui.set_defaults(func=run_ui, json=None)
+
+
+def port_number(text: str) -> int:
+    """An argparse ``type``: a TCP port, 1-65535 (0 and other values exit naming the value and the range)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port; give an integer in 1-65535")
+    return port
+
+
+def run_ui(args: argparse.Namespace) -> dict[str, Any]:
+    """Replace this process with ``mlflow ui`` over the workbench's tracking store (one worker, job execution
+    off), so that Ctrl-C stops it; returns only where ``os.execvpe`` does (in tests)."""
+    import os
+    import sys
+
+    from workbench.tracking.store import ui_store_args
+
+    store = ui_store_args()
+    cmd = [sys.executable, "-m", "mlflow", "ui", *store, "--host", args.host, "--port", str(args.port)]
+    cmd += ["--workers", "1"]
+    print(f"MLflow UI on http://{args.host}:{args.port} over {store[1]}", flush=True)
+    os.execvpe(cmd[0], cmd, {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    return {"backend_store_uri": store[1], "artifact_root": store[3], "command": cmd}
 
 
 def _print_usage(args: argparse.Namespace, server, pg, home: Path) -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench._common.strict_json import DuplicateKeyError, loads_strict
 from workbench.hardware.profile_schema import (
     _BIT_SERIAL_KEYS,
     _CONVERSION_KEYS,
@@ -171,7 +172,9 @@ class PrecisionProfile:
         except UnicodeDecodeError as e:
             raise ProfileError(f"{path} is not a UTF-8 text file: {e}") from None
         try:
-            data = json.loads(text)
+            data = loads_strict(text)
+        except DuplicateKeyError as e:
+            raise ProfileError(f"{path} is ambiguous: {e}") from None
         except json.JSONDecodeError as e:
             raise ProfileError(f"{path} is not valid JSON: {e}") from None
         except RecursionError:

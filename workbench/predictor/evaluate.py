@@ -18,7 +18,8 @@ from workbench.predictor.models import _MODELS, MODEL_NAMES
 from workbench.predictor.predictor import AccuracyPredictor, _check_transform
 
 
-def _min_plans_for_folds(k: int) -> int:
+def min_plans_for_folds(k: int) -> int:
+    """The fewest plans ``k``-fold evaluation takes (``MIN_FIT_PLANS`` to fit per fold, two per fold)."""
     return max(2 * k, math.ceil(MIN_FIT_PLANS * k / (k - 1)))
 
 
@@ -76,7 +77,7 @@ def _check_evaluation(dataset: PlanDataset, models: Sequence[str], k: Any, trans
         raise ValueError(f"k must be an int >= 2 folds, got {k!r}")
     _check_transform(transform)
     n = len(dataset)
-    need = _min_plans_for_folds(k)
+    need = min_plans_for_folds(k)
     if n < need:
         raise ValueError(
             f"{k}-fold evaluation needs at least {need} plans ({MIN_FIT_PLANS} to fit per fold), got {n}"

@@ -16,6 +16,7 @@ from workbench.models import evaluate_accuracy
 from workbench.quant import LayerCost, QuantPlan, quantize_model
 from workbench.quant.inputs import call_model, input_tensors, move_inputs, primary_output, split_batch
 from workbench.quant.spec import summarize
+from workbench.tasks.finite import check_finite_output, model_label
 from workbench.tasks.task import TaskLike, check_task
 
 
@@ -68,6 +69,7 @@ def _logits(
 def _reference(task: TaskLike, split: str) -> _Reference:
     loader = task.loader(split)
     logits, targets, fingerprint = _logits(task.model, loader, task.output_key)
+    check_finite_output(logits, model=model_label(task.model, task.model, task.name), split=split)
     default = task.metric is evaluate_accuracy and targets is not None and logits.dim() == 2
     acc = _top1(logits, targets) if default else task.evaluate(task.model, split)
     return _Reference(split, logits, targets, acc, default, fingerprint)
@@ -89,6 +91,7 @@ def measure_plan(
     t0 = time.perf_counter()
     qmodel = quantize_model(task.model, plan, task.calib_loader)
     logits, _, _ = _logits(qmodel, task.loader(reference.split), task.output_key)
+    check_finite_output(logits, model=model_label(qmodel, task.model, task.name), split=reference.split)
     if reference.default_metric:
         acc = _top1(logits, reference.targets)
     else:

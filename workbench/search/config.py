@@ -16,6 +16,7 @@ WARM_STARTS: tuple[str, ...] = ("auto", "uniform", "greedy", "ilp", "aimet")
 MEMORY = ":memory:"
 CONFIG_ATTR = "workbench_config"
 TASK_ATTR = "workbench_task"  # the task's name and evaluation fingerprint: resume / join must match it
+PARENT_RUN_ATTR = "workbench_mlflow_run"  # the study's MLflow parent run: a resume continues it
 
 
 class SearchError(ValueError):

@@ -39,6 +39,7 @@ from workbench.search.config import (
     BASELINE_STRATEGIES,
     CONFIG_ATTR,
     MEMORY,
+    PARENT_RUN_ATTR,
     SAMPLER_STRATEGIES,
     STRATEGIES,
     TASK_ATTR,
@@ -133,8 +134,11 @@ def run_search(
             **flat_params(config),
         },
         enabled=config.track,
+        adopt_run_id=study.user_attrs.get(PARENT_RUN_ATTR) if config.resume else None,
     ) as run:
         parent_id: str | None = getattr(run, "run_id", None)
+        if parent_id is not None and not join:  # a resume continues this run: one study, one parent run
+            study.set_user_attr(PARENT_RUN_ATTR, parent_id)
         if config.workers > 1 and not join:
             run_parallel(task, config, predictor, storage_url, name, target, counts_real, parent_id,
                          ctx.cost_model.fp32_latency_ms)  # fmt: skip

@@ -24,6 +24,7 @@ from workbench.sensitivity.curvature import HutchinsonResult, hutchinson_trace
 from workbench.sensitivity.graph import _GraphRunner, _nbytes
 from workbench.sensitivity.registry import MetricOutput, OutputMetric
 from workbench.sensitivity.schema import FLOAT_BITS, SPLITS
+from workbench.tasks.finite import check_finite_output, model_label
 from workbench.tasks.task import TaskLike
 
 
@@ -154,9 +155,12 @@ class SensitivityContext:
         return primary_output(out, key=self.output_key)
 
     def reference(self, split: str) -> Tensor:
-        """FP32 logits of the (folded) probe model on ``split``."""
+        """FP32 logits of the (folded) probe model on ``split``; NaN / Inf in them raise
+        :class:`~workbench.tasks.finite.NonFiniteOutputError` naming the model and the split."""
         if split not in self._references:
             self._record(split)
+            label = model_label(self.task.model, self.task.model, str(getattr(self.task, "name", "?")))
+            check_finite_output(self._references[split], model=label, split=split)
         return self._references[split]
 
     @torch.no_grad()

@@ -35,6 +35,7 @@ from workbench.data import (
     digits_data,
 )
 from workbench.tasks.byom import TaskFileError, load_task_file, task_from_model
+from workbench.tasks.finite import NonFiniteOutputError
 from workbench.tasks.metrics import (
     FIDELITY_KINDS,
     EvalFnMetric,
@@ -98,6 +99,7 @@ __all__ = [
     "FidelityMetric",
     "Metric",
     "MissingOptionalPackageError",
+    "NonFiniteOutputError",
     "PhotoCropConfig",
     "PhotoCrops",
     "Task",

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from workbench.data import SPLITS
 from workbench.devices import model_device, on_device
 from workbench.quant.inputs import batch_size, concat_inputs, split_batch, take_inputs
+from workbench.tasks.finite import finite_outputs, model_label
 from workbench.tasks.metrics import Metric, _check_score, metric_name
 from workbench.training import evaluate_accuracy
 
@@ -216,12 +217,15 @@ class Task:
 
     def evaluate(self, model: nn.Module | None = None, split: str = "test") -> float:
         """``metric`` of ``model`` (default the task's own model) on ``split``; a metric returning NaN or
-        something that is not a number raises ValueError naming the value."""
+        something that is not a number raises ValueError naming the value, and a model giving NaN / Inf outputs
+        raises :class:`~workbench.tasks.finite.NonFiniteOutputError` naming the model and the split."""
         model = self.model if model is None else model
-        if self.metric is evaluate_accuracy and self.output_key is not None:
-            value = evaluate_accuracy(model, self.loader(split), output_key=self.output_key)
-        else:
-            value = self.metric(model, self.loader(split))
+        label = model_label(model, self.model, self.name)
+        with finite_outputs(model, label=label, split=split, output_key=self.output_key):
+            if self.metric is evaluate_accuracy and self.output_key is not None:
+                value = evaluate_accuracy(model, self.loader(split), output_key=self.output_key)
+            else:
+                value = self.metric(model, self.loader(split))
         return _check_score(value, f"the metric {self.metric_name!r} of task {self.name!r}")
 
     def example_input(self, batch: int = 1) -> Any:

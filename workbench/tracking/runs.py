@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from workbench.tracking.convert import flatten_params
 from workbench.tracking.handles import NullRun, Run, RunHandle
 from workbench.tracking.store import STAGE_TAG, _client, ensure_store, get_experiment, tracking_enabled
 
@@ -25,6 +26,7 @@ def start_run(
     nested: bool = False,
     parent_run_id: str | None = None,
     enabled: bool | None = None,
+    adopt_run_id: str | None = None,
 ) -> Iterator[RunHandle]:
     """Start an MLflow run for ``stage`` (tag ``workbench.stage``) and yield its :class:`Run` handle.
 
@@ -32,6 +34,11 @@ def start_run(
     child of the active run; ``parent_run_id`` makes it a
     child of that run (also from another process, e.g. a search worker). With ``enabled=False`` or ``WORKBENCH_TRACKING=0`` a :class:`NullRun` is yielded.
     The run ends FINISHED, or FAILED if the block raises.
+
+    ``adopt_run_id``: a run of this store to continue instead of starting one (e.g. the parent run of a search
+    killed with SIGKILL and resumed, left RUNNING): it is reopened, its child runs still RUNNING are ended
+    KILLED, params it lacks are logged and those it holds with another value are set as ``resumed.<name>`` tags
+    (MLflow params cannot change). A run id this store lacks starts a new run.
     """
     if not stage or not isinstance(stage, str):
         raise ValueError(f"stage must be a non-empty string, got {stage!r}")
@@ -47,6 +54,12 @@ def start_run(
     mlflow.set_tracking_uri(uri)
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     all_tags[STAGE_TAG] = stage
+    if adopt_run_id is not None and _adoptable(adopt_run_id, experiment_id, uri):
+        with mlflow.start_run(run_id=adopt_run_id) as active:
+            run = Run(run_id=active.info.run_id, experiment_id=experiment_id, uri=uri)
+            _continue(run, params, all_tags)
+            yield run
+        return
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name or stage,
@@ -58,6 +71,35 @@ def start_run(
         if params:
             run.log_params(params)
         yield run
+
+
+def _adoptable(run_id: str, experiment_id: str, uri: str) -> bool:
+    """Whether ``run_id`` is a run of this store's ``experiment_id`` (not deleted)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = _client(uri).get_run(run_id).info
+    except MlflowException:
+        return False
+    return info.experiment_id == experiment_id and info.lifecycle_stage == "active"
+
+
+def _continue(run: Run, params: Any, tags: Mapping[str, str]) -> None:
+    """An adopted run: its children left RUNNING ended KILLED, the params it lacks logged, changed ones tagged."""
+    client = run._c
+    children = client.search_runs(
+        [run.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}' and status = 'RUNNING'"
+    )
+    for child in children:
+        client.set_terminated(child.info.run_id, status="KILLED")
+    data = client.get_run(run.run_id).data
+    flat = flatten_params(params) if params else {}
+    new = {k: v for k, v in flat.items() if k not in data.params}
+    if new:
+        run.log_params(new)
+    changed = {f"resumed.{k}": v for k, v in flat.items() if k in data.params and data.params[k] != v}
+    resumes = int(data.tags.get("workbench.resumes", "0")) + 1
+    run.set_tags({**tags, **changed, "workbench.resumes": resumes})
 
 
 def active_run() -> RunHandle:

@@ -103,6 +103,23 @@ def artifact_root(uri: str | None = None) -> Path:
     return db.parent if db is not None else mlruns_dir()
 
 
+def ui_store_args(uri: str | None = None) -> list[str]:
+    """The ``mlflow ui`` flags that open the workbench's store (``MLFLOW_TRACKING_URI``, else the sqlite database
+    under ``WORKBENCH_HOME``'s ``mlruns/``): ``--backend-store-uri`` and ``--default-artifact-root`` (its folder
+    created). A tracking server (``http(s)://``) serves its own UI: ValueError naming it (credentials hidden)."""
+    uri = uri or tracking_uri()
+    if _is_remote(uri):
+        parts = urlsplit(uri)
+        shown = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+        raise ValueError(
+            f"MLFLOW_TRACKING_URI is the tracking server {shown}: it serves its own UI, open that URL in a "
+            "browser (unset MLFLOW_TRACKING_URI for the local store's UI)"
+        )
+    root = artifact_root(uri)
+    root.mkdir(parents=True, exist_ok=True)
+    return ["--backend-store-uri", uri, "--default-artifact-root", str(root)]
+
+
 def _client(uri: str | None = None):
     from mlflow import MlflowClient
 

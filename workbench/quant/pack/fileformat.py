@@ -64,6 +64,8 @@ def read_header(path: str | Path) -> tuple[dict, int]:
     Raises :class:`PlanError` naming the file when it is not a packed model, or its header is truncated or damaged
     (the header is zlib-compressed JSON with a checksum; it is parsed, never executed)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"packed model {path} is a directory, not a .wbq file")
     if not path.is_file():
         raise FileNotFoundError(f"packed model {path} does not exist")
     with open(path, "rb") as f:
@@ -73,11 +75,34 @@ def read_header(path: str | Path) -> tuple[dict, int]:
         if len(size) < 4:
             raise PlanError(f"packed model {path} is truncated: it ends inside its header")
         (n,) = struct.unpack("<I", size)
+        _check_header_size(path, n, path.stat().st_size - len(MAGIC) - 4)
         blob = f.read(n)
     if len(blob) < n:
         raise PlanError(
             f"packed model {path} is truncated: its header is {n} bytes, the file holds {len(blob)}"
         )
+    header = _inflate_header(path, blob)
+    if not isinstance(header, dict) or not isinstance(header.get("entries"), list) or "plan" not in header:
+        raise PlanError(f"packed model {path} has a damaged header (no plan or entry list)")
+    return header, len(MAGIC) + 4 + n
+
+
+def _check_header_size(path: Path, n: int, available: int) -> None:
+    """Refuse, before reading or inflating anything, a header size field larger than the limit or the file."""
+    if n > MAX_HEADER_BYTES:
+        raise PlanError(
+            f"packed model {path} declares a {n}-byte header, over the {MAX_HEADER_BYTES >> 20} MiB limit "
+            "(damaged or crafted); it is not read"
+        )
+    if n > available:
+        raise PlanError(
+            f"packed model {path} is truncated: its header is {n} bytes, the file holds {available}"
+        )
+
+
+def _inflate_header(path: Path, blob: bytes) -> dict:
+    """The JSON header from its zlib ``blob``, inflating at most :data:`MAX_HEADER_BYTES` (a compression bomb is
+    refused after that); damaged bytes, bad JSON or JSON nested too deeply raise :class:`PlanError`."""
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(blob, MAX_HEADER_BYTES)
@@ -86,14 +111,13 @@ def read_header(path: str | Path) -> tuple[dict, int]:
                 f"packed model {path} has a header that inflates beyond {MAX_HEADER_BYTES >> 20} MiB "
                 "(a compression bomb or a damaged file); it is not read"
             )
-        header = json.loads(text)
+        return json.loads(text)
+    except RecursionError:
+        raise PlanError(f"packed model {path} has a damaged header (JSON nested too deeply)") from None
     except (zlib.error, ValueError) as e:
         if isinstance(e, PlanError):
             raise
         raise PlanError(f"packed model {path} has a damaged header ({e})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("entries"), list) or "plan" not in header:
-        raise PlanError(f"packed model {path} has a damaged header (no plan or entry list)")
-    return header, len(MAGIC) + 4 + n
 
 
 def _check_payload(path: Path, header: dict, data: bytes) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from torch import nn
 
+from workbench._common.strict_json import DuplicateKeyError, loads_strict
 from workbench.quant.introspect import layer_costs, unsupported_reason
 from workbench.quant.spec.layer import PlanError, QuantSpec
 from workbench.quant.spec.select import (
@@ -165,7 +166,9 @@ class QuantPlan:
         if not isinstance(text, (str, bytes, bytearray)):
             raise PlanError(f"a plan's JSON must be text, got {type(text).__name__}")
         try:
-            data = json.loads(text)
+            data = loads_strict(text)
+        except DuplicateKeyError as e:
+            raise PlanError(f"plan JSON is ambiguous: {e}") from None
         except json.JSONDecodeError as e:
             raise PlanError(f"plan is not valid JSON: {e}") from e
         except UnicodeDecodeError as e:
@@ -188,13 +191,15 @@ class QuantPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> QuantPlan:
-        """A plan from a JSON file; a file that cannot be read or is no plan raises :class:`PlanError` naming
-        the file (a missing one FileNotFoundError)."""
+        """A plan from a JSON file; a file that cannot be read or is no plan (a duplicate key too) raises
+        :class:`PlanError` naming the file (a missing one FileNotFoundError, a directory IsADirectoryError)."""
         path = Path(path)
         try:
-            is_file = path.is_file()
+            is_file, is_dir = path.is_file(), path.is_dir()
         except (OSError, ValueError):  # a name too long for the file system, ...
-            is_file = False
+            is_file = is_dir = False
+        if is_dir:
+            raise IsADirectoryError(f"plan file {path} is a directory, not a JSON file")
         if not is_file:
             raise FileNotFoundError(f"plan file {path} does not exist")
         try:
