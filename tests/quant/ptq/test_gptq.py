@@ -9,7 +9,14 @@ from torch.nn import functional as F
 
 from workbench.quant import QuantPlan, quantize_model
 from workbench.quant.ptq import GptqConfig, PtqSkipWarning
-from workbench.quant.ptq.gptq import _inverse_cholesky, columns, round_columns
+from workbench.quant.ptq.gptq import (
+    _inverse_cholesky,
+    _row_errors,
+    columns,
+    refine,
+    round_columns,
+    search_clip,
+)
 from workbench.quant.spec import PlanError
 
 
@@ -92,3 +99,40 @@ def test_gptq_names_what_it_skips_and_rejects_bad_configs(ir_model, ir_data):
         GptqConfig(target="output")
     with pytest.raises(PlanError, match="needs calibration data"):
         quantize_model(ir_model, QuantPlan.from_shorthand("uniform:w4:per_channel", ir_model), ptq=["gptq"])
+
+
+def test_refine_never_raises_any_row_error():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 12, 4, generator=g, dtype=torch.float64) @ torch.randn(3, 4, 200, generator=g).double()
+    h = torch.bmm(x, x.transpose(1, 2)) + 0.01 * torch.eye(12, dtype=torch.float64)
+    w = torch.randn(3, 5, 12, generator=g, dtype=torch.float64)
+    q = _grid(w, 3)
+    nearest = torch.clamp(torch.round(w / q["scale"]), q["qmin"], q["qmax"]) * q["scale"]
+    out = refine(w, nearest, h, q, sweeps=3)
+    before, after = _row_errors(w - nearest, h), _row_errors(w - out, h)
+    assert bool((after <= before * (1 + 1e-12)).all())
+    assert float(after.sum()) < 0.6 * float(before.sum())
+    codes = out / q["scale"]
+    assert torch.allclose(codes, codes.round(), atol=1e-9)
+
+
+def test_clip_search_shrinks_scales_where_an_outlier_wastes_the_grid():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 6))
+    with torch.no_grad():
+        model[0].weight.normal_()
+        model[0].weight[:, 0] = 12.0  # one outlier per row: min-max scales waste most of the 3-bit grid
+    q = quantize_model(model, QuantPlan.from_shorthand("uniform:w3:per_channel", model))
+    layer = q.get_submodule("0")
+    w = layer.weight.detach().double().reshape(1, 6, 32)
+    h = torch.eye(32, dtype=torch.float64).unsqueeze(0)
+    h[0, 0, 0] = 0.01  # the outliers' input is small: clipping them costs little
+
+    def err() -> float:
+        return float(_row_errors(w - layer.quantized_weight().detach().double().reshape(1, 6, 32), h).sum())
+
+    before = err()
+    ratio = search_clip(layer, w, h, (1.0, 0.8, 0.6, 0.4))
+    assert ratio < 1.0
+    assert err() < 0.8 * before
+    assert search_clip(layer, w, h, (1.0,)) == 1.0  # a single ratio leaves the scales alone

@@ -8,8 +8,9 @@ weighted by the inverse Hessian ``H = X X^T`` of the layer's reconstruction loss
 Hessian per group: a depthwise layer has one 9x9 Hessian per channel).
 
 ``target="float"`` (the default) reconstructs the float model's output on the float input, as AdaRound does:
-the unconstrained optimum ``W* = W X_f X_q^T H^-1`` of ``||W X_f - Q X_q||^2`` absorbs the error of the layers
-before (and of the layer's own input quantizer) before it is rounded; ``target="quantized"`` is the original
+the optimum ``W* = (W X_f X_q^T + W D) (H + D)^-1`` of ``||W X_f - Q X_q||^2 + ||(W - Q) D^1/2||^2`` (``D``: the
+dampening, which keeps ``W*`` equal to ``W`` in directions the calibration inputs do not span) absorbs the error of
+the layers before (and of the layer's own input quantizer) before it is rounded; ``target="quantized"`` is the original
 GPTQ (``||W X_q - Q X_q||^2``). The scales and zero points stay those the layer's observer chose; the rounded codes
 are written back as the layer's float weight (exactly on the grid), and a layer whose reconstruction error on the
 calibration data would grow keeps nearest rounding. One Cholesky factorisation per layer and group: Lite1's 50
@@ -41,7 +42,10 @@ class GptqConfig:
     ``chunk`` samples at a time), dampening ``damp`` (fraction of the mean Hessian diagonal), columns in
     decreasing-Hessian order when ``act_order``, lazy updates in blocks of ``block`` columns, and the
     reconstruction ``target`` ("float": the float model's output on the float input; "quantized": the layer's own
-    float weight on its quantized input)."""
+    float weight on its quantized input). Per-channel and per-tensor scales are first shrunk by the
+    ``clip_ratios`` factor that minimises each row's Hessian-weighted rounding error (1.0 alone keeps the
+    observer's scales); after the column loop, ``sweeps`` passes of coordinate descent move single codes while
+    the Hessian-weighted error falls."""
 
     name: ClassVar[str] = "gptq"
     max_bits: int = 8
@@ -51,6 +55,8 @@ class GptqConfig:
     act_order: bool = True
     block: int = 128
     target: str = "float"
+    clip_ratios: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+    sweeps: int = 2
 
     def __post_init__(self) -> None:
         if self.calib_samples < 1 or self.chunk < 1 or self.block < 1:
@@ -59,6 +65,10 @@ class GptqConfig:
             raise PlanError(f"GptqConfig.max_bits={self.max_bits} must lie in [2, 16]")
         if not 0 < self.damp < 1:
             raise PlanError(f"GptqConfig.damp={self.damp} must lie in (0, 1)")
+        if not self.clip_ratios or any(not 0 < r <= 1 for r in self.clip_ratios):
+            raise PlanError(f"GptqConfig.clip_ratios={self.clip_ratios} must be non-empty, each in (0, 1]")
+        if self.sweeps < 0:
+            raise PlanError(f"GptqConfig.sweeps={self.sweeps} must be >= 0")
         if self.target not in TARGETS:
             raise PlanError(f"GptqConfig.target={self.target!r} unknown; choose one of {TARGETS}")
 
@@ -152,6 +162,59 @@ def round_columns(w: Tensor, hinv: Tensor, q: dict[str, Tensor], block: int) -> 
     return out
 
 
+def _nearest(w: Tensor, q: dict[str, Tensor]) -> Tensor:
+    code = torch.clamp(torch.round(w / q["scale"]) + q["zero_point"], q["qmin"], q["qmax"])
+    return (code - q["zero_point"]) * q["scale"]
+
+
+def _row_errors(e: Tensor, h: Tensor) -> Tensor:
+    """``e_r^T H e_r`` per row of ``e`` ``[groups, rows, cols]``, as ``[groups * rows]`` (output channels)."""
+    return (torch.bmm(e, h) * e).sum(2).reshape(-1)
+
+
+def search_clip(layer: nn.Module, w: Tensor, h: Tensor, ratios: tuple[float, ...]) -> float:
+    """Shrink ``layer``'s per-channel (or per-tensor) weight scales by the ratio in ``ratios`` that minimises the
+    Hessian-weighted nearest-rounding error of ``w`` (``[groups, rows, cols]``); other granularities are left
+    alone. Returns the mean chosen ratio."""
+    wq = layer.w_quant
+    gran = wq.spec.granularity
+    if gran not in ("per_channel", "per_tensor") or len(ratios) < 2:
+        return 1.0
+    base = wq.scale.detach().clone()
+    errs = []
+    for r in ratios:
+        wq.scale.copy_(base * r)
+        e = _row_errors(w - _nearest(w, _grid_params(layer, w.shape[0])), h)
+        errs.append(e.sum(0, keepdim=True) if gran == "per_tensor" else e)
+    best = torch.stack(errs).argmin(0)  # per grid row
+    chosen = torch.tensor(ratios, dtype=base.dtype)[best].reshape(-1, 1)
+    wq.scale.copy_(base * chosen)
+    return float(chosen.mean())
+
+
+def refine(w: Tensor, deq: Tensor, h: Tensor, q: dict[str, Tensor], sweeps: int) -> Tensor:
+    """Coordinate descent on the codes: each column in turn moves to the grid point nearest its optimum given the
+    others (the Hessian-weighted error ``(w - deq)^T H (w - deq)`` of each row never grows), ``sweeps`` times."""
+    deq = deq.clone()
+    he = torch.bmm(w - deq, h)  # H symmetric: (e H)_i = (H e)_i
+    diag = torch.diagonal(h, dim1=1, dim2=2)
+    for _ in range(sweeps):
+        moved = False
+        for i in range(w.shape[2]):
+            s, z = q["scale"][:, :, i], q["zero_point"][:, :, i]
+            opt = deq[:, :, i] + he[:, :, i] / diag[:, i].unsqueeze(1)
+            new = (torch.clamp(torch.round(opt / s) + z, q["qmin"][:, :, i], q["qmax"][:, :, i]) - z) * s
+            delta = new - deq[:, :, i]
+            if not bool(delta.any()):
+                continue
+            moved = True
+            deq[:, :, i] = new
+            he -= delta.unsqueeze(2) * h[:, i, :].unsqueeze(1)
+        if not moved:
+            break
+    return deq
+
+
 def _grid_params(layer: nn.Module, groups: int) -> dict[str, Tensor]:
     """The weight quantizer's scale, zero point and code range, each broadcast to the weight's shape and laid out
     as ``[groups, rows, cols]``."""
@@ -175,10 +238,14 @@ def gptq_weight(
     g = h.shape[0]
     w = (layer.weight if weight is None else weight).detach().double()
     w = w.reshape(g, layer.weight.shape[0] // g, -1)
-    if c is not None:  # W* = W C H^-1: the optimum of the float-target loss before rounding
-        hd = _dampened(h, cfg.damp)
-        w = torch.linalg.solve(hd, torch.bmm(w, c).transpose(1, 2)).transpose(1, 2)
+    hd = _dampened(h, cfg.damp)
+    if c is not None:  # W* = (W C + W D) (H + D)^-1: the ridge optimum of the float-target loss, pulled to W
+        ridge = torch.diagonal(hd, dim1=1, dim2=2) - torch.diagonal(h, dim1=1, dim2=2)  # D: the dampening
+        rhs = torch.bmm(w, c) + w * ridge.unsqueeze(1)
+        w = torch.linalg.solve(hd, rhs.transpose(1, 2)).transpose(1, 2)
+    search_clip(layer, w, hd, cfg.clip_ratios)
     q = _grid_params(layer, g)
+    w0, q0 = w, q
     perm = None
     if cfg.act_order:
         perm = torch.argsort(torch.diagonal(h, dim1=1, dim2=2), dim=1, descending=True)
@@ -189,6 +256,7 @@ def gptq_weight(
     deq = round_columns(w, _inverse_cholesky(h, cfg.damp), q, cfg.block)
     if perm is not None:
         deq = torch.empty_like(deq).scatter_(2, perm.unsqueeze(1).expand_as(deq), deq)
+    deq = refine(w0, deq, hd, q0, cfg.sweeps)
     return deq.reshape(layer.weight.shape).to(layer.weight.dtype)
 
 
@@ -200,13 +268,18 @@ def round_layer(
     writes the rounded weight into ``layer.weight`` unless nearest rounding reconstructs better."""
     xq = layer.a_quant(x_q)
     h, c = statistics(layer, xq, x_f if cfg.target == "float" else None, cfg.chunk)
-    rounded = gptq_weight(layer, h, c, cfg, weight=float_layer.weight if c is not None else None)
     target = float_layer(x_f) if cfg.target == "float" else forward_with(layer, xq, layer.weight)
     before = float(_recon(forward_with(layer, xq, layer.quantized_weight()), target))
+    scale = layer.w_quant.scale.detach().clone()
+    rounded = gptq_weight(layer, h, c, cfg, weight=float_layer.weight if c is not None else None)
     after = float(_recon(forward_with(layer, xq, rounded), target))
     if after < before:
         layer.weight.copy_(rounded)
-    return {"recon_nearest": before, "recon_gptq": after, "kept": "gptq" if after < before else "nearest"}
+    else:
+        layer.w_quant.scale.copy_(scale)
+    clip = float((layer.w_quant.scale / scale).mean())
+    return {"recon_nearest": before, "recon_gptq": after, "kept": "gptq" if after < before else "nearest",
+            "clip": clip}  # fmt: skip
 
 
 @register_ptq_step(
