@@ -45,9 +45,9 @@ import torch
 from torch import nn
 
 from workbench.devices import DeviceError, model_device, resolve_device
+from workbench.hardware.deploy.fx_graph import _input_channels_last
 from workbench.hardware.deploy.fx_int8 import (
     _baked_float_model,
-    _input_channels_last,
     convert_fx_int8,
     int8_qconfig_mapping,
     kernel_exact_problem,
