@@ -27,7 +27,6 @@ from workbench.hardware.deploy.convert import (
 )
 from workbench.hardware.deploy.fidelity import SIM_COSINE_MIN, SimulationMismatchWarning, deployment_fidelity
 from workbench.hardware.deploy.fx_graph import channels_last
-from workbench.hardware.deploy.fx_int8 import Bf16Layer
 from workbench.hardware.deploy.inputs import (
     KERNELS,
     DeployInputError,
@@ -35,6 +34,7 @@ from workbench.hardware.deploy.inputs import (
     integer_inputs,
     static_input_problem,
 )
+from workbench.hardware.kernels.modules import Bf16Layer
 from workbench.hardware.timing import LatencyStats, cpu_has_vnni, cpu_name, time_side_by_side
 
 __all__ = [

@@ -1,5 +1,7 @@
 """The torch.ao FX int8 handler: baked float weights, observers matching the plan's grids, bf16 layers.
 
+The kernel menu (:mod:`workbench.hardware.kernels`) registers it as ``int8_static``, a whole-graph pass.
+
 torch.ao quantized tensors are deprecated upstream; they are used here and nowhere else. The graph passes it runs
 live in :mod:`workbench.hardware.deploy.fx_graph`.
 """
@@ -29,47 +31,14 @@ from workbench.hardware.deploy.numerics import (
     quantized_pads,
 )
 from workbench.hardware.dispatch import LayerDispatch, int_followers
+from workbench.hardware.kernels.modules import Bf16Layer
 from workbench.quant.inputs import (
     call_model,
 )
-from workbench.quant.spec import QuantPlan, QuantSpec
+from workbench.quant.spec import QuantPlan
 from workbench.quant.swap import get_module, quant_modules, quantize_model, set_module
 
-
-class Bf16Layer(nn.Module):
-    """A float layer run in bfloat16: input and weights cast, channels-last for convolutions, output cast back."""
-
-    def __init__(self, layer: nn.Module) -> None:
-        super().__init__()
-        self.channels_last = any(isinstance(m, nn.Conv2d) for m in layer.modules())
-        layer = copy.deepcopy(layer).to(torch.bfloat16)
-        if self.channels_last:
-            layer = layer.to(memory_format=torch.channels_last)
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.bfloat16)
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.layer(x).float()
-
-
 # ============================================================================================ conversion
-
-
-def kernel_exact_problem(spec: QuantSpec) -> str | None:
-    """Why an int8 kernel cannot compute ``spec``'s layer exactly as the simulation does (None: it can)."""
-    if spec.granularity == "per_group":
-        return "per-group weight scales (int8 kernels take one scale per output channel)"
-    if not spec.w_symmetric:
-        return "asymmetric weights (int8 kernels take symmetric weights)"
-    if spec.rank_ratio is not None:
-        return "low-rank weights (a product of two quantized factors is not on one int8 grid)"
-    if spec.a_dynamic:
-        return "dynamic activation ranges (static int8 kernels take one calibrated input range)"
-    if spec.a_granularity != "per_tensor":
-        return f"{spec.a_granularity} activation scales (int8 kernels take one input scale)"
-    return None
 
 
 @torch.no_grad()
