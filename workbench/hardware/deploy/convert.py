@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +148,7 @@ def _kernel_name(mod: nn.Module) -> str:
 
 
 def _calib_batches(calib: Any, max_batches: int | None) -> list[Any]:
-    if isinstance(calib, torch.Tensor):
+    if isinstance(calib, (torch.Tensor, Mapping)):  # one batch: a tensor, or a dict of tensors (token ids)
         return [calib]
     out = []
     for i, batch in enumerate(calib):
@@ -173,8 +174,8 @@ def deploy(
     simulated: nn.Module | None = None,
     weight_only_kernels: bool = True,
 ) -> DeployedModel:
-    """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
-    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``. ``engine``: the torch.ao
+    """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor, a
+    dict of tensors or a loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``. ``engine``: the torch.ao
     quantized engine (``"auto"``: :func:`resolve_engine`, by what this CPU computes exactly; the one used is
     :attr:`DeployedModel.engine`, which the deployed model must run under).
 
