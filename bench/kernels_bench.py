@@ -31,7 +31,7 @@ from workbench.quant.swap import quantize_model
 from workbench.transformer_task import BertConfig, DigitsBert, get_digits_bert, token_loaders
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADING = "## Kernel menu: weight-only Linear kernels on a transformer (batch 1 and 32)"
+HEADING = "## Kernel menu: weight-only Linear kernels on a transformer (batch 1 and 32, {seq} tokens)"
 W8 = QuantSpec(w_bits=8, a_bits=32)
 W4 = QuantSpec(w_bits=4, a_bits=32, granularity="per_group", group_size=32)
 BF16 = QuantSpec(w_bits=16, a_bits=16)
@@ -95,6 +95,7 @@ def avg_bits(model: torch.nn.Module, plan: QuantPlan | None) -> float:
 def measure(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     model = build_model(name)
     batch = next(iter(token_loaders(batch_size=32, seed=0)["test"]))[0]
+    batch = {k: v[:, : args.seq_len] for k, v in batch.items()}  # the first tokens of each sequence
     plans, _ = variants(model, {k: v[:8] for k, v in batch.items()}, args.mixed_frac)
     deployed, sims = {}, {}
     for label, plan in plans.items():
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mixed-frac", type=float, default=0.25)
+    parser.add_argument(
+        "--seq-len", type=int, default=64, help="tokens per sequence (the digits' 64 or fewer)"
+    )
     parser.add_argument("--note", default="", help="a sentence on the conditions, written into the section")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "BENCHMARKS.md"))
     parser.add_argument("--json", default=str(ROOT / "bench" / "out" / "kernels.json"))
@@ -148,15 +152,15 @@ def main() -> None:
             "hidden_cos_fp32", "hidden_cos_sim"]  # fmt: skip
     table = markdown_table(rows, cols, lambda v: f"{v:.4g}" if isinstance(v, float) else str(v))
     lines = [
-        HEADING,
+        HEADING.format(seq=args.seq_len),
         "",
         f"Command: `python bench/kernels_bench.py --repeats {args.repeats} --threads {args.threads} --mixed-frac "
-        f"{args.mixed_frac}` "
+        f"{args.mixed_frac} --seq-len {args.seq_len}` "
         f"({seconds:.0f} s). Machine: {info['cpu']}, {info['cores']} cores, AVX512-VNNI {info['avx512_vnni']}, "
         f"AVX512-BF16 {info['avx512_bf16']}, torch {torch.__version__}, {args.threads} threads; load average "
         f"{load0:.1f} before / {load1:.1f} after (other jobs shared the cores). Medians of {args.repeats} "
-        "interleaved runs after 2 warm-ups; inputs: digits test sequences of 64 tokens (batch 1: 64 rows per "
-        "Linear, batch 32: 2048).",
+        f"interleaved runs after 2 warm-ups; inputs: the first {args.seq_len} tokens of digits test sequences "
+        f"(batch 1: {args.seq_len} rows per Linear, batch 32: {32 * args.seq_len}).",
         "Every plan covers the Linear layers only (embedding tables stay float); weight-only layers run on the "
         "kernel menu (`aten._weight_int8pack_mm`, `aten._weight_int4pack_mm_for_cpu`, bf16 activations), "
         "`bf16` on bf16 `nn.Linear`. `hidden_cos_sim`: deployed vs the plan's own fake-quant simulation. "
@@ -168,7 +172,7 @@ def main() -> None:
         *table,
         "",
     ]
-    splice_section(Path(args.doc), HEADING, lines)
+    splice_section(Path(args.doc), HEADING.format(seq=args.seq_len), lines)
     print("\n".join(lines))
 
 

@@ -9,8 +9,11 @@ Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_p
   -7..7), activations below 8 bits likewise use the plan's range (0..15 for 4 bits): the int8 kernel computes the
   low-bit arithmetic exactly;
 - 16-bit layers run in bfloat16 (weights and input cast, channels-last convolution, output cast back);
-- every other layer (float, weight-only integer, or a kernel the profile lacks) stays in float32, with the
-  plan's quantized / pruned / low-rank weights baked in;
+- weight-only layers (integer weights, float activations) and integer Embedding tables run the kernel menu's
+  modules (:mod:`workbench.hardware.kernels`: int4 / int8 weight-only Linear on bf16 activations, packed
+  lookups), baked from the simulation's codes; one the menu lacks falls back to float32 with a named reason;
+- every other layer (float, or a kernel the profile lacks) stays in float32, with the plan's quantized / pruned /
+  low-rank weights baked in;
 - quantize / dequantize nodes sit at every boundary between the integer and float regions (inserted by FX);
 - convolutional models run channels-last throughout (the input is converted once, float weights too), the memory
   format of the quantized kernels, so that no residual add mixes NCHW and NHWC tensors.
@@ -26,7 +29,8 @@ Inputs: static int8 quantizes the model's float input (the root observer calibra
 model fed float tensors. Models fed integer tensors (token ids, attention masks), as transformers are, run on the
 dynamic path instead (:func:`workbench.hardware.dynamic.compare_linear_deployments`: dynamic int8 Linear kernels
 and bf16, no tracing): :func:`choose_kernels` picks between the two, :func:`compare_kernels` measures the
-dynamic path, and :func:`deploy` refuses integer inputs with :class:`DeployInputError` naming them.
+dynamic path, and :func:`deploy` refuses integer inputs with :class:`DeployInputError` naming them when a layer
+needs static int8 (a plan of weight-only / bf16 / float layers needs no tracing and deploys them).
 
 Devices: the torch.ao integer kernels are CPU kernels, so a plan with integer layers deploys only on the CPU
 (``device=`` anything else raises :class:`workbench.devices.DeviceError`); a plan whose layers all run in bf16 /
