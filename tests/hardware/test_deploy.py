@@ -9,6 +9,7 @@ import torch
 
 from workbench.hardware import DispatchWarning, ProfileError
 from workbench.hardware.deploy import Bf16Layer, DeployConfig, deploy, measure_deployment, time_side_by_side
+from workbench.hardware.kernels import Int4WeightOnlyLinear
 from workbench.quant.spec import QuantPlan, QuantSpec
 from workbench.quant.swap import quant_modules, quantize_model
 
@@ -58,13 +59,22 @@ def test_mixed_plan_dispatches_int8_bf16_and_fp32(digits_cnn_task):
             "conv1": QuantSpec(w_bits=8, a_bits=8),
             "conv2": QuantSpec(w_bits=8, a_bits=8),
             "fc1": QuantSpec(w_bits=16, a_bits=16),
-            "fc2": QuantSpec(w_bits=4, a_bits=32),  # weight-only: float compute, 4-bit weights baked in
+            "fc2": QuantSpec(w_bits=4, a_bits=32),  # weight-only: 4-bit weights, float activations
         }
     )
     dep = deploy(task.model, plan, task.calib_loader)
     assert dep.precision_counts() == {"int8": 2, "bf16": 1, "fp32": 1}
     mods = dict(dep.module.named_modules())
     assert isinstance(mods["fc1"], Bf16Layer) and next(mods["fc1"].parameters()).dtype == torch.bfloat16
+    assert isinstance(mods["fc2"], Int4WeightOnlyLinear)  # the kernel menu's int4 weight-only kernel
+    assert any(n.startswith("fc2: linear kernel int4_weight_only") for n in dep.notes)
+    x = task.example_input(64)
+    with torch.no_grad():
+        agree = (dep.module(x).argmax(1) == task.model(x).argmax(1)).float().mean()
+    assert agree >= 0.95
+    # without the menu: float compute, the 4-bit weights baked in
+    dep = deploy(task.model, plan, task.calib_loader, weight_only_kernels=False)
+    mods = dict(dep.module.named_modules())
     assert type(mods["fc2"]) is torch.nn.Linear
     assert any("fc2: weight-only 4-bit" in n for n in dep.notes)
     with torch.no_grad():

@@ -125,6 +125,16 @@ def test_deploy_token_model_runs_dynamic_int8_and_bf16(home, capsys):
     assert "input 'input_ids' is int64" in capsys.readouterr().err
 
 
+def test_deploy_token_model_on_the_kernel_menu(home):
+    argv = ["deploy", "--plan", WEIGHT_ONLY, "--kernels", "menu", "--repeats", "2", "--warmup", "1",
+            "--threads", "1", "--batch-size", "8", "--split", "val"]  # fmt: skip
+    d = _run(home, "deploy_menu", *argv)
+    assert d["kernels"] == "menu"
+    assert any("linear kernel int4_weight_only" in n for n in d["notes"])
+    assert any("embedding kernel packed_lookup" in n for n in d["notes"])
+    assert d["sim_vs_deployed_cosine"] >= 0.9999 and d["cosine_to_fp32"] > 0.99
+
+
 def test_kernel_choice_and_static_refusal():
     ids = {
         "input_ids": torch.zeros(2, 5, dtype=torch.long),

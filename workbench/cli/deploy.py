@@ -29,10 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--kernels",
-        choices=["auto", "static", "dynamic", "bf16"],
+        choices=["auto", "static", "dynamic", "bf16", "menu"],
         default="auto",
         help="static: int8 through torch.ao FX (calibrated activations; float-input models); dynamic: FP32, "
         "dynamic int8 Linear kernels and bf16 side by side (token ids, dict inputs); bf16: FP32 vs bf16; "
+        "menu: the plan deployed as it is, weight-only layers on the kernel menu (int4 / int8 weight-only "
+        "Linear, packed Embedding; token-id models too when no layer needs static int8); "
         "auto (default): static for a single float input, dynamic otherwise",
     )
     p.add_argument(
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if kernels == "auto":
         kernels, reason = choose_kernels(x)
     plan = resolve_plan(args.plan, inputs[0])
-    if kernels != "static":
+    if kernels not in ("static", "menu"):
         return _deploy_dynamic(args, task, plan, cfg, kernels, reason)
     res = _measure_static(args, plan, cfg, kernels, inputs)
     return _report_static(args, res, plan, synthetic, kernels, reason)

@@ -13,7 +13,8 @@ For every op type and precision the kernels deployment uses are timed on a grid 
 Each (op, precision) gets ``time = overhead + work / rate`` fitted by least squares on *relative* error (so small
 and large shapes count alike); the profile stores ``rate`` as ``macs_per_s`` and ``overhead`` as ``overhead_us``,
 with the fit's points and R^2 in ``meta``. The int4 weight-only CPU kernel (``_weight_int4pack_mm_for_cpu``) is
-timed too where it exists and reported in ``meta.extra_kernels`` (deployment does not dispatch to it).
+timed too where it exists and reported in ``meta.extra_kernels`` (deployment runs it for weight-only Linear
+layers through :mod:`workbench.hardware.kernels`; the estimator does not price it yet).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Deployment: a plan on real kernels of this CPU, measured against FP32 side by side.
 
-Parts: :mod:`.inputs` (which path suits the model's inputs), :mod:`.fx_int8` (the torch.ao FX int8 handler),
-:mod:`.convert` (:func:`deploy`, the verb), :mod:`.fidelity` (simulated and deployed side by side against
-FP32), :mod:`.compare` (:func:`measure_deployment`,
-:func:`compare_kernels`, each logging its run through :func:`workbench.tracking.log_stage`); CPU facts and
-side-by-side timing live in :mod:`workbench.hardware.timing`.
+Parts: :mod:`.inputs` (which path suits the model's inputs), :mod:`.fx_int8` (the torch.ao FX int8 handler; its
+graph passes in :mod:`.fx_graph`), :mod:`.convert` (:func:`deploy`, the verb), :mod:`.fidelity` (simulated and
+deployed side by side against FP32), :mod:`.compare` (:func:`measure_deployment`, :func:`compare_kernels`,
+each logging its run through :func:`workbench.tracking.log_stage`); CPU facts and side-by-side timing live in
+:mod:`workbench.hardware.timing`.
 """
 
 from workbench.hardware.deploy.compare import (
@@ -26,7 +26,7 @@ from workbench.hardware.deploy.convert import (
     resolve_engine,
 )
 from workbench.hardware.deploy.fidelity import SIM_COSINE_MIN, SimulationMismatchWarning, deployment_fidelity
-from workbench.hardware.deploy.fx_int8 import Bf16Layer, channels_last
+from workbench.hardware.deploy.fx_graph import channels_last
 from workbench.hardware.deploy.inputs import (
     KERNELS,
     DeployInputError,
@@ -34,6 +34,7 @@ from workbench.hardware.deploy.inputs import (
     integer_inputs,
     static_input_problem,
 )
+from workbench.hardware.kernels.modules import Bf16Layer
 from workbench.hardware.timing import LatencyStats, cpu_has_vnni, cpu_name, time_side_by_side
 
 __all__ = [

@@ -9,8 +9,11 @@ Kernel dispatch (seed 002) follows :func:`workbench.hardware.dispatch.dispatch_p
   -7..7), activations below 8 bits likewise use the plan's range (0..15 for 4 bits): the int8 kernel computes the
   low-bit arithmetic exactly;
 - 16-bit layers run in bfloat16 (weights and input cast, channels-last convolution, output cast back);
-- every other layer (float, weight-only integer, or a kernel the profile lacks) stays in float32, with the
-  plan's quantized / pruned / low-rank weights baked in;
+- weight-only layers (integer weights, float activations) and integer Embedding tables run the kernel menu's
+  modules (:mod:`workbench.hardware.kernels`: int4 / int8 weight-only Linear on bf16 activations, packed
+  lookups), baked from the simulation's codes; one the menu lacks falls back to float32 with a named reason;
+- every other layer (float, or a kernel the profile lacks) stays in float32, with the plan's quantized / pruned /
+  low-rank weights baked in;
 - quantize / dequantize nodes sit at every boundary between the integer and float regions (inserted by FX);
 - convolutional models run channels-last throughout (the input is converted once, float weights too), the memory
   format of the quantized kernels, so that no residual add mixes NCHW and NHWC tensors.
@@ -26,7 +29,8 @@ Inputs: static int8 quantizes the model's float input (the root observer calibra
 model fed float tensors. Models fed integer tensors (token ids, attention masks), as transformers are, run on the
 dynamic path instead (:func:`workbench.hardware.dynamic.compare_linear_deployments`: dynamic int8 Linear kernels
 and bf16, no tracing): :func:`choose_kernels` picks between the two, :func:`compare_kernels` measures the
-dynamic path, and :func:`deploy` refuses integer inputs with :class:`DeployInputError` naming them.
+dynamic path, and :func:`deploy` refuses integer inputs with :class:`DeployInputError` naming them when a layer
+needs static int8 (a plan of weight-only / bf16 / float layers needs no tracing and deploys them).
 
 Devices: the torch.ao integer kernels are CPU kernels, so a plan with integer layers deploys only on the CPU
 (``device=`` anything else raises :class:`workbench.devices.DeviceError`); a plan whose layers all run in bf16 /
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +50,11 @@ import torch
 from torch import nn
 
 from workbench.devices import DeviceError, model_device, resolve_device
+from workbench.hardware.deploy.fx_graph import _input_channels_last
 from workbench.hardware.deploy.fx_int8 import (
     _baked_float_model,
-    _input_channels_last,
     convert_fx_int8,
     int8_qconfig_mapping,
-    kernel_exact_problem,
     reduce_activation_range,
     sim_input_grids,
     swap_bf16_layers,
@@ -61,6 +65,8 @@ from workbench.hardware.dispatch import (
     dispatch_plan,
     dispatch_table,
 )
+from workbench.hardware.kernels import deploy_layers
+from workbench.hardware.kernels.linear import kernel_exact_problem
 from workbench.hardware.profile import INT_PRECISION_BITS, PrecisionProfile, load_profile
 from workbench.hardware.timing import cpu_has_vnni
 from workbench.quant.inputs import (
@@ -146,7 +152,7 @@ def _kernel_name(mod: nn.Module) -> str:
 
 
 def _calib_batches(calib: Any, max_batches: int | None) -> list[Any]:
-    if isinstance(calib, torch.Tensor):
+    if isinstance(calib, (torch.Tensor, Mapping)):  # one batch: a tensor, or a dict of tensors (token ids)
         return [calib]
     out = []
     for i, batch in enumerate(calib):
@@ -170,9 +176,10 @@ def deploy(
     device: str | torch.device | None = None,
     reduce_range: bool | None = None,
     simulated: nn.Module | None = None,
+    weight_only_kernels: bool = True,
 ) -> DeployedModel:
-    """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor or a
-    loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``. ``engine``: the torch.ao
+    """``model`` under ``plan`` on real kernels of this CPU (see the module docstring). ``calib``: a tensor, a
+    dict of tensors or a loader of ``(x, y)`` batches for the activation ranges. Never modifies ``model``. ``engine``: the torch.ao
     quantized engine (``"auto"``: :func:`resolve_engine`, by what this CPU computes exactly; the one used is
     :attr:`DeployedModel.engine`, which the deployed model must run under).
 
@@ -188,6 +195,14 @@ def deploy(
     in float, as simulated. ``reduce_range`` (None: on where the kernels need it, see :data:`REDUCE_RANGE_NOTE`)
     puts 8-bit activations on 7-bit grids in both. A layer no int8 kernel computes as simulated runs its
     simulation twin in float32, with a note naming the reason.
+
+    Weight-only layers (integer weights, float activations) and Embedding tables in the plan take their kernel from
+    the menu (:mod:`workbench.hardware.kernels`: int4 / int8 weight-only Linear, packed Embedding lookup) on the
+    CPU, baked from the simulation's codes; one the menu cannot run as simulated keeps its simulation twin in
+    float, with a :class:`~workbench.hardware.kernels.KernelFallbackWarning` naming it and why (a
+    :class:`~workbench.hardware.kernels.KernelError` under ``strict``). ``weight_only_kernels=False`` keeps them
+    all in float (the baseline the kernels are measured against). A plan with no static int8 layer needs no
+    tracing, so models fed token ids (transformers) deploy too.
     """
     dev = model_device(model) if device is None else resolve_device(device)
     engine = resolve_engine(engine)
@@ -199,21 +214,48 @@ def deploy(
         raise PlanError(f"plan must be a QuantPlan, got {type(plan).__name__}")
     plan.validate(model)
     raw_batches = _calib_batches(calib, max_calib_batches)
-    problem = static_input_problem(raw_batches[0])
-    if problem is not None:  # before FX traces the model and fails on integer tensors obscurely
-        raise DeployInputError(problem)
     prof = load_profile(profile)
     layers = quantizable_layers(model)
-    executable = [p for p in EXECUTABLE]
-    disp = dispatch_plan(model, plan, prof, layers=layers, strict=strict, executable=executable)
+    disp = dispatch_plan(model, plan, prof, layers=layers, strict=strict, executable=list(EXECUTABLE))
+    disp = _tables_weight_only(model, plan, disp)
+    problem = static_input_problem(raw_batches[0])
+    if problem is not None and any(d.is_int for d in disp.values()):  # before FX fails on integer tensors
+        raise DeployInputError(problem)
     _check_device(dev, disp)
     if model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
     batches = [move_inputs(x, dev) for x in raw_batches]
     sim = _simulation(model, plan, batches, simulated, dev)
+    menu = weight_only_kernels and dev.type == "cpu"
     return _build(
-        model, plan, disp, batches, sim, engine=engine, reduce_range=reduce_range, profile=prof.name
+        model,
+        plan,
+        disp,
+        batches,
+        sim,
+        engine=engine,
+        reduce_range=reduce_range,
+        profile=prof.name,
+        trace=problem is None,
+        menu=menu,
+        strict=strict,
     )
+
+
+def _tables_weight_only(
+    model: nn.Module, plan: QuantPlan, disp: dict[str, LayerDispatch]
+) -> dict[str, LayerDispatch]:
+    """``disp`` with every Embedding table of integer weights weight-only in float (its input is token ids: an
+    Embedding spec's activation bits mean nothing, and no int8 kernel takes a table)."""
+    modules = dict(model.named_modules())
+    out = dict(disp)
+    for name, d in disp.items():
+        spec = plan.get(name)
+        if isinstance(modules[name], nn.Embedding) and spec is not None and spec.w_bits <= 8:
+            out[name] = dataclasses.replace(
+                d, requested="fp32", precision="fp32", w_bits=32, a_bits=32, weight_only=True, fallback=False
+            )
+    return out
 
 
 def _simulation(
@@ -242,8 +284,13 @@ def _build(
     engine: str,
     reduce_range: bool | None,
     profile: str,
+    trace: bool = True,
+    menu: bool = True,
+    strict: bool = False,
 ) -> DeployedModel:
-    """The deployed model of :func:`deploy`, from the simulation (a private copy, changed in place)."""
+    """The deployed model of :func:`deploy`, from the simulation (a private copy, changed in place); ``trace``:
+    convert through torch.ao FX (float-input models; needed for int8 layers), ``menu``: weight-only layers on the
+    kernel menu's modules."""
     disp, notes = _exact_dispatch(plan, disp)
     if _reduce_range(engine, reduce_range) and any(d.is_int for d in disp.values()):
         reduce_activation_range(simulated)
@@ -253,18 +300,23 @@ def _build(
         n for n, d in disp.items() if n in plan and not d.is_int and d.requested in INT_PRECISION_BITS
     )
     baked = _baked_float_model(model, plan, simulated=simulated, keep=keep)
-    notes += _float_layer_notes(plan, disp)
-    converted = convert_fx_int8(
-        baked,
-        int8_qconfig_mapping(model, disp),
-        batches,
-        engine=engine,
-        grids=sim_input_grids(simulated, int_layers),
-        leaf_types=tuple({type(get_module(baked, n)) for n in keep}),
-        simulated=simulated,
-    )
+    menu_layers = [n for n, d in disp.items() if d.weight_only and n in plan] if menu else []
+    converted = baked
+    if trace:
+        converted = convert_fx_int8(
+            baked,
+            int8_qconfig_mapping(model, disp),
+            batches,
+            engine=engine,
+            grids=sim_input_grids(simulated, int_layers),
+            leaf_types=tuple({type(get_module(baked, n)) for n in keep}),
+            simulated=simulated,
+        )
+    choices, kernel_notes = deploy_layers(converted, simulated, plan, menu_layers, strict=strict)
+    on_kernel = {c.layer for c in choices if c.handler is not None}
+    notes += _float_layer_notes(plan, {n: d for n, d in disp.items() if n not in on_kernel}) + kernel_notes
     notes += swap_bf16_layers(converted, disp)
-    if any(isinstance(m, nn.Conv2d) for m in baked.modules()):
+    if trace and any(isinstance(m, nn.Conv2d) for m in baked.modules()):
         _input_channels_last(converted)
     return DeployedModel(converted.eval(), plan, profile, engine, disp, notes, simulated=simulated.eval())
 

@@ -10,10 +10,12 @@ from workbench.quant.inputs import (
     input_tensors,
 )
 
-KERNELS: tuple[str, ...] = ("auto", "static", "dynamic", "bf16")
+KERNELS: tuple[str, ...] = ("auto", "static", "dynamic", "bf16", "menu")
 """Deployment paths: ``static`` int8 through torch.ao FX (float-input models, :func:`measure_deployment`),
 ``dynamic`` int8 Linear kernels with bf16 and FP32 side by side, ``bf16`` alone against FP32
-(:func:`compare_kernels`), ``auto`` = :func:`choose_kernels`."""
+(:func:`compare_kernels`), ``menu``: :func:`measure_deployment` of the plan as it is, its weight-only layers on
+the kernel menu (:mod:`workbench.hardware.kernels`; no tracing when no layer needs static int8, so token-id models
+deploy), ``auto`` = :func:`choose_kernels`."""
 
 
 class DeployInputError(ValueError):

@@ -1,7 +1,7 @@
 """Kernel numerics the simulation and the deployment must share, and kernel quirks worked around.
 
 - :func:`mirror_output_grids`: an int8 layer whose kernel requantizes its output to 8 bits (every one but the
-  float-output Linear / 1x1 kernels, :class:`~workbench.hardware.deploy.fx_int8.Int8FloatOutput`) hands that grid
+  float-output Linear / 1x1 kernels, :class:`~workbench.hardware.deploy.fx_graph.Int8FloatOutput`) hands that grid
   to what follows (a residual add, pooling, the logits); the deployment's private simulation copy rounds the
   layer's output to the same grid (a forward hook), so that the simulation reported beside the deployment
   computes what the kernels compute.
