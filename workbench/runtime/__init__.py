@@ -31,12 +31,17 @@ The pieces, in the order an input meets them:
 - :class:`AdaptiveRuntime` - ties them together, serves batches, validates inputs (a bad input is rejected with
   a reason and the others are served), and accounts the time spent analysing and selecting apart from inference.
 
+On real kernels (issue 26): :class:`DeployedLadder` deploys a ladder of QuantPlans once each through a
+:class:`Deployer` adapter (default :func:`torch_ao_deployer`: torch.ao int8 static / bf16 / fp32; a rung that cannot
+deploy falls back to its simulation with the reason named).
+
 :func:`evaluate_runtime` compares dynamic precision with the best static precision map of equal average cost on
 clean and shifted data (noise, contrast, blur); :class:`RuntimeFactory` builds the parts runtimes share once.
 
 Parts (each imports only those above it): ``config`` (constants, errors, :class:`RuntimeConfig`), ``data``
 (stacking loaders, shifted inputs), ``switchable``, ``costs``, ``probe``, ``analysis`` (input statistics),
-``policies``, ``manager``, ``result``, ``engine`` (:class:`AdaptiveRuntime`), ``factory``, ``evaluate``.
+``policies``, ``manager``, ``result``, ``engine`` (:class:`AdaptiveRuntime`), ``factory``, ``evaluate``; and for
+real kernels ``deployed`` (the ladder).
 """
 
 from workbench.runtime.analysis import InputAnalyzer
@@ -50,6 +55,15 @@ from workbench.runtime.config import (
 )
 from workbench.runtime.costs import MapCost, MapCoster
 from workbench.runtime.data import _inputs, _labels, shift_inputs, stack_inputs, stack_labels
+from workbench.runtime.deployed import (
+    ON_FAIL,
+    DeployedLadder,
+    Deployer,
+    Deployment,
+    Rung,
+    simulated_deployer,
+    torch_ao_deployer,
+)
 from workbench.runtime.engine import AdaptiveRuntime
 from workbench.runtime.evaluate import evaluate_runtime, static_candidates
 from workbench.runtime.factory import RuntimeFactory
@@ -61,11 +75,15 @@ from workbench.runtime.switchable import SwitchableLayer, SwitchableModel, froze
 
 __all__ = [
     "BUDGET_KINDS",
+    "ON_FAIL",
     "POLICIES",
     "SHIFTS",
     "SUMMARY_COLUMNS",
     "AdaptiveRuntime",
     "CascadePolicy",
+    "DeployedLadder",
+    "Deployer",
+    "Deployment",
     "InputAnalyzer",
     "LearnedPolicy",
     "MapCost",
@@ -75,6 +93,7 @@ __all__ = [
     "ProbeResult",
     "ResourceManager",
     "RulePolicy",
+    "Rung",
     "RuntimeBudgetError",
     "RuntimeConfig",
     "RuntimeEvaluation",
@@ -88,9 +107,11 @@ __all__ = [
     "_labels",
     "evaluate_runtime",
     "frozen_twin",
+    "runtime_spec",
     "shift_inputs",
+    "simulated_deployer",
     "stack_inputs",
     "stack_labels",
-    "runtime_spec",
     "static_candidates",
+    "torch_ao_deployer",
 ]
