@@ -108,9 +108,17 @@ def test_cost_budget_caps_the_rung_over_the_stream(clock):
         ManagedRuntime(ladder, budget=2.0, budget_kind="avg_bits", machine=idle_machine, clock=clock)
 
 
-def test_machine_readings_are_recorded_per_item(clock):
+def test_machine_is_read_every_few_items_and_the_reading_recorded(clock):
     ladder, _ = fake_ladder(clock)
-    reading = MachineReading(70.0, 20.0, 40.0)
-    rt = ManagedRuntime(ladder, slo=SLO, machine=lambda: reading, clock=clock)
-    tab = stream_table(rt.serve(_stream(3)))
-    assert tab["others_cpu_percent"].tolist() == [20.0] * 3 and tab["memory_percent"].tolist() == [40.0] * 3
+    readings = iter([MachineReading(70.0, 20.0, 40.0), MachineReading(90.0, 60.0, 41.0)])
+
+    def machine():
+        clock.spend(0.001)  # reading the machine takes time, counted in the item's seconds
+        return next(readings)
+
+    rt = ManagedRuntime(ladder, slo=SLO, machine=machine, clock=clock, read_every=3)
+    tab = stream_table(rt.serve(_stream(4)))
+    assert tab["others_cpu_percent"].tolist() == [20.0, 20.0, 20.0, 60.0]
+    assert tab["seconds"].tolist() == pytest.approx([0.009, 0.008, 0.008, 0.009])
+    with pytest.raises(ValueError, match="read_every=0"):
+        ManagedRuntime(ladder, machine=machine, clock=clock, read_every=0)
