@@ -30,6 +30,11 @@ def test_threshold_escalates_the_fewest_least_confident_inputs():
     ok_exp = np.array([1, 1, 1, 1])
     assert _threshold(conf, ok_cheap, ok_exp, 1.0) == (pytest.approx(0.25), 1.0, 2)
     assert _threshold(conf, ok_cheap, ok_exp, 0.5) == (-math.inf, 0.5, 0)
+    assert _threshold(conf, ok_cheap, ok_exp, 0.5, 0.25) == (
+        pytest.approx(0.15),
+        0.75,
+        1,
+    )  # a floor of 1 in 4
     thr, agree, k = _threshold(conf, ok_cheap, np.array([1, 0, 1, 1]), 1.0)  # never reached: escalate all
     assert (thr, agree, k) == (math.inf, 0.75, 4)
     thr, agree, k = _threshold(np.array([0.1, 0.1, 0.5]), np.array([0, 1, 1]), np.array([1, 1, 1]), 1.0)
@@ -49,6 +54,8 @@ def test_calibrated_cascade_meets_its_target_and_counts_its_time(clock):
     assert (final == outs[2].argmax(1)).float().mean().item() == pytest.approx(cas.calib_agreement)
     with pytest.raises(ValueError, match="need 0 <= cheap < expensive <= 2"):
         ConfidenceCascade.calibrate(ladder, x_cal, cheap=2)
+    with pytest.raises(ValueError, match="min_escalation=2"):
+        ConfidenceCascade.calibrate(ladder, x_cal, min_escalation=2)
     with pytest.raises(ValueError, match="target_agreement=0"):
         ConfidenceCascade.calibrate(ladder, x_cal, target_agreement=0)
 

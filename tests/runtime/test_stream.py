@@ -76,7 +76,7 @@ def test_bad_items_are_rejected_with_a_reason_and_the_rest_served(clock):
         batch,
         torch.zeros(0, 8),
     ]
-    items += [torch.stack(good)]
+    items += [torch.stack(good), torch.full((8,), 3e38)]  # the last one's sum overflows, its values do not
     out = list(rt.serve(items))
     assert [it.reason for it in out] == [
         None,
@@ -87,12 +87,13 @@ def test_bad_items_are_rejected_with_a_reason_and_the_rest_served(clock):
         "contains NaN or Inf values (rows [1])",
         "empty micro-batch (N = 0)",
         None,
+        None,
     ]
-    assert [it.rung for it in out] == [2, -1, -1, -1, -1, -1, -1, 2]
-    assert out[-1].output.shape == (3, 4) and out[1].output is None
-    assert len(rt.manager.window) == 2  # only served items are timed against the target
+    assert [it.rung for it in out] == [2, -1, -1, -1, -1, -1, -1, 2, 2]
+    assert out[-2].output.shape == (3, 4) and out[-1].output.shape == (4,) and out[1].output is None
+    assert len(rt.manager.window) == 3  # only served items are timed against the target
     s = stream_summary(stream_table(out))
-    assert (s["served"], s["rejected"], s["rungs"]) == (2, 6, {2: 2})
+    assert (s["served"], s["rejected"], s["rungs"]) == (3, 6, {2: 3})
 
 
 def test_cost_budget_caps_the_rung_over_the_stream(clock):

@@ -67,10 +67,13 @@ class ConfidenceCascade:
         expensive: int | None = None,
         score: str = "margin",
         target_agreement: float = 0.99,
+        min_escalation: float = 0.0,
         clock: Callable[[], float] = time.perf_counter,
     ) -> ConfidenceCascade:
         """The cascade from rung ``cheap`` to rung ``expensive`` (default the top) whose threshold meets
-        ``target_agreement`` with the top rung on ``x_cal`` with the fewest escalations."""
+        ``target_agreement`` with the top rung on ``x_cal`` with the fewest escalations, and at least the
+        ``min_escalation`` share of the least confident inputs (a margin for disagreements a small calibration set
+        does not show)."""
         t0 = clock()
         top = len(ladder) - 1
         expensive = top if expensive is None else expensive
@@ -82,12 +85,14 @@ class ConfidenceCascade:
             raise ValueError(f"score={score!r} is not valid; choose one of {SCORES}")
         if not 0 < target_agreement <= 1:
             raise ValueError(f"target_agreement={target_agreement!r} must lie in (0, 1]")
+        if not 0 <= min_escalation <= 1:
+            raise ValueError(f"min_escalation={min_escalation!r} must lie in [0, 1]")
         outs = ladder.outputs(x_cal)
         ref = outs[top].argmax(1)
         ok_cheap = (outs[cheap].argmax(1) == ref).numpy()
         ok_exp = (outs[expensive].argmax(1) == ref).numpy()
         conf = confidence(outs[cheap], score)
-        threshold, agree, k = _threshold(conf, ok_cheap, ok_exp, target_agreement)
+        threshold, agree, k = _threshold(conf, ok_cheap, ok_exp, target_agreement, min_escalation)
         n = len(conf)
         return cls(
             cheap,
@@ -103,7 +108,7 @@ class ConfidenceCascade:
 
 
 def _threshold(
-    conf: np.ndarray, ok_cheap: np.ndarray, ok_exp: np.ndarray, target: float
+    conf: np.ndarray, ok_cheap: np.ndarray, ok_exp: np.ndarray, target: float, min_escalation: float = 0.0
 ) -> tuple[float, float, int]:
     """(threshold, agreement, escalated count): escalating the ``k`` least confident inputs (``conf`` below the
     threshold), the smallest ``k`` whose agreement reaches ``target``; every input when none does."""
@@ -112,7 +117,7 @@ def _threshold(
     gain = np.concatenate([[0], np.cumsum(ok_exp[order].astype(int) - ok_cheap[order].astype(int))])
     agree = (ok_cheap.sum() + gain) / n  # agree[k]: the k least confident escalated
     hit = np.nonzero(agree >= target - 1e-12)[0]
-    k = int(hit[0]) if len(hit) else n
+    k = max(int(hit[0]) if len(hit) else n, math.ceil(min_escalation * n - 1e-9))
     s = conf[order]
     if k == 0:
         return -math.inf, float(agree[0]), 0
