@@ -8,7 +8,9 @@ optimistic choice for static. Selection overhead is the time spent analysing and
 forward passes, measured while serving the test set in batches of 64.
 
 Writes the "## Runtime adaptation" section of docs/BENCHMARKS.md (in place) and bench/out/runtime_bench.json.
-Run: ``python bench/runtime_bench.py`` (``make bench-runtime``).
+Run: ``python bench/runtime_bench.py`` (``make bench-runtime``). ``--deployed``: the deployed-ladder mode instead
+(:mod:`runtime_deployed`: real kernels, measured seconds per input, cascade, competing load), which writes its own
+section and bench/out/runtime_deployed.json.
 """
 
 from __future__ import annotations
@@ -90,7 +92,11 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["digits_resnet", "digits_cnn"])
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.45, 0.55])
     ap.add_argument("--doc", default=str(ROOT / "docs" / "BENCHMARKS.md"))
+    ap.add_argument("--deployed", action="store_true", help="real-kernel ladder mode (issue 26)")
     args = ap.parse_args()
+    if args.deployed:
+        deployed_main(args)
+        return
     t0 = time.time()
     torch.manual_seed(0)
     cfg = RuntimeConfig()
@@ -143,6 +149,29 @@ def main() -> None:
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "out" / "runtime_bench.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     _search_bench().splice(Path(args.doc), HEADING, lines)
+    print("\n".join(lines))
+
+
+def deployed_main(args) -> None:
+    """The ``--deployed`` mode: :func:`runtime_deployed.run` on each model, its section written in place."""
+    spec = importlib.util.spec_from_file_location("runtime_deployed", ROOT / "bench" / "runtime_deployed.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from workbench.hardware.deploy import cpu_name
+
+    torch.manual_seed(0)
+    lines: list[str] = []
+    out = {}
+    for model in args.models:
+        res = mod.run(load_task(model, progress=False))
+        out[model] = {k: v for k, v in res.items()}
+        sec = mod.section(model, res, _search_bench().md_table, cpu_name())
+        lines += sec if not lines else sec[2:]
+    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "out" / "runtime_deployed.json").write_text(
+        json.dumps(out, indent=2, default=str) + "\n"
+    )
+    _search_bench().splice(Path(args.doc), mod.DEPLOYED_HEADING, lines)
     print("\n".join(lines))
 
 

@@ -31,15 +31,26 @@ The pieces, in the order an input meets them:
 - :class:`AdaptiveRuntime` - ties them together, serves batches, validates inputs (a bad input is rejected with
   a reason and the others are served), and accounts the time spent analysing and selecting apart from inference.
 
+On real kernels (issue 26): :class:`DeployedLadder` deploys a ladder of QuantPlans once each through a
+:class:`Deployer` adapter (default :func:`torch_ao_deployer`: torch.ao int8 static / bf16 / fp32; a rung that cannot
+deploy falls back to its simulation with the reason named); :class:`ManagedRuntime` serves a stream
+(``serve(iterable)`` yields a :class:`StreamItem` per item: output, rung, measured seconds, or a rejection reason)
+with a :class:`LatencyManager` stepping rungs down / up against an :class:`SLOConfig` (p95 over a window, CPU
+load and memory through :class:`PsutilMachine`; clock and readings injectable), the average-cost budget of
+:class:`ResourceManager` kept, and optionally a :class:`ConfidenceCascade` (cheap rung's margin / confidence /
+entropy, threshold calibrated to a target agreement with the top rung).
+
 :func:`evaluate_runtime` compares dynamic precision with the best static precision map of equal average cost on
 clean and shifted data (noise, contrast, blur); :class:`RuntimeFactory` builds the parts runtimes share once.
 
 Parts (each imports only those above it): ``config`` (constants, errors, :class:`RuntimeConfig`), ``data``
 (stacking loaders, shifted inputs), ``switchable``, ``costs``, ``probe``, ``analysis`` (input statistics),
-``policies``, ``manager``, ``result``, ``engine`` (:class:`AdaptiveRuntime`), ``factory``, ``evaluate``.
+``policies``, ``manager``, ``result``, ``engine`` (:class:`AdaptiveRuntime`), ``factory``, ``evaluate``; and for
+real kernels ``deployed`` (the ladder), ``machine`` (readings, the latency manager), ``cascade``, ``stream``.
 """
 
 from workbench.runtime.analysis import InputAnalyzer
+from workbench.runtime.cascade import SCORES, ConfidenceCascade, confidence
 from workbench.runtime.config import (
     BUDGET_KINDS,
     POLICIES,
@@ -50,47 +61,87 @@ from workbench.runtime.config import (
 )
 from workbench.runtime.costs import MapCost, MapCoster
 from workbench.runtime.data import _inputs, _labels, shift_inputs, stack_inputs, stack_labels
+from workbench.runtime.deployed import (
+    ON_FAIL,
+    DeployedLadder,
+    Deployer,
+    Deployment,
+    Rung,
+    simulated_deployer,
+    torch_ao_deployer,
+)
 from workbench.runtime.engine import AdaptiveRuntime
 from workbench.runtime.evaluate import evaluate_runtime, static_candidates
 from workbench.runtime.factory import RuntimeFactory
+from workbench.runtime.machine import (
+    LatencyManager,
+    Machine,
+    MachineReading,
+    PsutilMachine,
+    RungMove,
+    SLOConfig,
+    idle_machine,
+)
 from workbench.runtime.manager import ResourceManager
 from workbench.runtime.policies import CascadePolicy, LearnedPolicy, Policy, RulePolicy, StaticPolicy
 from workbench.runtime.probe import ProbeEngine, ProbeResult
 from workbench.runtime.result import SUMMARY_COLUMNS, RuntimeEvaluation, ServeResult
+from workbench.runtime.stream import ManagedRuntime, StreamItem, stream_summary, stream_table
 from workbench.runtime.switchable import SwitchableLayer, SwitchableModel, frozen_twin, runtime_spec
 
 __all__ = [
     "BUDGET_KINDS",
+    "ON_FAIL",
     "POLICIES",
+    "SCORES",
     "SHIFTS",
     "SUMMARY_COLUMNS",
     "AdaptiveRuntime",
     "CascadePolicy",
+    "ConfidenceCascade",
+    "DeployedLadder",
+    "Deployer",
+    "Deployment",
     "InputAnalyzer",
+    "LatencyManager",
     "LearnedPolicy",
+    "Machine",
+    "MachineReading",
+    "ManagedRuntime",
     "MapCost",
     "MapCoster",
     "Policy",
     "ProbeEngine",
     "ProbeResult",
+    "PsutilMachine",
     "ResourceManager",
     "RulePolicy",
+    "Rung",
+    "RungMove",
     "RuntimeBudgetError",
     "RuntimeConfig",
     "RuntimeEvaluation",
     "RuntimeFactory",
     "RuntimeInputError",
+    "SLOConfig",
     "ServeResult",
     "StaticPolicy",
+    "StreamItem",
     "SwitchableLayer",
     "SwitchableModel",
     "_inputs",
     "_labels",
+    "confidence",
     "evaluate_runtime",
     "frozen_twin",
+    "idle_machine",
+    "runtime_spec",
     "shift_inputs",
+    "simulated_deployer",
     "stack_inputs",
     "stack_labels",
-    "runtime_spec",
     "static_candidates",
+    "stream_summary",
+    "stream_table",
+    "torch_ao_deployer",
 ]
