@@ -144,7 +144,7 @@ def test_weight_only_shorthand_and_its_errors():
 
 
 def test_weight_only_plan_leaves_activations_float(model, ids):
-    plan = QuantPlan.from_shorthand("uniform:w4:per_channel", model)
+    plan = QuantPlan.from_shorthand("uniform:w4:per_channel", model, embeddings=True)
     assert list(plan) == LAYERS and all(s.a_bits == 32 for _, s in plan.items())
     q = quantize_model(model, plan)  # no calibration data needed
     mods = quant_modules(q)
@@ -163,7 +163,7 @@ def test_weight_only_plan_leaves_activations_float(model, ids):
 
 
 def test_embedding_is_weight_only_under_an_activation_spec(model, calib, ids):
-    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", model)
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", model, embeddings=True)
     with pytest.raises(PlanError, match="calib_loader"):
         quantize_model(model, plan)  # the Linear / Conv1d layers need a range
     only_embed = QuantPlan({"embed": QuantSpec(w_bits=8, a_bits=8)})
@@ -364,3 +364,13 @@ def test_callers_model_is_never_mutated(model, calib, ids, tmp_path):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert {n: type(m) for n, m in model.named_modules()} == types
     assert not model.training
+
+
+def test_uniform_plans_leave_embedding_tables_float_unless_asked(model):
+    plan = QuantPlan.from_shorthand("uniform:w4:per_channel", model)
+    assert "embed" not in plan and list(plan) == [n for n in LAYERS if n != "embed"]
+    assert "embed" in QuantPlan.from_shorthand("uniform:w4:per_channel;include=*", model)
+    assert "embed" in QuantPlan.from_shorthand("uniform:w4:per_channel", model, embeddings=True)
+    assert list(QuantPlan.from_shorthand("uniform:w4;include=embed", model)) == ["embed"]  # named: taken
+    with pytest.raises(PlanError, match="only Embedding tables"):
+        QuantPlan.uniform(nn.Sequential(nn.Embedding(10, 4)), QuantSpec(w_bits=4, a_bits=32))

@@ -139,7 +139,7 @@ def test_adaptive_runtime_serves_a_ladder_of_quantplans():
     torch.manual_seed(1)
     model = SignalNet().eval()
     x_cal, x = torch.randn(64, 3, 12), torch.randn(16, 3, 12)
-    plans = [QuantPlan.uniform(model, runtime_spec(b, 8)) for b in (2, 4, 8)]
+    plans = [QuantPlan.uniform(model, runtime_spec(b, 8), embeddings=True) for b in (2, 4, 8)]
     cfg = RuntimeConfig(probe_samples=32)
     rt = AdaptiveRuntime(model, "static", 1e12, calib=x_cal, config=cfg, plans=plans)
     assert rt.ladder_plans == plans and rt.probe.ladder_plans == plans

@@ -23,7 +23,7 @@ from workbench.tasks import load_task_file
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "byom_task.py"
 TASK = f"{EXAMPLE}:make_task"
-WEIGHT_ONLY = "uniform:w4:per_channel;exclude=pooler*"
+WEIGHT_ONLY = "uniform:w4:per_channel;include=*;exclude=pooler*"  # embedding tables included (asked)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -83,7 +83,7 @@ def test_dict_forward_model_is_quantized_and_evaluated():
         name="dict-encoder",
     )
     assert task.info["forward"] == "model(x)" and task.num_classes == 12
-    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", model)
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", model, embeddings=True)
     assert list(plan) == ["embed", "dense", "out"]
     summary = plan.summary(model, task.example_input())
     assert summary.coverage == "covers 3 of 3 weight layers, 100.0 % of weight parameters"

@@ -52,7 +52,7 @@ def test_weight_only_and_pattern_plans(task):
 
 
 def test_embedding_quantized_and_packed_round_trip(task, tmp_path):
-    plan = QuantPlan.from_shorthand("uniform:w4:per_channel", task.model)
+    plan = QuantPlan.from_shorthand("uniform:w4:per_channel;include=*", task.model)
     assert "embeddings.word_embeddings" in plan.layers
     q = quantize_model(task.model, plan, task.calib_loader)
     save_packed(q, tmp_path / "m.wbq")

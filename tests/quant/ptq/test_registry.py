@@ -18,7 +18,7 @@ from workbench.quant.ptq import (
 
 
 def test_the_order_is_fixed_by_the_registry():
-    assert ptq_step_names() == ("cle", "ranges", "adaround", "bias_correction")
+    assert ptq_step_names() == ("cle", "ranges", "gptq", "adaround", "bias_correction")
     steps = resolve_ptq(["bias_correction", AdaRoundConfig(iterations=3), "cle", "ranges"])
     assert [s.name for s, _ in steps] == ["cle", "ranges", "adaround", "bias_correction"]
     assert steps[2][1].iterations == 3
@@ -29,7 +29,7 @@ def test_the_order_is_fixed_by_the_registry():
 
 def test_bad_steps_are_named_with_the_valid_ones():
     with pytest.raises(
-        PlanError, match="'bogus' unknown; valid steps: cle, ranges, adaround, bias_correction"
+        PlanError, match="'bogus' unknown; valid steps: cle, ranges, gptq, adaround, bias_correction"
     ):
         resolve_ptq(["cle", "bogus"])
     with pytest.raises(PlanError, match="given twice"):
@@ -77,7 +77,7 @@ def test_cli_rejects_a_bogus_step(capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert "'bogus' unknown" in err and "cle, ranges, adaround, bias_correction" in err
+    assert "'bogus' unknown" in err and "cle, ranges, gptq, adaround, bias_correction" in err
 
 
 def test_search_config_validates_and_keys_ptq():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from workbench._common.strict_json import DuplicateKeyError, loads_strict
-from workbench.quant.introspect import layer_costs, unsupported_reason
+from workbench.quant.introspect import WEIGHT_ONLY_TYPES, layer_costs, unsupported_reason
 from workbench.quant.spec.layer import PlanError, QuantSpec
 from workbench.quant.spec.select import (
     _listing,
@@ -84,14 +85,32 @@ class QuantPlan:
         skip: tuple[str, ...] = (),
         include: Iterable[str] | str | None = None,
         exclude: Iterable[str] | str | None = None,
+        embeddings: bool = False,
     ) -> QuantPlan:
         """The same spec for every quantizable layer of ``model`` selected by the glob patterns ``include`` (all
-        layers when None) and ``exclude`` (see :func:`match_layers`), except the exact names in ``skip``."""
+        layers when None) and ``exclude`` (see :func:`match_layers`), except the exact names in ``skip``.
+
+        Embedding tables are in the plan only when asked: ``embeddings=True``, or an ``include`` pattern that
+        matches them (``include="*"`` takes every layer); otherwise they stay float32 (named by the coverage
+        warning of :func:`~workbench.quant.quantize_model`)."""
         names = _quantizable_or_raise(model)
         unknown = sorted(set(skip) - set(names))
         if unknown:
             raise PlanError(f"skip names unknown layers {unknown}; valid layers: {_listing(names)}")
         selected = match_layers(names, include, exclude)
+        if not embeddings:
+            inc = [include] if isinstance(include, str) else list(include or ())
+            selected = [
+                n
+                for n in selected
+                if not isinstance(model.get_submodule(n), WEIGHT_ONLY_TYPES)
+                or any(fnmatch.fnmatchcase(n, p) for p in inc)
+            ]
+            if not selected:
+                raise PlanError(
+                    "the selection holds only Embedding tables, which a uniform plan leaves float unless asked: "
+                    "pass embeddings=True or an include pattern that names them (e.g. ';include=*')"
+                )
         return cls({n: spec for n in selected if n not in skip})
 
     @classmethod
@@ -102,15 +121,18 @@ class QuantPlan:
         *,
         include: Iterable[str] | str | None = None,
         exclude: Iterable[str] | str | None = None,
+        embeddings: bool = False,
     ) -> QuantPlan:
         """A uniform plan from a shorthand (grammar: :func:`parse_shorthand`), e.g. ``uniform:w4a8:per_channel``,
         ``uniform:w4:per_group:g32`` (weight-only) or, with layer selection,
         ``uniform:w4:per_channel;include=*.dense,*.query;exclude=pooler*``. Patterns given here are added to those
-        of the text's clauses."""
+        of the text's clauses. Embedding tables only when asked (see :meth:`uniform`): ``;include=*`` takes them."""
         spec_text, inc, exc = split_shorthand(text)
         inc = [*inc, *_patterns(include, "include")]
         exc = [*exc, *_patterns(exclude, "exclude")]
-        return cls.uniform(model, parse_shorthand(spec_text), include=inc or None, exclude=exc)
+        return cls.uniform(
+            model, parse_shorthand(spec_text), include=inc or None, exclude=exc, embeddings=embeddings
+        )
 
     @classmethod
     def from_patterns(
