@@ -20,8 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from workbench.quant.ptq.data import calib_batches, layer_by_layer, layer_inputs
-from workbench.quant.ptq.layers import forward_with, progress_bar, tunable_layers
+from workbench.quant.ptq.data import calib_batches
+from workbench.quant.ptq.layers import forward_with, tunable_layers, tune_against_float
 from workbench.quant.ptq.registry import PtqContext, register_ptq_step, skip
 from workbench.quant.quantizers import from_grid, to_grid
 from workbench.quant.spec import PlanError
@@ -186,12 +186,6 @@ def run_adaround(model: nn.Module, cfg: AdaRoundConfig, ctx: PtqContext) -> dict
     if not chosen:
         skip("adaround", "every layer", f"no quantized layer has integer weights of <= {cfg.max_bits} bits")
         return {}
-    float_layers = {n: ctx.float_model.get_submodule(n) for n in chosen}
-    float_inputs = layer_inputs(ctx.float_model, float_layers, inputs)
-    report: dict[str, Any] = {}
-
-    def tune(name: str, layer: nn.Module, x: Tensor) -> None:
-        report[name] = round_layer(layer, float_layers[name], x, float_inputs.pop(name), cfg)
-
-    layer_by_layer(model, chosen, inputs, before=tune, progress=progress_bar(ctx, "adaround", len(chosen)))
-    return report
+    return tune_against_float(
+        model, ctx, chosen, inputs, lambda m, f, xq, xf: round_layer(m, f, xq, xf, cfg), "adaround"
+    )

@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from workbench.quant.ptq.adaround import _recon
-from workbench.quant.ptq.data import calib_batches, layer_by_layer, layer_inputs
-from workbench.quant.ptq.layers import forward_with, progress_bar, tunable_layers
+from workbench.quant.ptq.data import calib_batches
+from workbench.quant.ptq.layers import forward_with, tunable_layers, tune_against_float
 from workbench.quant.ptq.registry import PtqContext, register_ptq_step, skip
 from workbench.quant.quantizers import from_grid, to_grid
 from workbench.quant.spec import PlanError
@@ -310,12 +310,6 @@ def run_gptq(model: nn.Module, cfg: GptqConfig, ctx: PtqContext) -> dict[str, An
     if not chosen:
         skip("gptq", "every layer", f"no Linear / Conv2d layer has integer weights of <= {cfg.max_bits} bits")
         return {}
-    float_layers = {n: ctx.float_model.get_submodule(n) for n in chosen}
-    float_inputs = layer_inputs(ctx.float_model, float_layers, inputs)
-    report: dict[str, Any] = {}
-
-    def tune(name: str, layer: nn.Module, x: Tensor) -> None:
-        report[name] = round_layer(layer, float_layers[name], x, float_inputs.pop(name), cfg)
-
-    layer_by_layer(model, chosen, inputs, before=tune, progress=progress_bar(ctx, "gptq", len(chosen)))
-    return report
+    return tune_against_float(
+        model, ctx, chosen, inputs, lambda m, f, xq, xf: round_layer(m, f, xq, xf, cfg), "gptq"
+    )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from workbench.quant.ptq.registry import skip
+from workbench.quant.ptq.data import layer_by_layer, layer_inputs
+from workbench.quant.ptq.registry import PtqContext, skip
 
 
 def tunable_layers(model: nn.Module, step: str) -> dict[str, nn.Module]:
@@ -53,3 +57,26 @@ def progress_bar(ctx, desc: str, total: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False)
+
+
+def tune_against_float(
+    model: nn.Module,
+    ctx: PtqContext,
+    chosen: dict[str, nn.Module],
+    inputs: Any,
+    tune: Callable[[nn.Module, nn.Module, Tensor, Tensor], dict[str, Any]],
+    step: str,
+) -> dict[str, Any]:
+    """One pass of ``model`` on ``inputs`` in which each ``chosen`` layer runs ``tune(layer, float_layer, x_q,
+    x_f)`` on its actual input ``x_q`` (the layers before it already tuned) and the float reference model's input
+    ``x_f`` to the same layer, right before it runs. Returns layer -> ``tune``'s report."""
+    assert ctx.float_model is not None
+    float_layers = {n: ctx.float_model.get_submodule(n) for n in chosen}
+    float_inputs = layer_inputs(ctx.float_model, float_layers, inputs)
+    report: dict[str, Any] = {}
+
+    def before(name: str, layer: nn.Module, x: Tensor) -> None:
+        report[name] = tune(layer, float_layers[name], x, float_inputs.pop(name))
+
+    layer_by_layer(model, chosen, inputs, before=before, progress=progress_bar(ctx, step, len(chosen)))
+    return report
