@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ptq",
         default="default",
-        help="post-training quantization steps, comma-separated, run in their fixed order (cle, ranges, adaround, "
+        help="post-training quantization steps, comma-separated, run in their fixed order (cle, ranges, gptq, adaround, "
         "bias_correction); 'default' (the measured default, see the README) or 'none'",
     )
     p.set_defaults(func=run)

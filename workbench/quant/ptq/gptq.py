@@ -7,25 +7,26 @@ weighted by the inverse Hessian ``H = X X^T`` of the layer's reconstruction loss
 ``diag(H)``, "act order"; dampened by ``damp * mean(diag(H))``). Convolutions are unfolded into columns (one
 Hessian per group: a depthwise layer has one 9x9 Hessian per channel).
 
-``target="quantized"`` (the default) is the original GPTQ (``||W X_q - Q X_q||^2``). ``target="float"``
+``target="quantized"`` is the original GPTQ (``||W X_q - Q X_q||^2``). ``target="float"`` (the default)
 reconstructs the float model's output on the float input, as AdaRound does: the optimum
 ``W* = (W X_f X_q^T + W D) (H + D)^-1`` of ``||W X_f - Q X_q||^2 + ||(W - Q) D^1/2||^2`` (``D``: the dampening,
 which keeps ``W*`` equal to ``W`` in directions the calibration inputs do not span) absorbs the error of the layers
-before it is rounded. Two more options, off by default: a Hessian-weighted clip search of the per-channel scales
-(``clip_ratios``) and coordinate-descent sweeps over the codes (``sweeps``). The scales and zero points are
+before it is rounded. Two more options: a Hessian-weighted clip search of the per-channel scales (``clip_ratios``)
+and coordinate-descent sweeps over the codes (``sweeps``). These options pay where the calibration data are many
+for the layer's inputs and can fit them too closely where they are few, so by default (``select``) each layer
+chooses between nearest rounding, the original GPTQ and GPTQ with the options by its output error against the
+float model on held-out calibration samples, and refits the winner on all of them. The scales and zero points are
 otherwise those the layer's observer chose; the rounded codes are written back as the layer's float weight (exactly
 on the grid), and a layer whose reconstruction error on the calibration data would grow keeps nearest rounding.
 
-Defaults chosen by measurement (README, "Post-training quantization"): on EfficientNet-Lite1 W4A8 per-channel
-(64 calibration crops) the original GPTQ reaches logit cosine 0.909 where the float target (0.795) and the clip
-search with sweeps (0.796) fit the calibration crops too closely; on the digits ResNet at 2 bits the options help
-(0.930 -> 0.974). One Cholesky factorisation per layer and group: Lite1's 50 layers take about a minute, not the
-tens of minutes of AdaRound.
+Measured (README, "Post-training quantization"): the original GPTQ reaches logit cosine 0.909 on EfficientNet-Lite1
+W4A8 per-channel (64 calibration crops) where the options alone reach 0.795; on the digits ResNet at W2A8 the
+options reach 0.974 where the original reaches 0.799.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import torch
@@ -51,7 +52,9 @@ class GptqConfig:
     float weight on its quantized input). Per-channel and per-tensor scales are first shrunk by the
     ``clip_ratios`` factor that minimises each row's Hessian-weighted rounding error (1.0 alone keeps the
     observer's scales); after the column loop, ``sweeps`` passes of coordinate descent move single codes while
-    the Hessian-weighted error falls."""
+    the Hessian-weighted error falls. With ``select`` each layer picks, by its output error against the float
+    model on the last ``holdout`` share of the samples (fitted on the others), between nearest rounding, the
+    original GPTQ and GPTQ with these options, then refits the winner on every sample."""
 
     name: ClassVar[str] = "gptq"
     max_bits: int = 8
@@ -60,9 +63,11 @@ class GptqConfig:
     damp: float = 0.01
     act_order: bool = True
     block: int = 128
-    target: str = "quantized"
-    clip_ratios: tuple[float, ...] = (1.0,)
-    sweeps: int = 0
+    target: str = "float"
+    clip_ratios: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+    sweeps: int = 2
+    select: bool = True
+    holdout: float = 0.25
 
     def __post_init__(self) -> None:
         if self.calib_samples < 1 or self.chunk < 1 or self.block < 1:
@@ -75,6 +80,8 @@ class GptqConfig:
             raise PlanError(f"GptqConfig.clip_ratios={self.clip_ratios} must be non-empty, each in (0, 1]")
         if self.sweeps < 0:
             raise PlanError(f"GptqConfig.sweeps={self.sweeps} must be >= 0")
+        if not 0 < self.holdout < 1:
+            raise PlanError(f"GptqConfig.holdout={self.holdout} must lie in (0, 1)")
         if self.target not in TARGETS:
             raise PlanError(f"GptqConfig.target={self.target!r} unknown; choose one of {TARGETS}")
 
@@ -266,26 +273,57 @@ def gptq_weight(
     return deq.reshape(layer.weight.shape).to(layer.weight.dtype)
 
 
+PLAIN = {"target": "quantized", "clip_ratios": (1.0,), "sweeps": 0}
+"""The options of the original GPTQ, the other candidate of ``select``."""
+
+
+def _fit(layer: nn.Module, float_layer: nn.Module, xq: Tensor, xf: Tensor, cfg: GptqConfig) -> Tensor:
+    """The rounded weight fitted on ``xq`` / ``xf`` (the layer's scales may move: ``clip_ratios``)."""
+    h, c = statistics(layer, xq, xf if cfg.target == "float" else None, cfg.chunk)
+    return gptq_weight(layer, h, c, cfg, weight=float_layer.weight if c is not None else None)
+
+
+def _choose(
+    layer: nn.Module, float_layer: nn.Module, xq: Tensor, xf: Tensor, target: Tensor, cfg: GptqConfig
+) -> tuple[str, dict[str, float]]:
+    """The candidate (nearest, gptq, gptq+) with the least output error on the held-out samples."""
+    scale = layer.w_quant.scale.detach().clone()
+    cut = xq.shape[0] - max(1, round(cfg.holdout * xq.shape[0]))
+    errors = {"nearest": float(_recon(forward_with(layer, xq[cut:], layer.quantized_weight()), target[cut:]))}
+    for name, opts in (("gptq", replace(cfg, **PLAIN)), ("gptq+", cfg)):
+        rounded = _fit(layer, float_layer, xq[:cut], xf[:cut], opts)
+        errors[name] = float(_recon(forward_with(layer, xq[cut:], rounded), target[cut:]))
+        layer.w_quant.scale.copy_(scale)
+    return min(errors, key=errors.__getitem__), errors
+
+
 @torch.no_grad()
 def round_layer(
     layer: nn.Module, float_layer: nn.Module, x_q: Tensor, x_f: Tensor, cfg: GptqConfig
 ) -> dict[str, Any]:
     """GPTQ-round ``layer`` from its raw quantized-model inputs ``x_q`` and the float model's inputs ``x_f``;
-    writes the rounded weight into ``layer.weight`` unless nearest rounding reconstructs better."""
+    writes the rounded weight into ``layer.weight`` unless nearest rounding reconstructs better (on held-out
+    samples with ``select``, else on the calibration samples)."""
     xq = layer.a_quant(x_q)
-    h, c = statistics(layer, xq, x_f if cfg.target == "float" else None, cfg.chunk)
-    target = float_layer(x_f) if cfg.target == "float" else forward_with(layer, xq, layer.weight)
-    before = float(_recon(forward_with(layer, xq, layer.quantized_weight()), target))
+    target = float_layer(x_f)
     scale = layer.w_quant.scale.detach().clone()
-    rounded = gptq_weight(layer, h, c, cfg, weight=float_layer.weight if c is not None else None)
-    after = float(_recon(forward_with(layer, xq, rounded), target))
-    if after < before:
-        layer.weight.copy_(rounded)
+    report: dict[str, Any] = {}
+    if cfg.select and xq.shape[0] >= 2:
+        kept, held_out = _choose(layer, float_layer, xq, x_f, target, cfg)
+        report.update({f"holdout_{k}": v for k, v in held_out.items()})
+        opts = cfg if kept == "gptq+" else replace(cfg, **PLAIN)
     else:
+        kept, opts = "gptq", cfg
+    if kept != "nearest":
+        before = float(_recon(forward_with(layer, xq, layer.quantized_weight()), target))
+        rounded = _fit(layer, float_layer, xq, x_f, opts)
+        if cfg.select or float(_recon(forward_with(layer, xq, rounded), target)) < before:
+            layer.weight.copy_(rounded)
+        else:
+            kept = "nearest"
+    if kept == "nearest":
         layer.w_quant.scale.copy_(scale)
-    clip = float((layer.w_quant.scale / scale).mean())
-    return {"recon_nearest": before, "recon_gptq": after, "kept": "gptq" if after < before else "nearest",
-            "clip": clip}  # fmt: skip
+    return {**report, "kept": kept, "clip": float((layer.w_quant.scale / scale).mean())}
 
 
 @register_ptq_step(
