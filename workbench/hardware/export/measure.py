@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,12 +26,14 @@ from workbench.quant.swap import quantize_model
 @dataclass(frozen=True)
 class OnnxCompareConfig:
     """Knobs of :func:`compare_onnx`: timing (``threads`` for torch and ONNX Runtime alike), whether the torch.ao
-    deployment runs beside (``torch_ao``), ONNX Runtime's graph ``optimizations`` (one row each) and the export."""
+    deployment runs beside (``torch_ao``), whether the FP32 model runs on ONNX Runtime too (``onnx_fp32``: what
+    ONNX Runtime's own kernels give without the plan), ONNX Runtime's graph ``optimizations`` (one row each) and the export."""
 
     threads: int | None = None
     repeats: int = 7
     warmup: int = 2
     torch_ao: bool = True
+    onnx_fp32: bool = True
     optimizations: tuple[str, ...] = ("all",)
     onnx: OnnxConfig = field(default_factory=OnnxConfig)
 
@@ -83,6 +86,10 @@ def compare_onnx(
         if dep is not None:
             variants["torch_ao"] = dep
         notes += [why] if why else []
+    if config.onnx_fp32:
+        fp32_path = Path(path).with_name(Path(path).stem + "_fp32.onnx")
+        fp32 = export_onnx(model, QuantPlan({}), batches, fp32_path, example=example, config=config.onnx)
+        variants["onnx_fp32"] = fp32.session(threads=config.threads)
     for opt in config.optimizations:
         variants[f"onnx_{opt}" if len(config.optimizations) > 1 else "onnx"] = export.session(
             threads=config.threads, optimization=opt
@@ -90,9 +97,11 @@ def compare_onnx(
     stats = time_side_by_side(
         variants, example, repeats=config.repeats, warmup=config.warmup, threads=config.threads
     )
+    data = example if data is None else data
+    data = [data] if isinstance(data, Mapping) else data  # one batch of a token model
     rows = []
     for name, fn in variants.items():
-        fid = deployment_fidelity(model, sim, fn, example if data is None else data)
+        fid = deployment_fidelity(model, sim, fn, data)
         rows.append(
             {
                 "variant": name,
