@@ -38,19 +38,18 @@ BF16 = QuantSpec(w_bits=16, a_bits=16)
 
 
 def lite1_plans(model: torch.nn.Module) -> dict[str, QuantPlan]:
-    """W8A8 per channel everywhere; mixed: the stem FP32, depthwise convs bf16, the last three 1x1 project convs
-    W4A8, the classifier weight-only W4 group 32 (MatMulNBits), every other conv W8A8 per channel."""
+    """W8A8 per channel everywhere; mixed: the stem FP32, the last three 1x1 project convs W4A8, the classifier
+    weight-only W4 group 32 (MatMulNBits), every other conv W8A8 per channel; mixed_bf16: mixed with the
+    depthwise convs in bf16."""
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
     projects = [n for n in convs if n.endswith("_project_conv")][-3:]
-    mixed: dict[str, QuantSpec] = {}
-    for name in convs:
-        if name == "_conv_stem":
-            continue
-        mixed[name] = BF16 if name.endswith("_depthwise_conv") else W4A8 if name in projects else W8A8
+    mixed = {n: (W4A8 if n in projects else W8A8) for n in convs if n != "_conv_stem"}
     mixed["_fc"] = W4
+    bf16 = {n: (BF16 if n.endswith("_depthwise_conv") else s) for n, s in mixed.items()}
     return {
         "w8a8": QuantPlan.from_shorthand("uniform:w8a8:per_channel", model),
         "mixed": QuantPlan(mixed),
+        "mixed_bf16": QuantPlan(bf16),
     }
 
 
@@ -151,9 +150,9 @@ def main() -> None:
         "pairs fused into integer kernels, uint8 weights on this non-VNNI CPU). `cosine_to_sim`: mean per-sample "
         f"logit cosine to the plan's simulation over `samples` inputs (Lite1: {args.lite1_test} test crops; "
         "DigitsBert: 128 test sequences). `onnx_fp32`: the FP32 model exported "
-        "and run in ONNX Runtime (its float kernels, no plan). Lite1 mixed: stem FP32, depthwise convs bf16, "
-        "the last three 1x1 project convs W4A8, classifier W4 group 32 weight-only (MatMulNBits), the rest W8A8 "
-        "per channel. DigitsBert mixed: Q/K/V and intermediate W4 "
+        "and run in ONNX Runtime (its float kernels, no plan). Lite1 mixed: stem FP32, the last three 1x1 project "
+        "convs W4A8, classifier W4 group 32 weight-only (MatMulNBits), the rest W8A8 per channel; mixed_bf16: "
+        "the same with every depthwise conv in bf16 (no torch_ao row: `deploy` fails on it, see the notes). DigitsBert mixed: Q/K/V and intermediate W4 "
         "group 32, other Linear W8 per channel, word embeddings int8 (all weight-only).",
         *([args.note] if args.note else []),
         "",

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from workbench.hardware.deploy.convert import _calib_batches
 from workbench.hardware.export import modules as em
 from workbench.hardware.export import ops
 from workbench.hardware.kernels.codes import weight_codes
@@ -246,8 +247,6 @@ class OnnxRuntimeModel:
 def _first_batch(calib: Any) -> Any:
     if isinstance(calib, (Tensor, Mapping)):
         return calib
-    from workbench.hardware.deploy.convert import _calib_batches
-
     return _calib_batches(calib, 1)[0]
 
 
@@ -270,8 +269,6 @@ def export_onnx(
     if not isinstance(plan, QuantPlan):
         raise PlanError(f"plan must be a QuantPlan, got {type(plan).__name__}")
     if simulated is None:
-        from workbench.hardware.deploy.convert import _calib_batches
-
         batches = _calib_batches(calib, max_calib_batches)
         simulated = quantize_model(model, plan, [(x,) for x in batches], warn_float=False)
     elif getattr(simulated, "quant_plan", None) is None or simulated.quant_plan.to_dict() != plan.to_dict():
