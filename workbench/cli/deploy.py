@@ -22,11 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument(
         "--engine",
-        choices=["auto", "x86", "onednn", "fbgemm", "qnnpack"],
+        choices=["auto", "x86", "onednn", "fbgemm", "qnnpack", "onnx"],
         default="auto",
         help="torch.ao quantized engine (auto: x86 on a CPU with VNNI, qnnpack without, where x86 needs 7-bit "
-        "activations)",
+        "activations); onnx: the plan exported to ONNX (QDQ int8, MatMulNBits weight-only Linear) and run on "
+        "ONNX Runtime beside torch.ao and FP32 (needs the [onnx] extra)",
     )
+    p.add_argument("--onnx-out", metavar="PATH", help="--engine onnx: the ONNX file (default data/exports/)")
     p.add_argument(
         "--kernels",
         choices=["auto", "static", "dynamic", "bf16", "menu"],
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.models import REAL_MODELS, ZOO_MODELS
     from workbench.pipeline import resolve_plan
 
-    cfg = config_from_args(DeployConfig, args, CONFIG_FLAGS)
+    cfg = None if args.engine == "onnx" else config_from_args(DeployConfig, args, CONFIG_FLAGS)
     has_task = args.model in ZOO_MODELS or args.model in REAL_MODELS or getattr(args, "task", None)
     synthetic = args.dataset is None and not has_task
     task = None
@@ -98,6 +100,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         task = load_task(args)
         inputs = _task_inputs(args, task)
+    if args.engine == "onnx":
+        from workbench.cli.deploy_onnx import run_onnx
+
+        return run_onnx(args, inputs, synthetic)
     x = inputs[1]
     kernels, reason = args.kernels, f"--kernels {args.kernels}"
     if kernels == "auto":
