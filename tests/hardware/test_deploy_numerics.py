@@ -49,6 +49,17 @@ def test_bias_safe_scales_raise_only_dead_channels():
     assert torch.equal(bias_safe_scales(scale, None, 0.02), scale)
 
 
+def test_bias_safe_scales_raise_a_per_tensor_scale_to_the_largest_bias():
+    """One weight scale for every channel (per-tensor): raised so that every channel's bias fits an int32 code."""
+    bias = torch.tensor([0.1, 4.0, -1.0])
+    out = bias_safe_scales(torch.tensor([1e-12], dtype=torch.float64), bias, input_scale=0.02)
+    assert out.shape == (1,)
+    assert 4.0 / (0.02 * float(out[0])) <= 2**30 + 1  # the largest bias code fits an int32
+    assert 4.0 / (0.02 * float(out[0])) >= 2**30 - 1  # raised no further than needed
+    kept = torch.tensor([0.01], dtype=torch.float64)
+    assert torch.equal(bias_safe_scales(kept, bias, input_scale=0.02), kept)
+
+
 @pytest.mark.skipif(not QNNPACK, reason="qnnpack not in this torch build")
 @pytest.mark.parametrize("engine", ["qnnpack", "x86"])
 def test_clamp_codes_keeps_channels_last_tensors(engine):
@@ -137,3 +148,25 @@ def test_pad_codes_pads_on_the_grid_or_requantizes():
         other.q_scale() == pytest.approx(0.04) and other.q_zero_point() == 30 and other.shape == (2, 4, 7, 7)
     )
     assert float(other.dequantize()[:, :, 0].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("engine", ["x86", "qnnpack"] if QNNPACK else ["x86"])
+def test_per_tensor_weight_layers_deploy_as_simulated(engine):
+    """Per-tensor weight scales (one for the whole layer, the Linear head and the convolutions) pack per-tensor
+    int8 weights with the simulation's codes, and the deployment computes what the simulation computes."""
+    torch.manual_seed(0)
+    model = _Net().eval()
+    calib, test = torch.randn(32, 3, 12, 12), torch.randn(64, 3, 12, 12)
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_tensor", model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dep = deploy(model, plan, calib, engine=engine)
+    assert dep.precision_counts() == {"int8": 5}
+    weight = dict(dep.module.named_modules())["fc"]._weight_bias()[0]
+    assert weight.qscheme() == torch.per_tensor_affine
+    torch.testing.assert_close(
+        weight.dequantize(), dep.simulated.fc.quantized_weight().detach(), rtol=0, atol=0
+    )
+    fid = deployment_fidelity(model, dep.simulated, dep.module, test, engine=dep.engine)
+    assert fid["sim_vs_deployed_cosine"] >= 0.999, fid
+    assert fid["cosine_to_fp32"] > 0.98, fid

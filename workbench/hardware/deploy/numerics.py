@@ -33,11 +33,15 @@ bias as an int32 (qnnpack) overflow past 2**31, as a channel with (near-)zero we
 def bias_safe_scales(scale: torch.Tensor, bias: torch.Tensor | None, input_scale: float) -> torch.Tensor:
     """Per-channel weight ``scale`` raised where the bias would not fit an int32 code on the input grid of scale
     ``input_scale`` (:data:`BIAS_CODE_MAX`); only channels whose weights are ~0 next to their bias change (their
-    codes round to 0 and the output is the bias, within ``fan_in * 255 / 2**31`` of it relative to the bias)."""
+    codes round to 0 and the output is the bias, within ``fan_in * 255 / 2**31`` of it relative to the bias). A
+    per-tensor ``scale`` (one element, shared by every channel) is raised to what the largest bias needs."""
     floor = torch.full_like(scale, torch.finfo(torch.float32).tiny)
     if bias is not None and input_scale > 0:
-        floor = torch.maximum(floor, bias.detach().double().abs().reshape(-1) / (input_scale * BIAS_CODE_MAX))
-    return torch.maximum(scale, floor.expand_as(scale))
+        need = bias.detach().double().abs().reshape(-1) / (input_scale * BIAS_CODE_MAX)
+        if scale.numel() == 1:
+            need = need.max().reshape(scale.shape)
+        floor = torch.maximum(floor, need.to(scale.dtype))
+    return torch.maximum(scale, floor)
 
 
 def clamp_codes(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
