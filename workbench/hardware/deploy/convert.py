@@ -315,7 +315,7 @@ def _build(
     choices, kernel_notes = deploy_layers(converted, simulated, plan, menu_layers, strict=strict)
     on_kernel = {c.layer for c in choices if c.handler is not None}
     notes += _float_layer_notes(plan, {n: d for n, d in disp.items() if n not in on_kernel}) + kernel_notes
-    notes += swap_bf16_layers(converted, disp)
+    notes += swap_bf16_layers(converted, disp, baked=baked)
     if trace and any(isinstance(m, nn.Conv2d) for m in baked.modules()):
         _input_channels_last(converted)
     return DeployedModel(converted.eval(), plan, profile, engine, disp, notes, simulated=simulated.eval())

@@ -165,7 +165,7 @@ def kernel_paths(baked: nn.Module, layers: list[str]) -> dict[str, str]:
     """Each plan layer's path to its kernel module in ``baked``: the layer itself, or for an adapted layer
     (``Sequential(pre_op, layer)``, e.g. a SAME-padding conv) its last child, the layer behind the pre-op."""
     mods = dict(baked.named_modules())
-    return {n: f"{n}.{len(mods[n]) - 1}" if isinstance(mods[n], nn.Sequential) else n for n in layers}
+    return {n: f"{n}.{len(mods[n]) - 1}" if isinstance(mods.get(n), nn.Sequential) else n for n in layers}
 
 
 def set_sim_weights(
@@ -260,15 +260,20 @@ def convert_fx_int8(
         torch.backends.quantized.engine = previous_engine
 
 
-def swap_bf16_layers(converted: nn.Module, disp: dict[str, LayerDispatch]) -> list[str]:
-    """Replace the layers dispatched to bf16 by :class:`Bf16Layer` in place; notes for layers FX fused away."""
+def swap_bf16_layers(
+    converted: nn.Module, disp: dict[str, LayerDispatch], *, baked: nn.Module | None = None
+) -> list[str]:
+    """Replace the layers dispatched to bf16 by :class:`Bf16Layer` in place; notes for layers FX fused away.
+    An adapted layer (``Sequential(pre_op, layer)`` in ``baked``, the float model ``converted`` came from; None:
+    ``converted`` itself) has its kernel swapped, the layer behind the pre-op (:func:`kernel_paths`): its pad
+    stays in front, in float (a zero pad commutes with the bf16 cast), and the graph's call of it stays valid."""
+    layers = [n for n, d in disp.items() if d.precision == "bf16"]
     notes = []
-    for name, d in disp.items():
-        if d.precision == "bf16":
-            try:
-                sub = get_module(converted, name)
-            except AttributeError:
-                notes.append(f"{name}: fused away by FX; left in float32")
-                continue
-            set_module(converted, name, Bf16Layer(sub))
+    for name, path in kernel_paths(converted if baked is None else baked, layers).items():
+        try:
+            sub = get_module(converted, path)
+        except AttributeError:
+            notes.append(f"{name}: fused away by FX; left in float32")
+            continue
+        set_module(converted, path, Bf16Layer(sub))
     return notes
