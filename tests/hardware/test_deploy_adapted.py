@@ -42,6 +42,7 @@ def test_a_bf16_layer_with_a_same_padding_pre_op_deploys_with_its_pad_in_front(l
     assert table.loc[layer, "precision"] == "bf16"
     assert set(table.drop(index=layer)["precision"]) == {"int8"}
     assert isinstance(dep.module.get_submodule(f"{layer}.1"), Bf16Layer)  # the conv behind its pad
+    assert table.loc[layer, "kernel"].endswith("Bf16Layer")  # the table names it, not the pad's container
     assert not any(layer in n and "fused away" in n for n in dep.notes)
     sim = quantize_model(net, plan, [x])
     with torch.no_grad():

@@ -148,6 +148,11 @@ class DeployedModel:
 
 
 def _kernel_name(mod: nn.Module) -> str:
+    """The kernel module's name; a bare container (a layer behind its pre-op, such as SAME padding) names the
+    kernel it holds last."""
+    children = list(mod.children())
+    if type(mod) in (nn.Module, nn.Sequential) and children:
+        mod = children[-1]
     return getattr(mod, "kernel", None) or type(mod).__module__ + "." + type(mod).__name__
 
 
