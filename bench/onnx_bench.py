@@ -152,7 +152,7 @@ def main() -> None:
         "DigitsBert: 128 test sequences). `onnx_fp32`: the FP32 model exported "
         "and run in ONNX Runtime (its float kernels, no plan). Lite1 mixed: stem FP32, the last three 1x1 project "
         "convs W4A8, classifier W4 group 32 weight-only (MatMulNBits), the rest W8A8 per channel; mixed_bf16: "
-        "the same with every depthwise conv in bf16 (no torch_ao row: `deploy` fails on it, see the notes). DigitsBert mixed: Q/K/V and intermediate W4 "
+        "the same with every depthwise conv in bf16 (a failed `deploy` is named in the notes). DigitsBert mixed: Q/K/V and intermediate W4 "
         "group 32, other Linear W8 per channel, word embeddings int8 (all weight-only).",
         *([args.note] if args.note else []),
         "",
