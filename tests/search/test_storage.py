@@ -17,6 +17,7 @@ import optuna
 import pytest
 
 from workbench.cli import main
+from workbench.search.storage import open_storage
 from workbench.servers import postgres_available, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,3 +197,47 @@ def test_wait_for_twin_returns_unless_a_running_trial_holds_the_plan():
         cache = Cache(holder)
         wait_for_twin(cache, trial, "k", poll_s=0.01)
         assert cache.keys == [f"{study.study_name}|k"]
+
+
+def test_taking_an_enqueued_trial_is_a_compare_and_set(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.enqueue_trial({"x": 1.0})
+    (waiting,) = study.get_trials(deepcopy=False)
+    running = optuna.trial.TrialState.RUNNING
+    assert storage.set_trial_state_values(waiting._trial_id, running) is True
+    assert storage.set_trial_state_values(waiting._trial_id, running) is False  # already taken
+    assert study.get_trials(deepcopy=False)[0].datetime_start is not None
+    storage.set_trial_state_values(waiting._trial_id, optuna.trial.TrialState.COMPLETE, [1.0])
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(waiting._trial_id, running)
+
+
+def _take_enqueued(url: str, n: int, out: list) -> None:  # a spawned process: ask / tell n trials
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    taken = []
+    for _ in range(n):
+        t = study.ask()
+        taken.append(t.number)
+        study.tell(t, 1.0)  # raises "Cannot tell a COMPLETE trial" where another worker took it too
+    out.extend(taken)
+
+
+def test_two_processes_never_take_the_same_enqueued_trial(tmp_path):
+    import multiprocessing as mp
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    for k in range(40):
+        study.enqueue_trial({"x": float(k)}, skip_if_exists=False)
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        out = manager.list()
+        procs = [ctx.Process(target=_take_enqueued, args=(url, 20, out)) for _ in range(2)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0, 0]
+        taken = sorted(out)
+    assert taken == list(range(40))  # every enqueued trial taken exactly once
