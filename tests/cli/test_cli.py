@@ -153,3 +153,14 @@ def test_sensitivity_and_predictor_commands(tmp_path):
     assert (
         main(["predictor", "--model", "digits_cnn", "--plans", "4", "--json", str(tmp_path / "x.json")]) == 2
     )
+
+
+def test_sensitivity_layer_filters_and_per_channel_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    out = tmp_path / "s.json"
+    args = ["sensitivity", "--model", "digits_cnn", "--w-bits", "4", "--a-bits", "--metrics", "output_mse",
+            "--no-cache", "--no-track", "--include", "conv*", "fc2", "--exclude", "conv1"]  # fmt: skip
+    assert main([*args, "--json", str(out)]) == 0
+    s = _json(out)
+    assert s["layers"] == ["conv2", "fc2"] and s["rows"] == 2  # one probe per layer: per_channel only
+    assert main([*args[:-2], "--exclude", "nope*"]) == 2  # a pattern matching no layer is refused

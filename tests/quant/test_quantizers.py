@@ -199,3 +199,20 @@ def test_fused_fake_quantize_matches_reference_values_and_gradients(per_row):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     inside = (torch.round(x / scale) + zp >= qmin) & (torch.round(x / scale) + zp <= qmax)
     assert 0 < int(inside.sum()) < inside.numel()
+    with torch.no_grad():  # the in-place inference path gives the same bits
+        assert torch.equal(fake_quantize(x, scale, zp, qmin, qmax), ref[0])
+    assert torch.equal(x, torch.randn(6, 40, generator=torch.Generator().manual_seed(3)) * 3)  # x untouched
+
+
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_channel", "per_sample"])
+def test_activation_minmax_equals_the_grid_extremes_in_any_layout(granularity):
+    from workbench.quant.observers import minmax_range
+    from workbench.quant.quantizers import activation_grid, activation_minmax
+
+    x = torch.randn(4, 6, 5, 3, generator=torch.Generator().manual_seed(0))
+    for t in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, :2], x.flatten(2)):
+        lo, hi = activation_minmax(t, granularity)
+        ref_lo, ref_hi = minmax_range(activation_grid(t, granularity))
+        assert lo.shape == ref_lo.shape and torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi)
+    with pytest.raises(ValueError, match="per_tensor, per_channel or per_sample"):
+        activation_minmax(x, "per_group")

@@ -122,3 +122,24 @@ def test_sensitivity_imports_no_ui_or_mlflow():
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
     assert not imported & {"plotly", "ipywidgets", "mlflow"}
+
+
+def test_layer_filters_select_the_analysed_layers(cnn_task, cnn_result):
+    cfg = SensitivityConfig(**QUIET, include=("conv*", "fc1"), exclude="conv1", metrics=("output_mse", "hessian"),
+                            a_bits=(), granularities=("per_channel",))  # fmt: skip
+    r = analyze_sensitivity(cnn_task, cfg, cache=False)
+    assert r.layer_names == ["conv2", "fc1"] and set(r.table["layer"]) == {"conv2", "fc1"}
+    assert list(r.layers["depth"]) == [1, 2]  # forward positions in the whole model
+    full = cnn_result.table
+    for layer in ("conv2", "fc1"):  # a filtered probe is the same probe as in the full analysis
+        pick = [(t.metric == "output_mse") & (t.layer == layer) & (t.granularity == "per_channel")
+                & (t.w_bits == 4) for t in (r.table, full)]  # fmt: skip
+        assert float(r.table[pick[0]]["value"].iloc[0]) == pytest.approx(
+            float(full[pick[1]]["value"].iloc[0])
+        )
+    with pytest.raises(ValueError, match=r"'nope\*' matches none of the quantizable layers \['conv1'"):
+        analyze_sensitivity(cnn_task, replace(cfg, include=("nope*",)), cache=False)
+    with pytest.raises(ValueError, match="leave no layer"):
+        analyze_sensitivity(cnn_task, replace(cfg, include=("fc1",), exclude=("fc*",)), cache=False)
+    with pytest.raises(ValueError, match="name patterns"):
+        SensitivityConfig(include=("",))

@@ -38,6 +38,12 @@ def test_split_sizes_shapes_and_loaders() -> None:
         assert [len(b) for b in batches] == [4] * (n // 4) + ([n % 4] if n % 4 else [])
         assert isinstance(batches[0], torch.Tensor)  # inputs only: there are no labels
         torch.testing.assert_close(torch.cat(batches), crops.tensors(split))
+        assert all(b.is_contiguous(memory_format=torch.channels_last) for b in batches)  # default layout
+    plain = photo_crops(PhotoCropConfig(**{**SMALL.__dict__, "channels_last": False}))
+    for a, b in zip(plain.loader("val"), crops.loader("val")):
+        assert a.is_contiguous() and torch.equal(a, b)  # the same values in either layout
+    with pytest.raises(ValueError, match="channels_last must be a bool"):
+        PhotoCropConfig(channels_last=1)
     assert crops.info()["sizes"] == {"calib": 6, "val": 5, "test": 30}
     assert "same source photos" in crops.info()["note"]
     # 30 test crops go round-robin over the 23 photos: every photo is used, none more than twice

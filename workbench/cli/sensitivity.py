@@ -25,8 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the label-free output_mse,output_kl)",
     )
     list_arg(
-        p, "--granularities", str, default=("per_tensor", "per_channel"), help="weight probe granularities"
+        p,
+        "--granularities",
+        str,
+        default=("per_channel",),
+        help="weight probe granularities (default per_channel; per_tensor,per_channel probes both)",
     )
+    list_arg(p, "--include", str, default=(), help="analyse only the layers matching these name patterns")
+    list_arg(p, "--exclude", str, default=(), help="leave out the layers matching these name patterns")
     p.add_argument("--threads", dest="num_threads", type=int, help="torch threads during the analysis")
     p.add_argument(
         "--calib-batches", type=int, default=2, help="calibration batches for probes and the Hessian"
@@ -40,7 +46,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from workbench.sensitivity import SensitivityConfig, analyze_sensitivity, rank_agreement
     from workbench.sensitivity.batches import LABEL_FREE_METRICS, has_labels
 
-    names = ("w_bits", "a_bits", "granularities", "calib_batches", "num_threads")
+    names = ("w_bits", "a_bits", "granularities", "calib_batches", "num_threads", "include", "exclude")
     config_from_args(SensitivityConfig, args, names)  # every flag checked before the task loads
     task = load_task(args)
     metrics = args.metrics or (SensitivityConfig().metrics if has_labels(task) else LABEL_FREE_METRICS)

@@ -179,7 +179,7 @@ class ActQuantizer(nn.Module):
             return float_cast(x, self.spec.float16_format)
         if self.observing:
             assert self._collector is not None
-            self._collector.update(activation_grid(x, self.spec.a_granularity))
+            self._collector.observe(x, self.spec.a_granularity)
             return x
         if self.spec.a_dynamic:
             scale, zp = self._dynamic_qparams(x)

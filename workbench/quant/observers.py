@@ -9,7 +9,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workbench.quant.quantizers import compute_qparams, dequantize, quantize_to_int
+from workbench.quant.quantizers import (
+    activation_grid,
+    activation_minmax,
+    compute_qparams,
+    dequantize,
+    quantize_to_int,
+)
 
 MSE_GRID = 96  # clipping ratios tried by the MSE observer, from MSE_MIN_RATIO to 1
 MSE_MIN_RATIO = 0.05
@@ -92,14 +98,34 @@ class RangeCollector:
         self.batches = 0
         self._gen = torch.Generator().manual_seed(seed)
 
+    def observe(self, x: Tensor, granularity: str) -> None:
+        """:meth:`update` with ``activation_grid(x, granularity)``; the min-max observer reduces ``x`` in place
+        (the same extremes, no grid copy)."""
+        if self.method != "minmax":
+            self.update(activation_grid(x, granularity))
+            return
+        x = x.detach().float()
+        self._merge(*activation_minmax(x, granularity), x)
+
     def update(self, grid: Tensor) -> None:
         grid = grid.detach().float()
-        if not torch.isfinite(grid).all():
-            bad = int((~torch.isfinite(grid)).sum())
+        self._merge(*minmax_range(grid), grid)
+        if self.method != "minmax" and self.n_sampled < self.max_samples:
+            n = grid.shape[1]
+            k = min(n, self.samples_per_batch, self.max_samples - self.n_sampled)
+            # sampled on the CPU (seeded generator): the same values are kept on every device
+            idx = torch.randperm(n, generator=self._gen)[:k] if k < n else torch.arange(n)
+            self.samples.append(grid[:, idx.to(grid.device)])
+            self.n_sampled += k
+
+    def _merge(self, lo: Tensor, hi: Tensor, values: Tensor) -> None:
+        """Fold one batch's row extremes into the running ones (``values``: the batch, for the error)."""
+        # NaN propagates through amin / amax: finite extremes, finite values
+        if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            bad = int((~torch.isfinite(values)).sum())
             raise ValueError(
                 f"calibration activations contain {bad} NaN/Inf values; clean the calibration data"
             )
-        lo, hi = minmax_range(grid)
         if self.lo is None:
             self.lo, self.hi = lo, hi
         else:
@@ -109,13 +135,6 @@ class RangeCollector:
                 )
             self.lo, self.hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
         self.batches += 1
-        if self.method != "minmax" and self.n_sampled < self.max_samples:
-            n = grid.shape[1]
-            k = min(n, self.samples_per_batch, self.max_samples - self.n_sampled)
-            # sampled on the CPU (seeded generator): the same values are kept on every device
-            idx = torch.randperm(n, generator=self._gen)[:k] if k < n else torch.arange(n)
-            self.samples.append(grid[:, idx.to(grid.device)])
-            self.n_sampled += k
 
     def finalize(
         self, *, qmin: Tensor, qmax: Tensor, symmetric: bool, percentile: float

