@@ -196,7 +196,10 @@ class PhotoCrops:
         self.config.size(split)
         collate = _stack_channels_last if self.config.channels_last else None
         return DataLoader(
-            _Normalised(self.crops[split]), batch_size=self.config.batch_size, shuffle=False, collate_fn=collate
+            _Normalised(self.crops[split]),
+            batch_size=self.config.batch_size,
+            shuffle=False,
+            collate_fn=collate,
         )
 
     def info(self) -> dict[str, object]:
