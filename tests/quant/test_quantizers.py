@@ -201,6 +201,10 @@ def test_fused_fake_quantize_matches_reference_values_and_gradients(per_row):
     assert 0 < int(inside.sum()) < inside.numel()
     with torch.no_grad():  # the in-place inference path gives the same bits
         assert torch.equal(fake_quantize(x, scale, zp, qmin, qmax), ref[0])
+    weight = x.clone().requires_grad_(True)  # a parameter under no_grad takes the in-place path too
+    with torch.no_grad():
+        assert torch.equal(fake_quantize(weight, scale, zp, qmin, qmax), ref[0])
+    assert torch.equal(fake_quantize(x, scale, zp, qmin, qmax), ref[0]) and not x.requires_grad
     assert torch.equal(x, torch.randn(6, 40, generator=torch.Generator().manual_seed(3)) * 3)  # x untouched
 
 
@@ -210,7 +214,8 @@ def test_activation_minmax_equals_the_grid_extremes_in_any_layout(granularity):
     from workbench.quant.quantizers import activation_grid, activation_minmax
 
     x = torch.randn(4, 6, 5, 3, generator=torch.Generator().manual_seed(0))
-    for t in (x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, :2], x.flatten(2)):
+    views = [x, x.contiguous(memory_format=torch.channels_last), x[:, :, :, :2], x.flatten(2), x.flatten(1)]
+    for t in views + ([x.flatten()] if granularity == "per_sample" else []):
         lo, hi = activation_minmax(t, granularity)
         ref_lo, ref_hi = minmax_range(activation_grid(t, granularity))
         assert lo.shape == ref_lo.shape and torch.equal(lo, ref_lo) and torch.equal(hi, ref_hi)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -199,7 +200,17 @@ def test_wait_for_twin_returns_unless_a_running_trial_holds_the_plan():
         assert cache.keys == [f"{study.study_name}|k"]
 
 
-def test_taking_an_enqueued_trial_is_a_compare_and_set(tmp_path):
+@pytest.fixture
+def tokyo_time(monkeypatch):
+    """Local time 9 h east of UTC (stored times must be UTC whatever the machine's zone)."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_taking_an_enqueued_trial_is_a_compare_and_set(tmp_path, tokyo_time):
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     study = optuna.create_study(study_name="s", storage=storage)
     study.enqueue_trial({"x": 1.0})
@@ -207,7 +218,11 @@ def test_taking_an_enqueued_trial_is_a_compare_and_set(tmp_path):
     running = optuna.trial.TrialState.RUNNING
     assert storage.set_trial_state_values(waiting._trial_id, running) is True
     assert storage.set_trial_state_values(waiting._trial_id, running) is False  # already taken
-    assert study.get_trials(deepcopy=False)[0].datetime_start is not None
+    plain = study.ask()  # a trial Optuna starts itself: the taken one's start time is stored the same way (UTC)
+    started = [t.datetime_start for t in study.get_trials(deepcopy=False)]
+    assert abs((started[1] - started[0]).total_seconds()) < 60
+    study.tell(plain, 0.0)
+    assert pickle.loads(pickle.dumps(storage)).get_trial(waiting._trial_id).state == running
     storage.set_trial_state_values(waiting._trial_id, optuna.trial.TrialState.COMPLETE, [1.0])
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         storage.set_trial_state_values(waiting._trial_id, running)

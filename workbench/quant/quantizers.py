@@ -87,9 +87,6 @@ class _FakeQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qmax: Tensor) -> Tensor:
-        if not any(ctx.needs_input_grad[:3]):  # inference: the same operations in place, one buffer
-            out = (x / scale).round_().add_(zero_point).clamp_(qmin, qmax)
-            return out.sub_(zero_point).mul_(scale)
         u = x / scale
         v = torch.round(u) + zero_point
         q = torch.clamp(v, qmin, qmax)
@@ -129,6 +126,10 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qm
     does. A zero point that requires grad gets ``-s`` outside the range and 0 inside. One autograd node (see
     :class:`_FakeQuantize`): differentiable once, not twice.
     """
+    if not torch.is_grad_enabled() or not (x.requires_grad or scale.requires_grad or zero_point.requires_grad):
+        # no gradient wanted: the same operations in place on one buffer (bit-identical, no autograd node)
+        out = (x / scale).round_().add_(zero_point).clamp_(qmin, qmax)
+        return out.sub_(zero_point).mul_(scale)
     return _FakeQuantize.apply(x, scale, zero_point, qmin, qmax)
 
 
@@ -198,6 +199,8 @@ def activation_minmax(x: Tensor, granularity: str) -> tuple[Tensor, Tensor]:
     else:
         activation_grid(x, granularity)  # raises naming the valid granularities
     rows = x.shape[1] if granularity == "per_channel" else x.shape[0]
+    if not dims:  # one value per row already (a 1-D input per sample)
+        return x.reshape(rows, 1), x.reshape(rows, 1)
     return x.amin(dim=dims).reshape(rows, 1), x.amax(dim=dims).reshape(rows, 1)
 
 

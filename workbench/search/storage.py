@@ -48,38 +48,11 @@ def open_storage(url: str, *, heartbeat: bool = False):
     if heartbeat:
         kwargs.update(heartbeat_interval=10, grace_period=60)
     try:
-        return _atomic_pop_storage()(url, **kwargs)
+        from workbench.search.rdb import AtomicPopRDBStorage
+
+        return AtomicPopRDBStorage(url, **kwargs)
     except Exception as e:  # noqa: BLE001 - connection errors come in many types
         raise SearchError(f"cannot open storage {url!r}: {e}") from e
-
-
-def _atomic_pop_storage() -> type:
-    """Optuna's RDB storage whose WAITING -> RUNNING transition (a worker taking an enqueued trial) is one
-    conditional ``UPDATE``: Optuna reads the state then writes it, relying on ``SELECT ... FOR UPDATE``, which
-    SQLite ignores, so two workers could take the same enqueued plan and the second then fails with "Cannot tell a
-    COMPLETE trial". The ``trials`` table and its columns are Optuna's stored schema."""
-    from datetime import datetime
-
-    import optuna
-    from sqlalchemy import DateTime, bindparam, text
-
-    class AtomicPopRDBStorage(optuna.storages.RDBStorage):
-        def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
-            if state != optuna.trial.TrialState.RUNNING or values is not None:
-                return super().set_trial_state_values(trial_id, state, values)
-            with self.engine.begin() as conn:
-                done = conn.execute(
-                    text("UPDATE trials SET state = 'RUNNING', datetime_start = :now "
-                         "WHERE trial_id = :id AND state = 'WAITING'").bindparams(bindparam("now", type_=DateTime)),
-                    {"now": datetime.now(), "id": trial_id},
-                )  # fmt: skip
-            if done.rowcount == 1:
-                return True
-            # a finished trial raises Optuna's error; one another worker took returns False
-            self.check_trial_is_updatable(trial_id, self.get_trial(trial_id).state)
-            return False
-
-    return AtomicPopRDBStorage
 
 
 def study_names(storage_url: str) -> list[str]:

@@ -50,7 +50,7 @@ class SensitivityConfig:
     every probe runs the whole model; the results are the same). ``num_threads``: torch intra-op threads during
     the analysis (restored afterwards; None leaves torch's setting; 1 is much faster on a CPU shared with other
     busy processes). ``seed``: Hutchinson vectors and observers. ``include`` / ``exclude``: shell-style
-    patterns of layer names (``fnmatch``, e.g. ``"_blocks.1*"``) that select the layers analysed (empty
+    patterns of layer names (``fnmatch``, e.g. ``"_blocks.1.*"``) that select the layers analysed (empty
     ``include``: every quantizable layer); a pattern that matches no layer is an error naming the layers.
     """
 
