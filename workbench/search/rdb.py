@@ -4,7 +4,7 @@ importable by name, as pickling a storage needs."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import optuna
@@ -24,7 +24,7 @@ class AtomicPopRDBStorage(optuna.storages.RDBStorage):
     def set_trial_state_values(self, trial_id: int, state: Any, values: Any = None) -> bool:
         if state != optuna.trial.TrialState.RUNNING or values is not None:
             return super().set_trial_state_values(trial_id, state, values)
-        now = datetime.now(timezone.utc).replace(tzinfo=None)  # Optuna stores naive UTC
+        now = datetime.now(UTC).replace(tzinfo=None)  # Optuna stores naive UTC
         with self.engine.begin() as conn:
             done = conn.execute(_TAKE, {"now": now, "id": trial_id})
         if done.rowcount == 1:
