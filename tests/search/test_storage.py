@@ -218,7 +218,9 @@ def test_taking_an_enqueued_trial_is_a_compare_and_set(tmp_path, tokyo_time):
     running = optuna.trial.TrialState.RUNNING
     assert storage.set_trial_state_values(waiting._trial_id, running) is True
     assert storage.set_trial_state_values(waiting._trial_id, running) is False  # already taken
-    plain = study.ask()  # a trial Optuna starts itself: the taken one's start time is stored the same way (UTC)
+    plain = (
+        study.ask()
+    )  # a trial Optuna starts itself: the taken one's start time is stored the same way (UTC)
     started = [t.datetime_start for t in study.get_trials(deepcopy=False)]
     assert abs((started[1] - started[0]).total_seconds()) < 60
     study.tell(plain, 0.0)

@@ -126,7 +126,9 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Tensor, qm
     does. A zero point that requires grad gets ``-s`` outside the range and 0 inside. One autograd node (see
     :class:`_FakeQuantize`): differentiable once, not twice.
     """
-    if not torch.is_grad_enabled() or not (x.requires_grad or scale.requires_grad or zero_point.requires_grad):
+    if not torch.is_grad_enabled() or not (
+        x.requires_grad or scale.requires_grad or zero_point.requires_grad
+    ):
         # no gradient wanted: the same operations in place on one buffer (bit-identical, no autograd node)
         out = (x / scale).round_().add_(zero_point).clamp_(qmin, qmax)
         return out.sub_(zero_point).mul_(scale)
