@@ -106,18 +106,23 @@ class _Net(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def _deployed_net(shorthand: str, engine: str):
+    """(model, test inputs, deployment) of the seeded :class:`_Net` under the uniform plan ``shorthand``."""
+    torch.manual_seed(0)
+    model = _Net().eval()
+    calib, test = torch.randn(32, 3, 12, 12), torch.randn(64, 3, 12, 12)
+    plan = QuantPlan.from_shorthand(shorthand, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model, test, deploy(model, plan, calib, engine=engine)
+
+
 @pytest.mark.skipif(not QNNPACK, reason="qnnpack not in this torch build")
 def test_qnnpack_deployment_equals_its_simulation():
     """ReLU6 on channels-last codes, a dead channel's int32 bias, 8-bit outputs into a residual add and the
     logits, a depthwise layer (on onednn's kernel where exact): the qnnpack deployment computes what its
     simulation computes."""
-    torch.manual_seed(0)
-    model = _Net().eval()
-    calib, test = torch.randn(32, 3, 12, 12), torch.randn(64, 3, 12, 12)
-    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dep = deploy(model, plan, calib, engine="qnnpack")
+    model, test, dep = _deployed_net("uniform:w8a8:per_channel", "qnnpack")
     assert dep.engine == "qnnpack" and dep.precision_counts() == {"int8": 5}
     fid = deployment_fidelity(model, dep.simulated, dep.module, test, engine=dep.engine)
     assert fid["sim_vs_deployed_cosine"] > 0.9999
@@ -154,13 +159,7 @@ def test_pad_codes_pads_on_the_grid_or_requantizes():
 def test_per_tensor_weight_layers_deploy_as_simulated(engine):
     """Per-tensor weight scales (one for the whole layer, the Linear head and the convolutions) pack per-tensor
     int8 weights with the simulation's codes, and the deployment computes what the simulation computes."""
-    torch.manual_seed(0)
-    model = _Net().eval()
-    calib, test = torch.randn(32, 3, 12, 12), torch.randn(64, 3, 12, 12)
-    plan = QuantPlan.from_shorthand("uniform:w8a8:per_tensor", model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dep = deploy(model, plan, calib, engine=engine)
+    model, test, dep = _deployed_net("uniform:w8a8:per_tensor", engine)
     assert dep.precision_counts() == {"int8": 5}
     weight = dict(dep.module.named_modules())["fc"]._weight_bias()[0]
     assert weight.qscheme() == torch.per_tensor_affine
