@@ -63,6 +63,10 @@ def test_graph_reuse_gives_the_same_numbers():
         task, _cheap(metrics=("output_mse", "output_kl"), probe_cache_mb=0), cache=False
     )
     pd.testing.assert_frame_equal(fast.table, slow.table, rtol=1e-6)
+    chunked = analyze_sensitivity(  # one probe's outputs per chunk: a streamed pass per probe
+        task, _cheap(metrics=("output_mse", "output_kl"), probe_cache_mb=1e-6), cache=False
+    )
+    pd.testing.assert_frame_equal(fast.table, chunked.table, rtol=0, atol=0)
     inplace_task = _bn_task(inplace=True)
     ctx = SensitivityContext(inplace_task, _cheap(), calib=list(inplace_task.calib_loader)[:2])
     assert not hasattr(ctx.probe_model, "graph")  # not traced: in-place ops would corrupt cached values

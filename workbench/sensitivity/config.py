@@ -45,9 +45,10 @@ class SensitivityConfig:
     at ``max_iter``. ``per_channel``: also fill the per-output-channel table. ``cost_metric``: the per-bit
     weight metric the cost-benefit table divides by (None: no cost-benefit table); ``reference_bits``: the
     precision savings are counted from. ``base_spec``: observer / symmetry / ... of the probes (its bits and
-    granularity are replaced by each probe's). ``probe_cache_mb``: memory for the FP32 activations that probes
-    reuse upstream of the probed layer (models traceable by torch.fx without in-place ops; 0 disables it, then
-    every probe runs the whole model; the results are the same). ``num_threads``: torch intra-op threads during
+    granularity are replaced by each probe's). ``probe_cache_mb``: memory for the probes' outputs held until they
+    are scored; on models traceable by torch.fx without in-place ops, the probes then run streamed (one FP32
+    pass per batch and chunk of probes, each probe re-running only the part downstream of its layer); 0
+    disables the reuse, then every probe runs the whole model; the results are the same. ``num_threads``: torch intra-op threads during
     the analysis (restored afterwards; None leaves torch's setting; 1 is much faster on a CPU shared with other
     busy processes). ``seed``: Hutchinson vectors and observers. ``include`` / ``exclude``: shell-style
     patterns of layer names (``fnmatch``, e.g. ``"_blocks.1.*"``) that select the layers analysed (empty

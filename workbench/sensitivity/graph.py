@@ -1,12 +1,13 @@
-"""Reuse of upstream activations by the probes: a torch.fx-traced model run whole once (recording the FP32
-values that probes reuse), then only downstream of the probed layer (:class:`_GraphRunner`)."""
+"""Reuse of upstream activations by the probes: a torch.fx-traced model run node by node in FP32, and at each
+probed layer, as soon as the FP32 values its downstream part needs exist, only that part re-run with the probe
+swapped in (:meth:`_GraphRunner.stream`). Memory: one forward pass's live values, whatever the model's depth."""
 
 from __future__ import annotations
 
 import inspect
 import operator
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ _INPLACE_FUNCTIONS = {
 
 class _GraphRunner:
     """Runs a torch.fx-traced model, or only the part of it downstream of one layer with the FP32 values
-    upstream taken from a cache (a probe changes one layer, so everything before it is unchanged).
+    upstream taken from the FP32 pass (a probe changes one layer, so everything before it is unchanged).
 
     Built only for single-input graphs without in-place operations (see :meth:`build`); executing the same
     nodes in the same order on the same values gives the same logits as the full forward pass.
@@ -35,7 +36,7 @@ class _GraphRunner:
         order = {n: i for i, n in enumerate(nodes)}
         self.nodes = nodes
         self.cones: dict[str, list[torch.fx.Node]] = {}
-        needed: set[torch.fx.Node] = set()
+        self.inputs: dict[str, set[torch.fx.Node]] = {}
         for layer in layers:
             cone: set[torch.fx.Node] = set()
             stack = [n for n in nodes if n.op == "call_module" and n.target == layer]
@@ -45,8 +46,26 @@ class _GraphRunner:
                     cone.add(n)
                     stack.extend(n.users)
             self.cones[layer] = sorted(cone, key=order.__getitem__)
-            needed.update(i for n in cone for i in n.all_input_nodes if i not in cone)
-        self.needed = needed
+            outside = {i for n in cone for i in n.all_input_nodes if i not in cone}
+            self.inputs[layer] = outside
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """When :meth:`stream` visits each layer (right after the last FP32 value its cone needs is computed) and
+        when it may drop each value (after its last user or visit)."""
+        order = {n: i for i, n in enumerate(self.nodes)}
+        self.visits: dict[int, list[str]] = {}
+        last = {n: max((order[u] for u in n.users), default=order[n]) for n in self.nodes}
+        for layer, outside in self.inputs.items():
+            if not self.cones[layer]:
+                continue  # not reached by the forward pass
+            at = max((order[i] for i in outside), default=0)
+            self.visits.setdefault(at, []).append(layer)
+            for i in outside:
+                last[i] = max(last[i], at)
+        self.drops: dict[int, list[torch.fx.Node]] = {}
+        for n, i in last.items():
+            self.drops.setdefault(i, []).append(n)
 
     @staticmethod
     def build(model: nn.Module, layers: Sequence[str]) -> _GraphRunner | None:
@@ -62,51 +81,72 @@ class _GraphRunner:
             return None
         return _GraphRunner(gm, layers)
 
+    def _step(self, node: torch.fx.Node, env: dict[torch.fx.Node, Any], x: Tensor | None) -> Any:
+        """Execute one node into ``env``; the output node's value is returned (None for every other node)."""
+        args = torch.fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
+        if node.op == "placeholder":
+            env[node] = x
+        elif node.op == "get_attr":
+            obj: Any = self.gm
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            env[node] = obj
+        elif node.op == "call_module":
+            env[node] = self.gm.get_submodule(str(node.target))(*args, **kwargs)
+        elif node.op == "call_function":
+            env[node] = node.target(*args, **kwargs)  # type: ignore[operator]
+        elif node.op == "call_method":
+            env[node] = getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        elif node.op == "output":
+            return args[0]
+        return None
+
     def _execute(
         self, nodes: Iterable[torch.fx.Node], env: dict[torch.fx.Node, Any], x: Tensor | None
     ) -> Any:
         for node in nodes:
-            args = torch.fx.node.map_arg(node.args, env.__getitem__)
-            kwargs = torch.fx.node.map_arg(node.kwargs, env.__getitem__)
-            if node.op == "placeholder":
-                env[node] = x
-            elif node.op == "get_attr":
-                obj: Any = self.gm
-                for part in str(node.target).split("."):
-                    obj = getattr(obj, part)
-                env[node] = obj
-            elif node.op == "call_module":
-                env[node] = self.gm.get_submodule(str(node.target))(*args, **kwargs)
-            elif node.op == "call_function":
-                env[node] = node.target(*args, **kwargs)  # type: ignore[operator]
-            elif node.op == "call_method":
-                env[node] = getattr(args[0], str(node.target))(*args[1:], **kwargs)
-            elif node.op == "output":
-                return args[0]
+            if node.op == "output":
+                return self._step(node, env, x)
+            self._step(node, env, x)
         raise RuntimeError("the traced graph has no output node")
 
-    @torch.no_grad()
-    def record(self, x: Any) -> tuple[Any, dict[torch.fx.Node, Any]]:
-        """Full forward pass: the output and the values that some probe reuses. ``x``: the one input, as a
-        tensor, a 1-tuple or a 1-key dict naming the forward's argument."""
+    def _input(self, x: Any) -> Any:
+        """The one input, given as a tensor, a 1-tuple or a 1-key dict naming the forward's argument."""
         if isinstance(x, dict):
             bound = inspect.signature(self.gm.forward).bind(**x)
             bound.apply_defaults()
             (x,) = bound.args
         elif isinstance(x, (tuple, list)):
             (x,) = x
-        env: dict[torch.fx.Node, Any] = {}
-        out = self._execute(self.nodes, env, x)
-        return out, {n: env[n] for n in self.needed}
+        return x
 
     @torch.no_grad()
-    def run(self, layer: str, cache: dict[torch.fx.Node, Any], reference: Tensor) -> Any:
-        """The logits with only ``layer``'s downstream cone re-executed (``reference`` if the cone misses the
-        output)."""
+    def stream(self, x: Any, visit: Callable[[str, dict[torch.fx.Node, Any]], None]) -> Any:
+        """The FP32 forward pass node by node, calling ``visit(layer, env)`` for each reached layer as soon as the
+        FP32 values its cone needs are in ``env`` (a probe then runs :meth:`run_cone`; ``visit`` must restore
+        the layer's module before it returns), dropping each value after its last use; returns the output."""
+        env: dict[torch.fx.Node, Any] = {}
+        x = self._input(x)
+        out = None
+        for i, node in enumerate(self.nodes):
+            result = self._step(node, env, x)
+            if node.op == "output":
+                out = result
+            for layer in self.visits.get(i, ()):
+                visit(layer, env)
+            for n in self.drops.get(i, ()):
+                env.pop(n, None)
+        return out
+
+    @torch.no_grad()
+    def run_cone(self, layer: str, env: dict[torch.fx.Node, Any]) -> Any:
+        """The output with ``layer``'s cone re-executed on a copy of ``env`` (None when the cone misses the
+        output: the FP32 output is then the answer)."""
         cone = self.cones[layer]
         if not cone or cone[-1].op != "output":
-            return reference
-        return self._execute(cone, dict(cache), None)
+            return None
+        return self._execute(cone, dict(env), None)
 
 
 def _is_inplace(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
@@ -119,11 +159,3 @@ def _is_inplace(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
     if node.op == "call_method":
         return str(node.target).endswith("_") and not str(node.target).startswith("__")
     return False
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, list | tuple):
-        return sum(_nbytes(v) for v in value)
-    return 0

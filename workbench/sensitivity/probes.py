@@ -21,7 +21,7 @@ from workbench.quant.swap import conv_bn_pairs, fold_batchnorm, set_module
 from workbench.sensitivity.batches import _device, _labelled, _take
 from workbench.sensitivity.config import SensitivityConfig
 from workbench.sensitivity.curvature import HutchinsonResult, hutchinson_trace
-from workbench.sensitivity.graph import _GraphRunner, _nbytes
+from workbench.sensitivity.graph import _GraphRunner
 from workbench.sensitivity.registry import MetricOutput, OutputMetric
 from workbench.sensitivity.schema import FLOAT_BITS, SPLITS
 from workbench.tasks.finite import check_finite_output, model_label
@@ -75,8 +75,6 @@ class SensitivityContext:
         self._references: dict[str, Tensor] = {}
         self._probe_model: nn.Module | None = None
         self._runner: _GraphRunner | None = None
-        self._caches: dict[str, list[dict[torch.fx.Node, Any]] | None] = {}
-        self._batch_refs: dict[str, list[Tensor]] = {}
         self._hutchinson: HutchinsonResult | None = None
         self.folded_bn: list[tuple[str, str]] = []
         example = move_inputs(take_inputs(calib[0][0], 1), self.device)
@@ -161,46 +159,10 @@ class SensitivityContext:
         """FP32 logits of the (folded) probe model on ``split``; NaN / Inf in them raise
         :class:`~workbench.tasks.finite.NonFiniteOutputError` naming the model and the split."""
         if split not in self._references:
-            self._record(split)
+            self._references[split] = self.logits(self.probe_model, split)
             label = model_label(self.task.model, self.task.model, str(getattr(self.task, "name", "?")))
             check_finite_output(self._references[split], model=label, split=split)
         return self._references[split]
-
-    @torch.no_grad()
-    def _record(self, split: str) -> None:
-        model = self.probe_model
-        runner = self._runner
-        batches = self.batches(split)
-        if runner is None:
-            self._references[split] = self.logits(model, split)
-            return
-        budget = self.config.probe_cache_mb * 2**20
-        outs: list[Tensor] = []
-        caches: list[dict[torch.fx.Node, Any]] | None = []
-        for x, _ in batches:
-            out, cache = runner.record(move_inputs(x, self.device))
-            out = self.output(out)
-            outs.append(out)
-            if caches is not None:
-                caches.append(cache)
-                if sum(_nbytes(v) for v in cache.values()) * len(batches) > budget:
-                    caches = None  # too big to keep: probes of this split run the whole model
-        self._batch_refs[split] = outs
-        self._caches[split] = caches
-        self._references[split] = torch.cat([o.float().cpu() for o in outs])
-
-    @torch.no_grad()
-    def probe_logits(self, layer: str, split: str) -> Tensor:
-        """Logits of the probe model (with whatever is swapped in at ``layer``) on ``split``; only the part
-        downstream of ``layer`` runs when upstream activations are cached."""
-        self.reference(split)
-        caches = self._caches.get(split)
-        if self._runner is None or caches is None:
-            return self.logits(self.probe_model, split)
-        refs = self._batch_refs[split]
-        return torch.cat(
-            [self.output(self._runner.run(layer, c, r)).float().cpu() for c, r in zip(caches, refs)]
-        )
 
     # -- probes -----------------------------------------------------------------------------------------
     def probes(self) -> list[Probe]:
@@ -259,7 +221,9 @@ class SensitivityContext:
         return quantizers
 
     def run_probes(self, metrics: Sequence[OutputMetric]) -> MetricOutput:
-        """Run every probe once and score it with each output metric (forward passes shared)."""
+        """Run every probe once and score it with each output metric (forward passes shared). On a traced
+        model the probes run streamed (:meth:`_GraphRunner.stream`), in chunks whose outputs fit
+        ``probe_cache_mb``."""
         from tqdm.auto import tqdm
 
         out = MetricOutput()
@@ -270,25 +234,70 @@ class SensitivityContext:
         targets = {s: self.targets(s) for s in splits}
         probes = self.probes()
         act_q = self._act_quantizers(probes)
-        model = self.probe_model
+        per_probe = sum(refs[s].numel() * refs[s].element_size() for s in splits)
+        size = max(1, int(self.config.probe_cache_mb * 2**20 // max(per_probe, 1)))
         names = "+".join(m.name for m in metrics)
-        for p in tqdm(probes, desc=f"probes ({names})", leave=False, disable=not self.config.progress):
-            original = model.get_submodule(p.layer)
-            twin = _twin(original, p.spec, seed=self.config.seed)
-            if p.kind == "activation":
-                twin.a_quant = act_q[(p.layer, p.a_bits)]
-            set_module(model, p.layer, twin)
-            try:
-                quantized = {s: self.probe_logits(p.layer, s) for s in splits}
-            finally:
-                set_module(model, p.layer, original)
-            for m in metrics:
-                value = m.score(refs[m.split], quantized[m.split], targets[m.split])
-                out.add(
-                    p.layer, value, metric=m.name, kind=p.kind, granularity=p.granularity,
-                    w_bits=p.w_bits, a_bits=p.a_bits,
-                )  # fmt: skip
+        with tqdm(total=len(probes), desc=f"probes ({names})", leave=False,
+                  disable=not self.config.progress) as bar:  # fmt: skip
+            for start in range(0, len(probes), size):
+                chunk = probes[start : start + size]
+                outputs = self._probe_outputs(chunk, splits, act_q)
+                for p, quantized in zip(chunk, outputs):
+                    for m in metrics:
+                        value = m.score(refs[m.split], quantized[m.split], targets[m.split])
+                        out.add(
+                            p.layer, value, metric=m.name, kind=p.kind, granularity=p.granularity,
+                            w_bits=p.w_bits, a_bits=p.a_bits,
+                        )  # fmt: skip
+                bar.update(len(chunk))
         return out
+
+    def _twin(self, p: Probe, act_q: dict[tuple[str, int], ActQuantizer]) -> nn.Module:
+        twin = _twin(self.probe_model.get_submodule(p.layer), p.spec, seed=self.config.seed)
+        if p.kind == "activation":
+            twin.a_quant = act_q[(p.layer, p.a_bits)]
+        return twin
+
+    @torch.no_grad()
+    def _probe_outputs(
+        self, probes: Sequence[Probe], splits: Sequence[str], act_q: dict[tuple[str, int], ActQuantizer]
+    ) -> list[dict[str, Tensor]]:
+        """Each probe's logits on each split: the whole model per probe, or (traced models) one streamed FP32
+        pass per batch that re-runs each probed layer's downstream cone with the probe swapped in."""
+        model = self.probe_model
+        runner = self._runner
+        if runner is None:
+            outs = []
+            for p in probes:
+                original = model.get_submodule(p.layer)
+                set_module(model, p.layer, self._twin(p, act_q))
+                try:
+                    outs.append({s: self.logits(model, s) for s in splits})
+                finally:
+                    set_module(model, p.layer, original)
+            return outs
+        by_layer: dict[str, list[int]] = {}
+        for k, p in enumerate(probes):
+            by_layer.setdefault(p.layer, []).append(k)
+        pieces: list[dict[str, list[Tensor]]] = [{s: [] for s in splits} for _ in probes]
+        for s in splits:
+            for x, _ in self.batches(s):
+                got: dict[int, Any] = {}
+
+                def visit(layer: str, env: dict, got: dict[int, Any] = got) -> None:
+                    for k in by_layer.get(layer, ()):
+                        original = model.get_submodule(layer)
+                        set_module(model, layer, self._twin(probes[k], act_q))
+                        try:
+                            got[k] = runner.run_cone(layer, env)
+                        finally:
+                            set_module(model, layer, original)
+
+                fp32 = runner.stream(move_inputs(x, self.device), visit)
+                for k in range(len(probes)):
+                    value = got.get(k)
+                    pieces[k][s].append(self.output(fp32 if value is None else value).float().cpu())
+        return [{s: torch.cat(v[s]) for s in splits} for v in pieces]
 
     # -- shared estimators --------------------------------------------------------------------------------
     def hutchinson(self) -> HutchinsonResult:
