@@ -75,3 +75,19 @@ def test_a_task_can_search_on_kl_or_top1() -> None:
         task = task_from_model(ref, calib_loader=loader, val_loader=loader, test_loader=loader, metric=kind)
         assert task.metric_name == kind
         assert task.evaluate() == pytest.approx(0.0 if kind == "neg_kl" else 1.0, abs=1e-12)
+
+
+def test_the_reference_model_against_itself_runs_once_per_batch() -> None:
+    ref, other = _models()
+    calls = []
+    ref.register_forward_hook(lambda m, i, o: calls.append(1))
+    loader = _loader()
+    for kind in ("cosine", "neg_kl", "top1_agreement"):
+        metric = fidelity_metric(ref, kind)
+        calls.clear()
+        best = metric(ref, loader)
+        assert len(calls) == len(loader)  # the reference pass only, its outputs reused as the model's
+        assert best == pytest.approx({"cosine": 1.0, "neg_kl": 0.0, "top1_agreement": 1.0}[kind], abs=1e-12)
+        calls.clear()
+        metric(copy.deepcopy(ref), loader)  # an equal copy (its hook copied too) runs; the reference is cached
+        assert len(calls) == len(loader)

@@ -20,7 +20,7 @@ from torch import nn
 from workbench.devices import model_device
 from workbench.quant.inputs import call_model, expand_inputs, move_inputs
 from workbench.quant.introspect import LayerCost, layer_costs, quantizable_layers
-from workbench.quant.spec import QuantPlan, summarize
+from workbench.quant.spec import PlanCosts, QuantPlan, plan_costs, state_bits
 from workbench.quant.swap import conv_bn_pairs
 
 
@@ -49,11 +49,12 @@ class PlanCost:
 
 
 def measure_fp32_latency_ms(
-    model: nn.Module, example_input: Any, *, batch: int = 32, repeats: int = 7
+    model: nn.Module, example_input: Any, *, batch: int = 32, repeats: int = 7, max_seconds: float = 3.0
 ) -> float:
     """Median wall time per sample (ms) of the FP32 model on this machine, on the model's device (warm-up
-    first; a CUDA device is synchronised around each timed run). ``example_input``: a tensor, a tuple or a dict
-    of tensors; its first sample is repeated ``batch`` times."""
+    first; a CUDA device is synchronised around each timed run): ``repeats`` timed runs, or as many (at least
+    3) as fit in ``max_seconds`` on a model whose batch takes long. ``example_input``: a tensor, a tuple or a
+    dict of tensors; its first sample is repeated ``batch`` times."""
     device = model_device(model)
     x = move_inputs(expand_inputs(example_input, batch), device)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -67,6 +68,8 @@ def measure_fp32_latency_ms(
             call_model(model, x)
             sync()
             times.append(time.perf_counter() - t0)
+            if len(times) >= 3 and sum(times) > max_seconds:
+                break
     return 1000.0 * statistics.median(times) / batch
 
 
@@ -92,7 +95,9 @@ class CostModel:
         self.costs: dict[str, LayerCost] = layer_costs(model, example_input)
         self.layers = quantizable_layers(model)
         self._pairs = conv_bn_pairs(model)
-        self.fp32 = summarize(QuantPlan({}), model, self.costs, bn_pairs=[])
+        self._modules = dict(model.named_modules())
+        self._state_bits = state_bits(model)
+        self.fp32 = self._costs(QuantPlan({}), [])
         self.estimator = None
         if profile is not None:
             from workbench.hardware.estimate import CostEstimator
@@ -106,6 +111,10 @@ class CostModel:
             self.fp32_latency_ms = measure_fp32_latency_ms(model, example_input)
         self.weight_params = {n: c.weight_params for n, c in self.costs.items()}
 
+    def _costs(self, plan: QuantPlan, pairs: list[tuple[str, str]]) -> PlanCosts:
+        return plan_costs(plan, self.model, self.costs, bn_pairs=pairs, modules=self._modules,
+                          fp32_bits=self._state_bits)  # fmt: skip
+
     @property
     def latency_source(self) -> str:
         """``profile:<name>`` when latency comes from a hardware profile, else ``bops_proxy``."""
@@ -118,7 +127,7 @@ class CostModel:
             if sp.w_bits < 32 or sp.channel_bits is not None or sp.method in ("prune", "lowrank")
         }
         pairs = [p for p in self._pairs if p[0] in changed]
-        s = summarize(plan, self.model, self.costs, bn_pairs=pairs)
+        s = self._costs(plan, pairs)
         if self.estimator is not None:
             est = self.estimator(plan)
             latency = est.latency_per_sample_ms

@@ -176,7 +176,8 @@ class FidelityMetric:
         if not batches:
             raise ValueError("fidelity_metric got an empty loader (no batches)")
         refs = [r for _, r in self._reference(loader, batches)]
-        outs = _primary_outputs(model, batches, self.output_key)
+        # the reference model scored against itself: its outputs are the reference (one forward pass, not two)
+        outs = refs if model is self.reference_model else _primary_outputs(model, batches, self.output_key)
         parts: dict[str, list[torch.Tensor]] = {}
         for i, (y, r) in enumerate(zip(outs, refs)):
             if tuple(y.shape) != tuple(r.shape):

@@ -34,7 +34,14 @@ from workbench.quant.spec.layer import (
 )
 from workbench.quant.spec.plan import QuantPlan
 from workbench.quant.spec.select import match_layers, parse_shorthand, split_shorthand
-from workbench.quant.spec.summary import PlanSummary, folded_pairs, summarize
+from workbench.quant.spec.summary import (
+    PlanCosts,
+    PlanSummary,
+    folded_pairs,
+    plan_costs,
+    state_bits,
+    summarize,
+)
 
 __all__ = [
     "ACT_GRANULARITIES",
@@ -63,4 +70,7 @@ __all__ = [
     "parse_shorthand",
     "split_shorthand",
     "summarize",
+    "plan_costs",
+    "PlanCosts",
+    "state_bits",
 ]

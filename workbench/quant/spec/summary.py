@@ -115,7 +115,68 @@ def summarize(
     """
     modules = dict(model.named_modules())
     pairs = folded_pairs(plan, model) if bn_pairs is None else bn_pairs
-    fp32_bits = sum(t.numel() * t.element_size() * 8 for t in model.state_dict().values())
+    c = plan_costs(plan, model, costs, bn_pairs=pairs, modules=modules)
+    covered_params = _covered_weights(plan, modules)
+    total_params = sum(p.numel() for p in model.parameters())
+    cov = plan_coverage(model, plan)
+    return PlanSummary(
+        avg_weight_bits=c.avg_weight_bits,
+        avg_act_bits=c.avg_act_bits,
+        size_bytes=c.size_bytes,
+        fp32_size_bytes=c.fp32_size_bytes,
+        compression=c.fp32_size_bytes / c.size_bytes if c.size_bytes else float("inf"),
+        bops=c.bops,
+        fp32_bops=c.fp32_bops,
+        quantized_layers=c.quantized_layers,
+        total_layers=c.total_layers,
+        weight_bytes=c.weight_bytes,
+        fp32_weight_bytes=c.fp32_weight_bytes,
+        covered_params=covered_params,
+        total_params=total_params,
+        covered_fraction=covered_params / total_params if total_params else 0.0,
+        weight_layers=cov.weight_layers,
+        covered_weight_layers=cov.covered_layers,
+        weight_covered_fraction=cov.covered_fraction,
+        coverage=cov.describe(),
+    )
+
+
+@dataclass(frozen=True)
+class PlanCosts:
+    """The size, bits and BOPs figures of a :class:`PlanSummary` (its fields of the same names), without the
+    coverage: what a search's cost model reads for every candidate plan."""
+
+    avg_weight_bits: float
+    avg_act_bits: float
+    size_bytes: int
+    fp32_size_bytes: int
+    bops: int
+    fp32_bops: int
+    quantized_layers: int
+    total_layers: int
+    weight_bytes: int
+    fp32_weight_bytes: int
+
+
+def state_bits(model: nn.Module) -> int:
+    """Storage bits of a model's whole state (every parameter and buffer at its dtype's width)."""
+    return sum(t.numel() * t.element_size() * 8 for t in model.state_dict().values())
+
+
+def plan_costs(
+    plan: PlanLike,
+    model: nn.Module,
+    costs: Mapping[str, LayerCost],
+    *,
+    bn_pairs: list[tuple[str, str]],
+    modules: Mapping[str, nn.Module] | None = None,
+    fp32_bits: int | None = None,
+) -> PlanCosts:
+    """The :class:`PlanCosts` of ``plan`` (see :func:`summarize`, which adds the coverage); ``modules`` (the
+    model's ``named_modules``) and ``fp32_bits`` (:func:`state_bits`) may be passed to save their computation
+    when many plans of one model are priced."""
+    modules = dict(model.named_modules()) if modules is None else modules
+    fp32_bits = state_bits(model) if fp32_bits is None else fp32_bits
     bits_total = float(fp32_bits)
     quant_weight_params = sum(c.weight_params for c in costs.values())
     weight_only_ops = {t.__name__ for t in WEIGHT_ONLY_TYPES}
@@ -141,33 +202,22 @@ def summarize(
         bops += int(
             round(spec.mean_weight_bits() * spec.a_bits * cost.macs * macs_factor(spec, weight.shape))
         )
-    for conv_name, bn_name in pairs:
+    for conv_name, bn_name in bn_pairs:
         bits_total -= _state_bits(modules[bn_name])
         if modules[conv_name].bias is None:
             bits_total += 32 * modules[conv_name].weight.shape[0]
     size_bytes = int(math.ceil(bits_total / 8))
     fp32_bytes = int(math.ceil(fp32_bits / 8))
     n_quant = sum(1 for n in costs if not plan.get(n, FP32).is_identity)
-    covered_params = _covered_weights(plan, modules)
-    total_params = sum(p.numel() for p in model.parameters())
-    cov = plan_coverage(model, plan)
-    return PlanSummary(
+    return PlanCosts(
         avg_weight_bits=weight_bits_sum / quant_weight_params if quant_weight_params else 32.0,
         avg_act_bits=act_bits_sum / act_params if act_params else 32.0,
         size_bytes=size_bytes,
         fp32_size_bytes=fp32_bytes,
-        compression=fp32_bytes / size_bytes if size_bytes else float("inf"),
         bops=bops,
         fp32_bops=32 * 32 * macs_total,
         quantized_layers=n_quant,
         total_layers=len(costs),
         weight_bytes=int(math.ceil(weight_bits_total / 8)),
         fp32_weight_bytes=int(math.ceil(fp32_weight_bits / 8)),
-        covered_params=covered_params,
-        total_params=total_params,
-        covered_fraction=covered_params / total_params if total_params else 0.0,
-        weight_layers=cov.weight_layers,
-        covered_weight_layers=cov.covered_layers,
-        weight_covered_fraction=cov.covered_fraction,
-        coverage=cov.describe(),
     )
