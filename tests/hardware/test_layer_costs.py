@@ -1,0 +1,259 @@
+"""Per-layer costs in context and the estimator built on them: logic only, on fake timers and lookup tables (no
+assertion depends on wall-clock time or load)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from workbench._common.signed import UntrustedFileError
+from workbench.hardware.deploy import deploy
+from workbench.hardware.layer_costs import (
+    KERNELS,
+    LayerCostConfig,
+    LayerCostError,
+    LayerCosts,
+    deployed_kernels,
+    estimate_breakdown,
+    estimate_latency,
+    kernel_of_module,
+    layer_links,
+    measure_layer_costs,
+)
+from workbench.hardware.timing import LatencyStats
+from workbench.quant import QuantPlan, QuantSpec
+from workbench.quant.swap import get_module
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAKE_MS = {"fp32": 1.0, "bf16": 2.0, "int8_static": 0.5, "int8_weight_only": 0.7, "int4_weight_only": 0.6,
+           "fallback": 3.0, "quantize": 0.1, "dequantize": 0.2}  # fmt: skip
+MODEL_MS = 10.0
+# each probe's model = its layers + conversions + the FP32 rest (10 - 5 FP32 layers): no context cost
+PROBE_MS = {"fp32": MODEL_MS, "bf16": 5 * 2.0 + 5, "int8_static": 5 * 0.5 + 2 * 0.1 + 3 * 0.2 + 5,
+            "int8_weight_only": 3 * 1.0 + 2 * 0.7 + 5, "int4_weight_only": 3 * 1.0 + 2 * 0.6 + 5,
+            "fallback": 5 * 3.0 + 5}  # fmt: skip
+
+
+class Residual(nn.Module):
+    """conv-bn-relu, a second conv and a shortcut conv both reading its output, a residual add, two Linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.short = nn.Conv2d(8, 8, 1)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(128, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn1(self.conv1(x)))
+        h = self.relu(self.conv2(h) + self.short(h))
+        return self.fc2(self.relu(self.fc1(self.flatten(h))))
+
+
+class FakeTimer:
+    """Stands in for time_side_by_side: runs each callable once (they must work) and answers from FAKE_MS."""
+
+    def __init__(self, extra_ms: dict[str, float] | None = None) -> None:
+        self.calls: list[dict] = []
+        self.probe_ms = {k: v + (extra_ms or {}).get(k, 0.0) for k, v in PROBE_MS.items()}
+
+    def __call__(self, fns, x, *, repeats, warmup, threads):
+        self.calls.append({"keys": sorted(fns), "repeats": repeats, "warmup": warmup, "threads": threads})
+        with torch.inference_mode():
+            for fn in fns.values():
+                fn(x)
+        ms = {k: (self.probe_ms if k.startswith("model|") else FAKE_MS)[k.rsplit("|", 1)[1]] for k in fns}
+        return {k: LatencyStats.from_times([v / 1000.0]) for k, v in ms.items()}
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the cache should have answered")
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    torch.manual_seed(0)
+    m = Residual().eval()
+    m.bn1.running_mean.uniform_(-0.2, 0.2)
+    return m
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def costs(model, batch) -> LayerCosts:
+    return measure_layer_costs(model, batch, config=LayerCostConfig(use_cache=False), timer=FakeTimer())
+
+
+LAYERS = ("conv1", "conv2", "short", "fc1", "fc2")
+W8A8, BF16 = QuantSpec(w_bits=8, a_bits=8), QuantSpec(w_bits=16, a_bits=16)
+PLANS = {
+    "fp32": {},
+    "int8": dict.fromkeys(LAYERS, W8A8),
+    "bf16": dict.fromkeys(LAYERS, BF16),
+    "fp16 spec (deployed in bf16)": dict.fromkeys(
+        LAYERS, QuantSpec(w_bits=16, a_bits=16, float16_format="float16")
+    ),
+    "weight-only int8 / int4": {"fc1": QuantSpec(w_bits=4, a_bits=32), "fc2": QuantSpec(w_bits=8, a_bits=32)},
+    "weight-only on a conv (fallback)": {"conv2": QuantSpec(w_bits=8, a_bits=32)},
+    "per-group int8 (fallback)": {
+        "fc1": QuantSpec(w_bits=8, a_bits=8, granularity="per_group", group_size=32)
+    },
+    "dynamic int8 (static path: fallback)": {"fc2": QuantSpec(w_bits=8, a_bits=8, a_dynamic=True)},
+    "mixed": {"conv1": W8A8, "conv2": BF16, "fc1": QuantSpec(w_bits=4, a_bits=32), "fc2": W8A8},
+}
+
+
+@pytest.mark.parametrize("plan_name", list(PLANS))
+def test_kernel_choice_equals_deployments(model, batch, plan_name):
+    plan = QuantPlan(PLANS[plan_name])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        deployed = deploy(model, plan, batch)
+    built = {n: kernel_of_module(get_module(deployed.module, n)) for n in LAYERS}
+    assert deployed_kernels(model, plan) == built
+
+
+def test_fallbacks_and_weight_only_are_what_the_tests_think(model):
+    kernels = deployed_kernels(
+        model, QuantPlan({**PLANS["weight-only int8 / int4"], **PLANS["per-group int8 (fallback)"]})
+    )
+    assert kernels["fc2"] == "int8_weight_only" and kernels["fc1"] == "fallback"
+    assert deployed_kernels(model, QuantPlan(PLANS["fp16 spec (deployed in bf16)"]))["conv1"] == "bf16"
+
+
+def test_links_follow_the_graph(model):
+    sources, sinks = layer_links(model, list(LAYERS))
+    assert sources == {"conv1": "@x", "conv2": "conv1", "short": "conv1", "fc1": "@add", "fc2": "fc1"}
+    assert (
+        sinks["conv1"] == ("conv2", "short") and sinks["conv2"] == ("@add",) and sinks["fc2"] == ("@output",)
+    )
+
+
+def test_measured_table_and_rest_of_model(costs):
+    for name in ("conv1", "conv2", "short"):
+        assert set(costs.kernel_ms[name]) == {"fp32", "bf16", "int8_static", "fallback"}
+    linear = {"fp32", "bf16", "int8_static", "int8_weight_only", "int4_weight_only", "fallback"}
+    assert set(costs.kernel_ms["fc1"]) == linear
+    assert set(costs.quantize_ms) == set(LAYERS) and costs.dequantize_ms["conv2"] == FAKE_MS["dequantize"]
+    assert costs.rest_ms == pytest.approx(MODEL_MS - 5 * FAKE_MS["fp32"])
+    assert estimate_latency(costs, QuantPlan({})) == pytest.approx(MODEL_MS)
+    assert len(costs.table()) == 3 * 4 + 2 * 6
+    assert costs.context_ms == pytest.approx(dict.fromkeys(PROBE_MS.keys() - {"fp32"}, 0.0))
+
+
+def test_context_cost_shared_over_the_probes_layers(model, batch):
+    timer = FakeTimer({"int8_static": 1.0, "int4_weight_only": -0.4})
+    costs = measure_layer_costs(model, batch, config=LayerCostConfig(use_cache=False), timer=timer)
+    assert costs.context_ms["int8_static"] == pytest.approx(1.0 / 5)
+    assert costs.context_ms["int4_weight_only"] == pytest.approx(-0.4 / 2)
+    assert estimate_latency(costs, QuantPlan(PLANS["int8"])) == pytest.approx(PROBE_MS["int8_static"] + 1.0)
+    df = estimate_breakdown(costs, QuantPlan({"fc1": W8A8})).set_index("layer")
+    assert df.loc["fc1", "context_ms"] == pytest.approx(0.2) and (df.drop("fc1")["context_ms"] == 0).all()
+
+
+def test_timer_gets_the_config(model, batch):
+    timer = FakeTimer()
+    cfg = LayerCostConfig(repeats=3, warmup=1, threads=1, kernels=("fp32", "int8_static"), use_cache=False)
+    measure_layer_costs(model, batch, config=cfg, timer=timer)
+    (call,) = timer.calls
+    assert (call["repeats"], call["warmup"], call["threads"]) == (3, 1, 1)
+    assert "conv1|int8_static" in call["keys"] and not any("bf16" in k for k in call["keys"])
+
+
+def _conversions(costs: LayerCosts, plan: dict) -> tuple[dict, dict]:
+    df = estimate_breakdown(costs, QuantPlan(plan)).set_index("layer")
+    return df["quantize_ms"][df["quantize_ms"] > 0].to_dict(), df["dequantize_ms"][
+        df["dequantize_ms"] > 0
+    ].to_dict()
+
+
+def test_conversions_only_at_int8_boundaries(costs):
+    q, dq = FAKE_MS["quantize"], FAKE_MS["dequantize"]
+    assert _conversions(costs, PLANS["fp32"]) == ({}, {})
+    assert _conversions(costs, PLANS["bf16"]) == ({}, {})
+    # fc1 reads the float add; conv2 and short feed it, fc2 the output; conv1 feeds only int8 layers
+    assert _conversions(costs, PLANS["int8"]) == (
+        {"conv1": q, "fc1": q},
+        {"conv2": dq, "short": dq, "fc2": dq},
+    )
+    # conv2 and short read one float value: quantized once
+    assert _conversions(costs, {"conv2": W8A8, "short": W8A8}) == ({"conv2": q}, {"conv2": dq, "short": dq})
+    assert _conversions(costs, {"conv1": W8A8, "short": W8A8}) == ({"conv1": q}, {"conv1": dq, "short": dq})
+    assert _conversions(costs, {"fc1": W8A8}) == ({"fc1": q}, {"fc1": dq})
+    assert _conversions(costs, {"fc1": W8A8, "fc2": W8A8}) == ({"fc1": q}, {"fc2": dq})
+
+
+def test_estimate_sums_the_table(costs):
+    plan = QuantPlan(PLANS["mixed"])
+    df = estimate_breakdown(costs, plan)
+    assert list(df["kernel"]) == ["int8_static", "bf16", "fp32", "int4_weight_only", "int8_static"]
+    expected = 0.5 + 2.0 + 1.0 + 0.6 + 0.5 + 0.1 + 0.2 + 0.1 + 0.2 + costs.rest_ms  # q+dq at conv1 and fc2
+    assert estimate_latency(costs, plan) == pytest.approx(expected)
+
+
+def test_fallback_priced_as_measured_and_unmeasured_as_fp32_with_a_note(model, batch, costs):
+    df = estimate_breakdown(costs, QuantPlan(PLANS["per-group int8 (fallback)"])).set_index("layer")
+    assert df.loc["fc1", "kernel"] == "fallback" and df.loc["fc1", "layer_ms"] == FAKE_MS["fallback"]
+    cfg = LayerCostConfig(kernels=("fp32", "int8_static"), use_cache=False)
+    few = measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
+    df = estimate_breakdown(few, QuantPlan(PLANS["bf16"])).set_index("layer")
+    assert (df["layer_ms"] == FAKE_MS["fp32"]).all() and "bf16 not measured: priced as fp32" in df.loc[
+        "fc1", "note"
+    ]
+
+
+def test_cache_round_trip_and_invalidation(model, batch, tmp_path):
+    cfg = LayerCostConfig(cache_dir=tmp_path, threads=1)
+    first = measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
+    (path,) = tmp_path.glob("*.json")
+    again = measure_layer_costs(model, batch, config=cfg, timer=_refuse)
+    assert again == first and again.model is model
+    timer = FakeTimer()
+    measure_layer_costs(model, batch, config=LayerCostConfig(cache_dir=tmp_path, threads=2), timer=timer)
+    measure_layer_costs(model, batch[:2], config=cfg, timer=timer)
+    assert len(timer.calls) == 2 and len(list(tmp_path.glob("*.json"))) == 3
+    path.write_bytes(path.read_bytes().replace(b'"rest_ms": 5.0', b'"rest_ms": 0.0'))
+    with pytest.raises(UntrustedFileError, match=path.name):
+        measure_layer_costs(model, batch, config=cfg, timer=_refuse)
+
+
+def test_changed_weights_change_the_key(model, batch, tmp_path):
+    cfg = LayerCostConfig(cache_dir=tmp_path)
+    measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
+    other = Residual().eval()
+    timer = FakeTimer()
+    measure_layer_costs(other, batch, config=cfg, timer=timer)
+    assert len(timer.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [({"kernels": ("fp32", "int3")}, "int3"), ({"kernels": ("bf16",)}, "bf16"), ({"repeats": 0}, "0"),
+     ({"threads": 0}, "0")],
+)  # fmt: skip
+def test_bad_config_names_value_and_choices(kwargs, bad):
+    with pytest.raises(LayerCostError, match=bad) as err:
+        LayerCostConfig(**kwargs)
+    if "kernels" in kwargs:
+        assert all(k in str(err.value) for k in KERNELS)
+
+
+def test_bad_plan_and_input_rejected(costs, model):
+    with pytest.raises(LayerCostError, match="nope.*conv1"):
+        estimate_latency(costs, QuantPlan({"nope": W8A8}))
+    with pytest.raises(LayerCostError, match="QuantPlan"):
+        estimate_latency(costs, {"conv1": W8A8})
+    with pytest.raises(LayerCostError, match="str"):
+        measure_layer_costs(model, "not a batch", timer=_refuse)
