@@ -44,3 +44,29 @@ def test_plan_costs_equal_the_summary_figures():
                 assert getattr(cost, field.name) == getattr(summary, field.name), (plan, field.name)
         assert cost.latency_ms == summary.bops / summary.fp32_bops
     assert model.fp32.bops == model.fp32.fp32_bops
+
+
+def test_in_context_latency_is_the_measured_layer_estimate(digits_cnn_task, tmp_path, monkeypatch):
+    """``profile="in_context"``: latencies per sample from the per-layer costs measured on this machine (the
+    estimator's figure over the batch), in the search's trials too; energy needs a profile with figures."""
+    import pytest
+
+    from workbench.hardware.layer_costs import IN_CONTEXT, estimate_latency
+    from workbench.search import SearchConfig, SearchError, run_search
+
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))  # the per-machine cost cache goes there
+    task = digits_cnn_task
+    cfg = SearchConfig(strategy="uniform", objectives=("accuracy", "latency"), profile=IN_CONTEXT,
+                       latency_batch_size=16, storage=":memory:", track=False, progress=False,
+                       final_split=None)  # fmt: skip
+    result = run_search(task, cfg)
+    model = CostModel(task.model, task.example_input(), profile=IN_CONTEXT, batch_size=16,
+                      calib=task.calib_loader)  # fmt: skip
+    assert model.latency_source == "in_context" and model.layer_costs.key["input"][0][1][0] == 16
+    assert list((tmp_path / "data" / "layer_costs").glob("*.json"))  # measured once, then read back
+    for _, row in result.trials.iterrows():
+        plan = QuantPlan.from_json(row["plan"])
+        assert row["latency_ms"] == estimate_latency(model.layer_costs, plan) / 16
+    assert model.fp32_latency_ms == estimate_latency(model.layer_costs, QuantPlan({})) / 16
+    with pytest.raises(SearchError, match="energy"):
+        SearchConfig(objectives=("accuracy", "energy"), profile=IN_CONTEXT)

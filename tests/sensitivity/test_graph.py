@@ -72,7 +72,10 @@ def test_cones_and_visits():
 
 
 def test_streamed_cones_match_the_full_forward_pass():
-    for model, layers in ((_mlp(), ["0", "2", "4"]), (_LateBranch().eval(), ["fc1", "fc2", "shared", "head"])):
+    for model, layers in (
+        (_mlp(), ["0", "2", "4"]),
+        (_LateBranch().eval(), ["fc1", "fc2", "shared", "head"]),
+    ):
         runner = _GraphRunner.build(model, layers)
         assert runner is not None
         x = torch.randn(5, 4)
@@ -98,7 +101,9 @@ def test_the_stream_keeps_only_live_values():
     sizes = []
     runner.stream(torch.randn(3, 4), lambda layer, env: sizes.append(len(env)))
     assert len(sizes) == 12
-    assert max(sizes) <= 2, sizes  # the layer's input (and at most one value not yet dropped), not the whole net
+    assert max(sizes) <= 2, (
+        sizes
+    )  # the layer's input (and at most one value not yet dropped), not the whole net
 
 
 def test_inplace_or_untraceable_models_run_whole():

@@ -89,5 +89,7 @@ def test_the_reference_model_against_itself_runs_once_per_batch() -> None:
         assert len(calls) == len(loader)  # the reference pass only, its outputs reused as the model's
         assert best == pytest.approx({"cosine": 1.0, "neg_kl": 0.0, "top1_agreement": 1.0}[kind], abs=1e-12)
         calls.clear()
-        metric(copy.deepcopy(ref), loader)  # an equal copy (its hook copied too) runs; the reference is cached
+        metric(
+            copy.deepcopy(ref), loader
+        )  # an equal copy (its hook copied too) runs; the reference is cached
         assert len(calls) == len(loader)

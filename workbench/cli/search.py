@@ -155,10 +155,14 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
         "(counted in the budget); none: start cold",
     )
     p.add_argument(
-        "--profile", help="hardware precision profile (name or JSON path) for the latency / energy objectives"
+        "--profile",
+        help="hardware precision profile (name or JSON path) for the latency / energy objectives, or in_context: "
+        "latency from the model's per-layer costs measured on this machine (deployed kernels, cached)",
     )
     p.add_argument(
-        "--latency-batch-size", type=int, help="batch size of latency estimates (default: profile's)"
+        "--latency-batch-size",
+        type=int,
+        help="batch size of latency estimates (default: the profile's; 32 for in_context)",
     )
     p.add_argument("--resume", action="store_true", help="continue an existing study (e.g. after a crash)")
     p.add_argument("--join", action="store_true", help="add this process as a worker of an existing study")

@@ -68,6 +68,8 @@ runs (``int8_dynamic`` belongs to the dynamic path, :func:`~workbench.hardware.d
 ``fallback``: a layer's fake-quant twin on float kernels (asymmetric int8 weights, which no int8 kernel takes)."""
 KERNELS: tuple[str, ...] = tuple(PROBES)
 CACHE_KIND = "layer-costs"
+IN_CONTEXT = "in_context"
+"""The profile name that asks a search's cost model for latencies from :func:`measure_layer_costs`."""
 
 
 class LayerCostError(ValueError):

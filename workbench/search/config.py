@@ -29,7 +29,9 @@ class SearchConfig:
 
     ``objectives``: from ``accuracy`` (maximised), ``size`` (whole-model bytes), ``weight_size`` (bytes of the
     Conv / Linear weights with their scales), ``bops``, ``latency`` (ms per sample: estimated on ``profile``, a
-    hardware precision profile name or path, at ``latency_batch_size``; a BOPs proxy without a profile),
+    hardware precision profile name or path, or ``"in_context"``: per-layer costs of the task's model measured
+    on this machine, :func:`~workbench.hardware.layer_costs.measure_layer_costs`, at ``latency_batch_size``
+    (default 32); a BOPs proxy without a profile),
     ``energy`` (mJ per sample on ``profile``). Constraints:
     ``max_weight_fraction`` (weight bytes over FP32 weight bytes), ``max_size_bytes``, ``max_avg_weight_bits``
     (weight bits averaged over the layers of the search space, the searched units, with their element counts as
@@ -265,7 +267,11 @@ def _check_hardware(c: SearchConfig) -> None:
     """The ILP's cost, the hardware profile (loaded once to validate it), the latency batch size and storage."""
     if c.ilp_cost not in ("weight_size", "size", "bops", "latency", "energy"):
         raise SearchError(f"ilp_cost={c.ilp_cost!r}; choose weight_size, size, bops, latency or energy")
-    if c.profile is not None:
+    if c.profile == "in_context":  # workbench.hardware.layer_costs.IN_CONTEXT: no file, no energy figures
+        if "energy" in c.objectives or c.ilp_cost == "energy":
+            raise SearchError("profile='in_context' measures latency only; the 'energy' objective needs a "
+                              "hardware profile with energy figures")  # fmt: skip
+    elif c.profile is not None:
         from workbench.hardware.profile import ProfileError, load_profile
 
         try:

@@ -98,6 +98,7 @@ def search_cost_model(
         fp32_latency_ms=fp32_latency_ms if config.profile is None else None,
         profile=config.profile,
         batch_size=config.latency_batch_size,
+        calib=task.calib_loader,
     )
 
 

@@ -77,7 +77,10 @@ class CostModel:
     """Size, BOPs, latency and energy of plans for one model, from per-layer costs computed once.
 
     With ``profile`` (a :class:`~workbench.hardware.PrecisionProfile` or its name / path) a plan's latency and
-    energy per sample come from the hardware cost estimator at ``batch_size`` (default: the profile's). Without
+    energy per sample come from the hardware cost estimator at ``batch_size`` (default: the profile's). With
+    ``profile="in_context"`` the latency is :func:`~workbench.hardware.layer_costs.estimate_latency` on the
+    model's per-layer costs measured on this machine at ``batch_size`` (default 32; ``calib``: the static int8
+    deployment's calibration data), energy NaN. Without
     one, latency is ``fp32_latency_ms * bops / fp32_bops`` with ``fp32_latency_ms`` the FP32 model's per-sample
     latency (measured on this machine when omitted) and energy is NaN.
     """
@@ -90,6 +93,7 @@ class CostModel:
         fp32_latency_ms: float | None = None,
         profile: Any = None,
         batch_size: int | None = None,
+        calib: Any = None,
     ) -> None:
         self.model = model
         self.costs: dict[str, LayerCost] = layer_costs(model, example_input)
@@ -99,12 +103,21 @@ class CostModel:
         self._state_bits = state_bits(model)
         self.fp32 = self._costs(QuantPlan({}), [])
         self.estimator = None
-        if profile is not None:
+        self.layer_costs: Any = None
+        if isinstance(profile, str) and profile == "in_context":
+            from workbench.hardware.layer_costs import measure_layer_costs
+
+            self.batch_size = 32 if batch_size is None else int(batch_size)
+            example = expand_inputs(example_input, self.batch_size)
+            self.layer_costs = measure_layer_costs(model, example, calib=calib)
+        elif profile is not None:
             from workbench.hardware.estimate import CostEstimator
 
             self.estimator = CostEstimator(model, example_input, profile, batch_size=batch_size)
         if fp32_latency_ms is not None:
             self.fp32_latency_ms = float(fp32_latency_ms)
+        elif self.layer_costs is not None:
+            self.fp32_latency_ms = self._in_context_ms(QuantPlan({}))
         elif self.estimator is not None:
             self.fp32_latency_ms = self.estimator(QuantPlan({})).latency_per_sample_ms
         else:
@@ -115,9 +128,17 @@ class CostModel:
         return plan_costs(plan, self.model, self.costs, bn_pairs=pairs, modules=self._modules,
                           fp32_bits=self._state_bits)  # fmt: skip
 
+    def _in_context_ms(self, plan: QuantPlan) -> float:
+        from workbench.hardware.layer_costs import estimate_latency
+
+        return estimate_latency(self.layer_costs, plan) / self.batch_size
+
     @property
     def latency_source(self) -> str:
-        """``profile:<name>`` when latency comes from a hardware profile, else ``bops_proxy``."""
+        """``profile:<name>`` when latency comes from a hardware profile, ``in_context`` from measured per-layer
+        costs, else ``bops_proxy``."""
+        if self.layer_costs is not None:
+            return "in_context"
         return f"profile:{self.estimator.profile.name}" if self.estimator is not None else "bops_proxy"
 
     def __call__(self, plan: QuantPlan) -> PlanCost:
@@ -128,7 +149,9 @@ class CostModel:
         }
         pairs = [p for p in self._pairs if p[0] in changed]
         s = self._costs(plan, pairs)
-        if self.estimator is not None:
+        if self.layer_costs is not None:
+            latency, energy = self._in_context_ms(plan), math.nan
+        elif self.estimator is not None:
             est = self.estimator(plan)
             latency = est.latency_per_sample_ms
             energy = est.energy_mj / est.batch_size
