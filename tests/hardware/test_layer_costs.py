@@ -257,3 +257,27 @@ def test_bad_plan_and_input_rejected(costs, model):
         estimate_latency(costs, {"conv1": W8A8})
     with pytest.raises(LayerCostError, match="str"):
         measure_layer_costs(model, "not a batch", timer=_refuse)
+
+
+class SamePadConv(nn.Conv2d):
+    """A TF-style SAME-padding conv (as EfficientNet-Lite's): a Conv2d subclass that pads in its own forward, which
+    the FP32 deployment's FX trace inlines (the module is never called there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.pad(x, (0, 1, 0, 1)))
+
+
+def test_a_layer_traced_through_in_deployment_gets_its_float_cost():
+    torch.manual_seed(0)
+    net = nn.Sequential(SamePadConv(1, 4, 2), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
+    x = torch.randn(2, 1, 4, 4)
+    fp32 = deploy(net, QuantPlan({}), [x])
+    calls = []
+    handle = get_module(fp32.module, "0").register_forward_hook(lambda m, i, o: calls.append(1))
+    with torch.inference_mode():
+        fp32(x)
+    handle.remove()
+    assert not calls  # traced through: the deployed FP32 model never calls the module
+    got = measure_layer_costs(net, x, config=LayerCostConfig(use_cache=False), timer=FakeTimer())
+    assert got.kernel_ms["0"]["fp32"] == FAKE_MS["fp32"]  # timed as the float model runs it
+    assert estimate_latency(got, QuantPlan({})) > 0

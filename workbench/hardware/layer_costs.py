@@ -23,6 +23,7 @@ shapes, kernels, timing knobs and the measuring code.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import warnings
 from collections.abc import Callable, Iterator
@@ -264,19 +265,22 @@ def _probe_plan(model: nn.Module, layers: list[str], kernel: str) -> QuantPlan:
     return QuantPlan({n: spec for n in layers if spec is not None and layer_kind(modules[n]) in kinds})
 
 
-def _capture(deployed: Any, example: Any, layers: list[str]) -> dict[str, tuple[nn.Module, Any, Any]]:
-    """Layer -> (its deployed module, its input, its output) from one run of ``deployed`` on ``example``."""
+def _capture(
+    module: nn.Module, run: Callable[[], Any], layers: list[str]
+) -> dict[str, tuple[nn.Module, Any, Any]]:
+    """Layer -> (its module in ``module``, its input, its output) from one ``run()`` (a layer fused away or
+    traced through by FX, whose module is never called, is missing)."""
     seen: dict[str, tuple[nn.Module, Any, Any]] = {}
     handles = []
     for name in layers:
         try:
-            mod = get_module(deployed.module, name)
+            mod = get_module(module, name)
         except AttributeError:  # fused away by FX: no module of its own
             continue
         handles.append(mod.register_forward_hook(_recorder(seen, name)))
     try:
         with torch.inference_mode():
-            deployed(example)
+            run()
     finally:
         for h in handles:
             h.remove()
@@ -307,7 +311,13 @@ def _measure(
                 continue
             fns[f"model|{kernel}"] = lambda *_, d=dep: d(example)
             with _engine(dep.engine):
-                captured[kernel] = _capture(dep, example, layers)
+                captured[kernel] = _capture(dep.module, lambda d=dep: d(example), layers)
+    missing = [n for n in layers if n not in captured.get("fp32", {})]
+    if (
+        missing
+    ):  # traced through by FX (e.g. a SAME-padding conv): the float model's own layer, as FP32 runs it
+        float_model = copy.deepcopy(model).eval()
+        captured["fp32"] |= _capture(float_model, lambda: float_model(example), missing)
     for kernel, seen in captured.items():
         for name, (mod, x, _) in seen.items():
             if kernel_of_module(mod) == kernel:
