@@ -72,3 +72,15 @@ def test_graph_reuse_gives_the_same_numbers():
     assert not hasattr(ctx.probe_model, "graph")  # not traced: in-place ops would corrupt cached values
     inplace = analyze_sensitivity(inplace_task, _cheap(metrics=("output_mse", "output_kl")), cache=False)
     pd.testing.assert_frame_equal(fast.table, inplace.table, rtol=1e-6)
+
+
+def test_progress_ticks_per_probe_and_batch():
+    """Streamed probes report progress as they go (a probe on a batch at a time), summing to the probe count,
+    like the whole-model path (a probe at a time)."""
+    task = _bn_task()
+    for cache_mb, per_call in ((512.0, 0.5), (0, 1.0)):  # streamed over 2 calibration batches; whole model
+        ctx = SensitivityContext(task, _cheap(probe_cache_mb=cache_mb), calib=list(task.calib_loader)[:2])
+        probes = [p for p in ctx.probes() if p.kind == "weight"]
+        ticks: list[float] = []
+        ctx._probe_outputs(probes, ["calib"], {}, tick=ticks.append)
+        assert ticks == [per_call] * int(len(probes) / per_call)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,7 +241,7 @@ class SensitivityContext:
                   disable=not self.config.progress) as bar:  # fmt: skip
             for start in range(0, len(probes), size):
                 chunk = probes[start : start + size]
-                outputs = self._probe_outputs(chunk, splits, act_q)
+                outputs = self._probe_outputs(chunk, splits, act_q, tick=bar.update)
                 for p, quantized in zip(chunk, outputs):
                     for m in metrics:
                         value = m.score(refs[m.split], quantized[m.split], targets[m.split])
@@ -249,7 +249,6 @@ class SensitivityContext:
                             p.layer, value, metric=m.name, kind=p.kind, granularity=p.granularity,
                             w_bits=p.w_bits, a_bits=p.a_bits,
                         )  # fmt: skip
-                bar.update(len(chunk))
         return out
 
     def _twin(self, p: Probe, act_q: dict[tuple[str, int], ActQuantizer]) -> nn.Module:
@@ -260,10 +259,16 @@ class SensitivityContext:
 
     @torch.no_grad()
     def _probe_outputs(
-        self, probes: Sequence[Probe], splits: Sequence[str], act_q: dict[tuple[str, int], ActQuantizer]
+        self,
+        probes: Sequence[Probe],
+        splits: Sequence[str],
+        act_q: dict[tuple[str, int], ActQuantizer],
+        *,
+        tick: Callable[[float], Any] = lambda n: None,
     ) -> list[dict[str, Tensor]]:
         """Each probe's logits on each split: the whole model per probe, or (traced models) one streamed FP32
-        pass per batch that re-runs each probed layer's downstream cone with the probe swapped in."""
+        pass per batch that re-runs each probed layer's downstream cone with the probe swapped in. ``tick(n)``:
+        progress, ``n`` probes' worth of work done (fractions while streaming)."""
         model = self.probe_model
         runner = self._runner
         if runner is None:
@@ -275,11 +280,13 @@ class SensitivityContext:
                     outs.append({s: self.logits(model, s) for s in splits})
                 finally:
                     set_module(model, p.layer, original)
+                tick(1)
             return outs
         by_layer: dict[str, list[int]] = {}
         for k, p in enumerate(probes):
             by_layer.setdefault(p.layer, []).append(k)
         pieces: list[dict[str, list[Tensor]]] = [{s: [] for s in splits} for _ in probes]
+        share = 1.0 / sum(len(self.batches(s)) for s in splits)  # one probe on one batch, in probes' worth
         for s in splits:
             for x, _ in self.batches(s):
                 got: dict[int, Any] = {}
@@ -292,6 +299,7 @@ class SensitivityContext:
                             got[k] = runner.run_cone(layer, env)
                         finally:
                             set_module(model, layer, original)
+                        tick(share)
 
                 fp32 = runner.stream(move_inputs(x, self.device), visit)
                 for k in range(len(probes)):
