@@ -28,6 +28,9 @@ from workbench.quant import QuantPlan, QuantSpec
 from workbench.quant.swap import get_module
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# one engine on every CPU: under x86 / fbgemm an int8 Linear feeding only float ops has a float32 output (no
+# dequantize to measure), under qnnpack it is requantized; the fake timings below are qnnpack's
+ENGINE = "qnnpack"
 
 FAKE_MS = {"fp32": 1.0, "bf16": 2.0, "int8_static": 0.5, "int8_weight_only": 0.7, "int4_weight_only": 0.6,
            "fallback": 3.0, "quantize": 0.1, "dequantize": 0.2}  # fmt: skip
@@ -93,7 +96,9 @@ def batch() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def costs(model, batch) -> LayerCosts:
-    return measure_layer_costs(model, batch, config=LayerCostConfig(use_cache=False), timer=FakeTimer())
+    return measure_layer_costs(
+        model, batch, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=FakeTimer()
+    )
 
 
 LAYERS = ("conv1", "conv2", "short", "fc1", "fc2")
@@ -155,7 +160,9 @@ def test_measured_table_and_rest_of_model(costs):
 
 def test_context_cost_shared_over_the_probes_layers(model, batch):
     timer = FakeTimer({"int8_static": 1.0, "int4_weight_only": -0.4})
-    costs = measure_layer_costs(model, batch, config=LayerCostConfig(use_cache=False), timer=timer)
+    costs = measure_layer_costs(
+        model, batch, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=timer
+    )
     assert costs.context_ms["int8_static"] == pytest.approx(1.0 / 5)
     assert costs.context_ms["int4_weight_only"] == pytest.approx(-0.4 / 2)
     assert estimate_latency(costs, QuantPlan(PLANS["int8"])) == pytest.approx(PROBE_MS["int8_static"] + 1.0)
@@ -165,7 +172,9 @@ def test_context_cost_shared_over_the_probes_layers(model, batch):
 
 def test_timer_gets_the_config(model, batch):
     timer = FakeTimer()
-    cfg = LayerCostConfig(repeats=3, warmup=1, threads=1, kernels=("fp32", "int8_static"), use_cache=False)
+    cfg = LayerCostConfig(
+        repeats=3, warmup=1, threads=1, kernels=("fp32", "int8_static"), use_cache=False, engine=ENGINE
+    )
     measure_layer_costs(model, batch, config=cfg, timer=timer)
     (call,) = timer.calls
     assert (call["repeats"], call["warmup"], call["threads"]) == (3, 1, 1)
@@ -206,7 +215,7 @@ def test_estimate_sums_the_table(costs):
 def test_fallback_priced_as_measured_and_unmeasured_as_fp32_with_a_note(model, batch, costs):
     df = estimate_breakdown(costs, QuantPlan(PLANS["per-group int8 (fallback)"])).set_index("layer")
     assert df.loc["fc1", "kernel"] == "fallback" and df.loc["fc1", "layer_ms"] == FAKE_MS["fallback"]
-    cfg = LayerCostConfig(kernels=("fp32", "int8_static"), use_cache=False)
+    cfg = LayerCostConfig(kernels=("fp32", "int8_static"), use_cache=False, engine=ENGINE)
     few = measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
     df = estimate_breakdown(few, QuantPlan(PLANS["bf16"])).set_index("layer")
     assert (df["layer_ms"] == FAKE_MS["fp32"]).all() and "bf16 not measured: priced as fp32" in df.loc[
@@ -215,13 +224,15 @@ def test_fallback_priced_as_measured_and_unmeasured_as_fp32_with_a_note(model, b
 
 
 def test_cache_round_trip_and_invalidation(model, batch, tmp_path):
-    cfg = LayerCostConfig(cache_dir=tmp_path, threads=1)
+    cfg = LayerCostConfig(cache_dir=tmp_path, threads=1, engine=ENGINE)
     first = measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
     (path,) = tmp_path.glob("*.json")
     again = measure_layer_costs(model, batch, config=cfg, timer=_refuse)
     assert again == first and again.model is model
     timer = FakeTimer()
-    measure_layer_costs(model, batch, config=LayerCostConfig(cache_dir=tmp_path, threads=2), timer=timer)
+    measure_layer_costs(
+        model, batch, config=LayerCostConfig(cache_dir=tmp_path, threads=2, engine=ENGINE), timer=timer
+    )
     measure_layer_costs(model, batch[:2], config=cfg, timer=timer)
     assert len(timer.calls) == 2 and len(list(tmp_path.glob("*.json"))) == 3
     path.write_bytes(path.read_bytes().replace(b'"rest_ms": 5.0', b'"rest_ms": 0.0'))
@@ -230,7 +241,7 @@ def test_cache_round_trip_and_invalidation(model, batch, tmp_path):
 
 
 def test_changed_weights_change_the_key(model, batch, tmp_path):
-    cfg = LayerCostConfig(cache_dir=tmp_path)
+    cfg = LayerCostConfig(cache_dir=tmp_path, engine=ENGINE)
     measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
     other = Residual().eval()
     timer = FakeTimer()
@@ -278,6 +289,26 @@ def test_a_layer_traced_through_in_deployment_gets_its_float_cost():
         fp32(x)
     handle.remove()
     assert not calls  # traced through: the deployed FP32 model never calls the module
-    got = measure_layer_costs(net, x, config=LayerCostConfig(use_cache=False), timer=FakeTimer())
+    got = measure_layer_costs(
+        net, x, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=FakeTimer()
+    )
     assert got.kernel_ms["0"]["fp32"] == FAKE_MS["fp32"]  # timed as the float model runs it
     assert estimate_latency(got, QuantPlan({})) > 0
+
+
+@pytest.mark.parametrize("engine", ["auto", "x86"])  # x86: float-output int8 Linear / 1x1 modules
+def test_layers_behind_a_pre_op_and_float_output_int8_layers_are_int8_kernels(engine):
+    from tests.quant.test_adapters import SameNet
+
+    torch.manual_seed(0)
+    net = SameNet().eval()
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    plan = QuantPlan.from_shorthand("uniform:w8a8:per_channel", net)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dep = deploy(net, plan, x, engine=engine)
+    layers = list(plan.layers)
+    built = {n: kernel_of_module(get_module(dep.module, n)) for n in layers}
+    assert built == dict.fromkeys(layers, "int8_static") == deployed_kernels(net, plan)
+    if engine == "x86":
+        assert "Int8FloatOutput" in {type(get_module(dep.module, n)).__name__ for n in layers}

@@ -14,8 +14,10 @@ from workbench.hardware.deploy.convert import (
     DEFAULT_PROFILE,
     EXECUTABLE,
     _exact_dispatch,
+    _kernel_module,
     _tables_weight_only,
 )
+from workbench.hardware.deploy.fx_graph import Int8FloatOutput
 from workbench.hardware.dispatch import PASSTHROUGH_TYPES, dispatch_plan
 from workbench.hardware.kernels import (
     Bf16Layer,
@@ -38,8 +40,12 @@ _PASS_METHODS = ("flatten", "view", "reshape", "relu", "contiguous")
 
 
 def kernel_of_module(module: nn.Module) -> str:
-    """The menu kernel a deployed layer module runs: ``int8_static`` (torch.ao quantized), ``bf16``, the
-    weight-only / packed modules, ``fallback`` (a fake-quant twin on float kernels) or ``fp32``."""
+    """The menu kernel a deployed layer module runs: ``int8_static`` (torch.ao quantized, float-output int8
+    included), ``bf16``, the weight-only / packed modules, ``fallback`` (a fake-quant twin on float kernels) or
+    ``fp32``. A layer behind its pre-op (SAME padding) is the kernel its container holds."""
+    module = _kernel_module(module)
+    if isinstance(module, Int8FloatOutput):
+        return "int8_static"
     for cls, name in _MODULE_KERNELS:
         if isinstance(module, cls):
             return name

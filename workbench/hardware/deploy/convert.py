@@ -147,12 +147,16 @@ class DeployedModel:
         return out
 
 
-def _kernel_name(mod: nn.Module) -> str:
-    """The kernel module's name; a bare container (a layer behind its pre-op, such as SAME padding) names the
-    kernel it holds last."""
+def _kernel_module(mod: nn.Module) -> nn.Module:
+    """The module that runs a deployed layer: ``mod``, or for a bare container (a layer behind its pre-op, such
+    as SAME padding) the kernel it holds last."""
     children = list(mod.children())
-    if type(mod) in (nn.Module, nn.Sequential) and children:
-        mod = children[-1]
+    return children[-1] if type(mod) in (nn.Module, nn.Sequential) and children else mod
+
+
+def _kernel_name(mod: nn.Module) -> str:
+    """The name of the kernel module that runs a deployed layer (:func:`_kernel_module`)."""
+    mod = _kernel_module(mod)
     return getattr(mod, "kernel", None) or type(mod).__module__ + "." + type(mod).__name__
 
 
