@@ -158,7 +158,7 @@ def main() -> None:
         f"{args.mixed_frac} --seq-len {args.seq_len}` "
         f"({seconds:.0f} s). Machine: {info['cpu']}, {info['cores']} cores, AVX512-VNNI {info['avx512_vnni']}, "
         f"AVX512-BF16 {info['avx512_bf16']}, torch {torch.__version__}, {args.threads} threads; load average "
-        f"{load0:.1f} before / {load1:.1f} after (other jobs shared the cores). Medians of {args.repeats} "
+        f"{load0:.1f} before / {load1:.1f} after. Medians of {args.repeats} "
         f"interleaved runs after 2 warm-ups; inputs: the first {args.seq_len} tokens of digits test sequences "
         f"(batch 1: {args.seq_len} rows per Linear, batch 32: {32 * args.seq_len}).",
         "Every plan covers the Linear layers only (embedding tables stay float); weight-only layers run on the "

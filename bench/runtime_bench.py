@@ -157,15 +157,17 @@ def deployed_main(args) -> None:
     spec = importlib.util.spec_from_file_location("runtime_deployed", ROOT / "bench" / "runtime_deployed.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    from workbench.hardware.deploy import cpu_name
+    from workbench.benchsuite.machine import machine_info
 
+    info = machine_info()
+    machine = f"{info['cpu']} (AVX512-VNNI {info['avx512_vnni']}, AVX512-BF16 {info['avx512_bf16']})"
     torch.manual_seed(0)
     lines: list[str] = []
     out = {}
     for model in args.models:
         res = mod.run(load_task(model, progress=False))
         out[model] = {k: v for k, v in res.items()}
-        sec = mod.section(model, res, _search_bench().md_table, cpu_name())
+        sec = mod.section(model, res, _search_bench().md_table, machine)
         lines += sec if not lines else sec[2:]
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
     (ROOT / "bench" / "out" / "runtime_deployed.json").write_text(

@@ -284,8 +284,9 @@ def section(model: str, res: dict[str, Any], md_table, machine: str) -> list[str
         DEPLOYED_HEADING,
         "",
         f"Command: `OMP_NUM_THREADS=1 python bench/runtime_bench.py --deployed --models {model}`. Machine: "
-        f"{machine}, {os.cpu_count()} cores, {res['threads']} torch thread, shared with two other workers' jobs "
-        "(timings are noisy: per-rung and cascade figures are medians of 3 passes, the load scenario is one run). "
+        f"{machine}, {os.cpu_count()} cores, {res['threads']} torch thread, load average "
+        f"{os.getloadavg()[0]:.1f} at the end (per-rung and cascade figures are medians of 3 passes, the load "
+        "scenario is one run). "
         f"Whole run {res['wall_s']:.0f} s. Each plan deployed once (`DeployedLadder`, torch.ao kernels through "
         "`workbench.hardware.deploy.deploy`, engine auto), the test split (450 images) served one input at a time "
         "(`ManagedRuntime.serve`); seconds per input measured around input checks, rung choice, machine readings "

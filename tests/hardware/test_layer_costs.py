@@ -176,9 +176,11 @@ def test_timer_gets_the_config(model, batch):
         repeats=3, warmup=1, threads=1, kernels=("fp32", "int8_static"), use_cache=False, engine=ENGINE
     )
     measure_layer_costs(model, batch, config=cfg, timer=timer)
-    (call,) = timer.calls
-    assert (call["repeats"], call["warmup"], call["threads"]) == (3, 1, 1)
-    assert "conv1|int8_static" in call["keys"] and not any("bf16" in k for k in call["keys"])
+    models, layers = timer.calls  # whole deployments timed among themselves, then layers and conversions
+    for call in (models, layers):
+        assert (call["repeats"], call["warmup"], call["threads"]) == (3, 1, 1)
+    assert models["keys"] == ["model|fp32", "model|int8_static"]
+    assert "conv1|int8_static" in layers["keys"] and not any("bf16" in k or "model" in k for k in layers["keys"])
 
 
 def _conversions(costs: LayerCosts, plan: dict) -> tuple[dict, dict]:
@@ -234,7 +236,7 @@ def test_cache_round_trip_and_invalidation(model, batch, tmp_path):
         model, batch, config=LayerCostConfig(cache_dir=tmp_path, threads=2, engine=ENGINE), timer=timer
     )
     measure_layer_costs(model, batch[:2], config=cfg, timer=timer)
-    assert len(timer.calls) == 2 and len(list(tmp_path.glob("*.json"))) == 3
+    assert len(timer.calls) == 2 * 2 and len(list(tmp_path.glob("*.json"))) == 3  # 2 timer calls a measurement
     path.write_bytes(path.read_bytes().replace(b'"rest_ms": 5.0', b'"rest_ms": 0.0'))
     with pytest.raises(UntrustedFileError, match=path.name):
         measure_layer_costs(model, batch, config=cfg, timer=_refuse)
@@ -246,7 +248,7 @@ def test_changed_weights_change_the_key(model, batch, tmp_path):
     other = Residual().eval()
     timer = FakeTimer()
     measure_layer_costs(other, batch, config=cfg, timer=timer)
-    assert len(timer.calls) == 1
+    assert len(timer.calls) == 2  # measured again: models, then layers
 
 
 @pytest.mark.parametrize(

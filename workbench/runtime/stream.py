@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from workbench.hardware.timing import keep_freed_memory
 from workbench.runtime.cascade import ConfidenceCascade
 from workbench.runtime.deployed import DeployedLadder
 from workbench.runtime.machine import (
@@ -63,7 +64,8 @@ class ManagedRuntime:
     ``start``: the first rung (default the top); ``machine`` (default psutil) is read every ``read_every`` served
     items (a psutil reading costs ~0.15-0.5 ms, a third of digits_resnet's pass; the last reading is reused in
     between) and counted in the item's seconds; ``machine`` and ``clock`` (default ``time.perf_counter``) are
-    injectable so that a stream can be replayed exactly."""
+    injectable so that a stream can be replayed exactly. ``keep_memory``: keep freed memory for reuse
+    (:func:`~workbench.hardware.timing.keep_freed_memory`, process-wide), as the deployments are timed."""
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class ManagedRuntime:
         machine: Machine | None = None,
         clock: Callable[[], float] = time.perf_counter,
         read_every: int = 64,
+        keep_memory: bool = True,
     ) -> None:
         if isinstance(read_every, bool) or not isinstance(read_every, int) or read_every < 1:
             raise ValueError(f"read_every={read_every!r} must be an integer >= 1")
@@ -95,6 +98,8 @@ class ManagedRuntime:
         self.read_every = read_every
         self._served = 0
         self._reading = MachineReading()
+        if keep_memory:  # serve in the steady state: activations reused, not page-faulted in per item
+            keep_freed_memory()
 
     def _read(self) -> MachineReading:
         """The machine reading for this item: a fresh one every :attr:`read_every` served items."""

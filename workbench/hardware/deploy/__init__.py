@@ -35,7 +35,13 @@ from workbench.hardware.deploy.inputs import (
     static_input_problem,
 )
 from workbench.hardware.kernels.modules import Bf16Layer
-from workbench.hardware.timing import LatencyStats, cpu_has_vnni, cpu_name, time_side_by_side
+from workbench.hardware.timing import (
+    LatencyStats,
+    cpu_has_vnni,
+    cpu_name,
+    keep_freed_memory,
+    time_side_by_side,
+)
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -57,6 +63,7 @@ __all__ = [
     "compare_kernels",
     "cpu_has_vnni",
     "cpu_name",
+    "keep_freed_memory",
     "deploy",
     "deployment_fidelity",
     "integer_inputs",
