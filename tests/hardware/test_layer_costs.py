@@ -180,7 +180,9 @@ def test_timer_gets_the_config(model, batch):
     for call in (models, layers):
         assert (call["repeats"], call["warmup"], call["threads"]) == (3, 1, 1)
     assert models["keys"] == ["model|fp32", "model|int8_static"]
-    assert "conv1|int8_static" in layers["keys"] and not any("bf16" in k or "model" in k for k in layers["keys"])
+    assert "conv1|int8_static" in layers["keys"] and not any(
+        "bf16" in k or "model" in k for k in layers["keys"]
+    )
 
 
 def _conversions(costs: LayerCosts, plan: dict) -> tuple[dict, dict]:
@@ -236,7 +238,9 @@ def test_cache_round_trip_and_invalidation(model, batch, tmp_path):
         model, batch, config=LayerCostConfig(cache_dir=tmp_path, threads=2, engine=ENGINE), timer=timer
     )
     measure_layer_costs(model, batch[:2], config=cfg, timer=timer)
-    assert len(timer.calls) == 2 * 2 and len(list(tmp_path.glob("*.json"))) == 3  # 2 timer calls a measurement
+    assert (
+        len(timer.calls) == 2 * 2 and len(list(tmp_path.glob("*.json"))) == 3
+    )  # 2 timer calls a measurement
     path.write_bytes(path.read_bytes().replace(b'"rest_ms": 5.0', b'"rest_ms": 0.0'))
     with pytest.raises(UntrustedFileError, match=path.name):
         measure_layer_costs(model, batch, config=cfg, timer=_refuse)
