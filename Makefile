@@ -8,7 +8,7 @@ STAMP_SYS := $(VENV)/.stamp-system
 STAMP_REAL := $(VENV)/.stamp-real
 export MPLBACKEND := Agg
 
-.PHONY: bench-auto run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-ptq peers-venv bench-parallel bench-transformer bench-byom
+.PHONY: bench-auto run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-ptq peers-venv bench-parallel bench-transformer bench-byom bench-latency-front
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -94,6 +94,11 @@ bench-runtime: $(STAMP)
 ## Deployed int8 speedups, int8 conv limit, cost-estimator validation (the "## Hardware" section).
 bench-hardware: $(STAMP)
 	$(BIN)/python bench/hardware_bench.py
+	$(BIN)/python bench/latency_front_bench.py --model digits_resnet --batch 32 --budget 12
+
+## The latency-aware search's deployed front against uniform fp32 / bf16 / int8 on EfficientNet-Lite1 (real models).
+bench-latency-front: $(STAMP_REAL)
+	$(BIN)/python bench/latency_front_bench.py --model lite1 --batch 8 --budget 20
 
 ## QAT acceptance on digits_resnet (replaces the "## Quantization-aware training" section of docs/BENCHMARKS.md).
 bench-qat: $(STAMP)

@@ -313,6 +313,20 @@ def test_ilp_candidates_respect_budgets(
             assert getattr(cost_model(c.plan), attr) <= c.info["budget"]
 
 
+def test_ilp_span_covers_cheapest_to_dearest(
+    space: SearchSpace, cost_model: CostModel, sens: SensitivityResult
+) -> None:
+    # latency: the cheapest plan costs a large share of FP32's, so fractions <= 25 % would all be infeasible
+    cands = ilp_candidates(space, cost_model, sens, cost="latency", span=4)
+    budgets = [c.info["budget"] for c in cands]
+    assert len(cands) == 4 and budgets == sorted(budgets, reverse=True)
+    _, costs = unit_tables(space, cost_model, sens, cost="latency")
+    rest = costs.attrs["rest"]
+    assert budgets[0] == pytest.approx(rest + costs.max(axis=1).sum())
+    assert budgets[-1] == pytest.approx(rest + costs.min(axis=1).sum(), rel=1e-6)
+    assert all(cost_model(c.plan).latency_ms <= c.info["budget"] * (1 + 1e-9) for c in cands)
+
+
 def test_ilp_candidates_infeasible(
     space: SearchSpace, cost_model: CostModel, sens: SensitivityResult
 ) -> None:

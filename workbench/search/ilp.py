@@ -151,17 +151,25 @@ def ilp_candidates(
     budget_values: Sequence[float] | None = None,
     cost: str = "weight_size",
     metric: str = "omega",
+    span: int | None = None,
 ) -> list[Candidate]:
     """HAWQ-V3's ILP per budget: binary ``x[u, b]``, one bit width per unit, minimise ``sum sens[u,b] x[u,b]``
     subject to the whole plan's cost (fixed and float layers included) <= the budget. ``budgets``: fractions of
     the FP32 model's total cost (``cost_model.fp32_cost``); ``budget_values``: absolute budgets in the cost's units
-    (bytes, bit operations, ms), used instead of ``budgets`` when given. The chosen plan's real cost (from the
+    (bytes, bit operations, ms), used instead of ``budgets`` when given; ``span``: that many budgets spread evenly
+    from the cheapest plan the choices allow to the dearest, used instead of both (latency and energy, whose
+    cheapest plan may cost most of FP32's). The chosen plan's real cost (from the
     cost model) is checked against the budget and the ILP re-solved tighter when byte rounding pushed it over.
     Infeasible budgets are left out (largest budget first); if none is feasible, ValueError names the smallest
     achievable cost. info: budget, budget_fraction, objective, status, bits, cost."""
     sens, cost_df = unit_tables(space, cost_model, sensitivity, metric=metric, cost=cost)
     fp32_total = float(cost_df.attrs["fp32_total"])
     rest = float(cost_df.attrs["rest"])
+    if span is not None:
+        c = cost_df.to_numpy(dtype=np.float64)
+        c = np.where(np.isfinite(sens.to_numpy(dtype=np.float64)), c, np.nan)
+        lo, hi = rest + float(np.nanmin(c, axis=1).sum()), rest + float(np.nanmax(c, axis=1).sum())
+        budget_values = tuple(np.linspace(lo * (1 + 1e-9), hi, max(int(span), 2)))
     if budget_values is not None:
         targets = [(v, v / fp32_total if fp32_total else math.nan, f"{_fmt(v)}") for v in
                    _check_budgets(budget_values, "budget_values")]  # fmt: skip
