@@ -104,7 +104,9 @@ def main() -> None:
     ap.add_argument("--model", default="digits_resnet")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--budget", type=int, default=20, help="real evaluations of the search")
-    ap.add_argument("--strategy", default="auto")
+    ap.add_argument(
+        "--strategy", default="ilp", help="ilp: latency-priced budgets; auto allocates weight bits"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ilp-cost", default="latency", help="the cost the allocation trades error against")
     ap.add_argument("--repeats", type=int, default=11)
