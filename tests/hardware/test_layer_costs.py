@@ -23,7 +23,7 @@ from workbench.hardware.layer_costs import (
     layer_links,
     measure_layer_costs,
 )
-from workbench.hardware.timing import LatencyStats
+from workbench.hardware.timing import LatencyStats, time_modules_in_model
 from workbench.quant import QuantPlan, QuantSpec
 from workbench.quant.swap import get_module
 
@@ -81,6 +81,19 @@ def _refuse(*args, **kwargs):
     raise AssertionError("the cache should have answered")
 
 
+def fake_module_timer(run, modules, *, repeats, warmup, threads):
+    """Stands in for time_modules_in_model: runs the model once and answers FAKE_MS by each module's kernel."""
+    with torch.inference_mode():
+        run()
+    return {n: FAKE_MS[kernel_of_module(m)] for n, m in modules.items()}
+
+
+def measure(model, batch, *, timer, **kwargs):
+    """measure_layer_costs with the fake in-model timer (refusing too when ``timer`` refuses)."""
+    module_timer = _refuse if timer is _refuse else fake_module_timer
+    return measure_layer_costs(model, batch, timer=timer, module_timer=module_timer, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def model() -> nn.Module:
     torch.manual_seed(0)
@@ -96,9 +109,7 @@ def batch() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def costs(model, batch) -> LayerCosts:
-    return measure_layer_costs(
-        model, batch, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=FakeTimer()
-    )
+    return measure(model, batch, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=FakeTimer())
 
 
 LAYERS = ("conv1", "conv2", "short", "fc1", "fc2")
@@ -158,24 +169,32 @@ def test_measured_table_and_rest_of_model(costs):
     assert costs.context_ms == pytest.approx(dict.fromkeys(PROBE_MS.keys() - {"fp32"}, 0.0))
 
 
-def test_context_cost_shared_over_the_probes_layers(model, batch):
+def test_context_cost_shared_over_the_probes_layers_by_their_size(model, batch):
     timer = FakeTimer({"int8_static": 1.0, "int4_weight_only": -0.4})
-    costs = measure_layer_costs(
-        model, batch, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=timer
-    )
-    assert costs.context_ms["int8_static"] == pytest.approx(1.0 / 5)
-    assert costs.context_ms["int4_weight_only"] == pytest.approx(-0.4 / 2)
+    costs = measure(model, batch, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=timer)
+    # shared by the elements of each layer's input and output (batch 4 of 1x4x4 images)
+    size = {"conv1": 64 + 512, "conv2": 512 + 512, "short": 512 + 512, "fc1": 512 + 128, "fc2": 128 + 40}
+    assert costs.activation == size
+    assert costs.context_ms["int8_static"] == pytest.approx(1.0 / sum(size.values()))
+    assert costs.context_ms["int4_weight_only"] == pytest.approx(-0.4 / (size["fc1"] + size["fc2"]))
     assert estimate_latency(costs, QuantPlan(PLANS["int8"])) == pytest.approx(PROBE_MS["int8_static"] + 1.0)
     df = estimate_breakdown(costs, QuantPlan({"fc1": W8A8})).set_index("layer")
-    assert df.loc["fc1", "context_ms"] == pytest.approx(0.2) and (df.drop("fc1")["context_ms"] == 0).all()
+    assert df.loc["fc1", "context_ms"] == pytest.approx(1.0 * 640 / 3432)
+    assert (df.drop("fc1")["context_ms"] == 0).all()
 
 
 def test_timer_gets_the_config(model, batch):
     timer = FakeTimer()
     cfg = LayerCostConfig(
-        repeats=3, warmup=1, threads=1, kernels=("fp32", "int8_static"), use_cache=False, engine=ENGINE
+        repeats=3,
+        warmup=1,
+        threads=1,
+        kernels=("fp32", "int8_static"),
+        use_cache=False,
+        engine=ENGINE,
+        layer_timing="isolated",
     )
-    measure_layer_costs(model, batch, config=cfg, timer=timer)
+    measure(model, batch, config=cfg, timer=timer)
     models, layers = timer.calls  # whole deployments timed among themselves, then layers and conversions
     for call in (models, layers):
         assert (call["repeats"], call["warmup"], call["threads"]) == (3, 1, 1)
@@ -183,6 +202,35 @@ def test_timer_gets_the_config(model, batch):
     assert "conv1|int8_static" in layers["keys"] and not any(
         "bf16" in k or "model" in k for k in layers["keys"]
     )
+
+
+def test_in_model_timing_times_each_probes_layers_inside_its_passes(model, batch):
+    timer, seen = FakeTimer(), []
+
+    def module_timer(run, modules, *, repeats, warmup, threads):
+        seen.append(
+            (sorted(modules), {kernel_of_module(m) for m in modules.values()}, repeats, warmup, threads)
+        )
+        return fake_module_timer(run, modules, repeats=repeats, warmup=warmup, threads=threads)
+
+    cfg = LayerCostConfig(repeats=3, warmup=1, threads=1, kernels=("fp32", "int8_static"), use_cache=False,
+                          engine=ENGINE)  # fmt: skip
+    costs = measure_layer_costs(model, batch, config=cfg, timer=timer, module_timer=module_timer)
+    assert seen == [(sorted(LAYERS), {k}, 3, 1, 1) for k in ("fp32", "int8_static")]
+    isolated = timer.calls[1]["keys"]  # only the conversions are timed on their own
+    assert isolated and all(k.endswith(("|quantize", "|dequantize")) for k in isolated)
+    assert costs.kernel_ms["conv1"] == {"fp32": FAKE_MS["fp32"], "int8_static": FAKE_MS["int8_static"]}
+
+
+def test_modules_timed_inside_whole_passes_with_a_fake_clock():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    ticks = iter(range(10_000))
+    got = time_modules_in_model(lambda: net(torch.ones(1, 4)), {"0": net[0], "2": net[2]}, repeats=3, warmup=1,
+                                clock=lambda: next(ticks) / 1000.0)  # fmt: skip
+    assert got == pytest.approx({"0": 1.0, "2": 1.0})  # each call spans one tick between its pre- and post-hook: 1 ms
+    assert not net[0]._forward_hooks and not net[0]._forward_pre_hooks  # hooks removed
+    with pytest.raises(LayerCostError, match="layer_timing"):
+        LayerCostConfig(layer_timing="fast")
 
 
 def _conversions(costs: LayerCosts, plan: dict) -> tuple[dict, dict]:
@@ -220,7 +268,7 @@ def test_fallback_priced_as_measured_and_unmeasured_as_fp32_with_a_note(model, b
     df = estimate_breakdown(costs, QuantPlan(PLANS["per-group int8 (fallback)"])).set_index("layer")
     assert df.loc["fc1", "kernel"] == "fallback" and df.loc["fc1", "layer_ms"] == FAKE_MS["fallback"]
     cfg = LayerCostConfig(kernels=("fp32", "int8_static"), use_cache=False, engine=ENGINE)
-    few = measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
+    few = measure(model, batch, config=cfg, timer=FakeTimer())
     df = estimate_breakdown(few, QuantPlan(PLANS["bf16"])).set_index("layer")
     assert (df["layer_ms"] == FAKE_MS["fp32"]).all() and "bf16 not measured: priced as fp32" in df.loc[
         "fc1", "note"
@@ -229,29 +277,27 @@ def test_fallback_priced_as_measured_and_unmeasured_as_fp32_with_a_note(model, b
 
 def test_cache_round_trip_and_invalidation(model, batch, tmp_path):
     cfg = LayerCostConfig(cache_dir=tmp_path, threads=1, engine=ENGINE)
-    first = measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
+    first = measure(model, batch, config=cfg, timer=FakeTimer())
     (path,) = tmp_path.glob("*.json")
-    again = measure_layer_costs(model, batch, config=cfg, timer=_refuse)
+    again = measure(model, batch, config=cfg, timer=_refuse)
     assert again == first and again.model is model
     timer = FakeTimer()
-    measure_layer_costs(
-        model, batch, config=LayerCostConfig(cache_dir=tmp_path, threads=2, engine=ENGINE), timer=timer
-    )
-    measure_layer_costs(model, batch[:2], config=cfg, timer=timer)
+    measure(model, batch, config=LayerCostConfig(cache_dir=tmp_path, threads=2, engine=ENGINE), timer=timer)
+    measure(model, batch[:2], config=cfg, timer=timer)
     assert (
         len(timer.calls) == 2 * 2 and len(list(tmp_path.glob("*.json"))) == 3
     )  # 2 timer calls a measurement
     path.write_bytes(path.read_bytes().replace(b'"rest_ms": 5.0', b'"rest_ms": 0.0'))
     with pytest.raises(UntrustedFileError, match=path.name):
-        measure_layer_costs(model, batch, config=cfg, timer=_refuse)
+        measure(model, batch, config=cfg, timer=_refuse)
 
 
 def test_changed_weights_change_the_key(model, batch, tmp_path):
     cfg = LayerCostConfig(cache_dir=tmp_path, engine=ENGINE)
-    measure_layer_costs(model, batch, config=cfg, timer=FakeTimer())
+    measure(model, batch, config=cfg, timer=FakeTimer())
     other = Residual().eval()
     timer = FakeTimer()
-    measure_layer_costs(other, batch, config=cfg, timer=timer)
+    measure(other, batch, config=cfg, timer=timer)
     assert len(timer.calls) == 2  # measured again: models, then layers
 
 
@@ -295,9 +341,7 @@ def test_a_layer_traced_through_in_deployment_gets_its_float_cost():
         fp32(x)
     handle.remove()
     assert not calls  # traced through: the deployed FP32 model never calls the module
-    got = measure_layer_costs(
-        net, x, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=FakeTimer()
-    )
+    got = measure(net, x, config=LayerCostConfig(use_cache=False, engine=ENGINE), timer=FakeTimer())
     assert got.kernel_ms["0"]["fp32"] == FAKE_MS["fp32"]  # timed as the float model runs it
     assert estimate_latency(got, QuantPlan({})) > 0
 

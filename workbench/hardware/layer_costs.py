@@ -2,13 +2,15 @@
 
 :func:`measure_layer_costs` deploys the model once per kernel of the menu (:data:`PROBES`: a plan putting every
 layer it can on that kernel) with :func:`~workbench.hardware.deploy.deploy`, captures each deployed layer's real
-input and output on the example batch (forward hooks: shape, batch, memory format, int8 grid) and times, in one
-interleaved :func:`~workbench.hardware.timing.time_side_by_side` run, every (layer, kernel) module on its input,
-the conversions at an int8 region's edge (``quantize_per_tensor`` of the layer's float input, ``dequantize`` of
-its int8 output) and each probe's whole deployed model. The rest of the model (adds, pooling) is the FP32
+input and output on the example batch (forward hooks: shape, batch, memory format, int8 grid) and times every
+(layer, kernel) module inside whole passes of its deployment (:func:`~workbench.hardware.timing.time_modules_in_model`;
+``layer_timing="isolated"``: on its captured input, in a loop of its own), the conversions at an int8 region's
+edge (``quantize_per_tensor`` of the layer's float input, ``dequantize`` of its int8 output) and, apart, each
+probe's whole deployed model (:func:`~workbench.hardware.timing.time_side_by_side`). The rest of the model (adds, pooling) is the FP32
 model's latency minus its FP32 layers (clipped at 0); what a probe's model takes beyond its layers, conversions
-and that rest (non-layer ops in its domain, e.g. int8 adds dequantizing) is its kernel's ``context`` cost, shared
-over the layers it put on that kernel. bf16 layers cast their input and output themselves
+and that rest (non-layer ops in its domain, e.g. int8 adds dequantizing, pads, conversions) is its kernel's
+``context`` cost, shared over the layers it put on that kernel by the size of their inputs and outputs (those ops
+work on them: on EfficientNet-Lite1 int8 costs most where the feature maps are large). bf16 layers cast their input and output themselves
 (:class:`~workbench.hardware.kernels.Bf16Layer`, as deployed): those casts are in their cost.
 
 :func:`estimate_breakdown` / :func:`estimate_latency` price a plan: each layer on the kernel deployment gives it
@@ -22,11 +24,10 @@ shapes, kernels, timing knobs and the measuring code.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,16 +40,14 @@ import workbench.hardware.deploy as deploy_pkg
 import workbench.hardware.kernels as kernels_pkg
 from workbench._common.hashing import code_fingerprint, sha256_hex
 from workbench._common.signed import read_signed, write_signed
-from workbench.hardware.deploy.convert import (
-    deploy,
-    resolve_engine,
-)
+from workbench.hardware.deploy.convert import deploy, resolve_engine
 from workbench.hardware.deploy.inputs import DeployInputError
 from workbench.hardware.kernels import (
     layer_kind,
 )
 from workbench.hardware.layer_links import deployed_kernels, kernel_of_module, layer_links
-from workbench.hardware.timing import LatencyStats, cpu_name, time_side_by_side
+from workbench.hardware.layer_probes import capture_layers, conversion_calls, engine_scope, fixed_call
+from workbench.hardware.timing import LatencyStats, cpu_name, time_modules_in_model, time_side_by_side
 from workbench.paths import data_dir
 from workbench.quant.inputs import input_tensors
 from workbench.quant.introspect import quantizable_layers
@@ -68,6 +67,7 @@ PROBES: dict[str, tuple[QuantSpec | None, tuple[str, ...]]] = {
 runs (``int8_dynamic`` belongs to the dynamic path, :func:`~workbench.hardware.deploy.compare_kernels`);
 ``fallback``: a layer's fake-quant twin on float kernels (asymmetric int8 weights, which no int8 kernel takes)."""
 KERNELS: tuple[str, ...] = tuple(PROBES)
+LAYER_TIMINGS: tuple[str, ...] = ("in_model", "isolated")
 CACHE_KIND = "layer-costs"
 IN_CONTEXT = "in_context"
 """The profile name that asks a search's cost model for latencies from :func:`measure_layer_costs`."""
@@ -80,7 +80,9 @@ class LayerCostError(ValueError):
 @dataclass(frozen=True)
 class LayerCostConfig:
     """Knobs of :func:`measure_layer_costs`: timed runs and warm-up, threads (None: torch's current count),
-    quantized engine, the kernels measured, and the per-machine cache (``cache_dir`` None: data/layer_costs)."""
+    quantized engine, the kernels measured, the per-machine cache (``cache_dir`` None: data/layer_costs), and how
+    layers are timed: ``in_model`` (hooks around each layer inside whole passes of its deployment) or
+    ``isolated`` (each layer called on its captured input in a loop of its own)."""
 
     repeats: int = 15
     warmup: int = 3
@@ -89,8 +91,11 @@ class LayerCostConfig:
     kernels: tuple[str, ...] = KERNELS
     use_cache: bool = True
     cache_dir: str | Path | None = None
+    layer_timing: str = "in_model"
 
     def __post_init__(self) -> None:
+        if self.layer_timing not in LAYER_TIMINGS:
+            raise LayerCostError(f"layer_timing={self.layer_timing!r}: choose one of {LAYER_TIMINGS}")
         bad = [k for k in self.kernels if k not in PROBES]
         if bad or "fp32" not in self.kernels:
             raise LayerCostError(
@@ -108,7 +113,7 @@ class LayerCostConfig:
 class LayerCosts:
     """Measured costs (ms per batch): ``kernel_ms[layer][kernel]``, ``quantize_ms[layer]`` (its float input to
     int8), ``dequantize_ms[layer]`` (its int8 output to float), ``model_ms[kernel]`` (each probe's deployed model),
-    the rest of the FP32 model, ``context_ms[kernel]`` (per layer on it: see the module docstring); ``sources``
+    the rest of the FP32 model, ``context_ms[kernel]`` (per element of ``activation``, a layer's input and output: see the module docstring); ``sources``
     / ``sinks``: what feeds each layer and what its output reaches (:func:`layer_links`); ``model``: the float
     model (not stored), which :func:`deployed_kernels` reads."""
 
@@ -122,7 +127,13 @@ class LayerCosts:
     context_ms: dict[str, float]
     sources: dict[str, str]
     sinks: dict[str, tuple[str, ...]]
+    activation: dict[str, float] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    def weight(self, layer: str) -> float:
+        """The layer's weight in its kernel's context cost: the elements of its input and output (FP32
+        deployment), 1 where not measured."""
+        return float(self.activation.get(layer, 1.0))
 
     def table(self) -> pd.DataFrame:
         """One row per measured (layer, kernel): ``ms``."""
@@ -138,7 +149,11 @@ class LayerCosts:
     @classmethod
     def from_dict(cls, data: dict[str, Any], model: nn.Module | None = None) -> LayerCosts:
         sinks = {k: tuple(v) for k, v in data["sinks"].items()}
-        fields = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("model", "layers", "sinks")}
+        fields = {
+            k: data[k]
+            for k in cls.__dataclass_fields__
+            if k not in ("model", "layers", "sinks") and k in data
+        }
         return cls(**fields, layers=tuple(data["layers"]), sinks=sinks, model=model)
 
 
@@ -165,7 +180,7 @@ def estimate_breakdown(costs: LayerCosts, plan: QuantPlan) -> pd.DataFrame:
         if ms is None:
             ms, note = costs.kernel_ms[name]["fp32"], f"{kernel} not measured: priced as fp32"
         q = dq = 0.0
-        context = costs.context_ms.get(kernel, 0.0)
+        context = costs.context_ms.get(kernel, 0.0) * costs.weight(name)
         if kernel == "int8_static":
             src = costs.sources[name]
             if kernels.get(src) != "int8_static" and src not in quantized:
@@ -189,6 +204,7 @@ def estimate_latency(costs: LayerCosts, plan: QuantPlan) -> float:
 # ============================================================================================ measurement
 
 Timer = Callable[..., dict[str, LatencyStats]]
+ModuleTimer = Callable[..., dict[str, float]]
 
 
 def measure_layer_costs(
@@ -198,11 +214,13 @@ def measure_layer_costs(
     config: LayerCostConfig | None = None,
     calib: Any | None = None,
     timer: Timer = time_side_by_side,
+    module_timer: ModuleTimer = time_modules_in_model,
 ) -> LayerCosts:
     """Per-layer costs of ``model`` in context on ``example`` (one batch, of the size the estimates are for),
     from the per-machine cache when its key matches (see the module docstring). ``calib``: calibration data of
-    the int8 probe (None: ``example``); ``timer``: :func:`~workbench.hardware.timing.time_side_by_side` or a
-    stand-in of its signature (tests). Never modifies ``model``."""
+    the int8 probe (None: ``example``); ``timer``: :func:`~workbench.hardware.timing.time_side_by_side` and
+    ``module_timer``: :func:`~workbench.hardware.timing.time_modules_in_model` (``layer_timing="in_model"``), or
+    stand-ins of their signatures (tests). Never modifies ``model``."""
     cfg = config or LayerCostConfig()
     if not isinstance(model, nn.Module):
         raise LayerCostError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -216,7 +234,7 @@ def measure_layer_costs(
         data = json.loads(read_signed(path, kind=CACHE_KIND, what="layer-cost cache") or b"null")
         if isinstance(data, dict) and data.get("key") == key:
             return LayerCosts.from_dict(data, model)
-    costs = _measure(model, example, cfg, key, calib if calib is not None else example, timer)
+    costs = _measure(model, example, cfg, key, calib if calib is not None else example, timer, module_timer)
     if cfg.use_cache:
         write_signed(path, json.dumps(costs.to_dict(), sort_keys=True).encode(), kind=CACHE_KIND)
     return costs
@@ -239,8 +257,14 @@ def cost_key(model: nn.Module, example: Any, cfg: LayerCostConfig) -> dict[str, 
         "kernels": sorted(cfg.kernels),
         "repeats": cfg.repeats,
         "warmup": cfg.warmup,
+        "layer_timing": cfg.layer_timing,
         "code": code_fingerprint(
-            CACHE_KIND, kernels_pkg, deploy_pkg, Path(__file__), Path(__file__).with_name("layer_links.py")
+            CACHE_KIND,
+            kernels_pkg,
+            deploy_pkg,
+            Path(__file__),
+            Path(__file__).with_name("layer_links.py"),
+            Path(__file__).with_name("layer_probes.py"),
         )[:16],
     }
 
@@ -250,55 +274,76 @@ def _cache_path(cfg: LayerCostConfig, key: dict[str, Any]) -> Path:
     return folder / f"{sha256_hex(json.dumps(key, sort_keys=True))[:20]}.json"
 
 
-@contextlib.contextmanager
-def _engine(engine: str) -> Iterator[None]:
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        yield
-    finally:
-        torch.backends.quantized.engine = previous
-
-
 def _probe_plan(model: nn.Module, layers: list[str], kernel: str) -> QuantPlan:
     (spec, kinds), modules = PROBES[kernel], dict(model.named_modules())
     return QuantPlan({n: spec for n in layers if spec is not None and layer_kind(modules[n]) in kinds})
 
 
-def _capture(
-    module: nn.Module, run: Callable[[], Any], layers: list[str]
-) -> dict[str, tuple[nn.Module, Any, Any]]:
-    """Layer -> (its module in ``module``, its input, its output) from one ``run()`` (a layer fused away or
-    traced through by FX, whose module is never called, is missing)."""
-    seen: dict[str, tuple[nn.Module, Any, Any]] = {}
-    handles = []
+def _measure(
+    model: nn.Module,
+    example: Any,
+    cfg: LayerCostConfig,
+    key: dict[str, Any],
+    calib: Any,
+    timer: Timer,
+    module_timer: ModuleTimer,
+) -> LayerCosts:
+    layers = quantizable_layers(model)
+    deps = _probe_deployments(model, layers, cfg, key, calib)
+    # whole deployments first, round-robin among themselves as plans are timed, before any layer's input and
+    # output are held (hundreds of captured activations in memory slowed them by up to 60 % on Lite1)
+    models = {f"model|{k}": fixed_call(d, example) for k, d in deps.items()}
+    with engine_scope(key["engine"]):
+        stats = timer(models, example, repeats=cfg.repeats, warmup=cfg.warmup, threads=key["threads"])
+    in_model: dict[str, float] = {}
+    if cfg.layer_timing == "in_model":  # each layer timed inside its deployment's whole passes
+        with engine_scope(key["engine"]):
+            for kernel, dep in deps.items():
+                mods = _own_modules(dep.module, layers, kernel)
+                got = module_timer(fixed_call(dep, example), mods, repeats=cfg.repeats, warmup=cfg.warmup,
+                                   threads=key["threads"])  # fmt: skip
+                in_model |= {f"{n}|{kernel}": ms for n, ms in got.items()}
+    captured = _capture_probes(model, example, layers, deps)
+    own = {k: {n: v for n, v in seen.items() if kernel_of_module(v[0]) == k} for k, seen in captured.items()}
+    fns = {}
+    for kernel, seen in own.items():
+        for name, (mod, x, _) in seen.items():
+            if f"{name}|{kernel}" not in in_model:  # isolated: on its captured input, in a loop of its own
+                fns[f"{name}|{kernel}"] = fixed_call(mod, x)
+    fns.update(conversion_calls(captured))
+    with engine_scope(key["engine"]):
+        stats |= timer(fns, example, repeats=cfg.repeats, warmup=cfg.warmup, threads=key["threads"])
+    ms = {k: s.median_ms for k, s in stats.items()} | in_model
+    activation = {n: float(_elements(x) + _elements(out)) for n, (_, x, out) in captured["fp32"].items()}
+    return _assemble(model, layers, key, ms, cfg.kernels, activation)
+
+
+def _own_modules(module: nn.Module, layers: list[str], kernel: str) -> dict[str, nn.Module]:
+    """The layers' modules in a deployment that run on ``kernel`` (fused-away layers have none)."""
+    out = {}
     for name in layers:
         try:
             mod = get_module(module, name)
-        except AttributeError:  # fused away by FX: no module of its own
+        except AttributeError:
             continue
-        handles.append(mod.register_forward_hook(_recorder(seen, name)))
-    try:
-        with torch.inference_mode():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
+        if kernel_of_module(mod) == kernel:
+            out[name] = mod
+    return out
 
 
-def _recorder(seen: dict[str, tuple[nn.Module, Any, Any]], name: str) -> Callable[..., None]:
-    def hook(module: nn.Module, args: tuple, out: Any) -> None:  # first call only; returns None: output kept
-        seen.setdefault(name, (module, args[0], out))
+def _elements(value: Any) -> int:
+    return (
+        sum(t.numel() for _, t in input_tensors(value))
+        if not isinstance(value, torch.Tensor)
+        else value.numel()
+    )
 
-    return hook
 
-
-def _measure(
-    model: nn.Module, example: Any, cfg: LayerCostConfig, key: dict[str, Any], calib: Any, timer: Timer
-) -> LayerCosts:
-    layers = quantizable_layers(model)
-    captured, fns = {}, {}
+def _probe_deployments(
+    model: nn.Module, layers: list[str], cfg: LayerCostConfig, key: dict[str, Any], calib: Any
+) -> dict[str, Any]:
+    """Each kernel's probe deployment (a kernel with no layer to take, or an int8 probe on token ids, has none)."""
+    deps = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for kernel in cfg.kernels:
@@ -306,55 +351,36 @@ def _measure(
             if kernel != "fp32" and not len(plan):
                 continue
             try:
-                dep = deploy(model, plan, calib, engine=key["engine"])
+                deps[kernel] = deploy(model, plan, calib, engine=key["engine"])
             except DeployInputError:  # int8 probe on integer inputs (token ids): deploy refuses such plans
                 continue
-            fns[f"model|{kernel}"] = _fixed_call(dep, example)
-            with _engine(dep.engine):
-                captured[kernel] = _capture(dep.module, lambda d=dep: d(example), layers)
+    return deps
+
+
+def _capture_probes(
+    model: nn.Module, example: Any, layers: list[str], deps: dict[str, Any]
+) -> dict[str, dict[str, tuple[nn.Module, Any, Any]]]:
+    """What each layer's module in each probe deployment took and gave on ``example``."""
+    captured = {}
+    for kernel, dep in deps.items():
+        with engine_scope(dep.engine):
+            captured[kernel] = capture_layers(dep.module, lambda d=dep: d(example), layers)
     missing = [n for n in layers if n not in captured.get("fp32", {})]
     if (
         missing
     ):  # traced through by FX (e.g. a SAME-padding conv): the float model's own layer, as FP32 runs it
         float_model = copy.deepcopy(model).eval()
-        captured["fp32"] |= _capture(float_model, lambda: float_model(example), missing)
-    for kernel, seen in captured.items():
-        for name, (mod, x, _) in seen.items():
-            if kernel_of_module(mod) == kernel:
-                fns[f"{name}|{kernel}"] = _fixed_call(mod, x)
-    fns.update(_conversion_calls(captured))
-    # whole deployments round-robin among themselves, as plans are timed; layers and conversions apart (the
-    # allocations of hundreds of layer calls in between slowed the whole models by up to 60 % on Lite1)
-    models = {k: f for k, f in fns.items() if k.startswith("model|")}
-    stats = {}
-    with _engine(key["engine"]):
-        for group in (models, {k: f for k, f in fns.items() if k not in models}):
-            stats |= timer(group, example, repeats=cfg.repeats, warmup=cfg.warmup, threads=key["threads"])
-    return _assemble(model, layers, key, {k: s.median_ms for k, s in stats.items()}, cfg.kernels)
-
-
-def _fixed_call(fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
-    """``fn(*args)`` whatever the timer passes (it calls each function on the example: a tensor, a tuple or a
-    dict of keyword inputs such as token ids)."""
-    return lambda *_, **__: fn(*args)
-
-
-def _conversion_calls(captured: dict[str, dict[str, tuple]]) -> dict[str, Callable[..., Any]]:
-    """``quantize`` of each int8 layer's float input (its FP32 deployment's, onto the int8 layer's grid) and
-    ``dequantize`` of its int8 output."""
-    fns: dict[str, Callable[..., Any]] = {}
-    for name, (_, xq, out) in captured.get("int8_static", {}).items():
-        fp32 = captured["fp32"].get(name)
-        if isinstance(xq, torch.Tensor) and xq.is_quantized and fp32 is not None:
-            s, z = xq.q_scale(), xq.q_zero_point()
-            fns[f"{name}|quantize"] = _fixed_call(torch.quantize_per_tensor, fp32[1], s, z, xq.dtype)
-        if isinstance(out, torch.Tensor) and out.is_quantized:
-            fns[f"{name}|dequantize"] = _fixed_call(out.dequantize)
-    return fns
+        captured["fp32"] |= capture_layers(float_model, lambda: float_model(example), missing)
+    return captured
 
 
 def _assemble(
-    model: nn.Module, layers: list[str], key: dict[str, Any], ms: dict[str, float], kernels: tuple[str, ...]
+    model: nn.Module,
+    layers: list[str],
+    key: dict[str, Any],
+    ms: dict[str, float],
+    kernels: tuple[str, ...],
+    activation: dict[str, float],
 ) -> LayerCosts:
     """:class:`LayerCosts` from the median times ``ms`` keyed ``layer|kernel`` / ``layer|quantize`` /
     ``model|kernel`` ..., with each probe's context cost (its model beyond what its layers explain)."""
@@ -375,10 +401,10 @@ def _assemble(
     rest = max(0.0, models["fp32"] - sum(table[n]["fp32"] for n in layers))
     sources, sinks = layer_links(model, layers)
     costs = LayerCosts(key, tuple(layers), table, parts["quantize"], parts["dequantize"], models, rest, {},
-                       sources, sinks, model=model)  # fmt: skip
+                       sources, sinks, activation, model=model)  # fmt: skip
     for kernel in (k for k in kernels if k in models and k != "fp32"):
         df = estimate_breakdown(costs, _probe_plan(model, layers, kernel))
-        on_kernel = int((df["kernel"] == kernel).sum())
-        if on_kernel:
-            costs.context_ms[kernel] = (models[kernel] - df.attrs["latency_ms"]) / on_kernel
+        weight = sum(costs.weight(n) for n in df["layer"][df["kernel"] == kernel])
+        if weight:  # what the layers do not explain (conversions, adds, pads on their values) by their size
+            costs.context_ms[kernel] = (models[kernel] - df.attrs["latency_ms"]) / weight
     return costs

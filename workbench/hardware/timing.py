@@ -134,3 +134,49 @@ def time_side_by_side(
     finally:
         torch.set_num_threads(previous)
     return {k: LatencyStats.from_times(v) for k, v in times.items()}
+
+
+def time_modules_in_model(
+    run: Callable[[], Any],
+    modules: dict[str, torch.nn.Module],
+    *,
+    repeats: int = 7,
+    warmup: int = 2,
+    threads: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Milliseconds each of ``modules`` (name -> a submodule of the model ``run()`` runs) takes inside whole
+    runs of the model: forward pre- / post-hooks read ``clock`` around every call; a module called several times
+    in a run counts the sum; the median over ``repeats`` runs after ``warmup``. The layers then run on the
+    activations, caches and memory of the real pass, not on a captured input in a loop of their own. Modules
+    never called are left out. ``clock`` is injectable (tests)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    started: dict[str, float] = {}
+    spent: dict[str, float] = {}
+
+    def pre(name: str) -> Callable[..., None]:
+        return lambda *_: started.__setitem__(name, clock())
+
+    def post(name: str) -> Callable[..., None]:
+        return lambda *_: spent.__setitem__(name, spent.get(name, 0.0) + clock() - started.pop(name))
+
+    handles = [h for n, m in modules.items() for h in (m.register_forward_pre_hook(pre(n)),
+                                                       m.register_forward_hook(post(n)))]  # fmt: skip
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    runs: dict[str, list[float]] = {n: [] for n in modules}
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                spent.clear()
+                run()
+                if i >= warmup:
+                    for n, s in spent.items():
+                        runs[n].append(1000.0 * s)
+    finally:
+        torch.set_num_threads(previous)
+        for h in handles:
+            h.remove()
+    return {n: statistics.median(v) for n, v in runs.items() if v}
