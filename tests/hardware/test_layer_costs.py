@@ -227,7 +227,9 @@ def test_modules_timed_inside_whole_passes_with_a_fake_clock():
     ticks = iter(range(10_000))
     got = time_modules_in_model(lambda: net(torch.ones(1, 4)), {"0": net[0], "2": net[2]}, repeats=3, warmup=1,
                                 clock=lambda: next(ticks) / 1000.0)  # fmt: skip
-    assert got == pytest.approx({"0": 1.0, "2": 1.0})  # each call spans one tick between its pre- and post-hook: 1 ms
+    assert got == pytest.approx(
+        {"0": 1.0, "2": 1.0}
+    )  # each call spans one tick between its pre- and post-hook: 1 ms
     assert not net[0]._forward_hooks and not net[0]._forward_pre_hooks  # hooks removed
     with pytest.raises(LayerCostError, match="layer_timing"):
         LayerCostConfig(layer_timing="fast")

@@ -291,7 +291,7 @@ def _measure(
     layers = quantizable_layers(model)
     deps = _probe_deployments(model, layers, cfg, key, calib)
     # whole deployments first, round-robin among themselves as plans are timed, before any layer's input and
-    # output are held (hundreds of captured activations in memory slowed them by up to 60 % on Lite1)
+    # output are held (with layer calls interleaved or captures held, Lite1 models timed 20-75 % slow)
     models = {f"model|{k}": fixed_call(d, example) for k, d in deps.items()}
     with engine_scope(key["engine"]):
         stats = timer(models, example, repeats=cfg.repeats, warmup=cfg.warmup, threads=key["threads"])

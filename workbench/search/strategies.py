@@ -148,7 +148,9 @@ def _ilp(ctx: SearchContext, sensitivity: Any, n: int) -> list[Candidate]:
 
         has_omega = "omega" in sensitivity.metrics()
         metric = "omega" if has_omega else resolve_metric(sensitivity, "auto", str(ctx.task.metric_name))
-    span = max(n, 2) if cfg.ilp_cost in ("latency", "energy") else None  # fractions <= 25 % are infeasible there
+    span = (
+        max(n, 2) if cfg.ilp_cost in ("latency", "energy") else None
+    )  # fractions <= 25 % are infeasible there
     return ilp_candidates(
         ctx.space, ctx.cost_model, sensitivity, budgets=tuple(float(f) for f in fracs), cost=cfg.ilp_cost,
         metric=metric, span=span,
