@@ -1,17 +1,19 @@
 """Per-layer costs measured in context, cached per machine, and the latency estimator built on them (issue 25).
 
 :func:`measure_layer_costs` deploys the model once per kernel of the menu (:data:`PROBES`: a plan putting every
-layer it can on that kernel) with :func:`~workbench.hardware.deploy.deploy`, captures each deployed layer's real
-input and output on the example batch (forward hooks: shape, batch, memory format, int8 grid) and times every
-(layer, kernel) module inside whole passes of its deployment (:func:`~workbench.hardware.timing.time_modules_in_model`;
-``layer_timing="isolated"``: on its captured input, in a loop of its own), the conversions at an int8 region's
-edge (``quantize_per_tensor`` of the layer's float input, ``dequantize`` of its int8 output) and, apart, each
-probe's whole deployed model (:func:`~workbench.hardware.timing.time_side_by_side`). The rest of the model (adds, pooling) is the FP32
-model's latency minus its FP32 layers (clipped at 0); what a probe's model takes beyond its layers, conversions
-and that rest (non-layer ops in its domain, e.g. int8 adds dequantizing, pads, conversions) is its kernel's
-``context`` cost, shared over the layers it put on that kernel by the size of their inputs and outputs (those ops
-work on them: on EfficientNet-Lite1 int8 costs most where the feature maps are large). bf16 layers cast their input and output themselves
-(:class:`~workbench.hardware.kernels.Bf16Layer`, as deployed): those casts are in their cost.
+layer it can on that kernel) with :func:`~workbench.hardware.deploy.deploy` and times, in this order: each probe's
+whole deployed model, round-robin with the others (:func:`~workbench.hardware.timing.time_side_by_side`); every
+(layer, kernel) module inside whole passes of its deployment
+(:func:`~workbench.hardware.timing.time_modules_in_model`; ``layer_timing="isolated"``: on its captured input, in
+a loop of its own); then, from each deployed layer's
+captured input and output (forward hooks: shape, batch, memory format, int8 grid), the conversions at an int8
+region's edge (``quantize_per_tensor`` of the layer's float input, ``dequantize`` of its int8 output). The rest of
+the model (adds, pooling) is the FP32 model's latency minus its FP32 layers (clipped at 0); what a probe's model
+takes beyond its layers, conversions and that rest (non-layer ops in its domain: int8 adds dequantizing, pads,
+conversions) is its kernel's ``context`` cost, shared over the layers it put on that kernel by the size of their
+inputs and outputs (those ops work on them: on EfficientNet-Lite1 int8 costs most where feature maps are large).
+bf16 layers cast their input and output themselves (:class:`~workbench.hardware.kernels.Bf16Layer`, as
+deployed): those casts are in their cost.
 
 :func:`estimate_breakdown` / :func:`estimate_latency` price a plan: each layer on the kernel deployment gives it
 (:func:`deployed_kernels`: deploy's dispatch, exact-int8 check, :func:`~workbench.hardware.kernels.choose_kernel`
@@ -113,7 +115,8 @@ class LayerCostConfig:
 class LayerCosts:
     """Measured costs (ms per batch): ``kernel_ms[layer][kernel]``, ``quantize_ms[layer]`` (its float input to
     int8), ``dequantize_ms[layer]`` (its int8 output to float), ``model_ms[kernel]`` (each probe's deployed model),
-    the rest of the FP32 model, ``context_ms[kernel]`` (per element of ``activation``, a layer's input and output: see the module docstring); ``sources``
+    the rest of the FP32 model, ``context_ms[kernel]`` (per element of ``activation``, a layer's input and
+    output elements: see the module docstring); ``sources``
     / ``sinks``: what feeds each layer and what its output reaches (:func:`layer_links`); ``model``: the float
     model (not stored), which :func:`deployed_kernels` reads."""
 

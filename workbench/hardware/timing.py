@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -79,16 +79,19 @@ def keep_freed_memory(max_bytes: int = KEEP_FREED_BYTES) -> bool:
     of the time and most of its run-to-run spread. Process-wide and for the rest of the process (resident
     memory stays at its peak, as under jemalloc / tcmalloc). Returns False (and changes nothing) where the C
     library is not glibc."""
-    if max_bytes < 1:
-        raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise ValueError(f"max_bytes must be an integer >= 1, got {max_bytes!r}")
+    return _set_malloc_thresholds(max_bytes)
+
+
+@functools.cache
+def _set_malloc_thresholds(max_bytes: int) -> bool:
+    """``mallopt`` once per process and size (every timing asks: no library lookup on each call)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: glibc's where it is the C library
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(max_bytes))) and bool(
-        mallopt(_M_TRIM_THRESHOLD, int(max_bytes))
-    )
+    return bool(mallopt(_M_MMAP_THRESHOLD, max_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, max_bytes))
 
 
 def time_side_by_side(

@@ -55,12 +55,10 @@ class _WeightOnlyLinear(nn.Module):
         lead = x.shape[:-1]
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16, memory_format=torch.contiguous_format)
         y = self._mm(rows)
-        if (
-            self.bias is not None and x.dtype == torch.float32
-        ):  # one op: bf16 + float32 adds in float32, exactly
-            y = torch.add(y, self.bias)  # as y.float() + bias
-        else:
-            y = y.to(x.dtype) if self.bias is None else y.to(x.dtype) + self.bias.to(x.dtype)
+        if self.bias is None:
+            return y.to(x.dtype).reshape(*lead, self.out_features)
+        # float32 input: one op, bf16 + float32 adds in float32 (exactly y.float() + bias)
+        y = torch.add(y, self.bias) if x.dtype == torch.float32 else y.to(x.dtype) + self.bias.to(x.dtype)
         return y.reshape(*lead, self.out_features)
 
 
