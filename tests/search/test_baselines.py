@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -320,11 +321,46 @@ def test_ilp_span_covers_cheapest_to_dearest(
     cands = ilp_candidates(space, cost_model, sens, cost="latency", span=4)
     budgets = [c.info["budget"] for c in cands]
     assert len(cands) == 4 and budgets == sorted(budgets, reverse=True)
-    _, costs = unit_tables(space, cost_model, sens, cost="latency")
-    rest = costs.attrs["rest"]
-    assert budgets[0] == pytest.approx(rest + costs.max(axis=1).sum())
-    assert budgets[-1] == pytest.approx(rest + costs.min(axis=1).sum(), rel=1e-6)
+    # from the real cost of the cheapest plan (uniform 2-bit) to the dearest (uniform 8-bit), priced whole
+    assert budgets[0] == pytest.approx(cost_model(space.uniform_plan(8)).latency_ms)
+    assert budgets[-1] == pytest.approx(cost_model(space.uniform_plan(2)).latency_ms, rel=1e-6)
     assert all(cost_model(c.plan).latency_ms <= c.info["budget"] * (1 + 1e-9) for c in cands)
+
+
+class _Overlap:
+    """A latency that is not additive over units: a layer at <= 4 (8) bits saves 0.3 (0.2) ms when quantized
+    alone, but together the savings overlap, down to a floor of 0.1 ms (as per-layer costs measured in context
+    can)."""
+
+    def __init__(self, base: CostModel, floor: float = 0.1) -> None:
+        self.base, self.model, self.costs, self.fp32, self.floor = (
+            base,
+            base.model,
+            base.costs,
+            base.fp32,
+            floor,
+        )
+        self.fp32_latency_ms, self.fp32_cost = 1.0, self(QuantPlan({}))
+
+    def __call__(self, plan: QuantPlan):
+        saved = sum(0.3 if s.w_bits <= 4 else 0.2 for s in plan.layers.values() if s.w_bits <= 8)
+        return dataclasses.replace(self.base(plan), latency_ms=max(self.floor, 1.0 - saved))
+
+
+def test_ilp_span_budgets_stay_positive_when_unit_shares_are_not_additive(
+    space: SearchSpace, cost_model: CostModel, sens: SensitivityResult
+) -> None:
+    odd = _Overlap(cost_model)
+    _, costs = unit_tables(space, odd, sens, cost="latency")
+    assert costs.attrs["rest"] + costs.min(axis=1).sum() < 0  # the units' shares sum below zero
+    cands = ilp_candidates(space, odd, sens, cost="latency", span=3)
+    assert cands and all(c.info["budget"] > 0 for c in cands)
+    assert min(c.info["budget"] for c in cands) == pytest.approx(
+        odd(space.uniform_plan(2)).latency_ms, rel=1e-6
+    )
+    # an estimate clipped at zero for the cheapest plan: the budgets still start above zero
+    cands = ilp_candidates(space, _Overlap(cost_model, floor=0.0), sens, cost="latency", span=3)
+    assert cands and all(c.info["budget"] > 0 for c in cands)
 
 
 def test_ilp_candidates_infeasible(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from workbench.search.candidates import (
     COST_UNITS,
@@ -142,6 +143,28 @@ def _check_budgets(values: Any, name: str) -> list[float]:
     return [float(v) for v in values]
 
 
+def _spread(space: SearchSpace, cost_model: Any, sens: pd.DataFrame, cost_df: pd.DataFrame, cost: str,
+            span: int) -> tuple[float, ...]:  # fmt: skip
+    """``span`` budgets from the real cost of the plan of each unit's cheapest choice to that of its dearest. The
+    plans are priced whole: a latency made of per-layer costs measured in context is not additive (conversions
+    between neighbours), so the sum of the units' shares can even fall below zero where the plan cannot."""
+    c = cost_df.to_numpy(dtype=np.float64)
+    c = np.where(np.isfinite(sens.to_numpy(dtype=np.float64)), c, np.nan)
+    units, columns = [u.name for u in space.units], list(cost_df.columns)
+
+    def real(pick: np.ndarray) -> float:
+        return _cost_of(
+            cost_model(_plan(space, {units[i]: int(columns[j]) for i, j in enumerate(pick)})), cost
+        )
+
+    lo, hi = sorted((real(np.nanargmin(c, axis=1)), real(np.nanargmax(c, axis=1))))
+    if not hi > 0:
+        raise ValueError(f"the cost model prices every plan at {hi} {cost}: no budgets to spread")
+    # an estimate clipped at zero (noisy per-layer timings on a tiny model) still gets a budget > 0
+    lo = max(lo, 1e-6 * hi)
+    return tuple(np.linspace(lo * (1 + 1e-9), hi, max(span, 2)))
+
+
 def ilp_candidates(
     space: SearchSpace,
     cost_model: Any,
@@ -166,10 +189,7 @@ def ilp_candidates(
     fp32_total = float(cost_df.attrs["fp32_total"])
     rest = float(cost_df.attrs["rest"])
     if span is not None:
-        c = cost_df.to_numpy(dtype=np.float64)
-        c = np.where(np.isfinite(sens.to_numpy(dtype=np.float64)), c, np.nan)
-        lo, hi = rest + float(np.nanmin(c, axis=1).sum()), rest + float(np.nanmax(c, axis=1).sum())
-        budget_values = tuple(np.linspace(lo * (1 + 1e-9), hi, max(int(span), 2)))
+        budget_values = _spread(space, cost_model, sens, cost_df, cost, int(span))
     if budget_values is not None:
         targets = [(v, v / fp32_total if fp32_total else math.nan, f"{_fmt(v)}") for v in
                    _check_budgets(budget_values, "budget_values")]  # fmt: skip
