@@ -8,7 +8,7 @@ from tests.test_notebooks import run_notebook
 
 PARAMS = (
     "MODEL = 'digits_cnn'\nPROFILES = ('cpu_measured', 'nvidia_t4', 'bitfusion')\nBATCH_SIZE = 16\n"
-    "REPEATS = 2\nBUDGET = 3\nTRACK = True\n"
+    "REPEATS = 2\nBUDGET = 3\nFRONT_BUDGET = 3\nTRACK = True\n"
 )
 
 PROBE = """
@@ -51,13 +51,22 @@ assert search.real_evaluations == BUDGET and (search.trials['latency_ms'] > 0).a
 row = search.trials.iloc[0]
 assert math.isclose(row['latency_ms'], est(QuantPlan.from_json(row['plan'])).latency_per_sample_ms, rel_tol=1e-9)
 assert len(search.front) >= 1 and len(search_fig.data) == 2
+# the in-context latency search, deployed beside the uniform plans
+assert latency_search.info['latency_source'] == 'in_context', latency_search.info
+ft = front.table
+assert list(ft['plan'][:3]) == ['uniform fp32', 'uniform bf16', 'uniform int8'] and len(ft) == 3 + len(searched)
+assert (ft['measured_ms'] > 0).all() and ft['metric'].between(0, 1).all(), ft
+assert ft.loc[ft['kind'] == 'searched', 'estimated_ms'].ge(0).all(), ft  # estimated (timings: never asserted)
+assert abs(ft.loc[0, 'metric'] - fp32_accuracy) <= 0.005  # uniform fp32 deployed: the FP32 model (BN folded)
+assert list(front.verdicts['uniform']) == list(ft['plan'][:3]) and len(front_fig.data) == 4
 # MLflow
 from workbench import tracking
 runs = tracking.runs_frame(stage='hardware')
 assert run_id in set(tracking.runs_frame()['run_id']) and run_id in set(runs['run_id']), runs
 logged = runs.set_index('run_id').loc[run_id]
 assert math.isclose(logged['metrics.deploy.speedup'], res.speedup), logged
-assert len(tracking.runs_frame(stage='search')) == 1
+assert logged['metrics.front.uniform_covered'] == front.verdicts['covered'].sum(), logged
+assert len(tracking.runs_frame(stage='search')) == 2  # the profile search and the in-context one
 assert tracking.runs_frame(stage='deploy')['tags.mlflow.runName'].tolist() == [f'deploy-{MODEL}']  # measure_deployment's
 """
 

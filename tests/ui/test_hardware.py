@@ -16,6 +16,7 @@ from workbench.hardware.deploy import DeployConfig, measure_deployment
 from workbench.quant import QuantPlan, QuantSpec
 from workbench.ui.hardware import (
     deploy_comparison_figure,
+    deployed_front_figure,
     estimate_breakdown_figure,
     latency_accuracy_figure,
     profile_comparison_figure,
@@ -220,3 +221,20 @@ def test_latency_accuracy_labels_coincident_plans_once():
     assert list(fig.data[0].text) == ["fp32 = w8a8", "", "w4a4"]
     assert list(fig.data[0].customdata) == ["fp32", "w8a8", "w4a4"]
     assert list(fig.data[1].x) == [0.3, 0.5] and fig.layout.xaxis.title.text == "latency (ms)"
+
+
+def test_deployed_front_figure_draws_searched_uniform_and_estimates():
+    table = pd.DataFrame({
+        "plan": ["uniform fp32", "uniform int8", "searched 1", "searched 2", "searched 3"],
+        "kind": ["uniform", "uniform", "searched", "searched", "searched"],
+        "metric": [0.99, 0.97, 0.98, 0.96, 0.99],
+        "measured_ms": [10.0, 6.0, 5.0, 5.5, 9.0],
+        "estimated_ms": [float("nan"), float("nan"), 4.0, 6.0, 8.0],
+    })  # fmt: skip
+    fig = deployed_front_figure(table)
+    searched, front, uniform, est = fig.data
+    assert list(searched.x) == [5.0, 5.5, 9.0] and list(uniform.text) == ["uniform fp32", "uniform int8"]
+    assert list(front.x) == [5.0, 9.0] and list(front.y) == [0.98, 0.99]  # searched 2 is beaten by searched 1
+    assert list(est.x) == [4.0, 5.0, None, 6.0, 5.5, None, 8.0, 9.0, None]
+    with pytest.raises(TypeError, match="DeployedFront"):
+        deployed_front_figure([1, 2])

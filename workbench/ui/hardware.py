@@ -13,7 +13,11 @@ from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
 
-from workbench.ui.hardware_latency import latency_accuracy_figure, search_latency_figure
+from workbench.ui.hardware_latency import (
+    deployed_front_figure,
+    latency_accuracy_figure,
+    search_latency_figure,
+)
 from workbench.ui.hardware_profiles import (
     KIND_PATTERNS,
     PALETTE,
@@ -95,6 +99,7 @@ __all__ = [
     "PALETTE",
     "PRECISION_COLORS",
     "deploy_comparison_figure",
+    "deployed_front_figure",
     "estimate_breakdown_figure",
     "latency_accuracy_figure",
     "ordered_precisions",

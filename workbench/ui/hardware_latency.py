@@ -224,4 +224,48 @@ def search_latency_figure(
     return fig
 
 
-__all__ = ["latency_accuracy_figure", "search_latency_figure"]
+def deployed_front_figure(front: Any, *, title: str | None = None) -> go.Figure:
+    """Measured latency per batch (ms) against the metric of every deployed plan of a
+    :class:`~workbench.hardware.deployed_front.DeployedFront` (or its ``table``): the searched plans as a line
+    through their own front, the uniform deployments as labelled diamonds, and dotted lines from each estimate
+    to its measurement where the search estimated one."""
+    table = front.table if hasattr(front, "table") else front
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(
+            f"deployed_front_figure takes a DeployedFront or its table, got {type(front).__name__}"
+        )
+    _need(table, ["plan", "kind", "metric", "measured_ms"])
+    metric = getattr(front, "metric_name", "metric")
+    fig = go.Figure()
+    searched = table[table["kind"] == "searched"].sort_values("measured_ms")
+    lat, val = searched["measured_ms"].to_numpy(np.float64), searched["metric"].to_numpy(np.float64)
+    best = _latency_front(lat, val) if len(searched) else np.array([], dtype=int)
+    hover = "<b>%{text}</b><br>measured %{x:.4g} ms<br>" + metric + " %{y:.4f}<extra></extra>"
+    fig.add_trace(go.Scatter(x=lat, y=val, mode="markers", name=f"searched ({len(searched)})",
+                             text=searched["plan"].tolist(), marker={"color": PALETTE[0], "size": 9},
+                             hovertemplate=hover))  # fmt: skip
+    fig.add_trace(go.Scatter(x=lat[best], y=val[best], mode="lines", line={"shape": "hv", "color": PALETTE[0]},
+                             name="searched front, measured", hoverinfo="skip"))  # fmt: skip
+    uniform = table[table["kind"] == "uniform"]
+    fig.add_trace(go.Scatter(x=uniform["measured_ms"], y=uniform["metric"], mode="markers+text",
+                             name="uniform deployments", text=uniform["plan"].tolist(), textposition="top center",
+                             marker={"symbol": "diamond", "size": 12, "color": "#7f7f7f"},
+                             hovertemplate=hover))  # fmt: skip
+    if "estimated_ms" in searched and searched["estimated_ms"].notna().any():
+        est = searched[searched["estimated_ms"].notna()]
+        xs = [v for e, m in zip(est["estimated_ms"], est["measured_ms"], strict=True) for v in (e, m, None)]
+        ys = [v for a in est["metric"] for v in (a, a, None)]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"dash": "dot", "color": PALETTE[1]},
+                                 name="estimate -> measured", hoverinfo="skip"))  # fmt: skip
+    fig.update_layout(
+        title=title or f"Deployed plans: {metric} against measured latency",
+        xaxis_title="measured latency (ms per batch)",
+        yaxis_title=metric,
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
+        height=460,
+        margin={"t": 90},
+    )
+    return fig
+
+
+__all__ = ["deployed_front_figure", "latency_accuracy_figure", "search_latency_figure"]
