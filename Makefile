@@ -8,7 +8,7 @@ STAMP_SYS := $(VENV)/.stamp-system
 STAMP_REAL := $(VENV)/.stamp-real
 export MPLBACKEND := Agg
 
-.PHONY: bench-auto run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-ptq peers-venv bench-parallel bench-transformer bench-byom bench-latency-front
+.PHONY: bench-auto run test lint format lab ui screenshots bench bench-search bench-qat bench-hardware bench-runtime install install-dev install-real clean-cache bench-hawq bench-full bench-fronts bench-peers bench-peers-lite1 bench-ptq peers-venv bench-parallel bench-transformer bench-byom bench-latency-front
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -112,6 +112,10 @@ bench-hawq: $(STAMP)
 ## AIMET AMP and NNCF HAWQ on our models (own venv .venv-peers; the "## Peers" section).
 bench-peers: $(STAMP)
 	$(BIN)/python bench/peers_bench.py --run-peers
+
+## The same on EfficientNet-Lite1 (fidelity to FP32; its own section "## Peers on EfficientNet-Lite1"; about 2 h on 2 cores).
+bench-peers-lite1: $(STAMP_REAL)
+	$(BIN)/python bench/peers_bench.py --run-peers --models lite1 --threads 2
 
 ## The peers' own venv .venv-peers (aimet-torch, nncf, EfficientNet-Lite1, scikit-image); quick when it is ready.
 peers-venv:

@@ -35,6 +35,17 @@ PEERS_JSON = ROOT / "bench" / "out" / "peers" / "peers.json"
 OUT_JSON = ROOT / "bench" / "out" / "peers_bench.json"
 HEADING = "## Peers: AIMET AMP and NNCF HAWQ on the same models"
 MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
+# EfficientNet-Lite1 (pretrained, fidelity to FP32 on photo crops) has a section, peers JSON and result of its own
+LITE1 = "lite1"
+LITE1_HEADING = "## Peers on EfficientNet-Lite1: AIMET AMP and NNCF HAWQ, fidelity to FP32"
+LITE1_PEERS_JSON = ROOT / "bench" / "out" / "peers" / "peers_lite1.json"
+LITE1_OUT_JSON = ROOT / "bench" / "out" / "peers_bench_lite1.json"
+# the peers' settings on Lite1 (a QuantSim evaluation of its 128 val crops takes about a minute on 2 cores):
+# budgets as drops of val cosine (AIMET's own W8A8 scores 0.944, so smaller drops leave AMP nothing to lower;
+# our fronts span cosine 0.3-0.98 at 3-6 bits), AMP candidates W{8,4,3} with
+# phase 1 on the first 8 val crops, HAWQ's Hessian on 16 calibration crops in batches of 8
+LITE1_PEER_ARGS = ("--drops", "6", "10", "20", "--aimet-candidates", "8,4,3", "--aimet-phase1-inputs", "8",
+                   "--hawq-data-points", "16", "--hawq-batch", "8", "--hawq-seeds", "0")  # fmt: skip
 BUDGETS = (3.0, 4.0, 5.0, 6.0)  # average weight bits over the searched layers (element-weighted)
 EVALUATIONS = 20  # real evaluations of each search run
 BOX_PP = 10.0  # the search's hypervolume reference point: FP32 accuracy - 10 pp
@@ -299,18 +310,27 @@ def _install_seconds() -> str:
     return f"{lines[-1].split(':')[1].split('(')[0].strip()} s" if lines else "see bench/out/peers/setup.log"
 
 
-def _run_peers(models: Sequence[str], peers_json: str) -> None:
+def load_model_task(name: str):
+    """Our task for a model of :data:`MODELS` (cached / trained) or :data:`LITE1` (pretrained, photo crops)."""
+    if name == LITE1:
+        from workbench.tasks.real import real_task
+
+        return real_task("efficientnet_lite1")
+    from workbench.tasks import load_task
+
+    return load_task(name, progress=False)
+
+
+def _run_peers(models: Sequence[str], peers_json: str, threads: int) -> None:
     """Set up .venv-peers (kept when ready) and run the peers there, on the models cached here."""
     import subprocess
 
-    from workbench.tasks import load_task
-
     for name in models:
-        load_task(name, progress=False)
+        load_model_task(name)
     subprocess.run(["bash", str(ROOT / "bench" / "peers" / "setup.sh")], check=True)
     venv_python = ROOT / ".venv-peers" / "bin" / "python"
     cmd = [str(venv_python), str(ROOT / "bench" / "peers" / "run_peers.py"), "--out", peers_json, "--models",
-           *models]  # fmt: skip
+           *models, "--threads", str(threads), *(LITE1_PEER_ARGS if LITE1 in models else ())]  # fmt: skip
     cwd = ROOT / "bench" / "out" / "peers"
     cwd.mkdir(parents=True, exist_ok=True)
     subprocess.run(cmd, check=True, cwd=cwd)
@@ -320,10 +340,13 @@ def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--peers-json", default=str(PEERS_JSON))
+    parser.add_argument(
+        "--peers-json", default=None, help=f"default {PEERS_JSON} ({LITE1_PEERS_JSON} for lite1)"
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
-    parser.add_argument("--json", default=str(OUT_JSON))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--json", default=None, help=f"default {OUT_JSON} ({LITE1_OUT_JSON} for lite1)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, LITE1],
+                        help=f"{LITE1} runs on its own (its own section)")  # fmt: skip
     parser.add_argument("--budgets", nargs="+", type=float, default=list(BUDGETS),
                         help="average weight bits (element-weighted) of the runs judged on weight bytes")  # fmt: skip
     parser.add_argument("--mac-budgets", nargs="*", type=float, default=list(BUDGETS),
@@ -335,6 +358,8 @@ def _parse() -> argparse.Namespace:
         "--seeds", nargs="+", type=int, default=[0], help="search seeds (pooled; per-seed too)"
     )
     parser.add_argument("--prepare", action="store_true", help="only train / cache the models and exit")
+    parser.add_argument("--front-only", action="store_true",
+                        help="only run our searches and cache their fronts (bench/out/peers_front_<model>.json)")  # fmt: skip
     parser.add_argument(
         "--run-peers",
         action="store_true",
@@ -344,44 +369,53 @@ def _parse() -> argparse.Namespace:
         "--report-only", action="store_true", help="rewrite the section from --json, run nothing"
     )
     parser.add_argument("--threads", type=int, default=1)
-    return parser.parse_args()
+    args = parser.parse_args()
+    lite1 = LITE1 in args.models
+    if lite1 and len(args.models) > 1:
+        parser.error(f"--models {LITE1} runs on its own (its own section); got {' '.join(args.models)}")
+    args.peers_json = args.peers_json or str(LITE1_PEERS_JSON if lite1 else PEERS_JSON)
+    args.json = args.json or str(LITE1_OUT_JSON if lite1 else OUT_JSON)
+    args.heading = LITE1_HEADING if lite1 else HEADING
+    args.section = report.lite1_section if lite1 else report.section
+    return args
 
 
 def main() -> None:
     args = _parse()
     import torch
 
-    from workbench.tasks import load_task
-
     torch.set_num_threads(args.threads)
     if args.prepare:
         for name in args.models:
-            load_task(name, progress=False)
+            load_model_task(name)
         print("models cached:", ", ".join(args.models))
         return
     t_all = time.perf_counter()
     if args.run_peers:
-        _run_peers(args.models, args.peers_json)
-    peers = load_peers(Path(args.peers_json))
+        _run_peers(args.models, args.peers_json, args.threads)
     rp = _load_module("run_peers", ROOT / "bench" / "peers" / "run_peers.py")
+    if args.front_only:  # our fronts alone, cached for a later run (the peers may still be running)
+        for name in args.models:
+            task = load_model_task(name)
+            cached_front(task, name, Measurer(task), args, rp.state_digest(task.model))
+        return
+    peers = load_peers(Path(args.peers_json))
     if args.report_only:  # the section again from the JSON of an earlier run (no search, no measurement)
         result = json.loads(Path(args.json).read_text())
-        lines = report.section(HEADING, peers, result, argv=result.get("argv", ""))
-        splice(Path(args.out), HEADING, lines)
+        lines = args.section(args.heading, peers, result, argv=result.get("argv", ""))
+        splice(Path(args.out), args.heading, lines)
         print("\n".join(lines))
         return
     result: dict[str, Any] = {"peers_json": str(args.peers_json), "models": {}, "budgets": args.budgets,
                               "mac_budgets": args.mac_budgets, "evaluations": args.evaluations,
                               "seeds": args.seeds, "argv": _argv(args)}  # fmt: skip
     for name in [m for m in args.models if m in peers["models"]]:
-        task = load_task(name, progress=False)
+        task = load_model_task(name)
         digests = {"state_digest": rp.state_digest(task.model), "calib_digest": rp.split_digest(task.calib_loader),
                    "val_digest": rp.split_digest(task.val_loader),
                    "test_digest": rp.split_digest(task.test_loader)}  # fmt: skip
         measurer = Measurer(task)
-        budgets = {"avg_bits": args.budgets, "mac_bits": args.mac_budgets}
-        budgets = {k: v for k, v in budgets.items() if v}
-        ours = our_front(task, measurer, budgets=budgets, seeds=args.seeds, evaluations=args.evaluations)
+        ours = cached_front(task, name, measurer, args, digests["state_digest"])
         layers = peers["models"][name]["layers"]
         result["models"][name] = {
             "same_weights_and_data_as_peers": {
@@ -397,11 +431,35 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - t_all
     result["versions"] = machine_info()
     result["install"] = _install_seconds()
-    lines = report.section(HEADING, peers, result, argv=result["argv"])
-    splice(Path(args.out), HEADING, lines)
+    lines = args.section(args.heading, peers, result, argv=result["argv"])
+    splice(Path(args.out), args.heading, lines)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1, default=str))
     print("\n".join(lines))
+
+
+def cached_front(
+    task, name: str, measurer: Measurer, args: argparse.Namespace, digest: str
+) -> dict[str, Any]:
+    """:func:`our_front` for ``name``, reused from ``bench/out/peers_front_<name>.json`` when that file was
+    written for the same weights, budgets, seeds and evaluations (``--front-only`` writes it while the peers run)."""
+    budgets = {k: v for k, v in {"avg_bits": args.budgets, "mac_bits": args.mac_budgets}.items() if v}
+    key = {
+        "state_digest": digest,
+        "budgets": budgets,
+        "seeds": list(args.seeds),
+        "evaluations": args.evaluations,
+    }
+    path = ROOT / "bench" / "out" / f"peers_front_{name}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == json.loads(json.dumps(key)):
+            print(f"{name}: our fronts reused from {path}")
+            return saved["ours"]
+    ours = our_front(task, measurer, budgets=budgets, seeds=args.seeds, evaluations=args.evaluations)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "ours": ours}, indent=1, default=str))
+    return ours
 
 
 def _argv(args: argparse.Namespace) -> str:
@@ -409,6 +467,8 @@ def _argv(args: argparse.Namespace) -> str:
     parts = []
     if list(args.models) != list(MODELS):
         parts.append("--models " + " ".join(args.models))
+    if args.threads != 1:
+        parts.append(f"--threads {args.threads}")
     if [float(b) for b in args.budgets] != list(BUDGETS):
         parts.append("--budgets " + " ".join(f"{b:g}" for b in args.budgets))
     if [float(b) for b in args.mac_budgets] != list(BUDGETS):

@@ -235,16 +235,21 @@ def test_like_for_like_rows_and_per_seed_lines():
     assert pb.report._seed_lines([row], [0]) == []
 
 
-def test_section_lists_shares_and_losses():
+def _section_inputs():
     w8 = {"label": "w8", "seed": 0, "accuracy": 0.98, "test_accuracy": 0.98, "weight_bytes": 320, "bops": 256}
     ours = {"front": [w8], "recheck_max_abs_diff": 0.0,
             "runs": [{"budget": 6.0, "seed": 0, "front_size": 1, "real_evaluations": 20, "seconds": 1.0}]}  # fmt: skip
     rows = pb.evaluate_points(PEERS, "digits_cnn", _StubMeasurer(), ours, seeds=[0])
     model = {"points": rows, "ours": ours, "fp32_weight_bytes": 1280, "w8a8_bops": 256,
              "same_weights_and_data_as_peers": {"state_digest": True}}  # fmt: skip
-    result = {"models": {"digits_cnn": model}, "budgets": [6.0], "seeds": [0], "evaluations": 20, "seconds": 3.0,
-              "install": "1 s", "versions": {"cpu": "cpu X", "cores": 2, "python": "3.11",
-                                             "versions": {"torch": "t", "optuna": "o", "numpy": "n"}}}  # fmt: skip
+    return {"models": {"digits_cnn": model}, "budgets": [6.0], "mac_budgets": [5.0], "seeds": [0],
+            "evaluations": 20, "seconds": 3.0, "install": "1 s",
+            "versions": {"cpu": "cpu X", "cores": 2, "python": "3.11",
+                         "versions": {"torch": "t", "optuna": "o", "numpy": "n"}}}  # fmt: skip
+
+
+def test_section_lists_shares_and_losses():
+    result = _section_inputs()
     text = "\n".join(pb.report.section(pb.HEADING, PEERS, result, argv="--budgets 6"))
     assert text.startswith(pb.HEADING)
     assert "python bench/peers_bench.py --budgets 6" in text
@@ -271,3 +276,75 @@ def test_splice_replaces_only_its_section(tmp_path):
 def test_missing_peers_json_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="run_peers.py"):
         pb.load_peers(tmp_path / "nope.json")
+
+
+def test_lite1_section_states_the_metric_the_peers_command_and_the_verdicts():
+    peers = {**PEERS, "argv": ["--models", "lite1", "--drops", "1", "2"], "threads": 2, "seconds": 12.0}
+    text = "\n".join(
+        pb.report.lite1_section(pb.LITE1_HEADING, peers, _section_inputs(), argv="--models lite1")
+    )
+    assert text.startswith(pb.LITE1_HEADING)
+    assert (
+        "run_peers.py --models lite1 --drops 1 2" in text
+        and "python bench/peers_bench.py --models lite1" in text
+    )
+    assert "mean cosine of the logits to the FP32 model" in text and "Peer runs: 12 s in all" in text
+    assert "(test, weight bytes) 0/2 (0 %) dominated or matched" in text
+    assert "B = 6 average weight bits" in text and "B = 5 MACs-weighted" in text
+
+
+def test_lite1_runs_on_its_own_with_its_own_files(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["peers_bench.py", "--models", "lite1"])
+    args = pb._parse()
+    assert args.heading == pb.LITE1_HEADING and args.section is pb.report.lite1_section
+    assert args.peers_json == str(pb.LITE1_PEERS_JSON) and args.json == str(pb.LITE1_OUT_JSON)
+    monkeypatch.setattr("sys.argv", ["peers_bench.py"])
+    args = pb._parse()
+    assert args.heading == pb.HEADING and args.peers_json == str(pb.PEERS_JSON)
+    monkeypatch.setattr("sys.argv", ["peers_bench.py", "--models", "lite1", "digits_cnn"])
+    with pytest.raises(SystemExit):
+        pb._parse()
+
+
+def test_our_fronts_are_reused_only_for_the_same_weights_and_budgets(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_front(task, measurer, *, budgets, seeds, evaluations):
+        calls.append(budgets)
+        return {"front": [], "runs": [], "n": len(calls)}
+
+    monkeypatch.setattr(pb, "our_front", fake_front)
+    monkeypatch.setattr(pb, "ROOT", tmp_path)
+    monkeypatch.setattr("sys.argv", ["peers_bench.py", "--budgets", "4", "--mac-budgets"])
+    args = pb._parse()
+    assert pb.cached_front(None, "m", None, args, "d1")["n"] == 1
+    assert pb.cached_front(None, "m", None, args, "d1")["n"] == 1  # reused
+    assert calls == [{"avg_bits": [4.0]}]
+    assert pb.cached_front(None, "m", None, args, "d2")["n"] == 2  # other weights: searched again
+    args.budgets = [5.0]
+    assert pb.cached_front(None, "m", None, args, "d2")["n"] == 3
+
+
+def test_the_peers_see_same_convs_as_pad_plus_conv_named_back_to_our_layers():
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    class SameConv(nn.Conv2d):  # like efficientnet_lite_pytorch's Conv2dStaticSamePadding
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.static_padding = nn.ZeroPad2d((0, 1, 0, 1))
+
+        def forward(self, x):
+            return super().forward(self.static_padding(x))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(SameConv(3, 4, 3, stride=2), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    rp = _load("run_peers_for_test", ROOT / "bench" / "peers" / "run_peers.py")
+    theirs, to_ours = rp.peer_model(SimpleNamespace(model=model))
+    assert rp.quant_layer_names(theirs) == ["0.1", "2"]
+    assert [to_ours(n) for n in rp.quant_layer_names(theirs)] == ["0", "2"]
+    assert type(theirs[0][1]) is nn.Conv2d and isinstance(model[0], SameConv)  # the caller's model is kept
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(theirs(x), model(x), rtol=0, atol=0)

