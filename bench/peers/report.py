@@ -417,7 +417,7 @@ def lite1_section(
         f"python bench/peers_bench.py {argv}".rstrip(),
         "```",
         "",
-        f"Machine: {v['cpu']}, {v['cores']} cores, run alone, {peers.get('threads', 1)} torch thread(s) for the "
+        f"Machine: {v['cpu']}, {v['cores']} cores (timings indicative: see the note below), {peers.get('threads', 1)} torch thread(s) for the "
         f"peers; main venv torch {v['versions']['torch']}; peers venv torch {peers.get('torch', '?')}, aimet-torch "
         f"{peers.get('aimet_version', '?')}, nncf {peers.get('nncf_version', '?')}. Peer runs: "
         + (f"{peer_s:.0f} s in all" if peer_s else "see the peers JSON")

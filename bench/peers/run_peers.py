@@ -559,6 +559,7 @@ def main() -> None:
                 doc["points"] += aimet_points(
                     name, task, x_cal, args.drops, cand, args.aimet_scheme, args.aimet_phase1_inputs
                 )
+                out.write_text(json.dumps(doc, indent=1))  # AIMET's points kept whatever happens to NNCF
         if "nncf" in args.peers:
             if "nncf_import_error" in doc:
                 doc["points"].append({"peer": "NNCF", "model": name, "error": doc["nncf_import_error"]})
