@@ -4,6 +4,7 @@ uniform deployments (pure logic on hand-made tables; the timing itself is never 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -101,6 +102,15 @@ def test_deploy_front_on_digits_cnn(digits_cnn_task):
         torch.equal(before[k], v) for k, v in task.model.state_dict().items()
     )  # the caller's model kept
     assert math.isfinite(front.table["metric"].sum())
+
+
+def test_deploy_front_leaves_a_model_in_training_mode_as_it_is(digits_cnn_task):
+    task = dataclasses.replace(digits_cnn_task, model=copy.deepcopy(digits_cnn_task.model).train())
+    cfg = DeployedFrontConfig(batch_size=4, repeats=1, warmup=0, threads=1, uniform=("fp32",), split="val")
+    front = deploy_front(
+        task, {"searched int8": QuantPlan.from_shorthand("uniform:w8a8", task.model)}, config=cfg
+    )
+    assert task.model.training and len(front.table) == 2
 
 
 def test_deploy_front_refuses_bad_plans_before_deploying(digits_cnn_task):

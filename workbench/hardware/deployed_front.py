@@ -121,7 +121,7 @@ def deploy_front(
     clash = [k for k in plans if k.startswith("uniform ")]
     if clash:
         raise ValueError(f"plan names {clash} clash with the uniform deployments' names ('uniform ...')")
-    model = task.model.eval()
+    model = task.model  # deploy() works on copies: the caller's model, its mode included, is left as it is
     for name, plan in plans.items():
         if not isinstance(plan, QuantPlan):
             raise TypeError(f"plan {name!r} must be a QuantPlan, got {type(plan).__name__}")
